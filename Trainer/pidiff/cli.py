@@ -1,0 +1,64 @@
+"""The `pidiff` command: `pidiff <command> [options]`, one module per command.
+
+Each command's module is imported only when that command runs, so `pidiff encode` never pays for
+the trainer's imports and a missing optional module or package gives one clear line, not a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str  # exposes main(argv: list[str]) -> int | None
+    summary: str
+
+
+COMMANDS = {
+    "encode": Command("pidiff.encode", "encode WebDataset shards: e4e w+ codes and SD VAE latent mean/std, one safetensors per shard"),
+    "random-model": Command("pidiff.random_model", "write random-weight SD1.5 (diffusers layout) and e4e (official layout) models"),
+    "train": Command("pidiff.train", "fine-tune the PIDiff mapper and style cross-attention on encoded shards"),
+    "sample": Command("pidiff.sample", "generate images of an identity from trained PIDiff weights"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pidiff",
+        description="PIDiff: identity-personalised Stable Diffusion 1.5 trained on pidiff-data shards.",
+        epilog="run 'pidiff <command> --help' for a command's options",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, command in COMMANDS.items():
+        commands.add_parser(name, help=command.summary, add_help=False)
+    return parser
+
+
+def run_command(name: str, module_name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            print(f"pidiff {name}: this install has no {module_name} module, so '{name}' is unavailable", file=sys.stderr)
+        else:
+            print(f"pidiff {name}: needs the Python package '{error.name}', which is not installed", file=sys.stderr)
+        return 2
+    result = module.main(argv)
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv[:1])  # prints help, or the list of valid commands, and exits
+        return 2
+    name = argv[0]
+    return run_command(name, COMMANDS[name].module, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
