@@ -183,7 +183,7 @@ def expand_shard_pattern(pattern: str) -> list[str]:
     elif "," in body:
         choices = body.split(",")
     else:
-        raise ValueError(f"cannot expand '{{{body}}}' in shard pattern {pattern!r}; use {{000000..000009}} or {{a,b}}")
+        raise ShardError(f"cannot expand '{{{body}}}' in shard pattern {pattern!r}; use {{000000..000009}} or {{a,b}}")
     return [expanded for choice in choices for expanded in expand_shard_pattern(head + choice + tail)]
 
 

@@ -1,0 +1,390 @@
+"""`pidiff encode`: WebDataset shards -> one safetensors file of encodings per shard.
+
+For every sample of `NAME-000000.tar` the output `OUT/NAME-000000.safetensors` holds, in shard
+order (the contract is Docs/encoded-format.md):
+
+    w_plus       [N, 18, 512]    e4e code of `<key>.e4e.png` (latent_avg included)
+    latent_mean  [N, 4, 64, 64]  SD VAE posterior mean of `<key>.png` (unscaled)
+    latent_std   [N, 4, 64, 64]  SD VAE posterior std; the trainer samples z = mean + std * eps
+    metadata     keys (JSON list), model fingerprints, scaling factor, dtypes, random-weights flag
+
+Outputs are content-addressed: a shard is skipped when its output already records the same
+shard SHA-256, model fingerprints and storage dtype, and re-encoded when any of them changed.
+
+On CUDA both encoders run in bf16 (e4e under autocast with channels_last, the VAE with bf16
+weights), with the w+ sums, latent_avg and the posterior's exp(logvar / 2) in float32. Images
+are decoded in DataLoader workers and travel to the device as uint8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pidiff import __version__, shards
+from pidiff.e4e import E4ECheckpointError, E4EEncoder
+
+FORMAT = "pidiff-encoded/1"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# diffusers' DiagonalGaussianDistribution clamps logvar to this range before exp.
+LOGVAR_RANGE = (-30.0, 20.0)
+# Metadata fields that must match for an existing output to count as a cache hit.
+CACHE_FIELDS = ("format", "source_sha256", "e4e_sha256", "vae_sha256", "storage_dtype")
+
+
+class EncodeError(ValueError):
+    """A model folder, checkpoint or output that cannot be used; the message names it."""
+
+
+def file_sha256(path: Path, chunk_bytes: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def vae_weight_files(sd_path: Path) -> list[Path]:
+    vae_dir = sd_path / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise EncodeError(f"{sd_path}: no vae/config.json; expected a diffusers-layout Stable Diffusion folder")
+    files = sorted(p for p in vae_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise EncodeError(f"{vae_dir}: no .safetensors or .bin weight files")
+    return files
+
+
+def vae_fingerprint(sd_path: Path) -> str:
+    """SHA-256 of the VAE weight file (or, for several files, of their names and digests)."""
+    files = vae_weight_files(sd_path)
+    if len(files) == 1:
+        return file_sha256(files[0])
+    combined = hashlib.sha256()
+    for file in files:
+        combined.update(f"{file.name}:{file_sha256(file)}\n".encode())
+    return combined.hexdigest()
+
+
+def load_vae(sd_path: Path, device: torch.device, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    vae_weight_files(sd_path)  # a clear error before diffusers' own
+    vae = AutoencoderKL.from_pretrained(sd_path, subfolder="vae", torch_dtype=dtype)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EncodeError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def uint8_to_signed_unit(images: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> values in [-1, 1] on `device`, the input range of both encoders."""
+    x = images.to(device, non_blocking=True).to(dtype).div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class ShardEncoder:
+    """Both encoders, set up for throughput on one device. Used by `encode` and by the benchmark.
+
+    precision "bf16": e4e keeps float32 weights under bf16 autocast (BatchNorm statistics stay
+    float32); the VAE gets bf16 weights, which the reference measurements found faster than
+    autocast. precision "fp32": everything float32 (the CPU default).
+    """
+
+    def __init__(
+        self,
+        e4e: E4EEncoder,
+        vae,
+        device: torch.device,
+        precision: str = "bf16",
+        e4e_channels_last: bool = True,
+        vae_channels_last: bool = False,
+        compile: bool = False,
+    ):
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', not {precision!r}")
+        self.device = device
+        self.precision = precision
+        self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.e4e_channels_last = e4e_channels_last
+        self.vae_channels_last = vae_channels_last
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+        self.e4e = e4e.to(device).eval()
+        if e4e_channels_last:
+            self.e4e = self.e4e.to(memory_format=torch.channels_last)
+        if vae.dtype != self.compute_dtype:  # load_vae already picks the dtype; the benchmark may not
+            vae = vae.to(dtype=self.compute_dtype)
+        self.vae = vae.to(device).eval()
+        if vae_channels_last:
+            self.vae = self.vae.to(memory_format=torch.channels_last)
+        if compile:
+            # In place, so state_dict keys are unchanged; fixed batch shapes (see pad_to) avoid recompiles.
+            self.e4e.compile()
+            self.vae.encoder.compile()
+        self.compiled = compile
+
+    @torch.inference_mode()
+    def encode_w_plus(self, e4e_images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,256,256] -> w+ float32 [B,18,512]."""
+        x = uint8_to_signed_unit(e4e_images, self.device, torch.float32, self.e4e_channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.e4e(x).float()
+
+    @torch.inference_mode()
+    def encode_latents(self, vae_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [B,3,512,512] -> (posterior mean, posterior std), float32 [B,4,64,64], unscaled."""
+        x = uint8_to_signed_unit(vae_images, self.device, self.compute_dtype, self.vae_channels_last)
+        moments = self.vae.encode(x).latent_dist.parameters.float()
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))
+        return mean, std
+
+    def encode_batch(self, e4e_images: torch.Tensor, vae_images: torch.Tensor, pad_to: int | None = None):
+        """Both encoders on one batch; `pad_to` pads a short last batch when compiled."""
+        count = e4e_images.shape[0]
+        if pad_to is not None and count < pad_to:
+            e4e_images = _pad_batch(e4e_images, pad_to)
+            vae_images = _pad_batch(vae_images, pad_to)
+        w_plus = self.encode_w_plus(e4e_images)
+        mean, std = self.encode_latents(vae_images)
+        return w_plus[:count], mean[:count], std[:count]
+
+
+def _pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    padding = images.new_zeros((size - images.shape[0], *images.shape[1:]))
+    return torch.cat([images, padding])
+
+
+@dataclass
+class EncodeOptions:
+    batch_size: int = 32
+    workers: int | None = None  # None: min(8, cores - 1) on CUDA, 1 on CPU
+    device: str = "auto"
+    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    storage_dtype: str = "float32"
+    force: bool = False
+    compile: bool = False
+    vae_channels_last: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EncodeResult:
+    shard: Path
+    output: Path
+    count: int
+    cached: bool
+
+
+def output_path_for(shard: Path, out_dir: Path) -> Path:
+    return out_dir / (shard.name.removesuffix(".tar") + ".safetensors")
+
+
+def read_metadata(path: Path) -> dict[str, str] | None:
+    """The header metadata of an encoded file, or None when absent or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return file.metadata() or {}
+    except Exception:  # a partial or foreign file is simply not a cache hit
+        return None
+
+
+def is_cache_hit(output: Path, expected: dict[str, str]) -> bool:
+    metadata = read_metadata(output) if output.is_file() else None
+    return metadata is not None and all(metadata.get(field) == expected[field] for field in CACHE_FIELDS)
+
+
+def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_dir: Path, options: EncodeOptions) -> list[EncodeResult]:
+    """Encode every shard whose output is missing or stale; returns one result per shard."""
+    from tqdm import tqdm
+
+    shard_paths = [Path(p) for p in shard_paths]
+    outputs = [output_path_for(p, out_dir) for p in shard_paths]
+    if len(set(outputs)) != len(outputs):
+        raise EncodeError("two input shards have the same file name; their outputs would collide")
+    if options.storage_dtype not in STORAGE_DTYPES:
+        raise EncodeError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, not {options.storage_dtype!r}")
+    if not Path(e4e_path).is_file():
+        raise EncodeError(f"{e4e_path}: e4e checkpoint not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    fingerprints = {
+        "format": FORMAT,
+        "e4e_sha256": file_sha256(Path(e4e_path)),
+        "vae_sha256": vae_fingerprint(Path(sd_path)),
+        "storage_dtype": options.storage_dtype,
+    }
+    results: list[EncodeResult] = []
+    pending: list[tuple[Path, Path, str, shards.ShardIndex]] = []
+    for shard, output in zip(shard_paths, outputs):
+        if not shard.is_file():
+            raise shards.ShardError(f"{shard}: shard not found")
+        source_sha256 = file_sha256(shard)
+        if not options.force and is_cache_hit(output, {**fingerprints, "source_sha256": source_sha256}):
+            results.append(EncodeResult(shard, output, len(json.loads(read_metadata(output)["keys"])), cached=True))
+            continue
+        # Index every stale shard before loading models, so a broken shard fails fast.
+        pending.append((shard, output, source_sha256, shards.index_shard(shard)))
+    if not pending:
+        return results
+
+    device = resolve_device(options.device)
+    precision = options.precision if options.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithms once
+    from pidiff.e4e import load_e4e
+    from pidiff.random_model import is_random_stable_diffusion
+
+    e4e = load_e4e(e4e_path)
+    vae = load_vae(Path(sd_path), device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=options.vae_channels_last, compile=options.compile)
+    random_parts = [name for name, is_random in (("e4e", e4e.random_weights), ("sd", is_random_stable_diffusion(sd_path))) if is_random]
+    workers = options.workers if options.workers is not None else (min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1)
+    storage_dtype = STORAGE_DTYPES[options.storage_dtype]
+
+    progress = tqdm(total=sum(len(index) for *_, index in pending), unit="img", disable=not options.progress, desc="encode")
+    for shard, output, source_sha256, index in pending:
+        tensors = _encode_one_shard(encoder, index, options.batch_size, workers, storage_dtype, options.compile, progress)
+        metadata = {
+            **fingerprints,
+            "source_shard": shard.name,
+            "source_sha256": source_sha256,
+            "keys": json.dumps(index.keys),
+            "count": str(len(index)),
+            "e4e_checkpoint": Path(e4e_path).name,
+            "scaling_factor": repr(encoder.scaling_factor),
+            "compute_precision": precision,
+            "random_weights": ",".join(random_parts) or "none",
+            "e4e_input": f"<key>.{shards.E4E_IMAGE_EXTENSION} {shards.E4E_IMAGE_SIZE}x{shards.E4E_IMAGE_SIZE} RGB scaled to [-1, 1]",
+            "vae_input": f"<key>.{shards.VAE_IMAGE_EXTENSION} {shards.VAE_IMAGE_SIZE}x{shards.VAE_IMAGE_SIZE} RGB scaled to [-1, 1]",
+            "pidiff_version": __version__,
+        }
+        # Write beside the target and rename: a killed run never leaves a file that looks complete.
+        partial = output.with_name(f".{output.name}.partial")
+        save_file(tensors, str(partial), metadata=metadata)
+        os.replace(partial, output)
+        results.append(EncodeResult(shard, output, len(index), cached=False))
+    progress.close()
+    return results
+
+
+def _encode_one_shard(encoder: ShardEncoder, index: shards.ShardIndex, batch_size: int, workers: int, storage_dtype: torch.dtype, pad: bool, progress) -> dict[str, torch.Tensor]:
+    from torch.utils.data import DataLoader
+
+    count = len(index)
+    w_plus = latent_mean = latent_std = None
+    loader = DataLoader(
+        shards.ShardImages(index),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    for positions, e4e_images, vae_images in loader:
+        w, mean, std = encoder.encode_batch(e4e_images, vae_images, pad_to=batch_size if pad else None)
+        if w_plus is None:  # allocate once the shapes are known
+            w_plus = torch.empty((count, *w.shape[1:]), dtype=storage_dtype)
+            latent_mean = torch.empty((count, *mean.shape[1:]), dtype=storage_dtype)
+            latent_std = torch.empty((count, *std.shape[1:]), dtype=storage_dtype)
+        w_plus[positions] = w.to("cpu", storage_dtype)
+        latent_mean[positions] = mean.to("cpu", storage_dtype)
+        latent_std[positions] = std.to("cpu", storage_dtype)
+        progress.update(len(positions))
+    return {"w_plus": w_plus, "latent_mean": latent_mean, "latent_std": latent_std}
+
+
+@dataclass
+class EncodedShard:
+    """One encoded shard read back: row i of every tensor belongs to keys[i]."""
+
+    path: Path
+    keys: list[str]
+    w_plus: torch.Tensor
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    metadata: dict[str, str]
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.metadata["scaling_factor"])
+
+
+def read_encoded_shard(path: str | Path) -> EncodedShard:
+    """Load an encoded shard, checking its format and that keys and rows agree."""
+    path = Path(path)
+    metadata = read_metadata(path) if path.is_file() else None
+    if metadata is None:
+        raise EncodeError(f"{path}: not a readable safetensors file")
+    if metadata.get("format") != FORMAT:
+        raise EncodeError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    with safe_open(str(path), framework="pt") as file:
+        tensors = {name: file.get_tensor(name) for name in ("w_plus", "latent_mean", "latent_std")}
+    keys = json.loads(metadata["keys"])
+    for name, tensor in tensors.items():
+        if tensor.shape[0] != len(keys):
+            raise EncodeError(f"{path}: {name} has {tensor.shape[0]} rows for {len(keys)} keys")
+    return EncodedShard(path, keys, tensors["w_plus"], tensors["latent_mean"], tensors["latent_std"], metadata)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pidiff encode",
+        description="Encode WebDataset shards with e4e (w+) and the SD VAE (latent mean/std); "
+        "writes OUT/NAME-000000.safetensors per input shard and skips shards already encoded "
+        "with the same data and models.",
+        epilog="example: pidiff encode --shards 'shards/train-{000000..000009}.tar' --e4e e4e_ffhq_encode.pt "
+        "--sd stable-diffusion-v1-5 --out encoded/",
+    )
+    parser.add_argument("--shards", nargs="+", required=True, help="shard paths or brace patterns like 'DIR/NAME-{000000..000009}.tar'")
+    parser.add_argument("--e4e", type=Path, required=True, help="e4e checkpoint in the official layout (e4e_ffhq_encode.pt)")
+    parser.add_argument("--sd", type=Path, required=True, help="Stable Diffusion 1.5 folder in diffusers layout (uses vae/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the .safetensors files")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default: min(8, cores-1) on CUDA, 1 on CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--storage-dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="dtype of the stored tensors")
+    parser.add_argument("--force", action="store_true", help="re-encode even when an up-to-date output exists")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (pays off for many shards)")
+    parser.add_argument("--vae-channels-last", action="store_true", help="run the VAE in channels_last (see the benchmark for which is faster)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        shard_paths = [Path(p) for pattern in args.shards for p in shards.expand_shard_pattern(pattern)]
+        options = EncodeOptions(
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            precision=args.precision,
+            storage_dtype=args.storage_dtype,
+            force=args.force,
+            compile=args.compile,
+            vae_channels_last=args.vae_channels_last,
+            progress=not args.no_progress,
+        )
+        results = encode_shards(shard_paths, args.e4e, args.sd, args.out, options)
+    except (shards.ShardError, EncodeError, E4ECheckpointError) as error:
+        print(f"pidiff encode: error: {error}", file=sys.stderr)
+        return 1
+    encoded = [r for r in results if not r.cached]
+    print(
+        f"{len(encoded)} shard(s) encoded ({sum(r.count for r in encoded)} samples), "
+        f"{len(results) - len(encoded)} already up to date, in {args.out}"
+    )
+    return 0
