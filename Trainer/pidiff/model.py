@@ -58,6 +58,15 @@ SD15_UNET_CONFIG = dict(
     attention_head_dim=8,  # diffusers' legacy name: SD1.5 has 8 heads per attention layer
 )
 
+# SD1.5's topology (same block types, 2 layers per block, so the same 16 attn2 layers, and
+# 768-d cross-attention so the mapper has its real size) at a tiny width, for tests and smoke runs.
+TINY_SD15_UNET_CONFIG = dict(
+    SD15_UNET_CONFIG,
+    block_out_channels=(32, 32, 64, 64),
+    norm_num_groups=8,
+    attention_head_dim=2,
+)
+
 
 class MappingNetwork(nn.Module):
     """F: w+ [B, 18, 512] → visual tokens [B, 4, token_dim], with one set of weights per identity.

@@ -1,0 +1,170 @@
+"""The PIDiff model on a tiny UNet with SD1.5's topology (16 attn2 layers, 768-d cross-attention)."""
+
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from pidiff.model import (
+    SD15_UNET_CONFIG,
+    TINY_SD15_UNET_CONFIG,
+    MappingNetwork,
+    PIDiffAdapter,
+    StyleCrossAttnProcessor,
+    cross_attention_layers,
+    load_weights,
+    save_weights,
+)
+
+
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_SD15_UNET_CONFIG).eval().requires_grad_(False)
+    # Same attention backend for the reference and the adapted UNet: plain SDPA everywhere.
+    unet.set_attn_processor(AttnProcessor2_0())
+    return unet
+
+
+def random_inputs(batch: int, seed: int = 1, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, size, size, generator=g)
+    timesteps = torch.randint(0, 1000, (batch,), generator=g)
+    text = torch.randn(batch, 77, 768, generator=g)
+    w_plus = torch.randn(batch, 18, 512, generator=g)
+    return latents, timesteps, text, w_plus
+
+
+def test_adapter_covers_all_16_cross_attention_layers_and_uninstall_restores_them():
+    unet = tiny_unet()
+    before = unet.attn_processors
+    adapter = PIDiffAdapter(unet)
+    assert len(adapter.layer_names) == 16
+    adapter.install(unet)
+    after = unet.attn_processors
+    assert sum(isinstance(p, StyleCrossAttnProcessor) for p in after.values()) == 16
+    assert all(isinstance(after[name], StyleCrossAttnProcessor) == (".attn2." in name) for name in after)
+    adapter.uninstall(unet)
+    assert all(unet.attn_processors[name] is processor for name, processor in before.items())
+
+
+def test_full_size_sd15_adapter_has_38_6m_parameters():
+    with torch.device("meta"):  # the real architecture, without allocating 3.4 GB
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        adapter = PIDiffAdapter(unet)
+    mapper = sum(p.numel() for p in adapter.mapper.parameters())
+    total = sum(p.numel() for p in adapter.parameters())
+    assert len(cross_attention_layers(unet)) == 16
+    assert mapper == (3 * 2048 + 3072) * 768 + 2 * 768
+    assert total == 38_639_104
+
+
+def test_style_projections_start_as_copies_of_the_layer_text_projections():
+    unet = tiny_unet()
+    adapter = PIDiffAdapter(unet, num_identities=2)
+    for attn, processor in zip(cross_attention_layers(unet).values(), adapter.style_attention):
+        for k in range(2):
+            assert torch.equal(processor.to_q[k], attn.to_q.weight)
+            assert torch.equal(processor.to_k[k], attn.to_k.weight)
+            assert torch.equal(processor.to_v[k], attn.to_v.weight)
+
+
+def test_lambda_zero_gives_the_unmodified_unet_output_bit_exactly():
+    unet = tiny_unet()
+    latents, timesteps, text, w_plus = random_inputs(2)
+    with torch.no_grad():
+        reference = unet(latents, timesteps, encoder_hidden_states=text).sample
+        adapter = PIDiffAdapter(unet)
+        adapter.install(unet)
+        adapter.set_scale(0.0)
+        with_lambda_zero = adapter.denoise(unet, latents, timesteps, text, w_plus)
+        adapter.set_scale(0.4)
+        with_lambda = adapter.denoise(unet, latents, timesteps, text, w_plus)
+    assert torch.equal(with_lambda_zero, reference)
+    assert not torch.allclose(with_lambda, reference, atol=1e-4)  # the branch is really there
+
+
+def test_visual_tokens_change_the_output_only_through_the_style_branch():
+    unet = tiny_unet()
+    latents, timesteps, text, w_plus = random_inputs(2)
+    adapter = PIDiffAdapter(unet)
+    adapter.install(unet)
+    with torch.no_grad():
+        one = adapter.denoise(unet, latents, timesteps, text, w_plus)
+        other = adapter.denoise(unet, latents, timesteps, text, torch.zeros_like(w_plus))
+    assert not torch.allclose(one, other, atol=1e-5)
+
+
+def test_k_identities_batched_match_k_separate_adapters():
+    unet = tiny_unet()
+    K, b = 3, 2
+    latents, timesteps, text, w_plus = random_inputs(K * b)
+    separate = []
+    for k in range(K):
+        adapter = PIDiffAdapter(unet)
+        adapter.mapper.reset_parameters([torch.Generator().manual_seed(100 + k)])
+        with torch.no_grad():  # make the SCA weights differ per identity, not just the mapper
+            for processor in adapter.style_attention:
+                processor.to_q.mul_(1.0 + 0.1 * k)
+        separate.append(adapter)
+
+    expected = []
+    with torch.no_grad():
+        for k, adapter in enumerate(separate):
+            adapter.install(unet)
+            rows = slice(k * b, (k + 1) * b)
+            expected.append(adapter.denoise(unet, latents[rows], timesteps[rows], text[rows], w_plus[rows]))
+            adapter.uninstall(unet)
+
+        batched = PIDiffAdapter(unet, num_identities=K)
+        for k, adapter in enumerate(separate):
+            batched.load_identity_state_dict(k, adapter.identity_state_dict(0))
+        batched.install(unet)
+        together = batched.denoise(unet, latents, timesteps, text, w_plus)
+    torch.testing.assert_close(together, torch.cat(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_mapping_network_reads_the_four_w_plus_row_groups():
+    mapper = MappingNetwork(num_identities=1, token_dim=768)
+    mapper.reset_parameters([torch.Generator().manual_seed(0)])
+    w_plus = torch.randn(1, 18, 512)
+    tokens = mapper(w_plus)
+    assert tokens.shape == (1, 4, 768)
+    for group, (start, end) in enumerate(((0, 4), (4, 8), (8, 12), (12, 18))):
+        changed = w_plus.clone()
+        changed[:, start:end] += 1.0
+        differs = (mapper(changed) - tokens).abs().amax(dim=-1)[0] > 1e-6
+        assert differs.tolist() == [i == group for i in range(4)]
+    # LayerNorm with identity affine at init: each token is zero-mean, unit-variance.
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(1, 4), atol=1e-5, rtol=0)
+
+
+def test_weights_round_trip_keeps_tensors_and_metadata(tmp_path):
+    unet = tiny_unet()
+    adapter = PIDiffAdapter(unet, num_identities=2)
+    adapter.mapper.reset_parameters([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    path = tmp_path / "pidiff.safetensors"
+    save_weights(path, adapter, 1, {"placeholder": "S*", "default_lambda": 0.4, "steps": 600})
+
+    tensors, metadata = load_weights(path)
+    assert metadata["format"] == "pidiff-weights"
+    assert metadata["placeholder"] == "S*" and json.loads(metadata["default_lambda"]) == 0.4
+    assert set(tensors) == set(adapter.identity_state_dict(1))
+    restored = PIDiffAdapter(unet)
+    restored.load_identity_state_dict(0, tensors)
+    for name, tensor in adapter.identity_state_dict(1).items():
+        assert torch.equal(restored.identity_state_dict(0)[name], tensor), name
+
+
+def test_loading_weights_made_for_another_unet_is_refused(tmp_path):
+    adapter = PIDiffAdapter(tiny_unet())
+    path = tmp_path / "pidiff.safetensors"
+    save_weights(path, adapter, 0, {})
+    tensors, _ = load_weights(path)
+    other = UNet2DConditionModel(**dict(TINY_SD15_UNET_CONFIG, block_out_channels=(32, 32, 64, 128)))
+    with pytest.raises(ValueError, match="shape"):
+        PIDiffAdapter(other).load_identity_state_dict(0, tensors)
+    del tensors["mapper.norm.bias"]
+    with pytest.raises(KeyError, match="missing"):
+        PIDiffAdapter(tiny_unet()).load_identity_state_dict(0, tensors)
