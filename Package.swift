@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// System libraries come from Debian: libopencv-dev (4.6), libdlib-dev (19.24), libsqlite3-dev,
+// libopenblas-dev. scripts/setup.sh installs them.
+let package = Package(
+    name: "pidiff-data",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "pidiff-data", targets: ["pidiff-data"]),
+        .library(name: "PIDiffData", targets: ["PIDiffData"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        // C++17 wrapper around OpenCV and dlib. Only a plain C API (opaque handles, error codes
+        // with messages) crosses into Swift; no C++ exception escapes it.
+        .target(
+            name: "CFaceNative",
+            cxxSettings: [
+                .unsafeFlags(["-I/usr/include/opencv4", "-O2"]),
+            ],
+            linkerSettings: [
+                .linkedLibrary("dlib"),
+                .linkedLibrary("opencv_imgcodecs"),
+                .linkedLibrary("opencv_imgproc"),
+                .linkedLibrary("opencv_core"),
+                .linkedLibrary("openblas"),
+                .linkedLibrary("stdc++"),
+            ]
+        ),
+        .target(
+            name: "PIDiffData",
+            dependencies: [
+                "CFaceNative",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "pidiff-data",
+            dependencies: [
+                "PIDiffData",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "PIDiffDataTests",
+            dependencies: ["PIDiffData", "CFaceNative"]
+        ),
+    ],
+    cxxLanguageStandard: .cxx17
+)

@@ -1,0 +1,152 @@
+import Foundation
+import GRDB
+
+/// The SQLite catalog: the single source of truth. WAL mode, versioned migrations; all writes go
+/// through `CatalogWriter` (one writer), reads through the pool's readers.
+public final class Catalog: Sendable {
+    public let pool: DatabasePool
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        let dir = URL(fileURLWithPath: path).deletingLastPathComponent()
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        config.busyMode = .timeout(30)
+        config.prepareDatabase { db in
+            // NORMAL is durable across application crashes (SIGKILL) in WAL mode; only an OS crash
+            // may roll back the last transactions, never corrupt the file.
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try Catalog.migrator.migrate(pool)
+        } catch {
+            throw CatalogError.open(path, "\(error)")
+        }
+    }
+
+    /// Schema history. Never edit a registered migration: add a new one.
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-ingest") { db in
+            try db.execute(sql: """
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE runs (
+                    id INTEGER PRIMARY KEY,
+                    command TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+                    started_at TEXT NOT NULL,
+                    ended_at TEXT,
+                    params_fingerprint TEXT NOT NULL,
+                    parameters TEXT NOT NULL,
+                    counts TEXT
+                );
+                CREATE TABLE run_problems (
+                    id INTEGER PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    location TEXT NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                CREATE TABLE sources (
+                    id INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('folders', 'manifest', 'crossfaceid')),
+                    location TEXT NOT NULL UNIQUE,
+                    first_run_id INTEGER REFERENCES runs(id)
+                );
+                CREATE TABLE identities (
+                    id INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE
+                );
+                -- Content facts, keyed by the SHA-256 of the file's bytes.
+                CREATE TABLE images (
+                    sha256 TEXT PRIMARY KEY,
+                    byte_size INTEGER NOT NULL,
+                    format TEXT,
+                    width INTEGER,
+                    height INTEGER
+                );
+                -- One row per path seen; what the path held the last time it was read.
+                CREATE TABLE files (
+                    id INTEGER PRIMARY KEY,
+                    path TEXT NOT NULL UNIQUE,
+                    source_id INTEGER NOT NULL REFERENCES sources(id),
+                    identity_id INTEGER NOT NULL REFERENCES identities(id),
+                    byte_size INTEGER,
+                    mtime_ns INTEGER,
+                    sha256 TEXT REFERENCES images(sha256),
+                    read_error TEXT,
+                    caption TEXT,
+                    race TEXT,
+                    age TEXT,
+                    gender TEXT,
+                    origin TEXT,
+                    hint TEXT,
+                    run_id INTEGER NOT NULL REFERENCES runs(id)
+                );
+                CREATE INDEX files_sha256 ON files(sha256);
+                CREATE INDEX files_identity ON files(identity_id);
+                -- What ingest made of one image content under one parameters fingerprint.
+                CREATE TABLE image_results (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    params_fingerprint TEXT NOT NULL,
+                    outcome TEXT NOT NULL CHECK (outcome IN
+                        ('ok', 'no_face', 'decode_error', 'not_image', 'too_small', 'too_large')),
+                    reason TEXT,
+                    faces_found INTEGER NOT NULL DEFAULT 0,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, params_fingerprint)
+                );
+                CREATE TABLE faces (
+                    id INTEGER PRIMARY KEY,
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    params_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    selected INTEGER NOT NULL,
+                    box_left REAL NOT NULL, box_top REAL NOT NULL, box_right REAL NOT NULL, box_bottom REAL NOT NULL,
+                    det_score REAL NOT NULL,
+                    landmarks68 TEXT NOT NULL,
+                    quad TEXT NOT NULL,
+                    face_size REAL NOT NULL,
+                    sharpness REAL,
+                    roll_degrees REAL NOT NULL,
+                    yaw REAL NOT NULL,
+                    outside_fraction REAL NOT NULL,
+                    padded INTEGER,
+                    quality_ok INTEGER,
+                    quality_reason TEXT,
+                    crop512 TEXT,
+                    crop256 TEXT,
+                    UNIQUE (sha256, params_fingerprint, face_index)
+                );
+                """)
+        }
+        return m
+    }
+
+    /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
+    /// later command finds it. Default: `<catalog>.data` beside the catalog.
+    public func dataRoot(preferred: String? = nil) throws -> URL {
+        if let stored = try pool.read({ try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'data_root'") }) {
+            return URL(fileURLWithPath: stored)
+        }
+        let root = preferred.map { URL(fileURLWithPath: $0).standardizedFileURL }
+            ?? URL(fileURLWithPath: path + ".data").standardizedFileURL
+        try pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES ('data_root', ?)", arguments: [root.path])
+        }
+        return root
+    }
+}
+
+public enum CatalogError: Error, CustomStringConvertible {
+    case open(String, String)
+    case locked(String)
+    public var description: String {
+        switch self {
+        case .open(let p, let r): return "catalog \(p): cannot open (\(r))"
+        case .locked(let p): return "catalog \(p) is in use by another pidiff-data run (lock held on \(p).lock)"
+        }
+    }
+}

@@ -1,0 +1,279 @@
+import AsyncAlgorithms
+import Foundation
+import GRDB
+
+/// The summary of one ingest run, as `--json` prints it.
+public struct IngestSummary: Codable, Sendable {
+    public var runID: Int64
+    public var status: String
+    public var catalog: String
+    public var dataRoot: String
+    public var fingerprint: String
+    public var counts: [String: Int]
+    public var seconds: Double
+    public var imagesPerSecond: Double
+    /// Seconds spent in each stage, summed over workers.
+    public var stageSeconds: [String: Double]
+    public var problems: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case runID = "run_id", status, catalog, dataRoot = "data_root", fingerprint, counts, seconds
+        case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems
+    }
+    /// Items that could not be processed (unreadable files, undecodable images, bad manifest lines).
+    public var errorCount: Int {
+        ["unreadable", "scan_problems", "decode_error", "not_image", "too_small", "too_large"].reduce(0) { $0 + (counts[$1] ?? 0) }
+    }
+}
+
+/// `pidiff-data ingest`: scan → read + SHA-256 → decode → detect → landmarks → align → quality →
+/// store → catalog. The scanner feeds a bounded channel; one worker per core (each with its own
+/// dlib models) takes items from it; results flow through a second bounded channel to the single
+/// catalog writer. Channels hold a fixed number of items, so memory stays flat for any input size.
+public struct IngestPipeline: Sendable {
+    public var sources: [String]
+    public var catalogPath: String
+    public var config: PipelineConfig
+    public var models: ModelStore
+    public var dataRoot: String?
+    public var showProgress: Bool
+
+    public init(sources: [String], catalogPath: String, config: PipelineConfig = PipelineConfig(),
+                models: ModelStore = ModelStore(), dataRoot: String? = nil, showProgress: Bool = false) {
+        self.sources = sources
+        self.catalogPath = catalogPath
+        self.config = config
+        self.models = models
+        self.dataRoot = dataRoot
+        self.showProgress = showProgress
+    }
+
+    /// The parameters fingerprint: stage parameters plus the SHA-256 of every model used.
+    public func fingerprint() throws -> String {
+        var payload = config.ingest.fingerprintPayload
+        payload["model.predictor68"] = try models.fingerprint(ModelStore.predictor68)
+        if config.ingest.detector == .mmod { payload["model.mmod"] = try models.fingerprint(ModelStore.mmodDetector) }
+        return Hashing.fingerprint(payload)
+    }
+
+    public func run() async throws -> IngestSummary {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: catalogPath)
+        let store = ArtefactStore(root: try catalog.dataRoot(preferred: dataRoot))
+        let params = config.ingest
+        let fingerprint = try fingerprint()
+        let predictorPath = try models.path(ModelStore.predictor68)
+        let mmodPath = params.detector == .mmod ? try models.path(ModelStore.mmodDetector) : nil
+        // Fail fast on unusable models, before any work is queued.
+        _ = try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: predictorPath)
+
+        let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(params), as: UTF8.self)
+        let runID = try CatalogWriter.beginRun(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
+        let writer = CatalogWriter(catalog: catalog, runID: runID, fingerprint: fingerprint)
+        let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
+        let total = try await countItems()
+        let start = Date()
+
+        let work = AsyncChannel<ScanItem>()
+        let results = AsyncChannel<WorkerResult>()
+        let scanner = Scanner(crossFaceID: config.crossfaceid)
+        let sources = self.sources
+
+        // Writer: batches results into transactions and keeps the tallies.
+        let tally = Task { () throws -> Tally in
+            var tally = Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil)
+            var batch: [WorkerResult] = []
+            var batchStart = Date()
+            for await result in results {
+                if batch.isEmpty { batchStart = Date() }
+                tally.record(result)
+                batch.append(result)
+                if batch.count >= 64 || Date().timeIntervalSince(batchStart) > 0.25 {
+                    try await writer.commit(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            try await writer.commit(batch)
+            tally.progress?.finish(done: tally.done)
+            return tally
+        }
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Scanner + incremental check.
+            group.addTask {
+                let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                for source in sources {
+                    do {
+                        try await scanner.scan(source) { event in
+                            switch event {
+                            case .problem(let p): await results.send(.problem(p))
+                            case .item(let item):
+                                if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
+                            }
+                        }
+                    } catch let problem as ScanProblem {
+                        await results.send(.problem(problem))
+                    }
+                }
+                work.finish()
+            }
+            // Workers, each on its own thread with its own models.
+            for w in 0..<workerCount {
+                let executor = WorkerExecutor(label: "pidiff.ingest.worker\(w)")
+                group.addTask(executorPreference: executor) {
+                    let model = try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: predictorPath)
+                    let analyzer = FaceAnalyzer(model: model, parameters: params, store: store)
+                    let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                    for await item in work {
+                        await results.send(try Self.process(item, analyzer: analyzer, known: known))
+                    }
+                }
+            }
+            try await group.waitForAll()
+            results.finish()
+        }
+
+        let tallied = try await tally.value
+        let seconds = Date().timeIntervalSince(start)
+        try await writer.finish(status: "completed", counts: tallied.counts)
+        let processed = (tallied.counts["analysed"] ?? 0)
+        return IngestSummary(runID: runID, status: "completed", catalog: catalogPath, dataRoot: store.root.path,
+                             fingerprint: fingerprint, counts: tallied.counts, seconds: seconds,
+                             imagesPerSecond: seconds > 0 ? Double(processed) / seconds : 0,
+                             stageSeconds: tallied.timings.asDictionary, problems: tallied.problems)
+    }
+
+    /// Work for one item on a worker: read + hash, then reuse a known result or analyse.
+    static func process(_ item: ScanItem, analyzer: FaceAnalyzer, known: IncrementalCheck) throws -> WorkerResult {
+        var timings = StageTimings()
+        let bytes: FileBytes
+        do {
+            bytes = try measure(&timings.read) { try ReadStage.read(item.path) }
+        } catch let problem as ScanProblem {
+            let stat = try? ReadStage.stat(item.path).get()
+            return .unreadable(item, stat, reason: problem.reason)
+        } catch {
+            return .unreadable(item, nil, reason: "\(error)")
+        }
+        let info = WorkerResult.FileInfo(sha256: bytes.sha256, byteSize: bytes.byteSize, mtimeNs: bytes.mtimeNs)
+        if try known.hasResult(sha256: bytes.sha256) { return .reused(item, info) }
+        do {
+            let analysis = try analyzer.analyse(bytes, timings: &timings)
+            return .analysed(item, info, analysis, timings)
+        } catch {
+            // A failure inside detection/alignment is about this image, not the run.
+            let analysis = ImageAnalysis(sha256: bytes.sha256, byteSize: bytes.byteSize, outcome: .decodeError,
+                                         reason: "processing failed: \(error)", facesFound: 0, faces: [])
+            return .analysed(item, info, analysis, timings)
+        }
+    }
+
+    private func countItems() async throws -> Int {
+        var n = 0
+        let scanner = Scanner(crossFaceID: config.crossfaceid)
+        for source in sources {
+            try? await scanner.scan(source) { if case .item = $0 { n += 1 } }
+        }
+        return n
+    }
+}
+
+/// Read-side questions the scanner and workers ask the catalog (through the pool's readers).
+struct IncrementalCheck: Sendable {
+    let catalog: Catalog
+    let fingerprint: String
+
+    /// Same path, size, mtime, identity and metadata, and its content already has a result under
+    /// this fingerprint.
+    func isUnchanged(_ item: ScanItem) throws -> Bool {
+        guard case .success(let stat) = ReadStage.stat(item.path) else { return false }
+        return try catalog.pool.read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT 1 FROM files f
+                JOIN identities i ON i.id = f.identity_id
+                JOIN sources s ON s.id = f.source_id
+                JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ?
+                WHERE f.path = ? AND f.byte_size = ? AND f.mtime_ns = ? AND i.name = ? AND s.location = ?
+                  AND f.caption IS ? AND f.race IS ? AND f.age IS ? AND f.gender IS ? AND f.origin IS ? AND f.hint IS ?
+                """, arguments: [fingerprint, item.path, stat.byteSize, stat.mtimeNs, item.identity, item.sourceLocation,
+                                 item.caption, item.labels.race, item.labels.age, item.labels.gender, item.origin, item.hint]) ?? false
+        }
+    }
+
+    func hasResult(sha256: String) throws -> Bool {
+        try catalog.pool.read { db in
+            try Bool.fetchOne(db, sql: "SELECT 1 FROM image_results WHERE sha256 = ? AND params_fingerprint = ?",
+                              arguments: [sha256, fingerprint]) ?? false
+        }
+    }
+}
+
+/// Counts by outcome, stage timings and the progress line, kept by the writer task.
+struct Tally {
+    var total: Int
+    var done = 0
+    var counts: [String: Int] = [:]
+    var timings = StageTimings()
+    var problems: [String] = []
+    var progress: ProgressLine?
+
+    mutating func record(_ result: WorkerResult) {
+        switch result {
+        case .problem(let p):
+            counts["scan_problems", default: 0] += 1
+            note("\(p.location): \(p.reason)")
+            return
+        case .unchanged:
+            counts["unchanged", default: 0] += 1
+        case .reused:
+            counts["reused", default: 0] += 1
+        case .unreadable(let item, _, let reason):
+            counts["unreadable", default: 0] += 1
+            note("\(item.path): \(reason)")
+        case .analysed(let item, _, let a, let t):
+            counts["analysed", default: 0] += 1
+            counts[a.outcome.rawValue, default: 0] += 1
+            counts["faces_recorded", default: 0] += a.faces.count
+            if a.faces.contains(where: { $0.selected && $0.quality.passed == false }) { counts["quality_failed", default: 0] += 1 }
+            if a.outcome != .ok && a.outcome != .noFace { note("\(item.path): \(a.outcome.rawValue): \(a.reason ?? "")") }
+            timings.add(t)
+        }
+        done += 1
+        progress?.update(done: done, analysed: counts["analysed"] ?? 0)
+    }
+
+    private mutating func note(_ line: String) {
+        if problems.count < 1000 { problems.append(line) }
+    }
+}
+
+/// `done/total, images/s, ETA` on stderr, redrawn in place; only used on a TTY.
+struct ProgressLine {
+    let total: Int
+    let start = Date()
+    var lastDraw = Date.distantPast
+
+    mutating func update(done: Int, analysed: Int) {
+        let now = Date()
+        guard now.timeIntervalSince(lastDraw) > 0.2 || done == total else { return }
+        lastDraw = now
+        let elapsed = now.timeIntervalSince(start)
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let line = String(format: "\r%d/%d  %.1f images/s  ETA %02d:%02d  ", done, total, rate, Int(eta) / 60, Int(eta) % 60)
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    func finish(done: Int) {
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+}
+
+extension JSONEncoder {
+    static var sorted: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+
+/// Kinds of photo collections ingest reads.
+public enum SourceKind: String, Codable, Sendable {
+    /// `root/<identity>/**/*.{jpg,jpeg,png,webp,bmp}`
+    case folders
+    /// JSONL lines `{identity, path, caption?, race?, age?, gender?, source?}` (Manifests/manifest.schema.json)
+    case manifest
+    /// CrossFaceID training JSONL: `image_file`, `additional_feature`, `bbox`, `landmarks`, …
+    case crossfaceid
+}
+
+/// Labels as a source states them, before normalisation.
+public struct RawLabels: Codable, Equatable, Sendable {
+    public var race: String?
+    public var age: String?
+    public var gender: String?
+}
+
+/// One photo found by the scan stage.
+public struct ScanItem: Sendable {
+    public var path: String
+    public var identity: String
+    public var sourceKind: SourceKind
+    public var sourceLocation: String
+    public var caption: String?
+    public var labels = RawLabels()
+    public var origin: String?
+    /// Source-provided hints (CrossFaceID bbox and 5 landmarks) as JSON, kept for later stages.
+    public var hint: String?
+}
+
+/// Something the scan could not turn into an item (bad manifest line, symlink loop…).
+public struct ScanProblem: Sendable, Error {
+    public var location: String
+    public var reason: String
+}
+
+public enum ScanEvent: Sendable {
+    case item(ScanItem)
+    case problem(ScanProblem)
+}
+
+/// The scan stage: turns sources into a deterministic stream of items, in sorted order, never
+/// holding more than one directory listing or one manifest line in memory.
+public struct Scanner: Sendable {
+    public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "webp", "bmp"]
+
+    public var crossFaceID: CrossFaceIDParameters
+
+    public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters()) {
+        self.crossFaceID = crossFaceID
+    }
+
+    /// Decides what a source path is.
+    public static func kind(of source: String) throws -> SourceKind {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: source, isDirectory: &isDir) else {
+            throw ScanProblem(location: source, reason: "source does not exist")
+        }
+        if isDir.boolValue { return .folders }
+        guard let reader = LineReader(path: source) else {
+            throw ScanProblem(location: source, reason: "cannot open source file")
+        }
+        while let line = reader.next() {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
+                throw ScanProblem(location: source, reason: "first line is not a JSON object; expected a JSONL manifest")
+            }
+            if obj["image_file"] != nil { return .crossfaceid }
+            if obj["path"] != nil { return .manifest }
+            throw ScanProblem(location: source, reason: "JSONL lines carry neither `path` (manifest) nor `image_file` (CrossFaceID)")
+        }
+        throw ScanProblem(location: source, reason: "empty manifest")
+    }
+
+    /// Streams the items of one source to `emit`.
+    public func scan(_ source: String, emit: (ScanEvent) async throws -> Void) async throws {
+        let location = URL(fileURLWithPath: source).standardizedFileURL.path
+        switch try Scanner.kind(of: location) {
+        case .folders: try await scanFolders(location, emit: emit)
+        case .manifest: try await scanManifest(location, emit: emit)
+        case .crossfaceid: try await scanCrossFaceID(location, emit: emit)
+        }
+    }
+
+    // MARK: identity folders
+
+    private func scanFolders(_ root: String, emit: (ScanEvent) async throws -> Void) async throws {
+        let fm = FileManager.default
+        let identities = try fm.contentsOfDirectory(atPath: root).sorted()
+        for name in identities where !name.hasPrefix(".") {
+            let dir = root + "/" + name
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else { continue }
+            var visited = Set<DirectoryID>()
+            try await walk(dir, identity: name, root: root, visited: &visited, emit: emit)
+        }
+    }
+
+    private struct DirectoryID: Hashable { var device: UInt64; var inode: UInt64 }
+
+    private func walk(_ dir: String, identity: String, root: String, visited: inout Set<DirectoryID>,
+                      emit: (ScanEvent) async throws -> Void) async throws {
+        var st = stat()
+        guard stat(dir, &st) == 0 else {
+            try await emit(.problem(ScanProblem(location: dir, reason: "cannot stat directory: \(String(cString: strerror(errno)))")))
+            return
+        }
+        let id = DirectoryID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        guard visited.insert(id).inserted else {
+            try await emit(.problem(ScanProblem(location: dir, reason: "symlink loop: directory already visited")))
+            return
+        }
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: dir).sorted() } catch {
+            try await emit(.problem(ScanProblem(location: dir, reason: "cannot list directory: \(error.localizedDescription)")))
+            return
+        }
+        for entry in entries where !entry.hasPrefix(".") {
+            let path = dir + "/" + entry
+            var est = stat()
+            if stat(path, &est) != 0 {
+                // Dangling links and link loops (ELOOP) land here; record them only when the
+                // name looks like a photo, so stray non-image junk stays out of the catalog.
+                if Scanner.imageExtensions.contains((entry as NSString).pathExtension.lowercased()) {
+                    try await emit(.item(ScanItem(path: path, identity: identity, sourceKind: .folders, sourceLocation: root)))
+                } else {
+                    try await emit(.problem(ScanProblem(location: path, reason: String(cString: strerror(errno)))))
+                }
+                continue
+            }
+            if (est.st_mode & S_IFMT) == S_IFDIR {
+                try await walk(path, identity: identity, root: root, visited: &visited, emit: emit)
+            } else if Scanner.imageExtensions.contains((entry as NSString).pathExtension.lowercased()) {
+                try await emit(.item(ScanItem(path: path, identity: identity, sourceKind: .folders, sourceLocation: root)))
+            }
+        }
+    }
+
+    // MARK: JSONL manifests
+
+    private func jsonLines(_ path: String, emit: (ScanEvent) async throws -> Void,
+                           body: (Int, [String: Any]) async throws -> Void) async throws {
+        guard let reader = LineReader(path: path) else {
+            try await emit(.problem(ScanProblem(location: path, reason: "cannot open manifest")))
+            return
+        }
+        var number = 0
+        while let line = reader.next() {
+            number += 1
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
+                try await emit(.problem(ScanProblem(location: "\(path):\(number)", reason: "line is not a JSON object")))
+                continue
+            }
+            try await body(number, obj)
+        }
+    }
+
+    private static func text(_ value: Any?) -> String? {
+        switch value {
+        case let s as String: return s.isEmpty ? nil : s
+        case let n as NSNumber: return n.stringValue
+        default: return nil
+        }
+    }
+
+    private static func resolve(_ relative: String, against manifest: String) -> String {
+        if relative.hasPrefix("/") { return URL(fileURLWithPath: relative).standardizedFileURL.path }
+        let base = URL(fileURLWithPath: manifest).deletingLastPathComponent()
+        return base.appendingPathComponent(relative).standardizedFileURL.path
+    }
+
+    private func scanManifest(_ manifest: String, emit: (ScanEvent) async throws -> Void) async throws {
+        try await jsonLines(manifest, emit: emit) { number, obj in
+            guard let rel = Scanner.text(obj["path"]), let identity = Scanner.text(obj["identity"]) else {
+                try await emit(.problem(ScanProblem(location: "\(manifest):\(number)", reason: "missing required field `identity` or `path`")))
+                return
+            }
+            var item = ScanItem(path: Scanner.resolve(rel, against: manifest), identity: identity,
+                                sourceKind: .manifest, sourceLocation: manifest)
+            item.caption = Scanner.text(obj["caption"])
+            item.labels = RawLabels(race: Scanner.text(obj["race"]), age: Scanner.text(obj["age"]), gender: Scanner.text(obj["gender"]))
+            item.origin = Scanner.text(obj["source"])
+            try await emit(.item(item))
+        }
+    }
+
+    private func scanCrossFaceID(_ manifest: String, emit: (ScanEvent) async throws -> Void) async throws {
+        try await jsonLines(manifest, emit: emit) { number, obj in
+            guard let rel = Scanner.text(obj["image_file"]) else {
+                try await emit(.problem(ScanProblem(location: "\(manifest):\(number)", reason: "missing `image_file`")))
+                return
+            }
+            let path = Scanner.resolve(rel, against: manifest)
+            let identity: String?
+            if let field = crossFaceID.identityField {
+                identity = Scanner.text(obj[field])
+            } else {
+                identity = URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent
+            }
+            guard let identity, !identity.isEmpty else {
+                try await emit(.problem(ScanProblem(location: "\(manifest):\(number)",
+                                                    reason: "no identity (field \(crossFaceID.identityField ?? "parent folder"))")))
+                return
+            }
+            var item = ScanItem(path: path, identity: identity, sourceKind: .crossfaceid, sourceLocation: manifest)
+            item.caption = Scanner.text(obj["additional_feature"])
+            var hint: [String: Any] = [:]
+            for key in ["bbox", "landmarks", "insightface_feature_file"] where obj[key] != nil { hint[key] = obj[key] }
+            if !hint.isEmpty, let data = try? JSONSerialization.data(withJSONObject: hint, options: [.sortedKeys]) {
+                item.hint = String(decoding: data, as: UTF8.self)
+            }
+            try await emit(.item(item))
+        }
+    }
+}
+
+/// Reads a text file line by line in 64 KiB chunks.
+final class LineReader {
+    private let handle: FileHandle
+    private var buffer = Data()
+    private var eof = false
+
+    init?(path: String) {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        handle = h
+    }
+    deinit { try? handle.close() }
+
+    func next() -> String? {
+        while true {
+            if let nl = buffer.firstIndex(of: 0x0A) {
+                let line = buffer[buffer.startIndex..<nl]
+                buffer.removeSubrange(buffer.startIndex...nl)
+                return String(decoding: line, as: UTF8.self)
+            }
+            if eof {
+                guard !buffer.isEmpty else { return nil }
+                defer { buffer.removeAll() }
+                return String(decoding: buffer, as: UTF8.self)
+            }
+            let chunk = (try? handle.read(upToCount: 64 * 1024)) ?? nil
+            if let chunk, !chunk.isEmpty { buffer.append(chunk) } else { eof = true }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import Yams
+
+/// How to choose the face a photo contributes when it shows several.
+public enum FacePolicy: String, Codable, Sendable {
+    /// The face with the largest detector box (default: identity photos centre their subject).
+    case largest
+    /// The face whose box centre is nearest the image centre.
+    case central
+    /// The face with the highest detector confidence.
+    case bestScore = "best_score"
+}
+
+/// Parameters of the ingest stages. Everything here except `workers` and `channelCapacity`
+/// changes what ingest produces, so it is part of the parameters fingerprint.
+public struct IngestParameters: Codable, Equatable, Sendable {
+    public var detector: DetectorKind = .hog
+    /// Image pyramid upsampling before detection (1 finds faces down to ~40 px).
+    public var upsample: Int = 1
+    /// Detection runs on a copy shrunk to this longer side (0 = full size); landmarks do not.
+    public var detectMaxSide: Int = 1024
+    public var facePolicy: FacePolicy = .largest
+    /// At most this many faces per photo are recorded (with landmarks).
+    public var maxFacesRecorded: Int = 16
+    /// Refuse images above this many pixels, judged from the header, before decoding.
+    public var maxPixels: Int = 100_000_000
+    /// Refuse images whose shorter side is below this.
+    public var minSide: Int = 64
+    /// Sizes of the aligned crops. 512 feeds Stable Diffusion, 256 feeds e4e.
+    public var cropSizes: [Int] = [512, 256]
+    /// Quality gates: a face failing one is kept in the catalog with the reason.
+    public var minFaceSize: Double = 100
+    public var maxOutsideFraction: Double = 0.25
+    public var maxAbsRollDegrees: Double = 45
+    public var maxAbsYaw: Double = 0.7
+    public var minSharpness: Double = 0
+    /// Worker count (0 = one per core). Not fingerprinted.
+    public var workers: Int = 0
+    /// Items in flight between stages. Not fingerprinted.
+    public var channelCapacity: Int = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case detector, upsample, detectMaxSide = "detect_max_side", facePolicy = "face_policy"
+        case maxFacesRecorded = "max_faces_recorded", maxPixels = "max_pixels", minSide = "min_side"
+        case cropSizes = "crop_sizes", minFaceSize = "min_face_size", maxOutsideFraction = "max_outside_fraction"
+        case maxAbsRollDegrees = "max_abs_roll_degrees", maxAbsYaw = "max_abs_yaw", minSharpness = "min_sharpness"
+        case workers, channelCapacity = "channel_capacity"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = IngestParameters()
+        detector = try c.decodeIfPresent(DetectorKind.self, forKey: .detector) ?? d.detector
+        upsample = try c.decodeIfPresent(Int.self, forKey: .upsample) ?? d.upsample
+        detectMaxSide = try c.decodeIfPresent(Int.self, forKey: .detectMaxSide) ?? d.detectMaxSide
+        facePolicy = try c.decodeIfPresent(FacePolicy.self, forKey: .facePolicy) ?? d.facePolicy
+        maxFacesRecorded = try c.decodeIfPresent(Int.self, forKey: .maxFacesRecorded) ?? d.maxFacesRecorded
+        maxPixels = try c.decodeIfPresent(Int.self, forKey: .maxPixels) ?? d.maxPixels
+        minSide = try c.decodeIfPresent(Int.self, forKey: .minSide) ?? d.minSide
+        cropSizes = try c.decodeIfPresent([Int].self, forKey: .cropSizes) ?? d.cropSizes
+        minFaceSize = try c.decodeIfPresent(Double.self, forKey: .minFaceSize) ?? d.minFaceSize
+        maxOutsideFraction = try c.decodeIfPresent(Double.self, forKey: .maxOutsideFraction) ?? d.maxOutsideFraction
+        maxAbsRollDegrees = try c.decodeIfPresent(Double.self, forKey: .maxAbsRollDegrees) ?? d.maxAbsRollDegrees
+        maxAbsYaw = try c.decodeIfPresent(Double.self, forKey: .maxAbsYaw) ?? d.maxAbsYaw
+        minSharpness = try c.decodeIfPresent(Double.self, forKey: .minSharpness) ?? d.minSharpness
+        workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
+        channelCapacity = try c.decodeIfPresent(Int.self, forKey: .channelCapacity) ?? d.channelCapacity
+    }
+
+    /// The parameters that determine ingest output, as canonical JSON.
+    var fingerprintPayload: [String: String] {
+        [
+            "detector": detector.rawValue, "upsample": "\(upsample)", "detect_max_side": "\(detectMaxSide)",
+            "face_policy": facePolicy.rawValue, "max_faces_recorded": "\(maxFacesRecorded)",
+            "max_pixels": "\(maxPixels)", "min_side": "\(minSide)",
+            "crop_sizes": cropSizes.map(String.init).joined(separator: ","),
+            "min_face_size": "\(minFaceSize)", "max_outside_fraction": "\(maxOutsideFraction)",
+            "max_abs_roll_degrees": "\(maxAbsRollDegrees)", "max_abs_yaw": "\(maxAbsYaw)",
+            "min_sharpness": "\(minSharpness)",
+            // Bump when the alignment or quality code changes what it produces.
+            "algorithm_version": "ingest-1",
+        ]
+    }
+}
+
+/// CrossFaceID JSONL options.
+public struct CrossFaceIDParameters: Codable, Equatable, Sendable {
+    /// JSON field holding the identity; nil takes the image's parent folder name.
+    public var identityField: String?
+    public init() {}
+    enum CodingKeys: String, CodingKey { case identityField = "identity_field" }
+}
+
+/// A pipeline file (YAML, under Pipelines/). Unknown sections are ignored so one file can carry
+/// the parameters of stages added later.
+public struct PipelineConfig: Codable, Equatable, Sendable {
+    public var ingest = IngestParameters()
+    public var crossfaceid = CrossFaceIDParameters()
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
+        crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
+    }
+
+    public static func load(_ url: URL?) throws -> PipelineConfig {
+        guard let url else { return PipelineConfig() }
+        let text: String
+        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
+            throw PipelineError.unreadable(url.path, error.localizedDescription)
+        }
+        do { return try YAMLDecoder().decode(PipelineConfig.self, from: text) } catch {
+            throw PipelineError.invalid(url.path, "\(error)")
+        }
+    }
+}
+
+public enum PipelineError: Error, CustomStringConvertible {
+    case unreadable(String, String)
+    case invalid(String, String)
+    public var description: String {
+        switch self {
+        case .unreadable(let p, let r): return "pipeline file \(p): cannot read it (\(r))"
+        case .invalid(let p, let r): return "pipeline file \(p): invalid (\(r))"
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import PIDiffData
+
+struct IngestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Scan photo sources, detect and align faces, and record everything in the catalog.",
+        discussion: """
+            SOURCE is a folder of identity folders (root/<identity>/*.jpg), a JSONL manifest
+            (Manifests/manifest.schema.json) or a CrossFaceID training JSONL. Re-running is
+            incremental: unchanged files are skipped without being read.
+
+            Examples:
+              pidiff-data ingest ~/photos --catalog data/catalog.sqlite
+              pidiff-data ingest Manifests/sample.jsonl --catalog data/catalog.sqlite --pipeline Pipelines/default.yaml --json
+            """
+    )
+
+    @Argument(help: "Photo sources: identity-folder roots, JSONL manifests or CrossFaceID JSONL files.")
+    var sources: [String]
+
+    @OptionGroup var catalog: CatalogOptions
+
+    @Option(help: "Pipeline file (YAML) with stage parameters; defaults apply where it is silent.")
+    var pipeline: String?
+
+    @Option(help: "Folder holding the dlib models (default: $PIDIFF_MODELS or $PIDIFF_CACHE/models).")
+    var models: String?
+
+    @Option(name: .customLong("data-root"), help: "Where crops are stored (default: <catalog>.data; fixed at the first run).")
+    var dataRoot: String?
+
+    @Option(help: "Override the detector: hog or mmod.")
+    var detector: DetectorKind?
+
+    @Option(help: "Override the number of workers (default: one per core).")
+    var workers: Int?
+
+    @Flag(help: "Print the run summary as JSON on stdout.")
+    var json = false
+
+    @Flag(help: "Exit non-zero when any item could not be processed.")
+    var strict = false
+
+    func run() async throws {
+        do {
+            var config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
+            if let detector { config.ingest.detector = detector }
+            if let workers { config.ingest.workers = workers }
+            let pipeline = IngestPipeline(
+                sources: sources, catalogPath: catalog.catalog, config: config,
+                models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
+                dataRoot: dataRoot, showProgress: isatty(STDERR_FILENO) == 1)
+            let summary = try await pipeline.run()
+            if json {
+                try summary.printJSON()
+            } else {
+                let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                print(String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond))
+                for problem in summary.problems.prefix(20) { print("  \(problem)") }
+                if summary.problems.count > 20 { print("  … \(summary.problems.count - 20) more (pidiff-data status)") }
+            }
+            if strict && summary.errorCount > 0 { throw ExitCode(2) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+extension DetectorKind: ExpressibleByArgument {}

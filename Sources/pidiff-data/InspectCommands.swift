@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import PIDiffData
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Counts by stage and outcome, and the last runs.",
+        discussion: "Example: pidiff-data status --catalog data/catalog.sqlite --json")
+
+    @OptionGroup var catalog: CatalogOptions
+    @Flag(help: "Print JSON.") var json = false
+    @Option(help: "How many recent runs to show.") var runs = 5
+
+    func run() async throws {
+        do {
+            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
+                throw CatalogError.open(catalog.catalog, "no such catalog")
+            }
+            let status = try Catalog(path: catalog.catalog).status(lastRuns: runs)
+            if json { try status.printJSON(); return }
+            print("catalog \(catalog.catalog)")
+            print("  files \(status.files), identities \(status.identities), distinct images \(status.images), unreadable \(status.unreadable)")
+            print("  outcomes: " + status.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            print("  faces \(status.faces) (selected \(status.selectedFaces), passing quality \(status.qualityPassed))")
+            print("  runs:")
+            for r in status.runs {
+                let counts = (r.counts ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                print("    #\(r.id) \(r.command) \(r.status) \(r.startedAt) → \(r.endedAt ?? "-")  \(counts)")
+            }
+        } catch { fail(error) }
+    }
+}
+
+struct FacesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "faces",
+        abstract: "List faces: path, identity, box, 68 landmarks (original pixels), crops and quality.",
+        discussion: "Example: pidiff-data faces --catalog data/catalog.sqlite --json | head -1")
+
+    @OptionGroup var catalog: CatalogOptions
+    @Flag(help: "One JSON object per face per line.") var json = false
+    @Flag(name: .customLong("selected-only"), help: "Only the face each photo contributes.") var selectedOnly = false
+
+    func run() async throws {
+        do {
+            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
+                throw CatalogError.open(catalog.catalog, "no such catalog")
+            }
+            for face in try Catalog(path: catalog.catalog).faceReports(selectedOnly: selectedOnly) {
+                if json {
+                    try face.printJSON(pretty: false)
+                } else {
+                    let q = face.qualityOK.map { $0 ? "ok" : "fail: \(face.qualityReason ?? "")" } ?? "-"
+                    print(String(format: "%@  %@  face %d%@  size %.0f px  quality %@", face.identity, face.path, face.faceIndex,
+                                 face.selected ? "*" : "", face.faceSize, q))
+                }
+            }
+        } catch { fail(error) }
+    }
+}

@@ -1,0 +1,33 @@
+import ArgumentParser
+import Foundation
+import PIDiffData
+
+@main
+struct PIDiffDataCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pidiff-data",
+        abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
+        subcommands: [IngestCommand.self, StatusCommand.self, FacesCommand.self, BenchCommand.self]
+    )
+}
+
+/// Options shared by every command that opens a catalog.
+struct CatalogOptions: ParsableArguments {
+    @Option(name: .long, help: "Path of the SQLite catalog (created if missing).")
+    var catalog: String
+}
+
+extension Encodable {
+    func printJSON(pretty: Bool = true) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(self), as: UTF8.self))
+    }
+}
+
+/// Reports a failure on stderr the way every command does: one line naming the item and reason.
+func fail(_ error: Error) -> Never {
+    FileHandle.standardError.write(Data("pidiff-data: error: \(error)\n".utf8))
+    if case CatalogError.locked = error { Foundation.exit(75) } // EX_TEMPFAIL: another run holds the lock
+    Foundation.exit(1)
+}
