@@ -1,0 +1,191 @@
+"""`pidiff encode`: round trip, routing of images to encoders, caching, and shard errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_shard
+from pidiff import cli
+from pidiff.e4e import load_e4e
+from pidiff.encode import (
+    EncodeOptions,
+    ShardEncoder,
+    encode_shards,
+    read_encoded_shard,
+)
+from pidiff.random_model import TINY_VAE_CONFIG, build_random_vae, write_random_e4e
+from pidiff.shards import ShardError, expand_shard_pattern, index_shard, synthetic_face_sample, write_test_shard
+
+QUIET = EncodeOptions(workers=0, progress=False, batch_size=2)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def png_to_unit_range(data: bytes) -> torch.Tensor:
+    array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_round_trip_rows_follow_shard_keys_and_match_direct_encoding(tiny_models, two_shards, tmp_path):
+    from diffusers import AutoencoderKL
+
+    out = tmp_path / "encoded"
+    pattern = str(two_shards[0].parent / "faces-{000000..000001}.tar")
+    status = cli.main([
+        "encode", "--shards", pattern, "--e4e", str(tiny_models["e4e"]), "--sd", str(tiny_models["sd"]),
+        "--out", str(out), "--batch-size", "2", "--workers", "2", "--no-progress",
+    ])
+    assert status == 0
+
+    first = read_encoded_shard(out / "faces-000000.safetensors")
+    second = read_encoded_shard(out / "faces-000001.safetensors")
+    assert first.keys == ["alice_000", "alice_001", "bob_000"]
+    assert second.keys == ["carol_000", "carol_001"]
+    assert first.w_plus.shape == (3, 18, 512)
+    assert first.latent_mean.shape == first.latent_std.shape == (3, 4, 64, 64)
+    assert bool((first.latent_std > 0).all())
+
+    metadata = first.metadata
+    assert json.loads(metadata["keys"]) == first.keys
+    assert metadata["e4e_sha256"] == sha256(tiny_models["e4e"])
+    assert metadata["vae_sha256"] == sha256(tiny_models["sd"] / "vae" / "diffusion_pytorch_model.safetensors")
+    assert metadata["source_sha256"] == sha256(two_shards[0])
+    assert metadata["random_weights"] == "e4e,sd"
+    assert first.scaling_factor == 0.18215
+    assert metadata["storage_dtype"] == "float32"
+
+    # Row 1 of shard 0 is alice_001: e4e saw <key>.e4e.png, the VAE saw <key>.png.
+    sample = synthetic_face_sample(1)
+    e4e = load_e4e(tiny_models["e4e"])
+    vae = AutoencoderKL.from_pretrained(tiny_models["sd"], subfolder="vae")
+    with torch.no_grad():
+        expected_w = e4e(png_to_unit_range(sample["e4e.png"]))
+        posterior = vae.encode(png_to_unit_range(sample["png"])).latent_dist
+    torch.testing.assert_close(first.w_plus[1:2], expected_w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(first.latent_mean[1:2], posterior.mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(first.latent_std[1:2], posterior.std, rtol=1e-4, atol=1e-4)
+
+
+def test_vae_posterior_mean_and_std_match_diffusers_on_a_tiny_autoencoder():
+    vae = build_random_vae(TINY_VAE_CONFIG, seed=4)
+    e4e = torch.nn.Identity()
+    encoder = ShardEncoder(e4e, vae, torch.device("cpu"), precision="fp32")
+    images = torch.randint(0, 256, (2, 3, 512, 512), dtype=torch.uint8)
+    mean, std = encoder.encode_latents(images)
+    with torch.no_grad():
+        posterior = vae.encode(images.float() / 127.5 - 1).latent_dist
+    assert mean.dtype == std.dtype == torch.float32
+    torch.testing.assert_close(mean, posterior.mean)
+    torch.testing.assert_close(std, posterior.std)
+
+
+def test_second_run_hits_the_cache_and_changed_inputs_or_models_miss(tiny_models, tmp_path):
+    two_shards = [make_shard(tmp_path / f"faces-00000{i}.tar", [f"id{i}_000"], seed=i) for i in range(2)]
+    out = tmp_path / "encoded"
+    run = lambda e4e=tiny_models["e4e"], **changes: encode_shards(  # noqa: E731
+        two_shards, e4e, tiny_models["sd"], out, EncodeOptions(**{**QUIET.__dict__, **changes})
+    )
+    assert [r.cached for r in run()] == [False, False]
+    stamps = [r.output.stat().st_mtime_ns for r in run()]
+    assert [r.cached for r in run()] == [True, True]
+    assert [p.stat().st_mtime_ns for p in (out / "faces-000000.safetensors", out / "faces-000001.safetensors")] == stamps
+
+    make_shard(two_shards[1], ["id1_000", "id1_001"], seed=20)  # new data in shard 1
+    results = run()
+    assert [r.cached for r in results] == [True, False]
+    assert read_encoded_shard(results[1].output).keys == ["id1_000", "id1_001"]
+
+    other_e4e = write_random_e4e(tmp_path / "other-e4e.pt", tiny=True, seed=99)  # another model
+    assert [r.cached for r in run(e4e=other_e4e)] == [False, False]
+    assert [r.cached for r in run(e4e=other_e4e, storage_dtype="float16")] == [False, False]
+    assert read_encoded_shard(out / "faces-000000.safetensors").w_plus.dtype == torch.float16
+    assert [r.cached for r in run(e4e=other_e4e, storage_dtype="float16", force=True)] == [False, False]
+
+
+def _encode_error(tiny_models, shard, tmp_path, capsys) -> str:
+    status = cli.main([
+        "encode", "--shards", str(shard), "--e4e", str(tiny_models["e4e"]), "--sd", str(tiny_models["sd"]),
+        "--out", str(tmp_path / "encoded"), "--workers", "0", "--no-progress",
+    ])
+    assert status == 1
+    return capsys.readouterr().err
+
+
+def test_truncated_shard_error_names_the_shard(tiny_models, two_shards, tmp_path, capsys):
+    shard = two_shards[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    message = _encode_error(tiny_models, shard, tmp_path, capsys)
+    assert str(shard) in message and "truncated" in message
+
+
+def test_undecodable_image_error_names_shard_and_sample(tiny_models, tmp_path, capsys):
+    sample = synthetic_face_sample(0)
+    sample["png"] = b"\x89PNG\r\n\x1a\n but not really"
+    shard = write_test_shard(tmp_path / "broken-000000.tar", {"erin_000": sample})
+    message = _encode_error(tiny_models, shard, tmp_path, capsys)
+    assert str(shard) in message and "erin_000.png" in message and "not a decodable image" in message
+
+
+def test_sample_without_e4e_image_is_named(tmp_path):
+    sample = synthetic_face_sample(0)
+    del sample["e4e.png"]
+    shard = write_test_shard(tmp_path / "partial-000000.tar", {"frank_000": sample})
+    with pytest.raises(ShardError, match=r"partial-000000\.tar: sample 'frank_000' lacks \.e4e\.png"):
+        index_shard(shard)
+
+
+def test_not_a_tar_error_names_the_shard(tmp_path):
+    shard = tmp_path / "garbage-000000.tar"
+    shard.write_bytes(b"this is not a tar archive" * 100)
+    with pytest.raises(ShardError, match="garbage-000000.tar"):
+        index_shard(shard)
+
+
+def test_wrong_image_size_is_reported(tiny_models, tmp_path, capsys):
+    sample = synthetic_face_sample(0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128)).save(buffer, format="PNG")
+    sample["e4e.png"] = buffer.getvalue()
+    shard = write_test_shard(tmp_path / "small-000000.tar", {"gina_000": sample})
+    message = _encode_error(tiny_models, shard, tmp_path, capsys)
+    assert "gina_000.e4e.png" in message and "128x128, expected 256x256" in message
+
+
+def test_webdataset_reads_our_test_shards_with_the_same_keys(two_shards):
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(two_shards[0]), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == index_shard(two_shards[0]).keys
+    assert {"png", "e4e.png", "mask.png", "json"} <= set(samples[0])
+
+
+def test_shard_pattern_expansion_keeps_zero_padding():
+    assert expand_shard_pattern("d/x-{000008..000011}.tar") == [f"d/x-{n:06d}.tar" for n in range(8, 12)]
+    assert expand_shard_pattern("{a,b}/x-{0..1}.tar") == ["a/x-0.tar", "a/x-1.tar", "b/x-0.tar", "b/x-1.tar"]
+    assert expand_shard_pattern("plain.tar") == ["plain.tar"]
+    with pytest.raises(ShardError):
+        expand_shard_pattern("x-{oops}.tar")
+
+
+def test_cli_names_a_missing_command_module(capsys):
+    assert cli.run_command("sample", "pidiff.module_that_does_not_exist", []) == 2
+    assert "pidiff.module_that_does_not_exist" in capsys.readouterr().err
+
+
+def test_tar_members_written_for_tests_are_deterministic(tmp_path):
+    a = make_shard(tmp_path / "a.tar", ["k_000"], seed=3)
+    b = make_shard(tmp_path / "b.tar", ["k_000"], seed=3)
+    assert a.read_bytes() == b.read_bytes()
+    with tarfile.open(a) as archive:
+        assert archive.getnames() == ["k_000.png", "k_000.e4e.png", "k_000.mask.png", "k_000.json"]
