@@ -19,6 +19,15 @@ from pidiff.model import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    # These models are so small that a second thread costs more in synchronisation than it saves.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_SD15_UNET_CONFIG).eval().requires_grad_(False)

@@ -1,0 +1,567 @@
+"""`pidiff train`: fine-tune PIDiff's mapping network and style cross-attention per identity.
+
+    pidiff train --encoded ENC --identity ID --sd SD15 --out OUT         # one identity
+    pidiff train --encoded ENC --identities A,B,C --sd SD15 --out OUT    # K identities, one UNet pass
+    pidiff train --encoded ENC --split NAME --sd SD15 --out OUT          # every identity of a split
+    accelerate launch -m pidiff.cli train ...                            # identity groups over GPUs
+
+The fast path: a training step is one frozen-UNet forward + backward. VAE latents are sampled from
+the stored mean/std and text embeddings of the finite template set are computed once, so neither
+the VAE nor the text encoder is in the loop. Identities are trained in groups of `group_size`
+that share one UNet pass; each identity has its own weights, its own random stream and its own
+loss term, so a group gives the same per-identity result as one-by-one runs (up to floating point).
+
+Outputs, for one identity OUT/pidiff.safetensors, for several OUT/<identity>/pidiff.safetensors,
+each with loss.csv and loss.png beside it; checkpoints under OUT/checkpoints/.
+Read top to bottom: defaults, data, the training step, checkpoints, outputs, main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pidiff.model import DEFAULT_INFERENCE_SCALE, PIDiffAdapter, model_fingerprint, save_weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Defaults: the paper's recipe. Every field is a command-line flag (--learning-rate 2e-4, ...).
+@dataclass
+class TrainConfig:
+    # what to train, from where, to where
+    encoded: str = ""             # folder of encoded shards written by `pidiff encode`
+    sd: str = ""                  # Stable Diffusion 1.5 folder, diffusers layout
+    out: str = ""                 # output folder
+    identities: str = ""          # comma-separated identity ids (--identity ID is one of them)
+    split: str = ""               # or: every identity in the encoded shards NAME-*.safetensors
+    shards: str = ""              # folder of the source WebDataset shards, for identity labels (optional)
+    group_size: int = 4           # identities trained together, sharing one frozen UNet pass
+    # the recipe (PIDiff, after the W+ Adapter)
+    steps: int = 600
+    batch_size: int = 4           # per identity
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    visual_dropout: float = 0.5   # p of replacing w+ by zeros (the unconditional visual input)
+    text_dropout: float = 0.3     # p of replacing the prompt by the empty prompt
+    w_plus_noise: float = 0.05    # σ of Gaussian noise added to w+ (our choice; the paper gives none)
+    placeholder: str = "S*"       # the identity's word in prompts; a plain string, not a learned token
+    templates: str = ""           # file with one prompt template per line, "{}" = placeholder
+    default_lambda: float = DEFAULT_INFERENCE_SCALE  # λ recorded for inference
+    seed: int = 0
+    # speed
+    device: str = "auto"          # auto = cuda if available
+    precision: str = "auto"       # bf16 (frozen UNet in bf16, trainables fp32 + autocast) | fp32
+    compile: bool = False         # torch.compile the UNet (pays off for many identities)
+    gradient_checkpointing: bool = False
+    channels_last: bool = True    # on CUDA only
+    # checkpoints and logging
+    checkpoint_every: int = 200   # steps; 0 = never
+    keep_checkpoints: bool = False  # keep them after the final weights are written
+    resume: bool = False          # continue every unfinished group from its latest checkpoint
+    log_every: int = 50
+
+
+# Prompt templates ("{}" = placeholder), in the style of Textual Inversion's small template set.
+DEFAULT_TEMPLATES = (
+    "a photo of {}",
+    "a cropped photo of {}",
+    "a close-up photo of {}",
+    "a good photo of {}",
+    "a bright photo of {}",
+    "a dark photo of {}",
+    "a clean photo of {}",
+    "a nice photo of {}",
+    "a portrait of {}",
+    "a photo of the face of {}",
+    "a blurry photo of {}",
+    "a rendition of {}",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: one identity's training samples, resident on the device for the whole run.
+@dataclass
+class IdentitySamples:
+    identity: str
+    keys: list[str]
+    w_plus: torch.Tensor       # [N, 18, 512]
+    latent_mean: torch.Tensor  # [N, 4, h, w], already multiplied by the VAE scaling factor
+    latent_std: torch.Tensor   # [N, 4, h, w], idem
+
+    def to(self, device) -> "IdentitySamples":
+        return dataclasses.replace(self, w_plus=self.w_plus.to(device), latent_mean=self.latent_mean.to(device),
+                                   latent_std=self.latent_std.to(device))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the keys and tensors this identity was trained on."""
+        digest = hashlib.sha256(json.dumps([self.identity, self.keys]).encode())
+        for tensor in (self.w_plus, self.latent_mean, self.latent_std):
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def sample_labels(shard, shards_dir: str | Path | None) -> list[dict]:
+    """Identity and role ("train" | "reference") of each row of an encoded shard.
+
+    `pidiff encode` does not record them, so they come from, in order: a `samples` field in the
+    encoded metadata (a JSON list aligned with `keys`), a sidecar `<shard>.samples.json` beside the
+    encoded file ({key: {"identity": ..., "role": ...}}), or the `<key>.json` files of the source
+    WebDataset shard `SHARDS_DIR/<source_shard>`.
+    """
+    if "samples" in shard.metadata:
+        labels = json.loads(shard.metadata["samples"])
+    else:
+        sidecar = shard.path.with_name(shard.path.name.removesuffix(".safetensors") + ".samples.json")
+        if sidecar.is_file():
+            by_key = json.loads(sidecar.read_text())
+        elif shards_dir is not None and "source_shard" in shard.metadata:
+            by_key = read_shard_sample_json(Path(shards_dir) / shard.metadata["source_shard"])
+        else:
+            raise FileNotFoundError(f"{shard.path}: no identity labels: write {sidecar.name} beside it "
+                                    "or pass --shards with the source WebDataset shards")
+        missing = [key for key in shard.keys if key not in by_key]
+        if missing:
+            raise KeyError(f"{shard.path}: no identity label for samples {missing[:5]}")
+        labels = [by_key[key] for key in shard.keys]
+    for key, label in zip(shard.keys, labels):
+        if not label.get("identity"):
+            raise ValueError(f"{shard.path}: sample {key!r} has no identity")
+        if label.get("role", "train") not in ("train", "reference"):
+            raise ValueError(f"{shard.path}: sample {key!r} has role {label['role']!r}, not train/reference")
+    return labels
+
+
+def read_shard_sample_json(tar_path: Path) -> dict[str, dict]:
+    """{key: parsed <key>.json} for every sample of a WebDataset shard."""
+    from pidiff import shards
+
+    index = shards.index_shard(tar_path, required_extensions=("json",))
+    labels = {}
+    with open(tar_path, "rb") as f:
+        for key in index.keys:
+            member = index.members[key]["json"]
+            f.seek(member.offset)
+            labels[key] = json.loads(f.read(member.size))
+    return labels
+
+
+def load_training_samples(encoded_dir: str | Path, identities: list[str] | None, split: str = "",
+                          shards_dir: str | Path | None = None) -> dict[str, IdentitySamples]:
+    """Training samples (role "train") per identity, from the encoded shards in `encoded_dir`.
+
+    Latent mean/std are stored unscaled; they are multiplied here by the shard's VAE scaling
+    factor (0.18215 for SD1.5), as SD's training does with sampled latents.
+    """
+    from pidiff.encode import read_encoded_shard  # the reader of `pidiff encode`'s format
+
+    encoded_dir = Path(encoded_dir)
+    pattern = f"{split}-*.safetensors" if split else "*.safetensors"
+    paths = sorted(encoded_dir.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no encoded shards {pattern} in {encoded_dir}")
+    wanted = set(identities) if identities else None
+    rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    for path in paths:
+        shard = read_encoded_shard(path)
+        scale = shard.scaling_factor
+        for i, (key, label) in enumerate(zip(shard.keys, sample_labels(shard, shards_dir))):
+            identity = label["identity"]
+            if label.get("role", "train") != "train" or (wanted is not None and identity not in wanted):
+                continue
+            rows.setdefault(identity, []).append(
+                (key, shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale))
+    if wanted is not None and (missing := sorted(wanted - set(rows))):
+        raise ValueError(f"no training samples in {encoded_dir} for identities {missing}")
+    samples = {}
+    for identity in sorted(rows):
+        keys, w, mean, std = zip(*sorted(rows[identity], key=lambda row: row[0]))
+        samples[identity] = IdentitySamples(identity, list(keys), torch.stack(w), torch.stack(mean), torch.stack(std))
+    return samples
+
+
+def prompt_texts(config: TrainConfig) -> list[str]:
+    """The template prompts with the placeholder filled in; the empty prompt comes last."""
+    templates = DEFAULT_TEMPLATES
+    if config.templates:
+        templates = [line.strip() for line in Path(config.templates).read_text().splitlines() if line.strip()]
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError(f"{config.templates}: every template needs a '{{}}' for the placeholder")
+    return [t.format(config.placeholder) for t in templates] + [""]
+
+
+@torch.no_grad()
+def encode_prompts(sd_path: str | Path, prompts: list[str], device) -> torch.Tensor:
+    """CLIP text-encoder embeddings [P, 77, D] (last hidden state, as SD1.5 uses), computed once."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(Path(sd_path) / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(Path(sd_path) / "text_encoder").to(device).eval()
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(tokens)[0].float()
+
+
+def ddpm_noise_levels(sd_path: str | Path | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """√ᾱ_t and √(1−ᾱ_t) of SD1.5's DDPM schedule (scaled_linear β 0.00085…0.012, 1000 steps)."""
+    scheduler = {}
+    config_path = Path(sd_path) / "scheduler" / "scheduler_config.json" if sd_path else None
+    if config_path and config_path.is_file():
+        scheduler = json.loads(config_path.read_text())
+    if scheduler.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise ValueError(f"{config_path}: only SD1.5's scaled_linear β schedule is supported")
+    beta_start, beta_end = scheduler.get("beta_start", 0.00085), scheduler.get("beta_end", 0.012)
+    steps = scheduler.get("num_train_timesteps", 1000)
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return alphas_cumprod.sqrt().float().to(device), (1.0 - alphas_cumprod).sqrt().float().to(device)
+
+
+def identity_seed(seed: int, identity: str) -> int:
+    """Each identity's random stream depends only on (seed, identity), not on its group."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{identity}".encode()).digest()[:8], "little") >> 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The training step.
+class IdentityGroupTrainer:
+    """Trains K identities at once on a frozen UNet: batch = K × batch_size, identity-major."""
+
+    def __init__(self, unet, text_embeddings: torch.Tensor, samples: list[IdentitySamples],
+                 config: TrainConfig, device, noise_levels):
+        self.config = config
+        self.device = torch.device(device)
+        self.samples = [s.to(self.device) for s in samples]
+        self.identities = [s.identity for s in samples]
+        self.text_embeddings = text_embeddings  # [templates + 1, 77, D]; last row = empty prompt
+        self.num_templates = text_embeddings.shape[0] - 1
+        self.sqrt_alpha_bar, self.sqrt_one_minus_alpha_bar = noise_levels
+        self.use_bf16 = config.precision == "bf16"
+
+        self.unet = unet
+        self.adapter = PIDiffAdapter(unet, num_identities=len(samples))
+        self.adapter.mapper.reset_parameters(
+            [torch.Generator().manual_seed(identity_seed(config.seed, name)) for name in self.identities])
+        self.adapter.to(self.device).train()
+        self.adapter.install(unet)
+        self.adapter.set_scale(1.0)  # λ = 1 in training
+        self.forward_unet = torch.compile(unet) if config.compile else unet
+
+        self.optimizer = torch.optim.AdamW(
+            self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+            betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+            fused=self.device.type == "cuda")
+        # One generator per identity, on the device, so drawing a batch never waits for the host.
+        self.generators = [torch.Generator(self.device).manual_seed(identity_seed(config.seed, name) + 1)
+                           for name in self.identities]
+        self.step = 0
+        self.losses: list[list[float]] = [[] for _ in samples]
+
+    def draw_batch(self, data: IdentitySamples, generator: torch.Generator):
+        """One identity's batch; the draws and their order define its random stream."""
+        cfg, b, dev = self.config, self.config.batch_size, self.device
+        index = torch.randint(len(data.keys), (b,), generator=generator, device=dev)
+        mean, std = data.latent_mean[index], data.latent_std[index]
+        latents = mean + std * torch.randn(mean.shape, generator=generator, device=dev)
+        w_plus = data.w_plus[index]
+        w_plus = w_plus + cfg.w_plus_noise * torch.randn(w_plus.shape, generator=generator, device=dev)
+        drop_visual = torch.rand(b, generator=generator, device=dev) < cfg.visual_dropout
+        w_plus = torch.where(drop_visual[:, None, None], torch.zeros_like(w_plus), w_plus)
+        prompt = torch.randint(self.num_templates, (b,), generator=generator, device=dev)
+        drop_text = torch.rand(b, generator=generator, device=dev) < cfg.text_dropout
+        prompt = torch.where(drop_text, self.num_templates, prompt)  # the empty prompt's row
+        timesteps = torch.randint(len(self.sqrt_alpha_bar), (b,), generator=generator, device=dev)
+        noise = torch.randn(latents.shape, generator=generator, device=dev)
+        noisy = (self.sqrt_alpha_bar[timesteps, None, None, None] * latents
+                 + self.sqrt_one_minus_alpha_bar[timesteps, None, None, None] * noise)
+        return noisy, timesteps, prompt, w_plus, noise
+
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step for every identity in the group; returns the K losses (on device)."""
+        batches = [self.draw_batch(d, g) for d, g in zip(self.samples, self.generators)]
+        noisy, timesteps, prompt, w_plus, noise = (torch.cat(parts) for parts in zip(*batches))
+        if self.device.type == "cuda" and self.config.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            prediction = self.adapter.denoise(self.forward_unet, noisy.to(self.unet.dtype), timesteps,
+                                              self.text_embeddings[prompt], w_plus)
+        per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        per_identity = per_sample.view(len(self.samples), -1).mean(dim=1)
+        # Summing (not averaging) over identities gives each identity exactly its own gradient.
+        per_identity.sum().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return per_identity.detach()
+
+    def run(self, checkpoint_dir: Path | None, log=print) -> None:
+        cfg = self.config
+        pending: list[torch.Tensor] = []  # losses stay on the device until logged: no sync per step
+        started = time.perf_counter()
+        while self.step < cfg.steps:
+            pending.append(self.train_step())
+            at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
+            at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            if at_log or at_checkpoint:
+                for k, losses in enumerate(torch.stack(pending).cpu().T.tolist()):
+                    self.losses[k].extend(losses)
+                pending.clear()
+            if at_log:
+                elapsed = time.perf_counter() - started
+                mean_loss = sum(losses[-1] for losses in self.losses) / len(self.losses)
+                log(f"step {self.step}/{cfg.steps}  loss {mean_loss:.4f}  {elapsed / self.step:.3f} s/step "
+                    f"({len(self.identities)} identities)")
+            if at_checkpoint and checkpoint_dir is not None and self.step < cfg.steps:
+                self.save_checkpoint(checkpoint_dir)
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints: weights (safetensors), optimizer, random streams, losses. Resuming from one
+    # continues bit-for-bit on the same device.
+    def save_checkpoint(self, checkpoint_dir: Path) -> Path:
+        from safetensors.torch import save_file
+
+        final = checkpoint_dir / f"step-{self.step:06d}"
+        partial = checkpoint_dir / f".step-{self.step:06d}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file({k: v.detach().contiguous() for k, v in self.adapter.state_dict().items()},
+                  str(partial / "adapter.safetensors"))
+        torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save([g.get_state() for g in self.generators], partial / "rng.pt")
+        state = {"step": self.step, "identities": self.identities, "losses": self.losses,
+                 "config": dataclasses.asdict(self.config)}
+        (partial / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)  # a checkpoint directory is complete or absent
+        for older in checkpoint_dir.glob("step-*"):
+            if older != final:
+                shutil.rmtree(older)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((path / "state.json").read_text())
+        if state["identities"] != self.identities:
+            raise ValueError(f"{path} holds identities {state['identities']}, not {self.identities}")
+        self.adapter.load_state_dict(load_file(str(path / "adapter.safetensors"), device=str(self.device)))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        for generator, rng_state in zip(self.generators, torch.load(path / "rng.pt", weights_only=True)):
+            generator.set_state(rng_state)
+        self.step, self.losses = state["step"], state["losses"]
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir.glob("step-*"))
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs: weights with metadata, loss curve as CSV and PNG.
+def write_loss_curve(losses: list[float], directory: Path, title: str) -> None:
+    with open(directory / "loss.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+        writer.writerows((step, f"{loss:.6f}") for step, loss in enumerate(losses, start=1))
+    plot_loss_png(losses, directory / "loss.png", title)
+
+
+def plot_loss_png(losses: list[float], path: Path, title: str, size=(640, 360)) -> None:
+    """Per-step loss (light) and its running mean over 25 steps (dark), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 60, 20, 30, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), title, fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    if losses:
+        low, high = min(losses), max(losses)
+        span = (high - low) or 1.0
+
+        def point(i: int, value: float) -> tuple[float, float]:
+            x = left + (width - left - right) * (i / max(len(losses) - 1, 1))
+            y = height - bottom - (height - top - bottom) * ((value - low) / span)
+            return x, y
+
+        window = 25
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))]
+        if len(losses) > 1:
+            draw.line([point(i, v) for i, v in enumerate(losses)], fill=(170, 190, 230), width=1)
+            draw.line([point(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 160), width=2)
+        draw.text((4, top), f"{high:.3f}", fill="black")
+        draw.text((4, height - bottom - 10), f"{low:.3f}", fill="black")
+        draw.text((left, height - bottom + 8), "1", fill="black")
+        draw.text((width - right - 40, height - bottom + 8), f"{len(losses)} steps", fill="black")
+    image.save(path)
+
+
+def write_identity_outputs(trainer: IdentityGroupTrainer, k: int, directory: Path, base_fingerprint: str,
+                           extra_metadata: dict[str, object]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = trainer.samples[k]
+    metadata = {
+        "identity": data.identity,
+        "base_model": base_fingerprint,
+        "placeholder": trainer.config.placeholder,
+        "default_lambda": trainer.config.default_lambda,
+        "steps": trainer.step,
+        "data_fingerprint": data.fingerprint(),
+        "train_keys": data.keys,
+        "final_loss": trainer.losses[k][-1] if trainer.losses[k] else None,
+        "config": dataclasses.asdict(trainer.config),
+        **extra_metadata,
+    }
+    save_weights(directory / "pidiff.safetensors", trainer.adapter, k, metadata)
+    write_loss_curve(trainer.losses[k], directory, f"{data.identity}: training loss")
+    return directory / "pidiff.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# Putting it together.
+def resolve_device_and_precision(config: TrainConfig) -> TrainConfig:
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"--precision must be bf16 or fp32, not {precision!r}")
+    return dataclasses.replace(config, device=device, precision=precision)
+
+
+def prepare_frozen_unet(unet, config: TrainConfig):
+    """Freeze the UNet and put it in its training form (dtype, memory format, checkpointing)."""
+    unet.requires_grad_(False).eval()
+    unet.to(config.device, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32)
+    if config.device.startswith("cuda") and config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+def group_output_dirs(out: Path, identities: list[str], single: bool) -> dict[str, Path]:
+    return {name: out if single else out / name for name in identities}
+
+
+def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, IdentitySamples], config: TrainConfig,
+                 base_fingerprint: str, rank: int = 0, world_size: int = 1, log=print,
+                 extra_metadata: dict[str, object] | None = None) -> dict[str, Path]:
+    """Train every identity in `samples` in groups of `config.group_size`; returns weight paths."""
+    out = Path(config.out)
+    names = sorted(samples)
+    output_dirs = group_output_dirs(out, names, single=len(names) == 1)
+    groups = [names[i:i + config.group_size] for i in range(0, len(names), config.group_size)]
+    noise_levels = ddpm_noise_levels(config.sd or None, config.device)
+    written = {}
+    for group_index, group in list(enumerate(groups))[rank::world_size]:
+        checkpoint_dir = out / "checkpoints" / (f"group-{group_index:04d}" if len(groups) > 1 else "")
+        finished = [n for n in group if (output_dirs[n] / "pidiff.safetensors").is_file()]
+        if config.resume and len(finished) == len(group):
+            log(f"group {group_index}: {', '.join(group)} already trained, skipped")
+            written.update({n: output_dirs[n] / "pidiff.safetensors" for n in group})
+            continue
+        trainer = IdentityGroupTrainer(unet, text_embeddings, [samples[n] for n in group], config,
+                                       config.device, noise_levels)
+        if config.resume and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
+            trainer.load_checkpoint(checkpoint)
+            log(f"group {group_index}: resumed from {checkpoint} at step {trainer.step}")
+        log(f"group {group_index}: training {', '.join(group)} "
+            f"({sum(len(samples[n].keys) for n in group)} samples)")
+        trainer.run(checkpoint_dir if config.checkpoint_every else None, log=log)
+        for k, name in enumerate(group):
+            written[name] = write_identity_outputs(trainer, k, output_dirs[name], base_fingerprint,
+                                                   extra_metadata or {})
+        trainer.adapter.uninstall(unet)
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pidiff train",
+        description="Fine-tune the PIDiff mapping network and style cross-attention per identity "
+                    "on encoded shards. Defaults are the paper's recipe.",
+        epilog="example: pidiff train --encoded enc/ --identity person_0001 --sd sd15/ --out runs/person_0001")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--identity", help="train one identity")
+    who.add_argument("--identities", help="comma-separated identities, trained in groups sharing one UNet pass")
+    who.add_argument("--split", help="every identity in the encoded shards SPLIT-*.safetensors")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("identities", "split"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[field.type if isinstance(field.type, str) else field.type.__name__]
+            parser.add_argument(flag, type=kind, default=field.default, required=field.name in ("encoded", "sd", "out"),
+                                help=f"(default: {field.default})" if field.default != "" else None)
+    return parser
+
+
+def config_from_args(argv: list[str]) -> TrainConfig:
+    args = vars(build_parser().parse_args(argv))
+    identity = args.pop("identity")
+    args["identities"] = identity if identity is not None else (args["identities"] or "")
+    args["split"] = args["split"] or ""
+    return TrainConfig(**args)
+
+
+def distributed_context(config: TrainConfig) -> tuple[int, int, TrainConfig]:
+    """(rank, world size, config with this rank's device). Uses accelerate when launched by it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, config
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, dataclasses.replace(config, device=str(state.device))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = resolve_device_and_precision(config_from_args(sys.argv[1:] if argv is None else argv))
+    rank, world_size, config = distributed_context(config)
+    log = (lambda message: print(f"[rank {rank}] {message}", flush=True)) if world_size > 1 else \
+        (lambda message: print(message, flush=True))
+    from diffusers import UNet2DConditionModel
+
+    wanted = [name for name in config.identities.split(",") if name] or None
+    samples = load_training_samples(config.encoded, wanted, config.split, config.shards or None)
+    log(f"{len(samples)} identities, {sum(len(s.keys) for s in samples.values())} training samples")
+
+    unet = UNet2DConditionModel.from_pretrained(Path(config.sd) / "unet")
+    base_fingerprint = model_fingerprint(unet)
+    unet = prepare_frozen_unet(unet, config)
+    text_embeddings = encode_prompts(config.sd, prompt_texts(config), config.device).to(unet.dtype)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    extra = {"base_model_path": str(config.sd), "random_base_model": (Path(config.sd) / "pidiff-random-model.json").is_file()}
+    written = train_groups(unet, text_embeddings, samples, config, base_fingerprint, rank, world_size, log, extra)
+    for name, path in written.items():
+        log(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
