@@ -178,7 +178,8 @@ def test_train_command_writes_weights_with_metadata_and_a_loss_curve(tiny_models
     assert json.loads(metadata["default_lambda"]) == 0.4 and json.loads(metadata["random_base_model"]) is True
     saved_config = json.loads(metadata["config"])
     assert saved_config["steps"] == 3 and saved_config["batch_size"] == 4 and saved_config["precision"] == "fp32"
-    assert weights["mapper.linears.3.weight"].shape == (32, 6 * 512)  # the tiny model's 32-d text space
+    text_width = json.loads((tiny_models["sd"] / "unet" / "config.json").read_text())["cross_attention_dim"]
+    assert weights["mapper.linears.3.weight"].shape == (text_width, 6 * 512)  # w+ rows 12..17 -> one token
     with open(out / "loss.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
