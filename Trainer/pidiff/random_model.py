@@ -9,7 +9,8 @@ No SD1.5 or e4e weights can be downloaded on CI and demo machines, yet every com
                    "opts", "latent_avg" [18, 512]}
 
 with random weights, at the full SD1.5 / official e4e size or, with --tiny, a small model of the
-same topology (same block types, 4-channel 64x64 latents for 512x512 images, [18, 512] w+).
+same topology (same block types, 4-channel 64x64 latents for 512x512 images, 768-wide
+cross-attention, [18, 512] w+).
 Both are marked: `sd/pidiff-random-model.json` and `opts["pidiff_random_weights"]`, so anything
 produced with them says so in its metadata.
 
@@ -96,17 +97,15 @@ SD15_SCHEDULER_CONFIG = dict(  # PNDMScheduler, as shipped with SD1.5
     steps_offset=1,
 )
 
-# Tiny variants: same block types and latent geometry (512 px -> 4x64x64), small widths.
-# Two cross-attention blocks down, two up (+ mid): 4 attn2 layers instead of SD1.5's 16.
+# Tiny variants: SD1.5's topology (same block types and layers per block, hence the same 16
+# cross-attention layers; 512 px -> 4x64x64 latents) at small widths. Cross-attention keeps its
+# 768 width, so the PIDiff mapper and style projections have their real input sizes; that
+# forces a 768-wide text encoder, kept small by using a single layer.
 TINY_UNET_CONFIG = {
     **SD15_UNET_CONFIG,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "cross_attention_dim": 32,
-    "attention_head_dim": 4,
+    "block_out_channels": (32, 32, 64, 64),
     "norm_num_groups": 8,
+    "attention_head_dim": 2,
 }
 TINY_VAE_CONFIG = {
     **SD15_VAE_CONFIG,
@@ -116,11 +115,9 @@ TINY_VAE_CONFIG = {
 }
 TINY_TEXT_ENCODER_CONFIG = {
     **SD15_TEXT_ENCODER_CONFIG,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
+    "intermediate_size": 256,
+    "num_hidden_layers": 1,
     "num_attention_heads": 2,
-    "projection_dim": 32,
 }
 
 CLIP_BPE_MERGE_COUNT = 49152 - 256 - 2  # OpenAI's SimpleTokenizer uses this many merges
@@ -309,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: pidiff random-model --out /tmp/models --tiny  ->  --sd /tmp/models/sd --e4e /tmp/models/e4e.pt",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (gets sd/ and e4e.pt)")
-    parser.add_argument("--tiny", action="store_true", help="small models of the same topology (seconds, a few MB)")
+    parser.add_argument("--tiny", action="store_true", help="small models of the same topology (seconds, ~200 MB, mostly the 49408x768 token embedding)")
     parser.add_argument("--seed", type=int, default=0, help="weights depend only on (seed, component)")
     args = parser.parse_args(argv)
 

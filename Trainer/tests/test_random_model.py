@@ -32,6 +32,13 @@ def test_tiny_sd_folder_loads_as_a_stable_diffusion_pipeline(tiny_models):
     assert pipe.vae.config.scaling_factor == 0.18215
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    # Same topology as SD1.5: 16 text cross-attention layers, and the parts fit together.
+    assert sum(name.endswith("attn2.processor") for name in pipe.unet.attn_processors) == 16
+    with torch.no_grad():
+        tokens = pipe.tokenizer("a photo of S*", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        text = pipe.text_encoder(tokens).last_hidden_state
+        noise = pipe.unet(torch.zeros(1, 4, 64, 64), 10, encoder_hidden_states=text).sample
+    assert text.shape == (1, 77, 768) and noise.shape == (1, 4, 64, 64)
     marker = json.loads((tiny_models["sd"] / RANDOM_MODEL_MARKER).read_text())
     assert marker["random_weights"] is True and marker["size"] == "tiny"
 
