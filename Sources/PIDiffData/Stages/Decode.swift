@@ -81,6 +81,9 @@ enum DecodeStage {
         guard header.width > 0, header.height > 0 else {
             throw Refusal(outcome: .decodeError, reason: "header declares an empty image", header: header)
         }
+        if let truncated = ImageHeader.truncation(of: bytes, format: header.format) {
+            throw Refusal(outcome: .decodeError, reason: truncated, header: header)
+        }
         let image: NativeImage
         do { image = try NativeImage.decode(bytes, maxPixels: p.maxPixels) } catch {
             throw Refusal(outcome: .decodeError, reason: "\(error)", header: header)

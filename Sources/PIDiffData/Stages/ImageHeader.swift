@@ -19,6 +19,24 @@ public struct ImageHeader: Equatable, Sendable {
         }
     }
 
+    /// Detects files cut short: decoders happily return a partly grey image for a truncated JPEG,
+    /// which would then enter the dataset. JPEG must end with an EOI marker (trailing junk after
+    /// it is tolerated), PNG with an IEND chunk.
+    public static func truncation(of data: Data, format: Format) -> String? {
+        let tail = [UInt8](data.suffix(64 * 1024))
+        switch format {
+        case .jpeg:
+            for i in stride(from: tail.count - 2, through: 0, by: -1) where tail[i] == 0xFF && tail[i + 1] == 0xD9 { return nil }
+            return "truncated JPEG: no end-of-image marker"
+        case .png:
+            let iend = Array("IEND".utf8)
+            if tail.count >= 8, (0...(tail.count - 4)).reversed().contains(where: { tail[$0..<$0 + 4].elementsEqual(iend) }) { return nil }
+            return "truncated PNG: no IEND chunk"
+        case .webp, .bmp:
+            return nil
+        }
+    }
+
     /// Parses the header of `data`. Throws `Problem` when the bytes are not a supported image.
     public static func parse(_ data: Data) throws -> ImageHeader {
         let b = [UInt8](data.prefix(64 * 1024))

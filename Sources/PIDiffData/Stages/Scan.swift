@@ -94,8 +94,11 @@ public struct Scanner: Sendable {
             let dir = root + "/" + name
             var isDir: ObjCBool = false
             guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else { continue }
-            var visited = Set<DirectoryID>()
-            try await walk(dir, identity: name, root: root, visited: &visited, emit: emit)
+            // The walk's ancestors, starting with the root: a link back to any of them is a loop.
+            var ancestors = Set<DirectoryID>()
+            var rootStat = stat()
+            if stat(root, &rootStat) == 0 { ancestors.insert(DirectoryID(device: UInt64(rootStat.st_dev), inode: UInt64(rootStat.st_ino))) }
+            try await walk(dir, identity: name, root: root, visited: &ancestors, emit: emit)
         }
     }
 
@@ -110,9 +113,10 @@ public struct Scanner: Sendable {
         }
         let id = DirectoryID(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
         guard visited.insert(id).inserted else {
-            try await emit(.problem(ScanProblem(location: dir, reason: "symlink loop: directory already visited")))
+            try await emit(.problem(ScanProblem(location: dir, reason: "symlink loop: links back to a parent directory")))
             return
         }
+        defer { visited.remove(id) }
         let entries: [String]
         do { entries = try FileManager.default.contentsOfDirectory(atPath: dir).sorted() } catch {
             try await emit(.problem(ScanProblem(location: dir, reason: "cannot list directory: \(error.localizedDescription)")))

@@ -1,0 +1,86 @@
+import XCTest
+@testable import PIDiffData
+
+final class ImageHeaderTests: XCTestCase {
+    func testReadsDimensionsOfEveryEncodedFormat() throws {
+        let pixels = [UInt8](repeating: 128, count: 70 * 50 * 3)
+        let image = try NativeImage.fromBGR(pixels, width: 70, height: 50)
+        XCTAssertEqual(try ImageHeader.parse(image.pngData()), ImageHeader(format: .png, width: 70, height: 50))
+        XCTAssertEqual(try ImageHeader.parse(image.jpegData(quality: 90)), ImageHeader(format: .jpeg, width: 70, height: 50))
+    }
+
+    func testRejectsNonImagesAndTruncatedHeaders() {
+        XCTAssertThrowsError(try ImageHeader.parse(Data("hello world, not an image".utf8))) {
+            XCTAssertEqual($0 as? ImageHeader.Problem, .unrecognised)
+        }
+        XCTAssertThrowsError(try ImageHeader.parse(Data([0xFF, 0xD8, 0xFF]))) {
+            XCTAssertEqual($0 as? ImageHeader.Problem, .truncatedHeader(.jpeg))
+        }
+    }
+
+    func testBombIsRefusedBeforeDecoding() throws {
+        // A PNG whose header claims 60000×60000 and whose body is not even valid.
+        var data = Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13])
+        data.append(contentsOf: Array("IHDR".utf8))
+        data.append(contentsOf: [0, 0, 0xEA, 0x60, 0, 0, 0xEA, 0x60, 8, 2, 0, 0, 0, 0, 0, 0, 0])
+        XCTAssertThrowsError(try DecodeStage.decode(data, parameters: IngestParameters())) { error in
+            let refusal = error as? DecodeStage.Refusal
+            XCTAssertEqual(refusal?.outcome, .tooLarge)
+            XCTAssertTrue(refusal?.reason.contains("60000×60000") == true)
+        }
+    }
+}
+
+final class FingerprintTests: XCTestCase {
+    func testFingerprintCoversOutputParametersOnly() {
+        let base = IngestParameters()
+        var workers = base
+        workers.workers = 7
+        workers.channelCapacity = 99
+        XCTAssertEqual(Hashing.fingerprint(base.fingerprintPayload), Hashing.fingerprint(workers.fingerprintPayload))
+        var detector = base
+        detector.detector = .mmod
+        XCTAssertNotEqual(Hashing.fingerprint(base.fingerprintPayload), Hashing.fingerprint(detector.fingerprintPayload))
+        var crops = base
+        crops.cropSizes = [256]
+        XCTAssertNotEqual(Hashing.fingerprint(base.fingerprintPayload), Hashing.fingerprint(crops.fingerprintPayload))
+    }
+
+    func testPipelineFileOverridesOnlyWhatItNames() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("p.yaml")
+        try "ingest:\n  detector: mmod\n  min_face_size: 64\nfuture_stage:\n  anything: 1\n".write(to: file, atomically: true, encoding: .utf8)
+        let config = try PipelineConfig.load(file)
+        XCTAssertEqual(config.ingest.detector, .mmod)
+        XCTAssertEqual(config.ingest.minFaceSize, 64)
+        XCTAssertEqual(config.ingest.upsample, IngestParameters().upsample)
+        try "ingest:\n  detector: nonsense\n".write(to: file, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try PipelineConfig.load(file)) { XCTAssertTrue("\($0)".contains(file.path)) }
+    }
+
+    func testShippedPipelinesParse() throws {
+        let dir = TestSupport.repoRoot.appendingPathComponent("Pipelines")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }
+        XCTAssertFalse(files.isEmpty)
+        for f in files { _ = try PipelineConfig.load(dir.appendingPathComponent(f)) }
+    }
+}
+
+final class MigrationTests: XCTestCase {
+    func testFreshCatalogHasTheSchemaAndReopeningIsANoOp() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let path = dir.appendingPathComponent("c.sqlite").path
+        let catalog = try Catalog(path: path)
+        let tables = try catalog.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
+        for t in ["faces", "files", "identities", "image_results", "images", "meta", "runs", "sources"] {
+            XCTAssertTrue(tables.contains(t), "missing table \(t)")
+        }
+        let applied = try catalog.pool.read { try Catalog.migrator.appliedIdentifiers($0) }
+        XCTAssertEqual(applied, ["v1-ingest"])
+        let journal = try catalog.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
+        XCTAssertEqual(journal, "wal")
+        _ = try Catalog(path: path) // migrating again must not fail
+    }
+}
+
+import GRDB

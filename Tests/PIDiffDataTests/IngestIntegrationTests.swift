@@ -1,0 +1,153 @@
+import GRDB
+import XCTest
+@testable import PIDiffData
+
+/// Ingest on the real sample photos and models.
+final class IngestIntegrationTests: XCTestCase {
+    func testSamplePhotosYieldAlignedFacesWithLandmarksInsideTheirBoxes() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        let summary = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalogPath)
+        XCTAssertEqual(summary.counts["analysed"], 7)
+        let catalog = try Catalog(path: catalogPath.path)
+        let faces = try catalog.faceReports(selectedOnly: true)
+        let byName = Dictionary(grouping: faces) { URL(fileURLWithPath: $0.path).lastPathComponent }
+        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"] {
+            let face = try XCTUnwrap(byName[name]?.first, "\(name) should have a face")
+            XCTAssertEqual(face.outcome, "ok")
+            XCTAssertEqual(face.qualityOK, true, "\(name): \(face.qualityReason ?? "")")
+            XCTAssertEqual(face.landmarks68.count, 68)
+            // The eyes and mouth lie inside the detector box (the jaw may leave it).
+            let (l, t, r, b) = (face.bbox[0], face.bbox[1], face.bbox[2], face.bbox[3])
+            for i in 36...67 {
+                let p = face.landmarks68[i]
+                XCTAssertTrue(p[0] >= l - 5 && p[0] <= r + 5 && p[1] >= t - 5 && p[1] <= b + 5, "\(name) landmark \(i) outside box")
+            }
+            for (path, size) in [(face.crop512, 512), (face.crop256, 256)] {
+                let data = try Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(path)))
+                XCTAssertEqual(try ImageHeader.parse(data), ImageHeader(format: .png, width: size, height: size))
+                XCTAssertEqual(Hashing.sha256Hex(data), URL(fileURLWithPath: path!).deletingPathExtension().lastPathComponent,
+                               "crops are content-addressed")
+            }
+        }
+        // The two partial faces are found but their quads leave the photo: kept, flagged.
+        for name in ["obama_partial_face.jpg", "obama_partial_face2.jpg"] {
+            let face = try XCTUnwrap(byName[name]?.first)
+            XCTAssertEqual(face.qualityOK, false)
+            XCTAssertTrue(face.qualityReason?.contains("outside") == true)
+            XCTAssertEqual(face.padded, true)
+        }
+    }
+
+    /// Given the same landmarks, our 256 crop matches the e4e align_face procedure (PIL port in
+    /// Tests/Fixtures) to ≥ 30 dB — on a photo inside the frame and on one that needs padding.
+    func testAlignmentMatchesE4EOracleAbove30dB() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalogPath)
+        let faces = try Catalog(path: catalogPath.path).faceReports(selectedOnly: true)
+        var checked = 0
+        for face in faces where ["obama.jpg", "biden.jpg", "obama_partial_face.jpg"].contains(URL(fileURLWithPath: face.path).lastPathComponent) {
+            let lmFile = dir.appendingPathComponent("lm-\(checked).json")
+            try JSONEncoder().encode(face.landmarks68).write(to: lmFile)
+            let oracleOut = dir.appendingPathComponent("oracle-\(checked).png")
+            let result = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("e4e_align_oracle.py").path,
+                                                                  face.path, lmFile.path, oracleOut.path, "256"])
+            XCTAssertEqual(result.status, 0, "oracle failed: \(result.stderr)")
+            let ours = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: face.crop256!)), maxPixels: 1 << 30).bgrPixels()
+            let theirs = try NativeImage.decode(Data(contentsOf: oracleOut), maxPixels: 1 << 30).bgrPixels()
+            XCTAssertEqual(ours.count, theirs.count)
+            let mse = zip(ours, theirs).reduce(0.0) { $0 + pow(Double($1.0) - Double($1.1), 2) } / Double(ours.count)
+            let psnr = 10 * log10(255 * 255 / max(mse, 1e-12))
+            print("alignment PSNR vs e4e oracle, \(URL(fileURLWithPath: face.path).lastPathComponent): \(String(format: "%.2f", psnr)) dB")
+            XCTAssertGreaterThanOrEqual(psnr, 30, "\(face.path)")
+            checked += 1
+        }
+        XCTAssertEqual(checked, 3)
+    }
+
+    func testBrokenAndAwkwardFilesAreRecordedWithReasonsAndTheRunCompletes() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let corpus = dir.appendingPathComponent("corpus")
+        let made = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("make_broken_corpus.py").path,
+                                                            TestSupport.obama.path, corpus.path])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        let result = try TestSupport.runCLI(["ingest", corpus.path, "--catalog", catalogPath.path, "--json"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let summary = try JSONDecoder().decode(IngestSummary.self, from: Data(result.stdout.utf8))
+        XCTAssertEqual(summary.status, "completed")
+
+        let catalog = try Catalog(path: catalogPath.path)
+        let rows = try catalog.pool.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT f.path, f.read_error, r.outcome, r.reason FROM files f
+                LEFT JOIN image_results r ON r.sha256 = f.sha256
+                """)
+        }
+        var outcome: [String: (String, String)] = [:]
+        for row in rows {
+            let name = URL(fileURLWithPath: row["path"] as String).lastPathComponent
+            let readError: String? = row["read_error"]
+            outcome[name] = readError.map { ("unreadable", $0) } ?? ((row["outcome"] as String?) ?? "?", (row["reason"] as String?) ?? "")
+        }
+        let expected: [String: String] = [
+            "truncated.jpg": "decode_error", "corrupt.png": "decode_error", "zero.jpg": "unreadable",
+            "not_an_image.jpg": "not_image", "tiny.png": "too_small", "bomb.png": "too_large", "no_face.jpg": "no_face",
+            "dangling.jpg": "unreadable", "loop_a.jpg": "unreadable", "loop_b.jpg": "unreadable",
+            "cmyk.jpg": "ok", "gray.jpg": "ok", "rgba.png": "ok", "gray16.png": "ok", "exif_rotated.jpg": "ok",
+            "webp.webp": "ok", "bitmap.bmp": "ok", "name with spaces 'quotes' \"double\" ünïcödé 名前.jpg": "ok",
+        ]
+        for (name, want) in expected {
+            let got = try XCTUnwrap(outcome[name], "\(name) not recorded")
+            XCTAssertEqual(got.0, want, "\(name): \(got.1)")
+            if want != "ok" { XCTAssertFalse(got.1.isEmpty, "\(name) needs a reason") }
+        }
+        XCTAssertEqual(outcome["loop_a.jpg"]?.1, "symlink loop")
+        XCTAssertEqual(outcome["zero.jpg"]?.1, "zero-byte file")
+        XCTAssertTrue(summary.problems.contains { $0.contains("dir_loop") && $0.contains("symlink loop") }, "\(summary.problems)")
+
+        // The EXIF-rotated copy decodes upright: same face geometry as the plain photo.
+        let faces = try catalog.faceReports(selectedOnly: true)
+        let plain = try XCTUnwrap(faces.first { $0.path.hasSuffix("名前.jpg") })
+        let rotated = try XCTUnwrap(faces.first { $0.path.hasSuffix("exif_rotated.jpg") })
+        XCTAssertEqual(rotated.rollDegrees, plain.rollDegrees, accuracy: 3)
+
+        // --strict turns recorded errors into a non-zero exit, without changing what was stored.
+        let stored = try TestSupport.dataDump(catalogPath.path)
+        let strict = try TestSupport.runCLI(["ingest", corpus.path, "--catalog", catalogPath.path, "--strict"])
+        XCTAssertEqual(strict.status, 2)
+        XCTAssertEqual(try TestSupport.dataDump(catalogPath.path), stored)
+    }
+
+    func testSecondRunReadsNothingAndChangedFilesAreReprocessed() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = dir.appendingPathComponent("photos")
+        try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: photos)
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([photos], catalog: catalogPath)
+        let before = try TestSupport.dataDump(catalogPath.path)
+
+        let second = try await TestSupport.ingest([photos], catalog: catalogPath)
+        XCTAssertEqual(second.counts["unchanged"], 7)
+        XCTAssertNil(second.counts["analysed"], "nothing decoded on an unchanged re-run")
+        XCTAssertEqual(try TestSupport.dataDump(catalogPath.path), before)
+
+        // Replace one photo with another one's bytes: re-read, content already known → no decode.
+        let target = photos.appendingPathComponent("obama/obama2.jpg")
+        try FileManager.default.removeItem(at: target)
+        try FileManager.default.copyItem(at: photos.appendingPathComponent("obama/obama3.jpg"), to: target)
+        // And change another photo's content for real: a new decode.
+        let changed = photos.appendingPathComponent("biden/biden.jpg")
+        let img = try NativeImage.decode(Data(contentsOf: changed), maxPixels: 1 << 30)
+        try img.adjusted(gain: 0.9, bias: 5).jpegData(quality: 90).write(to: changed)
+        let third = try await TestSupport.ingest([photos], catalog: catalogPath)
+        XCTAssertEqual(third.counts["unchanged"], 5)
+        XCTAssertEqual(third.counts["reused"], 1)
+        XCTAssertEqual(third.counts["analysed"], 1)
+    }
+}

@@ -1,0 +1,84 @@
+import GRDB
+import XCTest
+@testable import PIDiffData
+
+/// Behaviour that only shows across processes: SIGKILL at any point, and the catalog lock.
+final class ProcessLevelTests: XCTestCase {
+    private func corpus(_ dir: URL, count: Int) throws -> URL {
+        let photos = ["obama/obama.jpg", "obama/obama2.jpg", "biden/biden.jpg"].map { TestSupport.sampleIdentities.appendingPathComponent($0) }
+        let out = dir.appendingPathComponent("corpus")
+        try IngestBenchmark.generateCorpus(from: photos, count: count, into: out)
+        return out
+    }
+
+    private func filesCommitted(_ catalogPath: String) -> Int {
+        guard FileManager.default.fileExists(atPath: catalogPath),
+              let queue = try? DatabaseQueue(path: catalogPath, configuration: { var c = Configuration(); c.readonly = true; return c }()) else { return 0 }
+        return (try? queue.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM files") ?? 0 }) ?? 0
+    }
+
+    func testSigkillMidRunThenResumeEqualsOneUninterruptedRun() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = try corpus(dir, count: 24)
+        let reference = dir.appendingPathComponent("reference.sqlite")
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", photos.path, "--catalog", reference.path]).status, 0)
+
+        let killed = dir.appendingPathComponent("killed.sqlite")
+        for round in 0..<2 {
+            let p = Process()
+            p.executableURL = TestSupport.cli
+            p.arguments = ["ingest", photos.path, "--catalog", killed.path]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            // Kill once some (but not all) work is committed; the first round may kill very early.
+            let deadline = Date().addingTimeInterval(60)
+            let threshold = round == 0 ? 1 : 12
+            while p.isRunning && filesCommitted(killed.path) < threshold && Date() < deadline { usleep(20_000) }
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let integrity = try DatabaseQueue(path: killed.path).read { try String.fetchOne($0, sql: "PRAGMA integrity_check") }
+            XCTAssertEqual(integrity, "ok")
+        }
+        XCTAssertLessThan(filesCommitted(killed.path), 24, "the kill should interrupt the run")
+        let resumed = try TestSupport.runCLI(["ingest", photos.path, "--catalog", killed.path, "--json"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try TestSupport.dataDump(killed.path), try TestSupport.dataDump(reference.path))
+        let statuses = try Catalog(path: killed.path).pool.read { try String.fetchAll($0, sql: "SELECT status FROM runs ORDER BY id") }
+        XCTAssertEqual(statuses, ["interrupted", "interrupted", "completed"])
+    }
+
+    func testSecondConcurrentIngestExitsWithAClearMessage() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite").path
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        let result = try TestSupport.runCLI(["ingest", TestSupport.sampleIdentities.path, "--catalog", catalogPath])
+        XCTAssertEqual(result.status, 75)
+        XCTAssertTrue(result.stderr.contains("in use by another pidiff-data run"), result.stderr)
+        withExtendedLifetime(lock) {}
+        XCTAssertThrowsError(try CatalogLock(catalogPath: catalogPath), "the lock is exclusive within a process too")
+    }
+
+    func testFacesJSONCarriesLandmarksInOriginalPixelsAndCropPaths() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite").path
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", TestSupport.sampleIdentities.path, "--catalog", catalogPath]).status, 0)
+        let out = try TestSupport.runCLI(["faces", "--catalog", catalogPath, "--json"])
+        XCTAssertEqual(out.status, 0, out.stderr)
+        let lines = out.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 7)
+        for line in lines {
+            let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            for key in ["path", "identity", "sha256", "bbox", "landmarks68", "crop512", "crop256", "face_size", "sharpness", "outcome"] {
+                XCTAssertNotNil(obj[key], "missing \(key)")
+            }
+            XCTAssertEqual((obj["landmarks68"] as? [[Double]])?.count, 68)
+        }
+        let status = try TestSupport.runCLI(["status", "--catalog", catalogPath, "--json"])
+        XCTAssertEqual(status.status, 0)
+        XCTAssertTrue(status.stdout.contains("\"selected_faces\" : 7"), status.stdout)
+    }
+}
