@@ -65,8 +65,10 @@ class TrainConfig:
     seed: int = 0
     # speed
     device: str = "auto"          # auto = cuda if available
-    precision: str = "auto"       # bf16 (frozen UNet in bf16, trainables fp32 + autocast) | fp32
-    compile: bool = False         # torch.compile the UNet (pays off for many identities)
+    precision: str = "auto"       # bf16 (frozen UNet in bf16, trainables fp32, cast at use) | fp32
+    autocast: bool = False        # bf16 only: also run the step under autocast (see train_step)
+    compile: bool = False         # torch.compile the UNet (pays off over many identities)
+    compile_mode: str = "default"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
     gradient_checkpointing: bool = False
     channels_last: bool = True    # on CUDA only
     # checkpoints and logging
@@ -259,7 +261,7 @@ class IdentityGroupTrainer:
         self.adapter.to(self.device).train()
         self.adapter.install(unet)
         self.adapter.set_scale(1.0)  # λ = 1 in training
-        self.forward_unet = torch.compile(unet) if config.compile else unet
+        self.forward_unet = torch.compile(unet, mode=config.compile_mode) if config.compile else unet
 
         self.optimizer = torch.optim.AdamW(
             self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -296,7 +298,11 @@ class IdentityGroupTrainer:
         noisy, timesteps, prompt, w_plus, noise = (torch.cat(parts) for parts in zip(*batches))
         if self.device.type == "cuda" and self.config.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        # The trainable weights are fp32 and are cast to the UNet's dtype where they are used (in
+        # the processors and after the mapper), which is what autocast would do for them. Autocast
+        # would also run the frozen UNet's GroupNorm/LayerNorm/softmax in fp32, which costs memory
+        # traffic and per-op dispatch; it stays available as a flag to compare.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16 and self.config.autocast):
             prediction = self.adapter.denoise(self.forward_unet, noisy.to(self.unet.dtype), timesteps,
                                               self.text_embeddings[prompt], w_plus)
         per_sample = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
@@ -450,8 +456,10 @@ def prepare_frozen_unet(unet, config: TrainConfig):
     """Freeze the UNet and put it in its training form (dtype, memory format, checkpointing)."""
     unet.requires_grad_(False).eval()
     unet.to(config.device, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32)
-    if config.device.startswith("cuda") and config.channels_last:
-        unet.to(memory_format=torch.channels_last)
+    if config.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+        if config.channels_last:
+            unet.to(memory_format=torch.channels_last)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet
