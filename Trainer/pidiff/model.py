@@ -259,12 +259,24 @@ class PIDiffAdapter(nn.Module):
         for processor in self.style_attention:
             processor.scale = float(scale)
 
+    def context(self, text_embeddings: torch.Tensor, w_plus: torch.Tensor) -> torch.Tensor:
+        """The UNet's `encoder_hidden_states`: text tokens followed by the visual tokens F(w+)."""
+        visual_tokens = self.mapper(w_plus).to(text_embeddings.dtype)
+        return torch.cat([text_embeddings, visual_tokens], dim=1)
+
     def denoise(self, unet: nn.Module, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
                 text_embeddings: torch.Tensor, w_plus: torch.Tensor) -> torch.Tensor:
         """ε-prediction of the UNet (with this adapter installed) for a batch of w+ codes."""
-        visual_tokens = self.mapper(w_plus).to(text_embeddings.dtype)
-        context = torch.cat([text_embeddings, visual_tokens], dim=1)
+        context = self.context(text_embeddings, w_plus)
         return unet(noisy_latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    @classmethod
+    def from_weights(cls, unet: nn.Module, path: str | Path) -> tuple["PIDiffAdapter", dict[str, str]]:
+        """A one-identity adapter for `unet` loaded from a `pidiff.safetensors`, and its metadata."""
+        tensors, metadata = load_weights(path)
+        adapter = cls(unet, num_identities=1)
+        adapter.load_identity_state_dict(0, tensors)
+        return adapter, metadata
 
     # -- per-identity weights ----------------------------------------------------------------
 
