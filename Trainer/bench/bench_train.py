@@ -88,7 +88,7 @@ def time_configuration(unet, text_embeddings, k: int, config: TrainConfig, laten
         )
         if device.type == "cuda":
             result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         result["error"] = "out of memory"
     finally:
         if trainer is not None and trainer.adapter._replaced_processors is not None:
