@@ -58,4 +58,6 @@ if [[ ! -f "$SAMPLE/.complete" ]]; then
   rm -rf "$tmp"
   touch "$SAMPLE/.complete"
 fi
+# The sample manifest (Manifests/sample.jsonl) lists paths relative to the sample folder.
+cp "$(dirname "$0")/../Manifests/sample.jsonl" "$SAMPLE/manifest.jsonl"
 echo "assets ready in $CACHE"

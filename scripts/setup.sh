@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to a working pidiff-data:
+#   system packages → dlib models and sample photos (cached, SHA-256 verified) → Python env for
+#   the trainer → release build → the main job on the embedded sample.
+# Re-running is cheap: every step skips what is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [[ "$(id -u)" -ne 0 ]]; then SUDO="sudo"; fi
+APT_PACKAGES=(libopencv-dev libdlib-dev libdlib-data libsqlite3-dev libopenblas-dev python3-venv python3-pip ca-certificates)
+if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
+  echo "== installing system packages: ${APT_PACKAGES[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+fi
+
+PY="${PYTHON:-python3}"
+export PIDIFF_CACHE="${PIDIFF_CACHE:-$HOME/.cache/pidiff-data}"
+echo "== models and sample photos → $PIDIFF_CACHE"
+PYTHON="$PY" ./scripts/fetch-assets.sh
+
+echo "== Python environment (.venv) for the trainer"
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+# scipy is only for the e4e alignment oracle used by the Swift tests.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy
+
+echo "== release build"
+swift build -c release --product pidiff-data 2>&1 | tail -n 3
+
+echo "== main job: ingest the embedded sample"
+OUT="${PIDIFF_OUT:-out}"
+mkdir -p "$OUT"
+BIN=.build/release/pidiff-data
+"$BIN" ingest "$PIDIFF_CACHE/sample/identities" --catalog "$OUT/sample.sqlite" --pipeline Pipelines/default.yaml
+"$BIN" status --catalog "$OUT/sample.sqlite"
+echo "faces: $("$BIN" faces --catalog "$OUT/sample.sqlite" --json | wc -l) (pidiff-data faces --catalog $OUT/sample.sqlite --json)"
