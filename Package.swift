@@ -27,6 +27,8 @@ let package = Package(
             ],
             linkerSettings: [
                 .linkedLibrary("dlib"),
+                .linkedLibrary("opencv_img_hash"),
+                .linkedLibrary("opencv_dnn"),
                 .linkedLibrary("opencv_imgcodecs"),
                 .linkedLibrary("opencv_imgproc"),
                 .linkedLibrary("opencv_core"),
