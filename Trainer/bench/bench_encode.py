@@ -77,11 +77,11 @@ def decode_samples_per_second_per_core(seconds: float = 1.0) -> float | None:
     import tempfile
 
     try:
-        from pidiff.shards import ShardImages, index_shard, synthetic_face_sample, write_test_shard
+        from pidiff.shards import ShardSamples, index_shard, synthetic_face_sample, write_test_shard
 
         with tempfile.TemporaryDirectory() as tmp:
             shard = write_test_shard(Path(tmp) / "bench-000000.tar", {"k": synthetic_face_sample(0)})
-            dataset = ShardImages(index_shard(shard))
+            dataset = ShardSamples([index_shard(shard)])
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # one worker = one core
             count, start = 0, time.perf_counter()
@@ -92,6 +92,11 @@ def decode_samples_per_second_per_core(seconds: float = 1.0) -> float | None:
             return count / (time.perf_counter() - start)
     except ImportError:  # numpy or Pillow absent on this machine
         return None
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """Round to significant digits: CPU rates are fractions of an image per second."""
+    return float(f"{value:.{digits}g}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-layouts", default="contiguous,channels_last", help="VAE memory formats to compare")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--min-seconds", type=float, default=None, help="timed seconds per measurement (default 3 CUDA, 1 CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 CUDA, 1 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 CUDA, 2 CPU)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd encoders")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     vae_batches = [int(b) for b in (args.vae_batches or ("1,32" if on_cuda else "1,4")).split(",")]
     layouts = [layout.strip() for layout in args.vae_layouts.split(",") if layout.strip()]
     min_seconds = args.min_seconds if args.min_seconds is not None else (3.0 if on_cuda else 1.0)
-    warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
+    warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 2)
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # as `pidiff encode` does
 
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device, generator=generator)
 
     def log(name: str, value: float) -> None:
-        print(f"{name:<44} {value:10.1f} img/s", flush=True)
+        print(f"{name:<44} {value:10.4g} img/s", flush=True)
 
     variants = [False, True] if args.compile else [False]
     e4e_rates: dict[str, float] = {}
@@ -188,15 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     decode_rate = decode_samples_per_second_per_core()
 
     report.update({
-        "e4e_images_per_s": {k: round(v, 1) for k, v in e4e_rates.items()},
-        "vae_images_per_s": {k: round(v, 1) for k, v in vae_rates.items()},
-        "combined_images_per_s_estimate": round(combined_estimate, 1),
-        "combined_images_per_s_measured": round(combined_measured, 1),
+        "e4e_images_per_s": {k: significant(v) for k, v in e4e_rates.items()},
+        "vae_images_per_s": {k: significant(v) for k, v in vae_rates.items()},
+        "combined_images_per_s_estimate": significant(combined_estimate),
+        "combined_images_per_s_measured": significant(combined_measured),
         "combined_setting": {"batch": best_batch, "vae_layout": best_layout, "compiled": compiled},
         "e4e_gflop_per_image": round(e4e_flops / 1e9, 1) if e4e_flops else None,
         "vae_gflop_per_image": round(vae_flops / 1e9, 1) if vae_flops else None,
-        "e4e_tflops_achieved": round(e4e_flops * e4e_rates[best_e4e_key] / 1e12, 1) if e4e_flops else None,
-        "vae_tflops_achieved": round(vae_flops * vae_rates[best_vae_key] / 1e12, 1) if vae_flops else None,
+        "e4e_tflops_achieved": significant(e4e_flops * e4e_rates[best_e4e_key] / 1e12) if e4e_flops else None,
+        "vae_tflops_achieved": significant(vae_flops * vae_rates[best_vae_key] / 1e12) if vae_flops else None,
         "png_decode_samples_per_s_per_core": round(decode_rate, 1) if decode_rate else None,
     })
     if on_cuda:

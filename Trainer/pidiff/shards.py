@@ -10,14 +10,15 @@ A shard is a plain tar `NAME-000000.tar`. A sample's files share a key without d
 WebDataset splits a member name at the first dot of its base name, so `<key>.e4e.png` has the
 extension `e4e.png`; we group members by exactly that rule.
 
-Encoding needs random access and parallel decoding inside one shard (one safetensors file per
-shard, rows in shard order), so instead of streaming we index a shard once (member offsets, via
-the stdlib tarfile) and let DataLoader workers read and decode samples by offset. Only the
+Encoding needs parallel decoding and exact shard order (one safetensors file per shard, rows
+in shard order), so instead of streaming we index each shard once (member offsets, via the
+stdlib tarfile) and let DataLoader workers read and decode samples by offset. Only the
 standard library, numpy and Pillow are needed, imported where images are decoded.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import re
@@ -122,47 +123,62 @@ def decode_rgb_png(data: bytes, expected_size: int, where: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-class ShardImages(Dataset):
-    """Map-style dataset over one indexed shard: sample i -> (i, e4e image uint8, VAE image uint8).
+class ShardSamples(Dataset):
+    """Map-style dataset over the samples of several indexed shards, in order.
 
-    Each DataLoader worker opens the tar once and reads members by offset, so decoding runs in
-    parallel without unpacking the shard. Images stay uint8 until they reach the device (4x less
+    Item g -> (shard number, row in that shard, e4e image uint8 [3,256,256], VAE image uint8
+    [3,512,512]). One dataset spans all shards so DataLoader workers keep decoding across shard
+    boundaries instead of being restarted per shard. A worker keeps one shard file open and
+    reads members by offset; its reads are sequential within a shard, so it reopens a file only
+    when it crosses into the next shard. Images stay uint8 until they reach the device (4x less
     to copy than float32).
     """
 
-    def __init__(self, index: ShardIndex):
-        self.index = index
-        self._file = None  # opened lazily, separately in every worker process
+    def __init__(self, indices: list[ShardIndex]):
+        self.indices = list(indices)
+        self.starts = [0]
+        for index in self.indices:
+            self.starts.append(self.starts[-1] + len(index))
+        self._open_path: Path | None = None
+        self._file = None
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.starts[-1]
 
-    def _read(self, key: str, extension: str) -> bytes:
-        if self._file is None:
-            self._file = open(self.index.path, "rb")
-        member = self.index.members[key][extension]
+    def _read(self, index: ShardIndex, key: str, extension: str) -> bytes:
+        if self._open_path != index.path:
+            self._close()
+            self._file, self._open_path = open(index.path, "rb"), index.path
+        member = index.members[key][extension]
         self._file.seek(member.offset)
         data = self._file.read(member.size)
         if len(data) != member.size:
-            raise ShardError(f"{self.index.path}: member {key}.{extension} is truncated")
+            raise ShardError(f"{index.path}: member {key}.{extension} is truncated")
         return data
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        key = self.index.keys[i]
-        where = f"{self.index.path}: {key}"
-        e4e_image = decode_rgb_png(self._read(key, E4E_IMAGE_EXTENSION), E4E_IMAGE_SIZE, f"{where}.{E4E_IMAGE_EXTENSION}")
-        vae_image = decode_rgb_png(self._read(key, VAE_IMAGE_EXTENSION), VAE_IMAGE_SIZE, f"{where}.{VAE_IMAGE_EXTENSION}")
-        return i, e4e_image, vae_image
+    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        shard_number = bisect.bisect_right(self.starts, item) - 1
+        index = self.indices[shard_number]
+        row = item - self.starts[shard_number]
+        key = index.keys[row]
+        where = f"{index.path}: {key}"
+        e4e_image = decode_rgb_png(self._read(index, key, E4E_IMAGE_EXTENSION), E4E_IMAGE_SIZE, f"{where}.{E4E_IMAGE_EXTENSION}")
+        vae_image = decode_rgb_png(self._read(index, key, VAE_IMAGE_EXTENSION), VAE_IMAGE_SIZE, f"{where}.{VAE_IMAGE_EXTENSION}")
+        return shard_number, row, e4e_image, vae_image
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._open_path = None, None
 
     def __getstate__(self):
-        # File handles do not cross process boundaries; workers reopen the shard.
+        # File handles do not cross process boundaries; workers open their own.
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"], state["_open_path"] = None, None
         return state
 
     def __del__(self):
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
+        self._close()
 
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
