@@ -22,8 +22,8 @@ PYTHON="$PY" ./scripts/fetch-assets.sh
 
 echo "== Python environment (.venv) for the trainer"
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-# scipy is only for the e4e alignment oracle used by the Swift tests.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy
+# scipy (e4e alignment oracle) and onnx (tiny face-parsing model) are for the Swift tests.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx
 
 echo "== release build"
 swift build -c release --product pidiff-data 2>&1 | tail -n 3

@@ -41,6 +41,20 @@ int fn_image_decode(const uint8_t *data, size_t length, int64_t max_pixels, FNIm
     });
 }
 
+int fn_image_decode_gray(const uint8_t *data, size_t length, FNImage **out, FNError *err) {
+    if (!data || length == 0 || !out) return FN_EARG;
+    return fn::guarded(err, FN_EDECODE, [&]() -> int {
+        cv::Mat buf(1, static_cast<int>(length), CV_8UC1, const_cast<uint8_t *>(data));
+        cv::Mat m = cv::imdecode(buf, cv::IMREAD_GRAYSCALE);
+        if (m.empty()) {
+            fn::set_error(err, "%s", "not a decodable image");
+            return FN_EDECODE;
+        }
+        *out = fn::wrap(m);
+        return FN_OK;
+    });
+}
+
 int fn_image_from_bgr(const uint8_t *bgr, int width, int height, FNImage **out, FNError *err) {
     if (!bgr || width <= 0 || height <= 0 || !out) {
         fn::set_error(err, "%s", "invalid pixel buffer");
@@ -56,10 +70,11 @@ int fn_image_from_bgr(const uint8_t *bgr, int width, int height, FNImage **out, 
 void fn_image_free(FNImage *image) { delete image; }
 int fn_image_width(const FNImage *image) { return image ? image->bgr.cols : 0; }
 int fn_image_height(const FNImage *image) { return image ? image->bgr.rows : 0; }
+int fn_image_channels(const FNImage *image) { return image ? image->bgr.channels() : 0; }
 
 int fn_image_copy_bgr(const FNImage *image, uint8_t *dst, size_t capacity, FNError *err) {
     if (!image || !dst) return FN_EARG;
-    size_t need = image->bgr.total() * 3;
+    size_t need = image->bgr.total() * image->bgr.channels();
     if (capacity < need) {
         fn::set_error(err, "%s", "destination buffer too small");
         return FN_EARG;

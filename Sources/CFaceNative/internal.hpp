@@ -7,7 +7,7 @@
 #include "face_native.h"
 
 struct FNImage {
-    cv::Mat bgr; // CV_8UC3, continuous
+    cv::Mat bgr; // CV_8UC3 (images) or CV_8UC1 (masks), continuous
 };
 
 namespace fn {

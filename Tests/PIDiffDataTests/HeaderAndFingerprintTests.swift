@@ -72,11 +72,11 @@ final class MigrationTests: XCTestCase {
         let path = dir.appendingPathComponent("c.sqlite").path
         let catalog = try Catalog(path: path)
         let tables = try catalog.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
-        for t in ["faces", "files", "identities", "image_results", "images", "meta", "runs", "sources"] {
+        for t in ["faces", "files", "identities", "image_results", "images", "masks", "meta", "runs", "sources"] {
             XCTAssertTrue(tables.contains(t), "missing table \(t)")
         }
         let applied = try catalog.pool.read { try Catalog.migrator.appliedIdentifiers($0) }
-        XCTAssertEqual(applied, ["v1-ingest"])
+        XCTAssertEqual(applied, ["v1-ingest", "v3-masks"])
         let journal = try catalog.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         XCTAssertEqual(journal, "wal")
         _ = try Catalog(path: path) // migrating again must not fail

@@ -33,12 +33,15 @@ typedef struct FNFaceModel FNFaceModel;
 // RGBA, 16-bit and CMYK inputs are converted to 8-bit BGR. `max_pixels` (> 0) is a last line of
 // defence against decompression bombs (callers check the header before calling).
 int fn_image_decode(const uint8_t *data, size_t length, int64_t max_pixels, FNImage **out, FNError *err);
+// Decodes a single-channel image (a stored mask) as 8-bit grey.
+int fn_image_decode_gray(const uint8_t *data, size_t length, FNImage **out, FNError *err);
 // Wraps a copy of tightly packed 8-bit BGR pixels (used by tests and generators).
 int fn_image_from_bgr(const uint8_t *bgr, int width, int height, FNImage **out, FNError *err);
 void fn_image_free(FNImage *image);
 int fn_image_width(const FNImage *image);
 int fn_image_height(const FNImage *image);
-// Copies the pixels out as tightly packed BGR (width*height*3 bytes).
+int fn_image_channels(const FNImage *image);
+// Copies the pixels out, tightly packed (width*height*channels bytes; BGR order for colour).
 int fn_image_copy_bgr(const FNImage *image, uint8_t *dst, size_t capacity, FNError *err);
 // PNG-encodes (deterministic bytes for identical pixels). Free *out with fn_buffer_free.
 int fn_image_encode_png(const FNImage *image, uint8_t **out, size_t *length, FNError *err);

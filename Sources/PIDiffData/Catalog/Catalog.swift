@@ -122,6 +122,27 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v3-masks") { db in
+            try db.execute(sql: """
+                -- Masks of selected faces, keyed on the face (its image content and ingest
+                -- fingerprint) and the mask parameters fingerprint.
+                CREATE TABLE masks (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    face_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    mask_fingerprint TEXT NOT NULL,
+                    method TEXT NOT NULL,
+                    mask512 TEXT,
+                    mask256 TEXT,
+                    e4e_input TEXT,
+                    coverage REAL,
+                    ok INTEGER NOT NULL,
+                    reason TEXT,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, face_fingerprint, face_index, mask_fingerprint)
+                );
+                """)
+        }
         return m
     }
 

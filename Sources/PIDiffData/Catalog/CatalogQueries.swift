@@ -22,8 +22,12 @@ public struct FaceReport: Codable, Sendable {
     public var qualityOK: Bool?
     public var qualityReason: String?
     public var outcome: String
+    public var mask512: String? = nil
+    public var mask256: String? = nil
+    public var e4eInput: String? = nil
 
     enum CodingKeys: String, CodingKey {
+        case mask512, mask256, e4eInput = "e4e_input"
         case path, identity, sha256, faceIndex = "face_index", selected, bbox, detScore = "det_score", landmarks68
         case crop512, crop256, faceSize = "face_size", sharpness, rollDegrees = "roll_degrees", yaw
         case outsideFraction = "outside_fraction", padded, qualityOK = "quality_ok", qualityReason = "quality_reason", outcome
@@ -101,6 +105,7 @@ extension Catalog {
     public func faceReports(selectedOnly: Bool = false) throws -> [FaceReport] {
         let fp = try currentIngestFingerprint()
         let root = try dataRoot()
+        let masks = try maskPaths()
         return try pool.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT f.path, i.name AS identity, fa.*, r.outcome
@@ -113,6 +118,7 @@ extension Catalog {
                 """, arguments: [fp, selectedOnly]).map { row in
                 func decode(_ s: String) -> [[Double]] { (try? JSONDecoder().decode([[Double]].self, from: Data(s.utf8))) ?? [] }
                 let crop512: String? = row["crop512"], crop256: String? = row["crop256"]
+                let mask = masks["\(row["sha256"] as String)/\(row["face_index"] as Int)"]
                 return FaceReport(
                     path: row["path"], identity: row["identity"], sha256: row["sha256"], faceIndex: row["face_index"],
                     selected: row["selected"],
@@ -122,7 +128,8 @@ extension Catalog {
                     crop256: crop256.map { root.appendingPathComponent($0).path },
                     faceSize: row["face_size"], sharpness: row["sharpness"], rollDegrees: row["roll_degrees"], yaw: row["yaw"],
                     outsideFraction: row["outside_fraction"], padded: row["padded"], qualityOK: row["quality_ok"],
-                    qualityReason: row["quality_reason"], outcome: row["outcome"])
+                    qualityReason: row["quality_reason"], outcome: row["outcome"],
+                    mask512: mask?.mask512, mask256: mask?.mask256, e4eInput: mask?.e4eInput)
             }
         }
     }

@@ -38,6 +38,17 @@ public final class NativeImage {
         return NativeImage(handle: out!)
     }
 
+    /// Decodes a stored mask as single-channel grey.
+    public static func decodeMask(_ data: Data) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        let code = data.withUnsafeBytes { raw in
+            fn_image_decode_gray(raw.bindMemory(to: UInt8.self).baseAddress, raw.count, &out, &err)
+        }
+        try NativeError.check(code, &err, "decode mask")
+        return NativeImage(handle: out!)
+    }
+
     /// Wraps tightly packed BGR pixels.
     public static func fromBGR(_ pixels: [UInt8], width: Int, height: Int) throws -> NativeImage {
         var err = FNError()
@@ -137,5 +148,85 @@ public final class FaceModel {
         let code = xy.withUnsafeMutableBufferPointer { fn_landmarks68(handle, image.handle, &raw, $0.baseAddress, &err) }
         try NativeError.check(code, &err, "landmarks")
         return Landmarks68(points: (0..<68).map { Point(x: xy[2 * $0], y: xy[2 * $0 + 1]) })
+    }
+}
+
+// MARK: masks
+
+extension NativeImage {
+    public var channels: Int { Int(fn_image_channels(handle)) }
+
+    /// Fraction of pixels ≥ 128 (single-channel masks).
+    public var maskCoverage: Double { fn_mask_coverage(handle) }
+
+    /// Bilinear value (0–255) of a single-channel image; nil outside it.
+    public func maskValue(x: Double, y: Double) -> Double? {
+        let v = fn_mask_value_at(handle, x, y)
+        return v < 0 ? nil : v
+    }
+
+    public func maskResized(to size: Int) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        try NativeError.check(fn_mask_resize(handle, Int32(size), &out, &err), &err, "resize mask")
+        return NativeImage(handle: out!)
+    }
+
+    /// GrabCut background removal seeded from landmarks given in this crop's pixels.
+    public func grabCutMask(landmarks: [Point], parameters: FNMaskParams) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        var params = parameters
+        let xy = landmarks.flatMap { [$0.x, $0.y] }
+        let code = xy.withUnsafeBufferPointer { fn_mask_grabcut(handle, $0.baseAddress, &params, &out, &err) }
+        try NativeError.check(code, &err, "grabcut mask")
+        return NativeImage(handle: out!)
+    }
+
+    /// This crop over white through `mask` (blurred 5×5): the e4e encoder's input.
+    public func compositedOnWhite(mask: NativeImage) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        try NativeError.check(fn_composite_on_white(handle, mask.handle, &out, &err), &err, "composite on white")
+        return NativeImage(handle: out!)
+    }
+
+    /// Tiles images into a grid (contact sheets).
+    public static func grid(_ images: [NativeImage], columns: Int, tile: Int) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        var handles: [OpaquePointer?] = images.map { $0.handle }
+        let code = handles.withUnsafeMutableBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: OpaquePointer?.self, capacity: buf.count) {
+                fn_image_grid(UnsafePointer($0), Int32(images.count), Int32(columns), Int32(tile), &out, &err)
+            }
+        }
+        try NativeError.check(code, &err, "grid")
+        return withExtendedLifetime(images) { NativeImage(handle: out!) }
+    }
+}
+
+/// A face-parsing network (ONNX through OpenCV DNN). One per worker.
+public final class FaceParser {
+    let handle: OpaquePointer
+
+    public init(onnxPath: String, inputSize: Int, mean: [Float], std: [Float]) throws {
+        var err = FNError()
+        var out: OpaquePointer?
+        let code = mean.withUnsafeBufferPointer { m in std.withUnsafeBufferPointer { s in
+            fn_parser_create(onnxPath, Int32(inputSize), m.baseAddress, s.baseAddress, &out, &err)
+        } }
+        try NativeError.check(code, &err, "load face-parsing model \(onnxPath)")
+        handle = out!
+    }
+    deinit { fn_parser_free(handle) }
+
+    public func mask(_ crop: NativeImage, keep: [Int], featherSigma: Double) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        let classes = keep.map { Int32($0) }
+        let code = classes.withUnsafeBufferPointer { fn_mask_parse(handle, crop.handle, $0.baseAddress, Int32(classes.count), featherSigma, &out, &err) }
+        try NativeError.check(code, &err, "face parsing")
+        return NativeImage(handle: out!)
     }
 }

@@ -93,17 +93,92 @@ public struct CrossFaceIDParameters: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey { case identityField = "identity_field" }
 }
 
+/// Parameters of the mask stage (background removal before e4e).
+public struct MaskParameters: Codable, Equatable, Sendable {
+    public enum Method: String, Codable, Sendable { case grabcut, onnx }
+    public var method: Method = .grabcut
+    /// GrabCut runs on the 256 crop (fast); the 512 mask is its upscaled, re-feathered copy.
+    public var workSize: Int = 256
+    public var iterations: Int = 5
+    public var borderFraction: Double = 0.03
+    /// Hair reaches this many eye-to-chin lengths above the eyes.
+    public var hairExtent: Double = 1.35
+    /// Head half-width in jaw half-widths (ears and hair at the sides).
+    public var headWidth: Double = 1.15
+    public var includeNeck: Bool = false
+    public var featherSigma: Double = 1.5
+    /// A mask covering less or more of the 256 crop than this is flagged as failed.
+    public var minCoverage: Double = 0.15
+    public var maxCoverage: Double = 0.80
+    /// Face-parsing ONNX model (method: onnx): path, input size, normalisation, kept classes.
+    public var onnxPath: String?
+    public var onnxInputSize: Int = 512
+    public var onnxMean: [Float] = [0.485, 0.456, 0.406]
+    public var onnxStd: [Float] = [0.229, 0.224, 0.225]
+    /// BiSeNet face-parsing labels: 1 skin, 2–3 brows, 4–5 eyes, 6 glasses, 7–9 ears, 10 nose,
+    /// 11 mouth, 12–13 lips, 17 hair (14 neck, 16 cloth with include_neck).
+    public var onnxKeepClasses: [Int] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17]
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case method, workSize = "work_size", iterations, borderFraction = "border_fraction", hairExtent = "hair_extent"
+        case headWidth = "head_width", includeNeck = "include_neck", featherSigma = "feather_sigma"
+        case minCoverage = "min_coverage", maxCoverage = "max_coverage", onnxPath = "onnx_path"
+        case onnxInputSize = "onnx_input_size", onnxMean = "onnx_mean", onnxStd = "onnx_std", onnxKeepClasses = "onnx_keep_classes"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = MaskParameters()
+        method = try c.decodeIfPresent(Method.self, forKey: .method) ?? d.method
+        workSize = try c.decodeIfPresent(Int.self, forKey: .workSize) ?? d.workSize
+        iterations = try c.decodeIfPresent(Int.self, forKey: .iterations) ?? d.iterations
+        borderFraction = try c.decodeIfPresent(Double.self, forKey: .borderFraction) ?? d.borderFraction
+        hairExtent = try c.decodeIfPresent(Double.self, forKey: .hairExtent) ?? d.hairExtent
+        headWidth = try c.decodeIfPresent(Double.self, forKey: .headWidth) ?? d.headWidth
+        includeNeck = try c.decodeIfPresent(Bool.self, forKey: .includeNeck) ?? d.includeNeck
+        featherSigma = try c.decodeIfPresent(Double.self, forKey: .featherSigma) ?? d.featherSigma
+        minCoverage = try c.decodeIfPresent(Double.self, forKey: .minCoverage) ?? d.minCoverage
+        maxCoverage = try c.decodeIfPresent(Double.self, forKey: .maxCoverage) ?? d.maxCoverage
+        onnxPath = try c.decodeIfPresent(String.self, forKey: .onnxPath)
+        onnxInputSize = try c.decodeIfPresent(Int.self, forKey: .onnxInputSize) ?? d.onnxInputSize
+        onnxMean = try c.decodeIfPresent([Float].self, forKey: .onnxMean) ?? d.onnxMean
+        onnxStd = try c.decodeIfPresent([Float].self, forKey: .onnxStd) ?? d.onnxStd
+        onnxKeepClasses = try c.decodeIfPresent([Int].self, forKey: .onnxKeepClasses) ?? d.onnxKeepClasses
+    }
+
+    /// Everything that changes the masks (the ONNX model enters through its SHA-256).
+    var fingerprintPayload: [String: String] {
+        var p: [String: String] = [
+            "method": method.rawValue, "work_size": "\(workSize)", "iterations": "\(iterations)",
+            "border_fraction": "\(borderFraction)", "hair_extent": "\(hairExtent)", "head_width": "\(headWidth)",
+            "include_neck": "\(includeNeck)", "feather_sigma": "\(featherSigma)",
+            "min_coverage": "\(minCoverage)", "max_coverage": "\(maxCoverage)", "algorithm_version": "mask-1",
+        ]
+        if method == .onnx {
+            p["onnx_input_size"] = "\(onnxInputSize)"
+            p["onnx_mean"] = onnxMean.map { "\($0)" }.joined(separator: ",")
+            p["onnx_std"] = onnxStd.map { "\($0)" }.joined(separator: ",")
+            p["onnx_keep_classes"] = onnxKeepClasses.map(String.init).joined(separator: ",")
+        }
+        return p
+    }
+}
+
 /// A pipeline file (YAML, under Pipelines/). Unknown sections are ignored so one file can carry
 /// the parameters of stages added later.
 public struct PipelineConfig: Codable, Equatable, Sendable {
     public var ingest = IngestParameters()
     public var crossfaceid = CrossFaceIDParameters()
+    public var mask = MaskParameters()
     public init() {}
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
+        mask = try c.decodeIfPresent(MaskParameters.self, forKey: .mask) ?? MaskParameters()
     }
 
     public static func load(_ url: URL?) throws -> PipelineConfig {

@@ -1,0 +1,55 @@
+// face_mask.h — background removal for aligned face crops, e4e input compositing, image grids.
+// Same conventions as face_native.h.
+#ifndef PIDIFF_FACE_MASK_H
+#define PIDIFF_FACE_MASK_H
+
+#include "face_native.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct FNMaskParams {
+    int iterations;          // GrabCut iterations
+    double border_fraction;  // crop border band marked sure background (fraction of side)
+    double hair_extent;      // head region reaches this many eye-to-chin lengths above the eyes
+    double head_width;       // head region half-width in jaw half-widths
+    int include_neck;        // 1: neck/clothing below the jaw stay probable foreground
+    double feather_sigma;    // Gaussian feather of the final edge, in pixels at this crop size
+    unsigned int seed;       // GrabCut's k-means seed: fixed so masks are deterministic
+} FNMaskParams;
+
+// GrabCut on an aligned crop seeded from its 68 landmarks (given in crop pixels, x0,y0,…):
+// sure foreground = landmark hull (slightly dilated), probable foreground = an upward-extended head
+// region for hair (and the neck when asked), sure background = the crop border. Morphological
+// clean-up keeps the component holding the face, fills holes, then feathers the edge.
+// *out is an 8-bit single-channel soft mask (255 = foreground) of the crop's size.
+int fn_mask_grabcut(const FNImage *crop, const double *landmarks_xy, const FNMaskParams *params, FNImage **out, FNError *err);
+
+// Runs a face-parsing network (ONNX, via OpenCV DNN) on a crop: input resized to input_size²,
+// RGB, (x/255 − mean)/std; output [1, C, H, W] logits; pixels whose argmax class is in `keep`
+// become foreground. Feathered like the GrabCut mask. `net_path` is loaded per call site through
+// fn_parser_create so a worker reuses one network.
+typedef struct FNParser FNParser;
+int fn_parser_create(const char *onnx_path, int input_size, const float mean[3], const float std[3], FNParser **out, FNError *err);
+void fn_parser_free(FNParser *parser);
+int fn_mask_parse(FNParser *parser, const FNImage *crop, const int *keep, int keep_count, double feather_sigma, FNImage **out, FNError *err);
+
+// Fraction of mask pixels ≥ 128.
+double fn_mask_coverage(const FNImage *mask);
+// The mask resized to size² (linear), for the 512 mask from a 256 GrabCut or the reverse.
+int fn_mask_resize(const FNImage *mask, int size, FNImage **out, FNError *err);
+// Value (0–255) of a single-channel image at (x, y), bilinear; −1 outside.
+double fn_mask_value_at(const FNImage *mask, double x, double y);
+
+// e4e input: crop·m + white·(1 − m), m = mask blurred with a 5×5 Gaussian (as W+ Adapter does).
+int fn_composite_on_white(const FNImage *crop, const FNImage *mask, FNImage **out, FNError *err);
+
+// Tiles images (any mix of 1- and 3-channel) into a grid of `columns`, each scaled to tile×tile.
+int fn_image_grid(const FNImage *const *images, int count, int columns, int tile, FNImage **out, FNError *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

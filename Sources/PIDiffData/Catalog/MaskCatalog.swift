@@ -1,0 +1,141 @@
+import Foundation
+import GRDB
+
+/// A selected face that needs a mask.
+struct MaskJob: Sendable {
+    var sha256: String
+    var faceIndex: Int
+    var crop512: String
+    var crop256: String
+    var landmarks: [Point]
+    var quad: AlignmentQuad
+}
+
+/// A mask stage result for the writer.
+struct MaskResult: Sendable {
+    var job: MaskJob
+    var method: String
+    var mask512: String?
+    var mask256: String?
+    var e4eInput: String?
+    var coverage: Double?
+    var ok: Bool
+    var reason: String?
+}
+
+/// One face's mask as reports show it.
+public struct MaskReportRow: Codable, Sendable {
+    public var path: String
+    public var identity: String
+    public var crop256: String
+    public var mask256: String?
+    public var e4eInput: String?
+    public var coverage: Double?
+    public var ok: Bool
+    public var reason: String?
+    enum CodingKeys: String, CodingKey { case path, identity, crop256, mask256, e4eInput = "e4e_input", coverage, ok, reason }
+}
+
+extension Catalog {
+    /// Selected faces under the current ingest fingerprint with crops but no mask under `maskFingerprint`.
+    func pendingMaskJobs(maskFingerprint: String) throws -> [MaskJob] {
+        guard let fp = try currentIngestFingerprint() else { return [] }
+        return try pool.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT fa.sha256, fa.face_index, fa.crop512, fa.crop256, fa.landmarks68, fa.quad FROM faces fa
+                WHERE fa.params_fingerprint = ? AND fa.selected AND fa.crop512 IS NOT NULL AND fa.crop256 IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
+                                  AND m.face_index = fa.face_index AND m.mask_fingerprint = ?)
+                ORDER BY fa.sha256, fa.face_index
+                """, arguments: [fp, maskFingerprint]).map { row in
+                let lm = (try? JSONDecoder().decode([[Double]].self, from: Data((row["landmarks68"] as String).utf8))) ?? []
+                let q = (try? JSONDecoder().decode([[Double]].self, from: Data((row["quad"] as String).utf8))) ?? []
+                return MaskJob(sha256: row["sha256"], faceIndex: row["face_index"], crop512: row["crop512"], crop256: row["crop256"],
+                               landmarks: lm.map { Point(x: $0[0], y: $0[1]) }, quad: AlignmentQuad(corners: q.map { Point(x: $0[0], y: $0[1]) }))
+            }
+        }
+    }
+
+    /// Fingerprint of the most recent mask run.
+    public func currentMaskFingerprint() throws -> String? {
+        try pool.read { try String.fetchOne($0, sql: "SELECT params_fingerprint FROM runs WHERE command = 'masks' ORDER BY id DESC LIMIT 1") }
+    }
+
+    /// Masks of every selected face (one row per file path), under the current fingerprints.
+    public func maskReport() throws -> [MaskReportRow] {
+        guard let fp = try currentIngestFingerprint() else { return [] }
+        let mfp = try currentMaskFingerprint()
+        let root = try dataRoot()
+        return try pool.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT f.path, i.name AS identity, fa.crop256, m.mask256, m.e4e_input, m.coverage, m.ok, m.reason
+                FROM files f JOIN identities i ON i.id = f.identity_id
+                JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = ? AND fa.selected AND fa.crop256 IS NOT NULL
+                JOIN masks m ON m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
+                            AND m.face_index = fa.face_index AND m.mask_fingerprint = ?
+                ORDER BY f.path
+                """, arguments: [fp, mfp]).map { row in
+                func abs(_ s: String?) -> String? { s.map { root.appendingPathComponent($0).path } }
+                return MaskReportRow(path: row["path"], identity: row["identity"], crop256: abs(row["crop256"])!,
+                                     mask256: abs(row["mask256"]), e4eInput: abs(row["e4e_input"]), coverage: row["coverage"],
+                                     ok: row["ok"], reason: row["reason"])
+            }
+        }
+    }
+
+    /// Mask paths per face for `faces --json`, keyed by "sha256/face_index".
+    func maskPaths() throws -> [String: (mask512: String?, mask256: String?, e4eInput: String?)] {
+        guard let fp = try currentIngestFingerprint(), let mfp = try currentMaskFingerprint() else { return [:] }
+        let root = try dataRoot()
+        return try pool.read { db in
+            var out: [String: (String?, String?, String?)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT sha256, face_index, mask512, mask256, e4e_input FROM masks WHERE face_fingerprint = ? AND mask_fingerprint = ?",
+                                        arguments: [fp, mfp]) {
+                func abs(_ s: String?) -> String? { s.map { root.appendingPathComponent($0).path } }
+                out["\(row["sha256"] as String)/\(row["face_index"] as Int)"] = (abs(row["mask512"]), abs(row["mask256"]), abs(row["e4e_input"]))
+            }
+            return out
+        }
+    }
+}
+
+/// Writes mask results and the mask run, in batched transactions (the single writer for masks).
+actor MaskWriter {
+    let catalog: Catalog
+    let runID: Int64
+    let faceFingerprint: String
+    let maskFingerprint: String
+
+    init(catalog: Catalog, runID: Int64, faceFingerprint: String, maskFingerprint: String) {
+        self.catalog = catalog
+        self.runID = runID
+        self.faceFingerprint = faceFingerprint
+        self.maskFingerprint = maskFingerprint
+    }
+
+    func commit(_ batch: [MaskResult]) throws {
+        guard !batch.isEmpty else { return }
+        try catalog.pool.write { [runID, faceFingerprint, maskFingerprint] db in
+            for r in batch {
+                try db.execute(sql: """
+                    INSERT OR REPLACE INTO masks (sha256, face_fingerprint, face_index, mask_fingerprint, method,
+                        mask512, mask256, e4e_input, coverage, ok, reason, run_id)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [r.job.sha256, faceFingerprint, r.job.faceIndex, maskFingerprint, r.method,
+                                     r.mask512, r.mask256, r.e4eInput, r.coverage, r.ok, r.reason, runID])
+                if !r.ok, let reason = r.reason {
+                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
+                                   arguments: [runID, "\(r.job.sha256)#\(r.job.faceIndex)", reason])
+                }
+            }
+        }
+    }
+
+    func finish(counts: [String: Int]) throws {
+        let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
+        try catalog.pool.write { [runID] db in
+            try db.execute(sql: "UPDATE runs SET status = 'completed', ended_at = ?, counts = ? WHERE id = ?",
+                           arguments: [ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
+        }
+    }
+}

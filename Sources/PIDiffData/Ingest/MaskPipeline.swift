@@ -1,0 +1,109 @@
+import AsyncAlgorithms
+import Foundation
+
+/// `pidiff-data masks`: masks every selected face that has none under the current mask
+/// parameters. Workers (one per core, each with its own parser when ONNX is used) read the crops
+/// from the store, run the mask stage and store mask512/mask256/e4e input content-addressed; one
+/// writer commits.
+public struct MaskPipeline: Sendable {
+    public struct Summary: Codable, Sendable {
+        public var runID: Int64
+        public var fingerprint: String
+        public var masked: Int
+        public var failed: Int
+        public var errors: [String]
+        public var seconds: Double
+        public var masksPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case runID = "run_id", fingerprint, masked, failed, errors, seconds, masksPerSecond = "masks_per_second"
+        }
+    }
+
+    public var catalogPath: String
+    public var parameters: MaskParameters
+    public var workers: Int
+
+    public init(catalogPath: String, parameters: MaskParameters, workers: Int = 0) {
+        self.catalogPath = catalogPath
+        self.parameters = parameters
+        self.workers = workers
+    }
+
+    public func fingerprint() throws -> String {
+        var payload = parameters.fingerprintPayload
+        if parameters.method == .onnx, let path = parameters.onnxPath {
+            payload["model.onnx"] = try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: path))
+        }
+        return Hashing.fingerprint(payload)
+    }
+
+    public func run() async throws -> Summary {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: catalogPath)
+        guard let faceFingerprint = try catalog.currentIngestFingerprint() else {
+            throw PipelineError.invalid(catalogPath, "no ingest run yet: run pidiff-data ingest first")
+        }
+        let fingerprint = try fingerprint()
+        let parameters = self.parameters
+        _ = try MaskStage(parameters: parameters) // fail fast on a missing or broken ONNX model
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(parameters), as: UTF8.self)
+        let runID = try CatalogWriter.beginRun(catalog, command: "masks", fingerprint: fingerprint, parameters: paramsJSON)
+        let writer = MaskWriter(catalog: catalog, runID: runID, faceFingerprint: faceFingerprint, maskFingerprint: fingerprint)
+        let jobs = try catalog.pendingMaskJobs(maskFingerprint: fingerprint)
+        let start = Date()
+
+        let work = AsyncChannel<MaskJob>()
+        let results = AsyncChannel<MaskResult>()
+        let collector = Task { () throws -> (Int, Int, [String]) in
+            var batch: [MaskResult] = []
+            var masked = 0, failed = 0
+            var errors: [String] = []
+            for await r in results {
+                masked += 1
+                if !r.ok { failed += 1; if errors.count < 1000 { errors.append("\(r.job.sha256)#\(r.job.faceIndex): \(r.reason ?? "")") } }
+                batch.append(r)
+                if batch.count >= 64 { try await writer.commit(batch); batch.removeAll() }
+            }
+            try await writer.commit(batch)
+            return (masked, failed, errors)
+        }
+        let workerCount = workers > 0 ? workers : ProcessInfo.processInfo.activeProcessorCount
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for job in jobs { await work.send(job) }
+                work.finish()
+            }
+            for w in 0..<workerCount {
+                group.addTask(executorPreference: WorkerExecutor(label: "pidiff.masks.worker\(w)")) {
+                    let stage = try MaskStage(parameters: parameters)
+                    for await job in work { await results.send(Self.process(job, stage: stage, store: store)) }
+                }
+            }
+            try await group.waitForAll()
+            results.finish()
+        }
+        let (masked, failed, errors) = try await collector.value
+        try await writer.finish(counts: ["masked": masked, "failed": failed])
+        let seconds = Date().timeIntervalSince(start)
+        return Summary(runID: runID, fingerprint: fingerprint, masked: masked, failed: failed, errors: errors,
+                       seconds: seconds, masksPerSecond: seconds > 0 ? Double(masked) / seconds : 0)
+    }
+
+    static func process(_ job: MaskJob, stage: MaskStage, store: ArtefactStore) -> MaskResult {
+        let method = stage.parameters.method.rawValue
+        do {
+            let crop256 = try NativeImage.decode(Data(contentsOf: store.url(job.crop256)), maxPixels: 1 << 24)
+            let crop512 = try NativeImage.decode(Data(contentsOf: store.url(job.crop512)), maxPixels: 1 << 24)
+            let out = try stage.run(crop256: crop256, crop512: crop512, landmarks: job.landmarks, quad: job.quad)
+            return MaskResult(job: job, method: method,
+                              mask512: try store.put(out.mask512.pngData(), kind: "masks", ext: "png"),
+                              mask256: try store.put(out.mask256.pngData(), kind: "masks", ext: "png"),
+                              e4eInput: try store.put(out.e4eInput.pngData(), kind: "e4e", ext: "png"),
+                              coverage: out.coverage, ok: out.failure == nil, reason: out.failure)
+        } catch {
+            return MaskResult(job: job, method: method, ok: false, reason: "mask failed: \(error)")
+        }
+    }
+}

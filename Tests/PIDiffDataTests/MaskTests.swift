@@ -1,0 +1,102 @@
+import GRDB
+import XCTest
+@testable import PIDiffData
+
+/// Background removal on the sample photos: GrabCut default, ONNX face parsing, e4e input.
+final class MaskTests: XCTestCase {
+    private func ingestedSample() async throws -> (URL, Catalog) {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalogPath)
+        return (catalogPath, try Catalog(path: catalogPath.path))
+    }
+
+    func testGrabCutMasksHoldEveryLandmarkLeaveCornersAsBackgroundAndAreDeterministic() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        let summary = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(summary.masked, 7)
+        XCTAssertEqual(summary.failed, 0, "\(summary.errors)")
+
+        let faces = try catalog.faceReports(selectedOnly: true)
+        XCTAssertEqual(faces.count, 7)
+        for face in faces {
+            let mask = try NativeImage.decodeMask(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(face.mask256))))
+            XCTAssertEqual(mask.width, 256)
+            let mask512 = try NativeImage.decodeMask(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(face.mask512))))
+            XCTAssertEqual(mask512.width, 512)
+            let quad = AlignmentQuad(landmarks: Landmarks68(points: face.landmarks68.map { Point(x: $0[0], y: $0[1]) }))
+            let inCrop = MaskStage.landmarksInCrop(face.landmarks68.map { Point(x: $0[0], y: $0[1]) }, quad: quad, size: 256)
+            for (i, p) in inCrop.enumerated() {
+                guard let v = mask.maskValue(x: p.x, y: p.y) else { continue } // padded partial faces: landmark beyond the crop
+                XCTAssertGreaterThanOrEqual(v, 128, "\(face.path) landmark \(i) at (\(p.x), \(p.y)) is outside the mask")
+            }
+            for (x, y) in [(0.0, 0.0), (255.0, 0.0), (0.0, 255.0), (255.0, 255.0)] {
+                XCTAssertLessThan(try XCTUnwrap(mask.maskValue(x: x, y: y)), 16, "\(face.path) corner (\(x),\(y)) should be background")
+            }
+            XCTAssertTrue((0.15...0.80).contains(mask.maskCoverage), "\(face.path) coverage \(mask.maskCoverage)")
+            // The e4e input is white where the mask is background.
+            let e4e = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(face.e4eInput))), maxPixels: 1 << 24)
+            let px = try e4e.bgrPixels()
+            XCTAssertEqual(Array(px[0..<3]), [255, 255, 255])
+        }
+
+        // Same crop in → same mask bytes out, and a second run has nothing to do.
+        let face = faces[0]
+        let crop256 = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: face.crop256!)), maxPixels: 1 << 24)
+        let crop512 = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: face.crop512!)), maxPixels: 1 << 24)
+        let lm = face.landmarks68.map { Point(x: $0[0], y: $0[1]) }
+        let stage = try MaskStage(parameters: MaskParameters())
+        let a = try stage.run(crop256: crop256, crop512: crop512, landmarks: lm, quad: AlignmentQuad(landmarks: Landmarks68(points: lm)))
+        let b = try stage.run(crop256: crop256, crop512: crop512, landmarks: lm, quad: AlignmentQuad(landmarks: Landmarks68(points: lm)))
+        XCTAssertEqual(try a.mask256.pngData(), try b.mask256.pngData())
+        XCTAssertEqual(try a.mask256.pngData(), try Data(contentsOf: URL(fileURLWithPath: face.mask256!)))
+        let again = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(again.masked, 0)
+    }
+
+    func testCoverageOutsideBoundsIsFlaggedWithAReason() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        var strict = MaskParameters()
+        strict.minCoverage = 0.95
+        let summary = try await MaskPipeline(catalogPath: catalogPath.path, parameters: strict).run()
+        XCTAssertEqual(summary.failed, 7)
+        let rows = try catalog.maskReport()
+        XCTAssertTrue(rows.allSatisfy { !$0.ok && $0.reason?.contains("outside [95%") == true }, "\(rows.map(\.reason))")
+        // The report command draws a contact sheet of crop | mask | e4e input.
+        let sheet = catalogPath.deletingLastPathComponent().appendingPathComponent("sheet.png")
+        let out = try TestSupport.runCLI(["masks", "report", "--catalog", catalogPath.path, "--sheet", sheet.path, "--json"])
+        XCTAssertEqual(out.status, 0, out.stderr)
+        let header = try ImageHeader.parse(Data(contentsOf: sheet))
+        XCTAssertEqual(header.width, 3 * 192)
+        XCTAssertEqual(header.height, 7 * 192)
+    }
+
+    func testONNXFaceParsingRunsEndToEnd() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        let onnx = catalogPath.deletingLastPathComponent().appendingPathComponent("parser.onnx")
+        let made = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("make_parsing_onnx.py").path, onnx.path, "64"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        var params = MaskParameters()
+        params.method = .onnx
+        params.onnxPath = onnx.path
+        params.onnxInputSize = 64
+        params.featherSigma = 0
+        let summary = try await MaskPipeline(catalogPath: catalogPath.path, parameters: params).run()
+        XCTAssertEqual(summary.masked, 7)
+        // The model's answer is a centred disk of radius 0.3·side: area π·0.09 ≈ 0.283 of the crop.
+        for face in try catalog.faceReports(selectedOnly: true) {
+            let mask = try NativeImage.decodeMask(Data(contentsOf: URL(fileURLWithPath: face.mask256!)))
+            XCTAssertEqual(mask.maskCoverage, Double.pi * 0.09, accuracy: 0.02)
+            XCTAssertEqual(mask.maskValue(x: 128, y: 128), 255)
+            XCTAssertEqual(mask.maskValue(x: 5, y: 5), 0)
+        }
+        params.onnxPath = "/nonexistent/parser.onnx"
+        do {
+            _ = try await MaskPipeline(catalogPath: catalogPath.path, parameters: params).run()
+            XCTFail("a missing model must fail")
+        } catch {
+            XCTAssertTrue("\(error)".contains("/nonexistent/parser.onnx"), "\(error)")
+        }
+    }
+}
