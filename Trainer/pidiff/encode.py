@@ -227,6 +227,9 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
         raise EncodeError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, not {options.storage_dtype!r}")
     if not Path(e4e_path).is_file():
         raise EncodeError(f"{e4e_path}: e4e checkpoint not found")
+    missing = [str(p) for p in shard_paths if not p.is_file()]
+    if missing:  # before hashing gigabytes of models and shards
+        raise shards.ShardError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     fingerprints = {
@@ -238,8 +241,6 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
     results: dict[Path, EncodeResult] = {}
     pending: list[PendingShard] = []
     for shard, output in zip(shard_paths, outputs):
-        if not shard.is_file():
-            raise shards.ShardError(f"{shard}: shard not found")
         source_sha256 = file_sha256(shard)
         if not options.force and is_cache_hit(output, {**fingerprints, "source_sha256": source_sha256}):
             results[shard] = EncodeResult(shard, output, len(json.loads(read_metadata(output)["keys"])), cached=True)
