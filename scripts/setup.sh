@@ -33,5 +33,7 @@ OUT="${PIDIFF_OUT:-out}"
 mkdir -p "$OUT"
 BIN=.build/release/pidiff-data
 "$BIN" ingest "$PIDIFF_CACHE/sample/identities" --catalog "$OUT/sample.sqlite" --pipeline Pipelines/default.yaml
+"$BIN" masks --catalog "$OUT/sample.sqlite" --pipeline Pipelines/default.yaml
+"$BIN" masks report --catalog "$OUT/sample.sqlite" --sheet "$OUT/sample-masks.png"
 "$BIN" status --catalog "$OUT/sample.sqlite"
 echo "faces: $("$BIN" faces --catalog "$OUT/sample.sqlite" --json | wc -l) (pidiff-data faces --catalog $OUT/sample.sqlite --json)"
