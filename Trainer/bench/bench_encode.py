@@ -8,6 +8,10 @@ e4e under bf16 autocast + channels_last, VAE with bf16 weights) on inputs alread
 so the figures are model throughput; PNG decoding runs in DataLoader workers and is reported
 separately as samples/s per core. Prints one line per measurement and one JSON line at the end.
 
+--compile adds torch.compile'd settings at the largest VAE batch (one compilation per encoder
+and VAE layout, a minute or more each; allow ~5 minutes). Each setting also times the combined
+per-batch step; the best one is `combined_images_per_s_measured`.
+
 Only torch, diffusers and safetensors are needed (no webdataset, open_clip or pidiff install):
 the Trainer folder is put on sys.path.
 
@@ -153,39 +157,51 @@ def main(argv: list[str] | None = None) -> int:
     def log(name: str, value: float) -> None:
         print(f"{name:<44} {value:10.4g} img/s", flush=True)
 
-    variants = [False, True] if args.compile else [False]
+    # Settings: every VAE layout eagerly at every batch size; with --compile, also compiled at the
+    # largest VAE batch only (each new shape is another compilation, a minute or more).
+    combined_batch = max(vae_batches)
+    settings = [(layout, False) for layout in layouts] + ([(layout, True) for layout in layouts] if args.compile else [])
     e4e_rates: dict[str, float] = {}
     vae_rates: dict[str, float] = {}
-    for compiled in variants:
+    combined_rates: dict[str, float] = {}
+
+    def measure_setting(layout: str, compiled: bool) -> None:
         suffix = "_compiled" if compiled else ""
-        # The VAE layout does not affect the e4e; measure the e4e once per compile setting.
-        for layout in layouts:
-            encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=layout == "channels_last", compile=compiled)
-            if layout == layouts[0]:
-                for batch in e4e_batches:
-                    images = random_images(batch, 256)
-                    rate = images_per_second(lambda: encoder.encode_w_plus(images), batch, device, warmup, min_seconds)
-                    e4e_rates[f"b{batch}{suffix}"] = rate
-                    log(f"e4e 256^2 batch {batch}{suffix}", rate)
-            for batch in vae_batches:
-                images = random_images(batch, 512)
-                rate = images_per_second(lambda: encoder.encode_latents(images), batch, device, warmup, min_seconds)
-                vae_rates[f"{layout}_b{batch}{suffix}"] = rate
-                log(f"vae 512^2 {layout} batch {batch}{suffix}", rate)
+        # Measure everything for a setting before building the next: ShardEncoder sets the
+        # layout of the shared modules, and compiled graphs are specialised to it.
+        encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=layout == "channels_last", compile=compiled)
+        if layout == layouts[0]:  # the VAE layout does not affect the e4e
+            for batch in [combined_batch] if compiled else e4e_batches:
+                images = random_images(batch, 256)
+                rate = images_per_second(lambda: encoder.encode_w_plus(images), batch, device, warmup, min_seconds)
+                e4e_rates[f"b{batch}{suffix}"] = rate
+                log(f"e4e 256^2 batch {batch}{suffix}", rate)
+        for batch in [combined_batch] if compiled else vae_batches:
+            images = random_images(batch, 512)
+            rate = images_per_second(lambda: encoder.encode_latents(images), batch, device, warmup, min_seconds)
+            vae_rates[f"{layout}_b{batch}{suffix}"] = rate
+            log(f"vae 512^2 {layout} batch {batch}{suffix}", rate)
+        # Both encoders exactly as `pidiff encode` runs them per batch.
+        e4e_images, vae_images = random_images(combined_batch, 256), random_images(combined_batch, 512)
+        rate = images_per_second(lambda: encoder.encode_batch(e4e_images, vae_images), combined_batch, device, warmup, min_seconds)
+        combined_rates[f"{layout}_b{combined_batch}{suffix}"] = rate
+        log(f"e4e + vae {layout} batch {combined_batch}{suffix}", rate)
+
+    compile_errors: list[str] = []
+    for layout, compiled in settings:
+        try:
+            measure_setting(layout, compiled)
+        except Exception as error:  # a compiler failure must not lose the eager figures
+            if not compiled:
+                raise
+            compile_errors.append(f"{layout}: {type(error).__name__}: {error}"[:500])
+            print(f"compiled {layout} failed: {compile_errors[-1]}", file=sys.stderr, flush=True)
 
     best_e4e_key = max(e4e_rates, key=e4e_rates.get)
     best_vae_key = max(vae_rates, key=vae_rates.get)
+    best_combined_key = max(combined_rates, key=combined_rates.get)
     # Every image goes through both encoders, so the pipeline rate is the harmonic combination.
     combined_estimate = 1.0 / (1.0 / e4e_rates[best_e4e_key] + 1.0 / vae_rates[best_vae_key])
-
-    # Measure the combined step exactly as `pidiff encode` runs it, in the best VAE setting.
-    best_layout = best_vae_key.split("_b")[0]
-    best_batch = int(best_vae_key.split("_b")[1].split("_")[0])
-    compiled = best_vae_key.endswith("_compiled")
-    encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=best_layout == "channels_last", compile=compiled)
-    e4e_images, vae_images = random_images(best_batch, 256), random_images(best_batch, 512)
-    combined_measured = images_per_second(lambda: encoder.encode_batch(e4e_images, vae_images), best_batch, device, warmup, min_seconds)
-    log(f"e4e + vae, batch {best_batch}, {best_layout}{' compiled' if compiled else ''}", combined_measured)
 
     counting = ShardEncoder(e4e, vae, device, precision)  # eager: the FLOP counter sees every op
     e4e_flops = flops_per_image(counting.encode_w_plus, random_images(1, 256))
@@ -196,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         "e4e_images_per_s": {k: significant(v) for k, v in e4e_rates.items()},
         "vae_images_per_s": {k: significant(v) for k, v in vae_rates.items()},
         "combined_images_per_s_estimate": significant(combined_estimate),
-        "combined_images_per_s_measured": significant(combined_measured),
-        "combined_setting": {"batch": best_batch, "vae_layout": best_layout, "compiled": compiled},
+        "combined_images_per_s": {k: significant(v) for k, v in combined_rates.items()},
+        "combined_images_per_s_measured": significant(combined_rates[best_combined_key]),
+        "combined_best_setting": best_combined_key,
+        "compile_errors": compile_errors or None,
         "e4e_gflop_per_image": round(e4e_flops / 1e9, 1) if e4e_flops else None,
         "vae_gflop_per_image": round(vae_flops / 1e9, 1) if vae_flops else None,
         "e4e_tflops_achieved": significant(e4e_flops * e4e_rates[best_e4e_key] / 1e12) if e4e_flops else None,
