@@ -159,22 +159,38 @@ int fn_parser_create(const char *onnx_path, int input_size, const float mean[3],
 
 void fn_parser_free(FNParser *parser) { delete parser; }
 
+// Resize to the network's input, RGB, (x/255 − mean)/std, NCHW; returns the first output.
+static cv::Mat forward(FNParser *parser, const cv::Mat &img) {
+    cv::Mat rgb;
+    cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
+    cv::resize(rgb, rgb, cv::Size(parser->input_size, parser->input_size), 0, 0, cv::INTER_AREA);
+    rgb.convertTo(rgb, CV_32FC3, 1.0 / 255.0);
+    rgb = (rgb - parser->mean);
+    std::vector<cv::Mat> ch;
+    cv::split(rgb, ch);
+    for (int c = 0; c < 3; c++) ch[c] /= parser->std[c];
+    cv::merge(ch, rgb);
+    parser->net.setInput(cv::dnn::blobFromImage(rgb)); // NCHW, no further scaling
+    return parser->net.forward().clone();
+}
+
+int fn_onnx_forward(FNParser *parser, const FNImage *crop, float *out, int capacity, int *count, FNError *err) {
+    if (!parser || !crop || !out || !count) return FN_EARG;
+    return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
+        cv::Mat y = forward(parser, crop->bgr);
+        size_t n = y.total();
+        *count = int(n);
+        const float *data = y.ptr<float>();
+        for (size_t i = 0; i < n && int(i) < capacity; i++) out[i] = data[i];
+        return FN_OK;
+    });
+}
+
 int fn_mask_parse(FNParser *parser, const FNImage *crop, const int *keep, int keep_count, double sigma, FNImage **out, FNError *err) {
     if (!parser || !crop || !out || (keep_count > 0 && !keep)) return FN_EARG;
     return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
         const cv::Mat &img = crop->bgr;
-        cv::Mat rgb;
-        cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
-        cv::resize(rgb, rgb, cv::Size(parser->input_size, parser->input_size), 0, 0, cv::INTER_LINEAR);
-        rgb.convertTo(rgb, CV_32FC3, 1.0 / 255.0);
-        rgb = (rgb - parser->mean);
-        std::vector<cv::Mat> ch;
-        cv::split(rgb, ch);
-        for (int c = 0; c < 3; c++) ch[c] /= parser->std[c];
-        cv::merge(ch, rgb);
-        cv::Mat blob = cv::dnn::blobFromImage(rgb); // NCHW, no further scaling
-        parser->net.setInput(blob);
-        cv::Mat logits = parser->net.forward();
+        cv::Mat logits = forward(parser, img);
         if (logits.dims != 4 || logits.size[0] != 1) {
             fn::set_error(err, "%s", "face-parsing output must be [1, C, H, W]");
             return FN_EMODEL;

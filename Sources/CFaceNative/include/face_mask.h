@@ -35,6 +35,11 @@ int fn_parser_create(const char *onnx_path, int input_size, const float mean[3],
 void fn_parser_free(FNParser *parser);
 int fn_mask_parse(FNParser *parser, const FNImage *crop, const int *keep, int keep_count, double feather_sigma, FNImage **out, FNError *err);
 
+// Runs the network of `parser` (any ONNX model with an image input, e.g. a FairFace-style
+// classifier) on `crop` with the parser's input size and normalisation; copies the flattened
+// float output into `out` (at most `capacity` values) and its length into *count.
+int fn_onnx_forward(FNParser *parser, const FNImage *crop, float *out, int capacity, int *count, FNError *err);
+
 // Fraction of mask pixels ≥ 128.
 double fn_mask_coverage(const FNImage *mask);
 // The mask resized to size² (linear), for the 512 mask from a 256 GrabCut or the reverse.

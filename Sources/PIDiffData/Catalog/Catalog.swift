@@ -143,6 +143,33 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v4-labels") { db in
+            try db.execute(sql: """
+                -- Manual corrections (labels import): override every other source. `path` empty =
+                -- the whole identity; a path = that photo only (per-image age).
+                CREATE TABLE manual_labels (
+                    identity TEXT NOT NULL,
+                    path TEXT NOT NULL DEFAULT '',
+                    attribute TEXT NOT NULL CHECK (attribute IN ('race', 'age', 'gender')),
+                    value TEXT NOT NULL,
+                    source TEXT NOT NULL,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (identity, path, attribute)
+                );
+                -- FairFace-style classifier probabilities per selected face and model.
+                CREATE TABLE classifier_labels (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    face_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    race_probs TEXT NOT NULL,
+                    gender_probs TEXT NOT NULL,
+                    age_probs TEXT NOT NULL,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, face_fingerprint, face_index, model_fingerprint)
+                );
+                """)
+        }
         return m
     }
 

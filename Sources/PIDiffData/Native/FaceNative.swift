@@ -221,6 +221,16 @@ public final class FaceParser {
     }
     deinit { fn_parser_free(handle) }
 
+    /// The network's flattened float output for `crop`.
+    public func forward(_ crop: NativeImage, capacity: Int = 4096) throws -> [Float] {
+        var err = FNError()
+        var values = [Float](repeating: 0, count: capacity)
+        var count: Int32 = 0
+        let code = values.withUnsafeMutableBufferPointer { fn_onnx_forward(handle, crop.handle, $0.baseAddress, Int32(capacity), &count, &err) }
+        try NativeError.check(code, &err, "onnx forward")
+        return Array(values.prefix(min(Int(count), capacity)))
+    }
+
     public func mask(_ crop: NativeImage, keep: [Int], featherSigma: Double) throws -> NativeImage {
         var err = FNError()
         var out: OpaquePointer?

@@ -172,6 +172,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var ingest = IngestParameters()
     public var crossfaceid = CrossFaceIDParameters()
     public var mask = MaskParameters()
+    public var labels = LabelMapping()
     public init() {}
 
     public init(from decoder: Decoder) throws {
@@ -179,6 +180,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
         ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
         mask = try c.decodeIfPresent(MaskParameters.self, forKey: .mask) ?? MaskParameters()
+        labels = try c.decodeIfPresent(LabelMapping.self, forKey: .labels) ?? LabelMapping()
     }
 
     public static func load(_ url: URL?) throws -> PipelineConfig {

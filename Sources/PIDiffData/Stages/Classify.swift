@@ -1,0 +1,125 @@
+import Foundation
+
+/// FairFace-style classifier output: 18 logits = 7 race, 2 gender, 9 age bins.
+public enum FairFace {
+    public static let genders = ["male", "female"]
+
+    static func softmax(_ x: ArraySlice<Float>) -> [Double] {
+        let m = x.max() ?? 0
+        let e = x.map { exp(Double($0 - m)) }
+        let s = e.reduce(0, +)
+        return e.map { $0 / s }
+    }
+
+    /// Splits 18 logits into per-group probabilities.
+    public static func probabilities(_ logits: [Float]) throws -> (race: [Double], gender: [Double], age: [Double]) {
+        guard logits.count == 18 else {
+            throw PipelineError.invalid("classifier", "expected 18 logits (7 race, 2 gender, 9 age), got \(logits.count)")
+        }
+        return (softmax(logits[0..<7]), softmax(logits[7..<9]), softmax(logits[9..<18]))
+    }
+
+    /// Observations for the label resolver: each group's argmax when its probability reaches the
+    /// mapping's threshold; below it the attribute stays unknown. Age bins are summed into our
+    /// brackets before the argmax, so probability mass split across 20-29/30-39 still counts.
+    static func observations(race: [Double], gender: [Double], age: [Double], mapping: LabelMapping) -> [LabelObservation] {
+        var out: [LabelObservation] = []
+        let threshold = mapping.minClassifierConfidence
+        if race.count == 7 {
+            var byCategory: [String: Double] = [:]
+            for (i, p) in race.enumerated() where i < mapping.fairfaceRace.count { byCategory[mapping.fairfaceRace[i], default: 0] += p }
+            if let best = byCategory.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) }),
+               best.value >= threshold, best.key != "unknown" {
+                out.append(LabelObservation(attribute: .race, value: best.key, provenance: .classifier, confidence: best.value))
+            }
+        }
+        if gender.count == 2, let i = gender.indices.max(by: { gender[$0] < gender[$1] }), gender[i] >= threshold {
+            out.append(LabelObservation(attribute: .gender, value: genders[i], provenance: .classifier, confidence: gender[i]))
+        }
+        if age.count == 9 {
+            var byBracket: [String: Double] = [:]
+            for (i, p) in age.enumerated() {
+                if let b = mapping.bracket(years: LabelMapping.fairfaceAgeMidpoints[i]) { byBracket[b, default: 0] += p }
+            }
+            if let best = byBracket.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) }), best.value >= threshold {
+                out.append(LabelObservation(attribute: .age, value: best.key, provenance: .classifier, confidence: best.value))
+            }
+        }
+        return out
+    }
+}
+
+/// `pidiff-data labels classify`: runs a user-supplied FairFace-style ONNX model (224², ImageNet
+/// normalisation) on every selected face's aligned crop and stores the probabilities.
+public struct LabelClassifier: Sendable {
+    public var catalogPath: String
+    public var modelPath: String
+    public var inputSize = 224
+
+    public init(catalogPath: String, modelPath: String) {
+        self.catalogPath = catalogPath
+        self.modelPath = modelPath
+    }
+
+    public func run() throws -> Int {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: catalogPath)
+        let fingerprint = try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: modelPath))
+        let net = try FaceParser(onnxPath: modelPath, inputSize: inputSize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225])
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        var results: [(sha256: String, faceIndex: Int, race: [Double], gender: [Double], age: [Double])] = []
+        for face in try catalog.pendingClassifierFaces(modelFingerprint: fingerprint) {
+            let crop = try NativeImage.decode(Data(contentsOf: store.url(face.crop256)), maxPixels: 1 << 24)
+            let p = try FairFace.probabilities(net.forward(crop))
+            results.append((face.sha256, face.faceIndex, p.race, p.gender, p.age))
+        }
+        try catalog.storeClassifierResults(results, modelFingerprint: fingerprint)
+        return results.count
+    }
+}
+
+/// `labels import FILE.csv`: header with `identity` and any of `race`, `age`, `gender`, `path`.
+public enum ManualLabelCSV {
+    public static func parse(_ text: String, file: String) throws -> [ManualLabel] {
+        let rows = csvRows(text)
+        guard let header = rows.first?.map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) else {
+            throw PipelineError.invalid(file, "empty CSV")
+        }
+        guard let idCol = header.firstIndex(of: "identity") else { throw PipelineError.invalid(file, "no `identity` column in the header") }
+        let pathCol = header.firstIndex(of: "path")
+        var out: [ManualLabel] = []
+        for (n, row) in rows.dropFirst().enumerated() where !(row.count == 1 && row[0].isEmpty) {
+            guard row.count == header.count else {
+                throw PipelineError.invalid("\(file):\(n + 2)", "\(row.count) fields, header has \(header.count)")
+            }
+            let identity = row[idCol].trimmingCharacters(in: .whitespaces)
+            guard !identity.isEmpty else { throw PipelineError.invalid("\(file):\(n + 2)", "empty identity") }
+            for attr in LabelAttribute.allCases {
+                guard let col = header.firstIndex(of: attr.rawValue) else { continue }
+                let value = row[col].trimmingCharacters(in: .whitespaces)
+                if value.isEmpty { continue }
+                out.append(ManualLabel(identity: identity, path: pathCol.map { row[$0] } ?? "", attribute: attr, value: value))
+            }
+        }
+        return out
+    }
+
+    /// RFC 4180 fields: commas, quoted fields with "" escapes and embedded newlines.
+    static func csvRows(_ text: String) -> [[String]] {
+        var rows: [[String]] = [], row: [String] = [], field = "", quoted = false
+        var chars = Array(text.replacingOccurrences(of: "\r\n", with: "\n"))[...]
+        while let c = chars.popFirst() {
+            if quoted {
+                if c == "\"" {
+                    if chars.first == "\"" { field.append("\""); chars.removeFirst() } else { quoted = false }
+                } else { field.append(c) }
+            } else if c == "\"" { quoted = true }
+            else if c == "," { row.append(field); field = "" }
+            else if c == "\n" { row.append(field); rows.append(row); row = []; field = "" }
+            else { field.append(c) }
+        }
+        if !field.isEmpty || !row.isEmpty { row.append(field); rows.append(row) }
+        return rows
+    }
+}
