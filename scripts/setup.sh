@@ -22,6 +22,14 @@ PYTHON="$PY" ./scripts/fetch-assets.sh
 
 echo "== Python environment (.venv) for the trainer"
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+# Prefer a local CPU-only torch wheel where the machine has one (pip's find-links): the default
+# PyPI build bundles ~3 GB of CUDA libraries that CPU machines never use.
+LOCAL_TORCH="$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
+if [[ -n "$LOCAL_TORCH" ]] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$LOCAL_TORCH"
+fi
+# The CLIP vocabulary only (see Trainer/pyproject.toml).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps open_clip_torch
 # scipy (e4e alignment oracle) and onnx (tiny face-parsing model) are for the Swift tests.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx
 

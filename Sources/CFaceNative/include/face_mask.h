@@ -53,6 +53,11 @@ int fn_composite_on_white(const FNImage *crop, const FNImage *mask, FNImage **ou
 // Tiles images (any mix of 1- and 3-channel) into a grid of `columns`, each scaled to tile×tile.
 int fn_image_grid(const FNImage *const *images, int count, int columns, int tile, FNImage **out, FNError *err);
 
+// Draws a heatmap of rows × cols values (row-major) with row/column labels and each cell's
+// text (`cell_text`, rows × cols strings; NULL to print the value), colour by value/max.
+int fn_draw_heatmap(const double *values, int rows, int cols, const char *const *row_labels, const char *const *col_labels,
+                    const char *const *cell_text, const char *title, FNImage **out, FNError *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -170,6 +170,32 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v5-splits") { db in
+            try db.execute(sql: """
+                -- Named, immutable draws of identities and photos for training and reference.
+                CREATE TABLE splits (
+                    name TEXT PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    created_at TEXT NOT NULL,
+                    seed INTEGER NOT NULL,
+                    parameters TEXT NOT NULL,
+                    quotas TEXT NOT NULL
+                );
+                CREATE TABLE split_items (
+                    split_name TEXT NOT NULL REFERENCES splits(name),
+                    file_id INTEGER NOT NULL REFERENCES files(id),
+                    identity TEXT NOT NULL,
+                    role TEXT NOT NULL CHECK (role IN ('train', 'reference')),
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    PRIMARY KEY (split_name, file_id)
+                );
+                CREATE TRIGGER split_items_immutable BEFORE UPDATE ON split_items
+                BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
+                CREATE TRIGGER splits_immutable BEFORE UPDATE ON splits
+                BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
+                """)
+        }
         return m
     }
 

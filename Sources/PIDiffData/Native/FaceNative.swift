@@ -240,3 +240,26 @@ public final class FaceParser {
         return NativeImage(handle: out!)
     }
 }
+
+extension NativeImage {
+    /// A labelled heatmap (rows × cols), darker for larger values.
+    public static func heatmap(values: [[Double]], rowLabels: [String], colLabels: [String], cellText: [[String]], title: String) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        let flat = values.flatMap { $0 }
+        let rows = rowLabels.map { strdup($0) }, cols = colLabels.map { strdup($0) }, texts = cellText.flatMap { $0 }.map { strdup($0) }
+        defer { (rows + cols + texts).forEach { free($0) } }
+        let code = flat.withUnsafeBufferPointer { v in
+            rows.map { UnsafePointer($0) }.withUnsafeBufferPointer { r in
+                cols.map { UnsafePointer($0) }.withUnsafeBufferPointer { c in
+                    texts.map { UnsafePointer($0) }.withUnsafeBufferPointer { t in
+                        fn_draw_heatmap(v.baseAddress, Int32(rowLabels.count), Int32(colLabels.count), r.baseAddress, c.baseAddress,
+                                        t.baseAddress, title, &out, &err)
+                    }
+                }
+            }
+        }
+        try NativeError.check(code, &err, "heatmap")
+        return NativeImage(handle: out!)
+    }
+}

@@ -1,0 +1,179 @@
+import Foundation
+
+/// One usable photo of an identity, with what selection ranks it by.
+public struct UsableImage: Codable, Sendable, Equatable {
+    public var fileID: Int64
+    public var path: String
+    public var sha256: String
+    public var faceSize: Double
+    public var sharpness: Double
+    public var yaw: Double
+    public var rollDegrees: Double
+
+    /// Quality used to rank photos: resolution (face size, saturating at 512 px, the SD crop) ×
+    /// sharpness (saturating) × frontalness. Each factor is in (0, 1].
+    public var quality: Double {
+        let resolution = min(faceSize, 512) / 512
+        let sharp = sharpness / (sharpness + 50)
+        let frontal = max(0.05, 1 - abs(yaw)) * max(0.05, cos(rollDegrees * .pi / 180))
+        return resolution * max(sharp, 0.01) * frontal
+    }
+}
+
+/// An identity with its resolved labels and usable photos.
+public struct BalanceIdentity: Sendable {
+    public var name: String
+    public var race: String
+    public var age: String
+    public var gender: String
+    public var images: [UsableImage]
+}
+
+/// The balance report: one cell per race × age (× gender, or `all`), plus a total.
+public struct BalanceCell: Codable, Sendable, Equatable {
+    public var race: String
+    public var age: String
+    public var gender: String
+    public var identities: Int
+    public var images: Int
+    public var pctAll: Double
+    public var pctKnown: Double?
+    public var shortfall: Int?
+    enum CodingKeys: String, CodingKey {
+        case race, age, gender, identities, images, pctAll = "pct_all", pctKnown = "pct_known", shortfall
+    }
+}
+
+public enum BalanceReport {
+    /// Cells over `races` × `ages` (plus `unknown` rows/columns where present), by gender when
+    /// `byGender`, then a total. An identity counts when it has ≥ `minImages` usable photos;
+    /// `images` counts those identities' usable photos. Shortfall: identities missing against an
+    /// even share of `target` over the known race × age cells (known cells only).
+    public static func cells(_ identities: [BalanceIdentity], races: [String], ages: [String], target: Int, minImages: Int,
+                             byGender: Bool) -> [BalanceCell] {
+        let qualifying = identities.filter { $0.images.count >= minImages }
+        let total = qualifying.count
+        let isKnown = { (i: BalanceIdentity) in races.contains(i.race) && ages.contains(i.age) }
+        let known = qualifying.filter(isKnown).count
+        let perCell = races.isEmpty || ages.isEmpty ? 0 : Int((Double(target) / Double(races.count * ages.count)).rounded(.up))
+        let raceRows = races + (qualifying.contains { !races.contains($0.race) } ? ["unknown"] : [])
+        let ageCols = ages + (qualifying.contains { !ages.contains($0.age) } ? ["unknown"] : [])
+        let genders = byGender ? Array(Set(qualifying.map(\.gender))).sorted() : ["all"]
+        var out: [BalanceCell] = []
+        for race in raceRows {
+            for age in ageCols {
+                for gender in genders {
+                    let members = qualifying.filter {
+                        (races.contains($0.race) ? $0.race : "unknown") == race && (ages.contains($0.age) ? $0.age : "unknown") == age
+                            && (gender == "all" || $0.gender == gender)
+                    }
+                    let knownCell = race != "unknown" && age != "unknown"
+                    out.append(BalanceCell(
+                        race: race, age: age, gender: gender, identities: members.count, images: members.reduce(0) { $0 + $1.images.count },
+                        pctAll: total > 0 ? 100 * Double(members.count) / Double(total) : 0,
+                        pctKnown: knownCell ? (known > 0 ? 100 * Double(members.count) / Double(known) : 0) : nil,
+                        shortfall: knownCell && gender == "all" ? max(0, perCell - members.count) : nil))
+                }
+            }
+        }
+        out.append(BalanceCell(race: "all", age: "all", gender: "all", identities: total, images: qualifying.reduce(0) { $0 + $1.images.count },
+                               pctAll: total > 0 ? 100 : 0, pctKnown: total > 0 ? 100 * Double(known) / Double(total) : nil,
+                               shortfall: max(0, target - known)))
+        return out
+    }
+}
+
+/// A balanced draw of identities and their photos.
+public struct SplitSelection: Codable, Sendable {
+    public struct Quota: Codable, Sendable, Equatable {
+        public var race: String
+        public var age: String
+        public var quota: Int
+        public var selected: Int
+        public var available: Int
+    }
+    public struct Item: Codable, Sendable, Equatable {
+        public var identity: String
+        public var role: String // train | reference
+        public var path: String
+        public var sha256: String
+        public var fileID: Int64
+    }
+    public var quotas: [Quota]
+    public var items: [Item]
+    /// Identities requested but not available anywhere (after redistribution).
+    public var shortfall: Int
+}
+
+public enum BalancedSelection {
+    /// Deterministic order for a seed: SHA-256 of seed and name.
+    static func rank(_ name: String, seed: Int) -> String { Hashing.sha256Hex(Data("\(seed)\u{0}\(name)".utf8)) }
+
+    /// Equal quotas per known race × age cell; cells short of eligible identities hand their
+    /// remainder to cells with spare ones, one at a time in seeded order. Within a cell identities
+    /// are drawn in seeded order; per identity the photos are picked by `pickImages`.
+    public static func select(_ identities: [BalanceIdentity], races: [String], ages: [String], count: Int,
+                              imagesPerIdentity: Int, referenceImages: Int, seed: Int) -> SplitSelection {
+        let need = imagesPerIdentity + referenceImages
+        var cells: [(race: String, age: String, pool: [BalanceIdentity])] = []
+        for race in races {
+            for age in ages {
+                let pool = identities.filter { $0.race == race && $0.age == age && $0.images.count >= need }
+                    .sorted { rank($0.name, seed: seed) < rank($1.name, seed: seed) }
+                cells.append((race, age, pool))
+            }
+        }
+        guard !cells.isEmpty else { return SplitSelection(quotas: [], items: [], shortfall: count) }
+        // Base quotas; the remainder goes to cells in seeded order.
+        var quota = [Int](repeating: count / cells.count, count: cells.count)
+        let cellOrder = cells.indices.sorted { rank("\(cells[$0].race)|\(cells[$0].age)", seed: seed) < rank("\(cells[$1].race)|\(cells[$1].age)", seed: seed) }
+        for i in cellOrder.prefix(count % cells.count) { quota[i] += 1 }
+        var take = cells.indices.map { min(quota[$0], cells[$0].pool.count) }
+        var missing = count - take.reduce(0, +)
+        while missing > 0 {
+            let spare = cellOrder.filter { take[$0] < cells[$0].pool.count }
+            guard !spare.isEmpty else { break }
+            // Give one to the spare cell that is currently smallest, so the draw stays as even as it can.
+            let i = spare.min { take[$0] < take[$1] || (take[$0] == take[$1] && cellOrder.firstIndex(of: $0)! < cellOrder.firstIndex(of: $1)!) }!
+            take[i] += 1
+            missing -= 1
+        }
+        var items: [SplitSelection.Item] = []
+        var quotas: [SplitSelection.Quota] = []
+        for (i, cell) in cells.enumerated() {
+            quotas.append(.init(race: cell.race, age: cell.age, quota: quota[i], selected: take[i], available: cell.pool.count))
+            for identity in cell.pool.prefix(take[i]) {
+                let (train, reference) = pickImages(identity.images, train: imagesPerIdentity, reference: referenceImages)
+                items += train.map { .init(identity: identity.name, role: "train", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+                items += reference.map { .init(identity: identity.name, role: "reference", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+            }
+        }
+        return SplitSelection(quotas: quotas, items: items, shortfall: missing)
+    }
+
+    /// Training photos: the best one, then greedily the photo farthest (in pose: yaw, roll) from
+    /// those already taken, weighted by quality, so the set is good and varied. References: the
+    /// best of the rest (a clean photo to condition on at inference). Deterministic.
+    public static func pickImages(_ images: [UsableImage], train: Int, reference: Int) -> (train: [UsableImage], reference: [UsableImage]) {
+        var rest = images.sorted { $0.quality > $1.quality || ($0.quality == $1.quality && $0.sha256 < $1.sha256) }
+        var chosen: [UsableImage] = []
+        func distance(_ a: UsableImage, _ b: UsableImage) -> Double {
+            let dy = a.yaw - b.yaw, dr = (a.rollDegrees - b.rollDegrees) / 45
+            let dq = log(max(a.faceSize, 1) / max(b.faceSize, 1)) / 2
+            return (dy * dy + dr * dr + dq * dq).squareRoot()
+        }
+        while chosen.count < train, !rest.isEmpty {
+            if chosen.isEmpty {
+                chosen.append(rest.removeFirst())
+                continue
+            }
+            let best = rest.indices.max { i, j in
+                let si = rest[i].quality * (0.25 + chosen.map { distance($0, rest[i]) }.min()!)
+                let sj = rest[j].quality * (0.25 + chosen.map { distance($0, rest[j]) }.min()!)
+                return si < sj || (si == sj && rest[i].sha256 > rest[j].sha256)
+            }!
+            chosen.append(rest.remove(at: best))
+        }
+        return (chosen, Array(rest.prefix(reference)))
+    }
+}
