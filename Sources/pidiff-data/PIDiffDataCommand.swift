@@ -7,7 +7,7 @@ struct PIDiffDataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
-        subcommands: [IngestCommand.self, StatusCommand.self, FacesCommand.self, BenchCommand.self]
+        subcommands: [IngestCommand.self, StatusCommand.self, FacesCommand.self, CurateCommand.self, BenchCommand.self]
     )
 }
 

@@ -98,12 +98,14 @@ public struct CrossFaceIDParameters: Codable, Equatable, Sendable {
 public struct PipelineConfig: Codable, Equatable, Sendable {
     public var ingest = IngestParameters()
     public var crossfaceid = CrossFaceIDParameters()
+    public var curate = CurationParameters()
     public init() {}
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
+        curate = try c.decodeIfPresent(CurationParameters.self, forKey: .curate) ?? CurationParameters()
     }
 
     public static func load(_ url: URL?) throws -> PipelineConfig {
