@@ -71,7 +71,9 @@ public struct NearDuplicateIndex: Sendable {
     /// Chunk count minimising probes + expected candidates per query for uniform hashes.
     static func chunkCount(n: Int, radius: Int) -> Int {
         var best = 0, bestCost = Double.infinity
-        for m in 1...min(radius + 1, 64) {
+        // More than r + 1 chunks only adds probes, except that chunks must be narrow enough for a
+        // table (≥ 3 chunks of ≤ 22 bits), which small radii need too.
+        for m in 1...max(radius + 1, 3) {
             let width = 64 / m
             guard width <= maxChunkBits else { continue }
             let s = radius / m
