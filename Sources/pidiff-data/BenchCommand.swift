@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that print figures (see Docs/benchmarks.md).",
-        subcommands: [BenchIngestCommand.self])
+        subcommands: [BenchIngestCommand.self, BenchNearDupCommand.self, BenchNearDupQualityCommand.self])
 }
 
 struct BenchIngestCommand: AsyncParsableCommand {

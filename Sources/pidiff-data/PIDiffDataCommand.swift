@@ -7,7 +7,8 @@ struct PIDiffDataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
-        subcommands: [IngestCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self, StatusCommand.self, FacesCommand.self, BenchCommand.self]
+        subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
+                      StatusCommand.self, FacesCommand.self, BenchCommand.self]
     )
 }
 

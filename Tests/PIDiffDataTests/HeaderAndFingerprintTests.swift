@@ -84,3 +84,23 @@ final class MigrationTests: XCTestCase {
 }
 
 import GRDB
+
+final class ArtefactStoreTests: XCTestCase {
+    func testConcurrentWritersOfIdenticalContentAllSucceed() throws {
+        let store = ArtefactStore(root: try TestSupport.temporaryDirectory())
+        let data = Data(repeating: 7, count: 1 << 20)
+        final class Results: @unchecked Sendable {
+            let lock = NSLock()
+            var paths: [String?] = []
+            func add(_ p: String?) { lock.lock(); paths.append(p); lock.unlock() }
+        }
+        let results = Results()
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in results.add(try? store.put(data, kind: "crops", ext: "bin")) }
+        let paths = results.paths
+        XCTAssertEqual(Set(paths.compactMap { $0 }).count, 1)
+        XCTAssertEqual(paths.compactMap { $0 }.count, 16)
+        XCTAssertEqual(try Data(contentsOf: store.url(paths[0]!)), data)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: store.url(paths[0]!).deletingLastPathComponent().path)
+        XCTAssertEqual(leftovers.count, 1, "no temporary files left behind")
+    }
+}

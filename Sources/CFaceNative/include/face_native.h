@@ -84,4 +84,7 @@ int fn_align(const FNImage *image, const double quad[8], int out_size, FNImage *
 }
 #endif
 
+// Curation entry points (descriptors, hashes, distances, contact sheets).
+#include "face_curation.h"
+
 #endif

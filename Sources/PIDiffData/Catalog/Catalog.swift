@@ -122,6 +122,54 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v2-curation") { db in
+            try db.execute(sql: """
+                -- Decoded-pixel SHA-256 and whole-image pHash of one image content.
+                CREATE TABLE image_hashes (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    algorithm TEXT NOT NULL,
+                    pixel_sha256 TEXT NOT NULL,
+                    phash INTEGER NOT NULL,
+                    PRIMARY KEY (sha256, algorithm)
+                );
+                -- pHash of an aligned face crop, keyed by the crop's content (its SHA-256).
+                CREATE TABLE crop_hashes (
+                    crop_sha256 TEXT NOT NULL,
+                    algorithm TEXT NOT NULL,
+                    phash INTEGER NOT NULL,
+                    PRIMARY KEY (crop_sha256, algorithm)
+                );
+                -- Identity descriptor (128 little-endian float32) of the face in one aligned crop.
+                CREATE TABLE descriptors (
+                    crop_sha256 TEXT NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    descriptor BLOB NOT NULL,
+                    PRIMARY KEY (crop_sha256, model_fingerprint)
+                );
+                -- What a curate run concluded. Decisions are rows; nothing they name is deleted.
+                CREATE TABLE curation_decisions (
+                    id INTEGER PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    kind TEXT NOT NULL CHECK (kind IN ('exact_duplicate', 'near_duplicate', 'impostor', 'same_person')),
+                    file_id INTEGER REFERENCES files(id),
+                    kept_file_id INTEGER REFERENCES files(id),
+                    identity_id INTEGER REFERENCES identities(id),
+                    other_identity_id INTEGER REFERENCES identities(id),
+                    group_id INTEGER,
+                    score REAL NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                CREATE INDEX curation_decisions_run ON curation_decisions(run_id, kind);
+                -- `curate --apply-merges`: identity_id is another name of canonical_identity_id.
+                CREATE TABLE identity_aliases (
+                    identity_id INTEGER PRIMARY KEY REFERENCES identities(id),
+                    canonical_identity_id INTEGER NOT NULL REFERENCES identities(id),
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    score REAL NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                """)
+        }
         m.registerMigration("v3-masks") { db in
             try db.execute(sql: """
                 -- Masks of selected faces, keyed on the face (its image content and ingest

@@ -18,7 +18,9 @@ public struct ArtefactStore: Sendable {
         let dir = url.deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            let tmp = dir.appendingPathComponent(".\(sha).\(ProcessInfo.processInfo.processIdentifier).tmp")
+            // Unique per call: two workers storing identical content at once must not share a
+            // temporary file (the second rename would find it gone).
+            let tmp = dir.appendingPathComponent(".\(sha).\(ProcessInfo.processInfo.processIdentifier).\(UUID().uuidString).tmp")
             try data.write(to: tmp)
             if rename(tmp.path, url.path) != 0 {
                 let reason = String(cString: strerror(errno))

@@ -173,6 +173,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var crossfaceid = CrossFaceIDParameters()
     public var mask = MaskParameters()
     public var labels = LabelMapping()
+    public var curate = CurationParameters()
     public init() {}
 
     public init(from decoder: Decoder) throws {
@@ -181,6 +182,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
         mask = try c.decodeIfPresent(MaskParameters.self, forKey: .mask) ?? MaskParameters()
         labels = try c.decodeIfPresent(LabelMapping.self, forKey: .labels) ?? LabelMapping()
+        curate = try c.decodeIfPresent(CurationParameters.self, forKey: .curate) ?? CurationParameters()
     }
 
     public static func load(_ url: URL?) throws -> PipelineConfig {

@@ -1,0 +1,105 @@
+import Foundation
+
+/// The summary of one curate run, as `--json` prints it.
+public struct CurationSummary: Codable, Sendable {
+    public var runID: Int64
+    public var fingerprint: String
+    public var files: Int
+    /// Features computed by this run (0 on a re-run with no new content).
+    public var computed: [String: Int]
+    /// Features reused from the catalog.
+    public var reused: [String: Int]
+    public var decisions: [String: Int]
+    public var aliasesRecorded: Int
+    public var problems: [String]
+    public var seconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case runID = "run_id", fingerprint, files, computed, reused, decisions, aliasesRecorded = "aliases_recorded", problems, seconds
+    }
+}
+
+/// `pidiff-data curate`: features (pixel hash, pHashes, identity descriptors) for every photo that
+/// lacks them under the current parameters — computed once per content, stored, never recomputed —
+/// then duplicates, identity purity and same-person candidates, recorded as one run's decisions.
+/// Decisions are a pure function of the stored features and the parameters, so they are re-derived
+/// in full each run (seconds at a million photos); only new photos cost feature work.
+public struct CurationPipeline: Sendable {
+    public var catalogPath: String
+    public var config: PipelineConfig
+    public var models: ModelStore
+    public var applyMerges: Bool
+    public var showProgress: Bool
+
+    public init(catalogPath: String, config: PipelineConfig = PipelineConfig(), models: ModelStore = ModelStore(),
+                applyMerges: Bool = false, showProgress: Bool = false) {
+        self.catalogPath = catalogPath
+        self.config = config
+        self.models = models
+        self.applyMerges = applyMerges
+        self.showProgress = showProgress
+    }
+
+    /// `curate --reset`: drops every decision and alias; features and ingest data stay.
+    public static func reset(catalogPath: String) throws -> (decisions: Int, aliases: Int) {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        return try CurationWriter.reset(try Catalog(path: catalogPath))
+    }
+
+    public func run() async throws -> CurationSummary {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let start = Date()
+        let params = config.curate
+        try params.validate()
+        let catalog = try Catalog(path: catalogPath)
+        guard let ingestFingerprint = try catalog.currentIngestFingerprint() else { throw CurationError.noIngest(catalogPath) }
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        let descriptorPath = try models.path(ModelStore.faceDescriptor)
+        let descriptorFingerprint = try DescribeStage.fingerprint(models: models)
+        _ = try DescriptorModel(path: descriptorPath) // fail fast on an unusable model
+
+        var payload = params.fingerprintPayload
+        payload["ingest_fingerprint"] = ingestFingerprint
+        payload["descriptor_fingerprint"] = descriptorFingerprint
+        payload["hash_algorithm"] = ContentHashStage.algorithm
+        let fingerprint = Hashing.fingerprint(payload)
+        let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(params), as: UTF8.self)
+        let runID = try CatalogWriter.beginRun(catalog, command: "curate", fingerprint: fingerprint, parameters: paramsJSON)
+        let writer = CurationWriter(catalog: catalog, runID: runID)
+        let workers = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
+
+        do {
+            let files = try catalog.curationInputs(ingestFingerprint: ingestFingerprint)
+            let featureStage = CurationFeatureStage(store: store, descriptorModelPath: descriptorPath, workers: workers,
+                                                    showProgress: showProgress)
+            let (features, work) = try await featureStage.features(
+                for: files, catalog: catalog, writer: writer, descriptorFingerprint: descriptorFingerprint)
+
+            let duplicates = DuplicateFinder(parameters: params, workers: workers).find(files, features)
+            let purity = try IdentityPurity(threshold: params.impostorThreshold)
+                .evaluate(files, kept: duplicates.kept, descriptors: features.descriptors)
+            let samePerson = SamePerson(threshold: params.samePersonThreshold)
+            let candidates = try samePerson.candidates(purity.profiles, descriptors: features.descriptors)
+            let decisions = duplicates.decisions + purity.decisions + samePerson.decisions(candidates, files: files)
+            let aliases = applyMerges ? samePerson.aliases(candidates) : []
+            try await writer.recordDecisions(decisions, aliases: aliases)
+
+            var decisionCounts: [String: Int] = [:]
+            for d in decisions { decisionCounts[d.kind.rawValue, default: 0] += 1 }
+            var counts = decisionCounts
+            counts["files"] = files.count
+            counts["near_candidate_pairs"] = duplicates.nearCandidatePairs
+            counts["near_rejected_by_descriptor_guard"] = duplicates.nearRejectedByGuard
+            for (k, v) in work.computed { counts["computed_\(k)"] = v }
+            try await writer.finish(status: "completed", counts: counts)
+            return CurationSummary(runID: runID, fingerprint: fingerprint, files: files.count, computed: work.computed,
+                                   reused: work.reused, decisions: decisionCounts, aliasesRecorded: aliases.count,
+                                   problems: work.problems, seconds: Date().timeIntervalSince(start))
+        } catch {
+            try? await writer.finish(status: "failed", counts: [:])
+            throw error
+        }
+    }
+}

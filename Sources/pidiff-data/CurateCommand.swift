@@ -1,0 +1,103 @@
+import ArgumentParser
+import Foundation
+import PIDiffData
+
+struct CurateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "curate",
+        abstract: "Find exact and near duplicates, impostors and one person under two identities; record decisions.",
+        discussion: """
+            Nothing is ever deleted: every finding is a decision row with a kind, a reason and a
+            score (Docs/catalog.md). Re-running computes features only for new content.
+
+            Examples:
+              pidiff-data curate --catalog data/catalog.sqlite
+              pidiff-data curate --catalog data/catalog.sqlite --pipeline Pipelines/default.yaml --apply-merges
+              pidiff-data curate --catalog data/catalog.sqlite --reset
+              pidiff-data curate report --catalog data/catalog.sqlite --json
+              pidiff-data curate report --catalog data/catalog.sqlite --sheets review/
+            """,
+        subcommands: [CurateRunCommand.self, CurateReportCommand.self],
+        defaultSubcommand: CurateRunCommand.self)
+}
+
+struct CurateRunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Curate the catalog (the default of `pidiff-data curate`).")
+
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Pipeline file (YAML); its `curate:` section sets radius and thresholds.") var pipeline: String?
+    @Option(help: "Folder holding the dlib models (default: $PIDIFF_MODELS or $PIDIFF_CACHE/models).") var models: String?
+    @Option(help: "Override the number of workers (default: one per core).") var workers: Int?
+    @Flag(name: .customLong("apply-merges"), help: "Record same-person candidates as identity aliases (never rewrites identities).")
+    var applyMerges = false
+    @Flag(help: "Remove every curation decision and alias, then stop.") var reset = false
+    @Flag(help: "Print the run summary as JSON.") var json = false
+
+    func run() async throws {
+        do {
+            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
+                throw CatalogError.open(catalog.catalog, "no such catalog")
+            }
+            if reset {
+                let removed = try CurationPipeline.reset(catalogPath: catalog.catalog)
+                print("removed \(removed.decisions) curation decisions and \(removed.aliases) identity aliases")
+                return
+            }
+            var config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
+            if let workers { config.curate.workers = workers }
+            let summary = try await CurationPipeline(
+                catalogPath: catalog.catalog, config: config, models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
+                applyMerges: applyMerges, showProgress: isatty(STDERR_FILENO) == 1).run()
+            if json { try summary.printJSON(); return }
+            func list(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+            print(String(format: "curate run %lld: %d files in %.1f s", summary.runID, summary.files, summary.seconds))
+            print("  computed: \(list(summary.computed))")
+            print("  reused:   \(list(summary.reused))")
+            print("  findings: \(list(summary.decisions))" + (applyMerges ? "  aliases recorded: \(summary.aliasesRecorded)" : ""))
+            for problem in summary.problems.prefix(20) { print("  \(problem)") }
+            print("  see: pidiff-data curate report --catalog \(catalog.catalog)")
+        } catch { fail(error) }
+    }
+}
+
+struct CurateReportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Print the latest curate run's findings; optionally write contact sheets for review.",
+        discussion: """
+            --json prints one object per finding per line with kind, paths, kept, identities,
+            score, reason and group. --csv prints the same as CSV.
+            Example: pidiff-data curate report --catalog data/catalog.sqlite --json --sheets review/
+            """)
+
+    @OptionGroup var catalog: CatalogOptions
+    @Flag(help: "One JSON object per finding per line.") var json = false
+    @Flag(help: "CSV with a header row.") var csv = false
+    @Option(help: "Write PNG contact sheets of duplicate groups, impostors and merge candidates into this folder.")
+    var sheets: String?
+
+    func validate() throws {
+        if json && csv { throw ValidationError("choose one of --json and --csv") }
+    }
+
+    func run() async throws {
+        do {
+            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
+                throw CatalogError.open(catalog.catalog, "no such catalog")
+            }
+            let db = try Catalog(path: catalog.catalog)
+            let report = try CurationReport(catalog: db)
+            if json { try report.jsonLines().forEach { print($0) } } else if csv { print(report.csv(), terminator: "") } else {
+                print(report.table(), terminator: "")
+            }
+            if let sheets {
+                let identities = Set(report.lines.flatMap { $0.identities ?? [] })
+                let writer = ContactSheetWriter(crops: try db.reviewCrops(), photosOf: try db.filePaths(identities: identities))
+                let written = try writer.write(report, to: URL(fileURLWithPath: sheets))
+                FileHandle.standardError.write(Data("wrote \(written.count) contact sheet(s) to \(sheets)\n".utf8))
+            }
+        } catch { fail(error) }
+    }
+}
