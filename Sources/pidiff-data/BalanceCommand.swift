@@ -58,11 +58,17 @@ struct BalanceReportCommand: AsyncParsableCommand {
                            c.pctKnown.map { String(format: "%.2f", $0) } ?? "", c.shortfall.map(String.init) ?? ""].joined(separator: ","))
                 }
             } else {
-                print("race      age      gender   identities  images   % all  % known  shortfall")
+                func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
+                    let fill = String(repeating: " ", count: max(0, n - s.count))
+                    return right ? fill + s : s + fill
+                }
+                print(pad("race", 10) + pad("age", 8) + pad("gender", 8) + pad("identities", 11, right: true) + pad("images", 8, right: true)
+                      + pad("% all", 8, right: true) + pad("% known", 9, right: true) + pad("shortfall", 11, right: true))
                 for c in cells {
-                    print(String(format: "%-9@ %-8@ %-8@ %10d %7d %7.1f %8@ %10@", c.race as NSString, c.age as NSString, c.gender as NSString,
-                                 c.identities, c.images, c.pctAll, (c.pctKnown.map { String(format: "%.1f", $0) } ?? "-") as NSString,
-                                 (c.shortfall.map(String.init) ?? "-") as NSString))
+                    print(pad(c.race, 10) + pad(c.age, 8) + pad(c.gender, 8) + pad("\(c.identities)", 11, right: true)
+                          + pad("\(c.images)", 8, right: true) + pad(String(format: "%.1f", c.pctAll), 8, right: true)
+                          + pad(c.pctKnown.map { String(format: "%.1f", $0) } ?? "-", 9, right: true)
+                          + pad(c.shortfall.map(String.init) ?? "-", 11, right: true))
                 }
             }
         } catch { fail(error) }

@@ -244,6 +244,21 @@ public final class Catalog: Sendable {
                 BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
                 """)
         }
+        m.registerMigration("v6-encodings") { db in
+            try db.execute(sql: """
+                -- Encodings (e4e w+, VAE latents) that exist for a photo: keyed on its content, the
+                -- preprocessing (ingest + mask fingerprints) and the models (SHA-256 of weights).
+                CREATE TABLE encodings (
+                    sha256 TEXT NOT NULL,
+                    preprocessing_fingerprint TEXT NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    encoded_file TEXT NOT NULL,
+                    sample_key TEXT NOT NULL,
+                    recorded_at TEXT NOT NULL,
+                    PRIMARY KEY (sha256, preprocessing_fingerprint, model_fingerprint)
+                );
+                """)
+        }
         return m
     }
 

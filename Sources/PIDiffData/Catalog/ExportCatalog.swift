@@ -1,0 +1,89 @@
+import Foundation
+import GRDB
+
+/// Everything the exporter writes for one selected photo.
+public struct ExportSample: Sendable {
+    public var identity: String
+    public var role: String
+    public var path: String
+    public var sha256: String
+    public var caption: String?
+    public var crop512: String?
+    public var mask512: String?
+    public var e4eInput: String?
+    public var landmarks68: [[Double]]
+    public var quad: [[Double]]
+    public var quality: [String: Double]
+    public var faceFingerprint: String
+    public var maskFingerprint: String?
+}
+
+extension Catalog {
+    /// The split's photos with their artefacts under the current ingest and mask fingerprints,
+    /// in a stable order (identity, role, path).
+    public func exportSamples(split: String) throws -> [ExportSample] {
+        let items = try splitItems(split)
+        guard let fp = try currentIngestFingerprint() else { return [] }
+        let mfp = try currentMaskFingerprint()
+        return try pool.read { db in
+            try items.map { item in
+                let face = try Row.fetchOne(db, sql: """
+                    SELECT fa.*, f.caption FROM faces fa JOIN files f ON f.sha256 = fa.sha256
+                    WHERE f.id = ? AND fa.params_fingerprint = ? AND fa.selected
+                    """, arguments: [item.fileID, fp])
+                let mask = try Row.fetchOne(db, sql: """
+                    SELECT mask512, e4e_input FROM masks WHERE sha256 = ? AND face_fingerprint = ? AND face_index = ? AND mask_fingerprint = ? AND ok
+                    """, arguments: [item.sha256, fp, face?["face_index"] as Int? ?? -1, mfp])
+                func decode(_ s: String?) -> [[Double]] { s.flatMap { try? JSONDecoder().decode([[Double]].self, from: Data($0.utf8)) } ?? [] }
+                var quality: [String: Double] = [:]
+                for key in ["face_size", "sharpness", "roll_degrees", "yaw", "outside_fraction"] {
+                    if let v = face?[key] as Double? { quality[key] = v }
+                }
+                return ExportSample(identity: item.identity, role: item.role, path: item.path, sha256: item.sha256,
+                                    caption: face?["caption"], crop512: face?["crop512"], mask512: mask?["mask512"],
+                                    e4eInput: mask?["e4e_input"], landmarks68: decode(face?["landmarks68"]), quad: decode(face?["quad"]),
+                                    quality: quality, faceFingerprint: fp, maskFingerprint: mfp)
+            }
+        }
+    }
+
+    /// Records which encodings exist, keyed on (source content, preprocessing, models).
+    public func recordEncodings(_ rows: [(sha256: String, preprocessing: String, model: String, file: String, key: String)]) throws -> Int {
+        try pool.write { db in
+            var inserted = 0
+            for r in rows {
+                try db.execute(sql: """
+                    INSERT OR IGNORE INTO encodings (sha256, preprocessing_fingerprint, model_fingerprint, encoded_file, sample_key, recorded_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [r.sha256, r.preprocessing, r.model, r.file, r.key, ISO8601DateFormatter().string(from: Date())])
+                inserted += db.changesCount
+            }
+            return inserted
+        }
+    }
+
+    /// How many of `keys` (sha256, preprocessing fingerprint) are encoded under `model`.
+    public func encodedCount(_ keys: [(sha256: String, preprocessing: String)], model: String) throws -> Int {
+        try pool.read { db in
+            try keys.reduce(0) { n, k in
+                n + ((try Bool.fetchOne(db, sql: "SELECT 1 FROM encodings WHERE sha256 = ? AND preprocessing_fingerprint = ? AND model_fingerprint = ?",
+                                        arguments: [k.sha256, k.preprocessing, model]) ?? false) ? 1 : 0)
+            }
+        }
+    }
+}
+
+extension Catalog {
+    /// Records a finished `pidiff train` run and the weight files it left in `outDirectory`.
+    public func recordTrainingRun(split: String, outDirectory: String, started: Date, arguments: [String]) throws {
+        let files = (FileManager.default.enumerator(atPath: outDirectory)?.allObjects as? [String] ?? [])
+            .filter { $0.hasSuffix("pidiff.safetensors") }.sorted()
+        let params = try JSONSerialization.data(withJSONObject: ["split": split, "out": outDirectory, "arguments": arguments], options: [.sortedKeys])
+        let counts = try JSONSerialization.data(withJSONObject: ["weights": files.count], options: [.sortedKeys])
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts) VALUES ('train', 'completed', ?, ?, ?, ?, ?)",
+                           arguments: [ISO8601DateFormatter().string(from: started), ISO8601DateFormatter().string(from: Date()), split,
+                                       String(decoding: params, as: UTF8.self), String(decoding: counts, as: UTF8.self)])
+        }
+    }
+}

@@ -1,0 +1,143 @@
+import Foundation
+
+/// Runs the Python side (`pidiff …`) as a subprocess: the contract between the two halves is
+/// files (shards in, safetensors out), so this only builds arguments, streams the child's output
+/// and reports its exit status.
+public struct TrainerProcess: Sendable {
+    public var python: String
+
+    /// `$PIDIFF_PYTHON`, else the repository's `.venv/bin/python` beside the working directory,
+    /// else `python3` on PATH.
+    public init(python: String? = nil) {
+        let env = ProcessInfo.processInfo.environment
+        if let python { self.python = python }
+        else if let p = env["PIDIFF_PYTHON"], !p.isEmpty { self.python = p }
+        else if FileManager.default.isExecutableFile(atPath: ".venv/bin/python") { self.python = URL(fileURLWithPath: ".venv/bin/python").standardizedFileURL.path }
+        else { self.python = "/usr/bin/env" }
+    }
+
+    /// Runs `pidiff <arguments>`, its stdout/stderr passed straight through (progress bars and
+    /// errors reach the user as they happen). Throws with the exit status on failure.
+    public func run(_ arguments: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = (python == "/usr/bin/env" ? ["python3"] : []) + ["-m", "pidiff.cli"] + arguments
+        p.standardOutput = FileHandle.standardError
+        p.standardError = FileHandle.standardError
+        do { try p.run() } catch {
+            throw TrainerError.launch(python, error.localizedDescription)
+        }
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw TrainerError.failed(arguments.first ?? "", p.terminationStatus) }
+    }
+}
+
+public enum TrainerError: Error, CustomStringConvertible {
+    case launch(String, String)
+    case failed(String, Int32)
+    case output(String)
+    public var description: String {
+        switch self {
+        case .launch(let py, let why): return "cannot start the trainer with \(py): \(why) (set PIDIFF_PYTHON or --python)"
+        case .failed(let cmd, let code): return "pidiff \(cmd) failed with exit status \(code) (its messages are above)"
+        case .output(let s): return s
+        }
+    }
+}
+
+/// Reads the JSON header of a safetensors file (8-byte little-endian length, then JSON).
+enum SafetensorsHeader {
+    static func metadata(_ url: URL) throws -> [String: String] {
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        guard let lenData = try handle.read(upToCount: 8), lenData.count == 8 else { throw TrainerError.output("\(url.path): not a safetensors file") }
+        let length = lenData.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }.littleEndian
+        guard length < 100_000_000, let json = try handle.read(upToCount: Int(length)), json.count == Int(length),
+              let obj = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+            throw TrainerError.output("\(url.path): unreadable safetensors header")
+        }
+        return obj["__metadata__"] as? [String: String] ?? [:]
+    }
+}
+
+/// `pidiff-data encode`: export the split if needed, run `pidiff encode`, record every encoding in
+/// the catalog keyed on (source SHA-256, preprocessing fingerprint, model fingerprint). A second
+/// run finds everything recorded and encodes nothing; a changed model or input re-encodes exactly
+/// what depends on it (the Python side also skips shards whose inputs and models are unchanged).
+public struct EncodeDriver: Sendable {
+    public var catalogPath: String
+    public var split: String
+    public var outDirectory: URL
+    public var e4e: String
+    public var sd: String
+    public var extraArguments: [String] = []
+    public var trainer = TrainerProcess()
+
+    public init(catalogPath: String, split: String, outDirectory: URL, e4e: String, sd: String) {
+        self.catalogPath = catalogPath
+        self.split = split
+        self.outDirectory = outDirectory
+        self.e4e = e4e
+        self.sd = sd
+    }
+
+    /// The Python side's VAE fingerprint rule: one weight file → its SHA-256; several → SHA-256 of
+    /// their `name:sha256` lines.
+    static func vaeFingerprint(sd: String) throws -> String {
+        let dir = URL(fileURLWithPath: sd).appendingPathComponent("vae")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+            .filter { $0.hasSuffix(".safetensors") || $0.hasSuffix(".bin") }.sorted()
+        guard !files.isEmpty else { throw TrainerError.output("\(dir.path): no VAE weights (.safetensors or .bin)") }
+        let digests = try files.map { try Hashing.sha256Hex(fileAt: dir.appendingPathComponent($0)) }
+        if files.count == 1 { return digests[0] }
+        return Hashing.sha256Hex(Data(zip(files, digests).map { "\($0):\($1)\n" }.joined().utf8))
+    }
+
+    static func modelFingerprint(e4eSHA: String, vaeSHA: String) -> String { Hashing.fingerprint(["e4e": e4eSHA, "vae": vaeSHA]) }
+
+    public struct Summary: Codable, Sendable {
+        public var samples: Int
+        public var alreadyEncoded: Int
+        public var recorded: Int
+        public var shards: [String]
+        public var encodedDirectory: String
+        enum CodingKeys: String, CodingKey {
+            case samples, alreadyEncoded = "already_encoded", recorded, shards, encodedDirectory = "encoded_directory"
+        }
+    }
+
+    public func run() throws -> Summary {
+        let shardDir = outDirectory.appendingPathComponent("shards")
+        let encodedDir = outDirectory.appendingPathComponent("encoded")
+        let index = try ShardExporter(catalogPath: catalogPath, split: split, outDirectory: shardDir).run()
+        let catalog = try Catalog(path: catalogPath)
+        let samples = try catalog.exportSamples(split: split)
+        let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
+        let model = Self.modelFingerprint(e4eSHA: try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: e4e)), vaeSHA: try Self.vaeFingerprint(sd: sd))
+        let keys = samples.map { (sha256: $0.sha256, preprocessing: preprocessing) }
+        let done = try catalog.encodedCount(keys, model: model)
+        let shardPaths = index.shards.map { shardDir.appendingPathComponent($0.name).path }
+        if done == samples.count {
+            return Summary(samples: samples.count, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
+        }
+        try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)
+
+        // Record what the Python side wrote, from its own metadata.
+        var rows: [(sha256: String, preprocessing: String, model: String, file: String, key: String)] = []
+        for shard in index.shards {
+            let file = encodedDir.appendingPathComponent(shard.name.replacingOccurrences(of: ".tar", with: ".safetensors"))
+            let meta = try SafetensorsHeader.metadata(file)
+            guard let keysJSON = meta["keys"], let e4eSHA = meta["e4e_sha256"], let vaeSHA = meta["vae_sha256"],
+                  let keys = try JSONSerialization.jsonObject(with: Data(keysJSON.utf8)) as? [String] else {
+                throw TrainerError.output("\(file.path): metadata lacks keys/e4e_sha256/vae_sha256")
+            }
+            let m = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
+            for key in keys {
+                guard let i = Int(key.prefix(6)), i < samples.count else { throw TrainerError.output("\(file.path): unknown sample key \(key)") }
+                rows.append((samples[i].sha256, preprocessing, m, file.lastPathComponent, key))
+            }
+        }
+        let recorded = try catalog.recordEncodings(rows)
+        return Summary(samples: samples.count, alreadyEncoded: done, recorded: recorded, shards: shardPaths, encodedDirectory: encodedDir.path)
+    }
+}

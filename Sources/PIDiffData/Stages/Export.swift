@@ -1,0 +1,216 @@
+import Foundation
+
+/// Minimal, deterministic POSIX ustar writer: fixed mtime/uid/gid/mode, so the same members give
+/// byte-identical archives. WebDataset and Python's tarfile both read it.
+struct TarBuilder {
+    private(set) var data = Data()
+
+    static func memberSize(_ bytes: Int) -> Int { 512 + (bytes + 511) / 512 * 512 }
+    static let trailerSize = 1024
+
+    mutating func add(name: String, contents: Data) throws {
+        let nameBytes = Array(name.utf8)
+        guard nameBytes.count <= 100 else { throw ExportError.invalid("tar member name longer than 100 bytes: \(name)") }
+        var header = [UInt8](repeating: 0, count: 512)
+        func put(_ s: String, at offset: Int) { for (i, b) in s.utf8.enumerated() { header[offset + i] = b } }
+        for (i, b) in nameBytes.enumerated() { header[i] = b }
+        put("0000644", at: 100)
+        put("0000000", at: 108)
+        put("0000000", at: 116)
+        put(String(format: "%011o", contents.count), at: 124)
+        put("00000000000", at: 136)
+        for i in 148..<156 { header[i] = 0x20 } // checksum counts as spaces
+        header[156] = UInt8(ascii: "0")
+        put("ustar", at: 257)
+        put("00", at: 263)
+        let sum = header.reduce(0) { $0 + Int($1) }
+        put(String(format: "%06o", sum), at: 148)
+        header[154] = 0
+        header[155] = 0x20
+        data.append(contentsOf: header)
+        data.append(contents)
+        let pad = (512 - contents.count % 512) % 512
+        data.append(Data(count: pad))
+    }
+
+    mutating func finish() { data.append(Data(count: TarBuilder.trailerSize)) }
+}
+
+public enum ExportError: Error, CustomStringConvertible {
+    case invalid(String)
+    case missingArtefact(String)
+    public var description: String {
+        switch self {
+        case .invalid(let s): return "export: \(s)"
+        case .missingArtefact(let s): return "export: \(s)"
+        }
+    }
+}
+
+/// `pidiff-data export`: a split as WebDataset shards `NAME-000000.tar`… plus `NAME.index.json`.
+/// Deterministic (same split → same bytes), atomic (temporary name, fsync, rename), resumable
+/// (complete shards are verified, not rewritten) and confined to the output folder.
+public struct ShardExporter: Sendable {
+    public enum Grouping: String, Codable, Sendable { case identity, mixed }
+
+    public var catalogPath: String
+    public var split: String
+    public var outDirectory: URL
+    public var grouping: Grouping = .identity
+    public var maxShardBytes: Int = 1_000_000_000
+    public var seed: Int = 0
+    public var labelMapping = LabelMapping()
+
+    public init(catalogPath: String, split: String, outDirectory: URL) {
+        self.catalogPath = catalogPath
+        self.split = split
+        self.outDirectory = outDirectory
+    }
+
+    public struct ShardEntry: Codable, Sendable, Equatable {
+        public var name: String
+        public var samples: Int
+        public var bytes: Int
+        public var sha256: String
+    }
+
+    public struct Index: Codable, Sendable {
+        public var split: String
+        public var format = "pidiff-shards/1"
+        public var grouping: String
+        public var samples: Int
+        public var shards: [ShardEntry]
+        public var ingestFingerprint: String
+        public var maskFingerprint: String
+        public var written: Int
+        public var reused: Int
+        enum CodingKeys: String, CodingKey {
+            case split, format, grouping, samples, shards, ingestFingerprint = "ingest_fingerprint", maskFingerprint = "mask_fingerprint"
+            case written, reused
+        }
+    }
+
+    /// A sample key: position, a readable slug of the identity and a hash, with no dots (WebDataset
+    /// splits extensions at the first dot) and nothing a path could use to escape.
+    static func key(index: Int, identity: String, sha256: String) -> String {
+        let slug = String(identity.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) && $0.isASCII ? Character($0) : "_" }.prefix(40))
+        return String(format: "%06d", index) + "_" + slug + "_" + sha256.prefix(12)
+    }
+
+    static func validName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-") }
+    }
+
+    public func run() throws -> Index {
+        guard Self.validName(split) else {
+            throw ExportError.invalid("split name \(split.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or -")
+        }
+        let catalog = try Catalog(path: catalogPath)
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        var samples = try catalog.exportSamples(split: split)
+        guard !samples.isEmpty else { throw ExportError.invalid("split \(split) has no photos") }
+        if grouping == .mixed {
+            samples.sort { BalancedSelection.rank($0.sha256, seed: seed) < BalancedSelection.rank($1.sha256, seed: seed) }
+        }
+        let labels = Dictionary(uniqueKeysWithValues: try catalog.identityLabels(mapping: labelMapping, classifierFingerprint: try catalog.currentClassifierFingerprint()).map { ($0.identity, $0) })
+
+        // Build every sample's members first (reading artefacts), then cut shards by size.
+        struct Member { var key: String; var files: [(String, Data)]; var bytes: Int }
+        var members: [Member] = []
+        for (i, s) in samples.enumerated() {
+            guard let crop = s.crop512 else { throw ExportError.missingArtefact("\(s.path): no aligned crop under the current ingest parameters") }
+            guard let mask = s.mask512, let e4e = s.e4eInput else {
+                throw ExportError.missingArtefact("\(s.path): no passing mask under the current mask parameters; run pidiff-data masks")
+            }
+            let key = Self.key(index: i, identity: s.identity, sha256: s.sha256)
+            func read(_ rel: String) throws -> Data {
+                do { return try Data(contentsOf: store.url(rel)) } catch {
+                    throw ExportError.missingArtefact("\(s.path): artefact \(store.url(rel).path) unreadable (\(error.localizedDescription)); run pidiff-data verify --repair")
+                }
+            }
+            let l = labels[s.identity]
+            let meta: [String: Any] = [
+                "key": key, "identity": s.identity, "role": s.role, "source_path": s.path, "source_sha256": s.sha256,
+                "caption": s.caption ?? NSNull(),
+                "labels": ["race": l?.race.value ?? "unknown", "age": l?.age.value ?? "unknown", "gender": l?.gender.value ?? "unknown"],
+                "landmarks68": s.landmarks68, "quad": s.quad, "quality": s.quality,
+                "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],
+            ]
+            let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
+            let files = [("\(key).json", json), ("\(key).png", try read(crop)), ("\(key).e4e.png", try read(e4e)), ("\(key).mask.png", try read(mask))]
+            members.append(Member(key: key, files: files, bytes: files.reduce(0) { $0 + TarBuilder.memberSize($1.1.count) }))
+        }
+        var plan: [[Member]] = [[]]
+        var size = TarBuilder.trailerSize
+        for m in members {
+            // With identity grouping a shard closes only between identities, unless one identity
+            // alone would overflow it.
+            let identityOf = { (m: Member) in samples[Int(m.key.prefix(6))!].identity }
+            let boundary = grouping == .mixed || plan[plan.count - 1].last.map { identityOf($0) != identityOf(m) } ?? true
+            if !plan[plan.count - 1].isEmpty && size + m.bytes > maxShardBytes && (boundary || size > maxShardBytes / 2) {
+                plan.append([])
+                size = TarBuilder.trailerSize
+            }
+            plan[plan.count - 1].append(m)
+            size += m.bytes
+        }
+
+        try FileManager.default.createDirectory(at: outDirectory, withIntermediateDirectories: true)
+        var entries: [ShardEntry] = []
+        var written = 0, reused = 0
+        for (n, shard) in plan.enumerated() {
+            var tar = TarBuilder()
+            for m in shard { for (name, data) in m.files { try tar.add(name: name, contents: data) } }
+            tar.finish()
+            let name = String(format: "%@-%06d.tar", split, n)
+            let url = outDirectory.appendingPathComponent(name)
+            let sha = Hashing.sha256Hex(tar.data)
+            if let existing = try? Data(contentsOf: url), existing.count == tar.data.count, Hashing.sha256Hex(existing) == sha {
+                reused += 1 // a complete shard from an interrupted run: identical, keep it
+            } else {
+                try AtomicFile.write(tar.data, to: url)
+                written += 1
+            }
+            entries.append(ShardEntry(name: name, samples: shard.count, bytes: tar.data.count, sha256: sha))
+        }
+        let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
+                          ingestFingerprint: samples[0].faceFingerprint, maskFingerprint: samples[0].maskFingerprint ?? "",
+                          written: written, reused: reused)
+        var stable = index
+        stable.written = 0
+        stable.reused = 0
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        // The index on disk leaves out the run-dependent counts so it is byte-identical too.
+        let json = try JSONSerialization.jsonObject(with: encoder.encode(stable)) as! [String: Any]
+        let trimmed = json.filter { $0.key != "written" && $0.key != "reused" }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: trimmed, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]),
+                             to: outDirectory.appendingPathComponent("\(split).index.json"))
+        return index
+    }
+}
+
+/// Write to a temporary name in the same folder, fsync, rename: readers see the old file or the
+/// whole new one, and a SIGKILL leaves at most a temporary file (removed on the next write).
+enum AtomicFile {
+    static func write(_ data: Data, to url: URL) throws {
+        let dir = url.deletingLastPathComponent()
+        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp")
+        try? FileManager.default.removeItem(at: tmp)
+        guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
+            throw ExportError.invalid("cannot create \(tmp.path)")
+        }
+        let handle = try FileHandle(forWritingTo: tmp)
+        do {
+            try handle.write(contentsOf: data)
+            try handle.synchronize()
+            try handle.close()
+        } catch {
+            try? handle.close()
+            throw ExportError.invalid("cannot write \(tmp.path): \(error.localizedDescription)")
+        }
+        guard rename(tmp.path, url.path) == 0 else {
+            throw ExportError.invalid("cannot rename \(tmp.path) to \(url.path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

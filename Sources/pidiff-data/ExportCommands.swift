@@ -1,0 +1,100 @@
+import ArgumentParser
+import Foundation
+import PIDiffData
+
+struct ExportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write a split as WebDataset shards NAME-000000.tar… and NAME.index.json.",
+        discussion: """
+            Per sample: <key>.png (512 crop), <key>.e4e.png (256 e4e input on white), <key>.mask.png, <key>.json.
+            Deterministic, atomic and resumable; see Docs/shard-format.md.
+            Example: pidiff-data export --split v1 --out shards/ --catalog data/catalog.sqlite
+            """)
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Split name.") var split: String
+    @Option(help: "Output folder.") var out: String
+    @Option(help: "identity (an identity's samples stay together) or mixed (seeded shuffle).") var group: String = "identity"
+    @Option(name: .customLong("max-shard-bytes"), help: "Shard size limit in bytes (e.g. 1e9).") var maxShardBytes: String = "1e9"
+    @Option(help: "Seed of the mixed order.") var seed = 0
+    @Option(help: "Pipeline file (labels mapping for the sample JSON).") var pipeline: String?
+    @Flag(help: "Print the index as JSON.") var json = false
+
+    func run() async throws {
+        do {
+            guard let grouping = ShardExporter.Grouping(rawValue: group) else { throw ValidationError("--group must be identity or mixed") }
+            guard let bytes = Double(maxShardBytes), bytes >= 4096 else { throw ValidationError("--max-shard-bytes must be a number ≥ 4096") }
+            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
+            var exporter = ShardExporter(catalogPath: catalog.catalog, split: split, outDirectory: URL(fileURLWithPath: out))
+            exporter.grouping = grouping
+            exporter.maxShardBytes = Int(bytes)
+            exporter.seed = seed
+            exporter.labelMapping = config.labels
+            let index = try exporter.run()
+            if json { try index.printJSON(); return }
+            print("exported \(index.samples) samples in \(index.shards.count) shards to \(out) (\(index.written) written, \(index.reused) already complete)")
+        } catch let e as ValidationError { throw e } catch { fail(error) }
+    }
+}
+
+struct EncodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encode",
+        abstract: "Export a split if needed and precompute e4e w+ codes and VAE latents with `pidiff encode`.",
+        discussion: """
+            Encodings are recorded in the catalog keyed on (source SHA-256, preprocessing fingerprint, model
+            fingerprint): a second run encodes nothing. Arguments after `--` go to `pidiff encode`.
+            Example: pidiff-data encode --split v1 --out work/ --e4e e4e_ffhq_encode.pt --sd sd15/ --catalog data/catalog.sqlite
+            """)
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Split name.") var split: String
+    @Option(help: "Work folder: shards/ and encoded/ go here.") var out: String
+    @Option(help: "e4e checkpoint (official e4e_ffhq_encode.pt layout).") var e4e: String
+    @Option(help: "Stable Diffusion 1.5 folder (diffusers layout).") var sd: String
+    @Option(help: "Python with the pidiff package (default: $PIDIFF_PYTHON or .venv/bin/python).") var python: String?
+    @Flag(help: "Print the summary as JSON.") var json = false
+    @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff encode`.") var extra: [String] = []
+
+    func run() async throws {
+        do {
+            var driver = EncodeDriver(catalogPath: catalog.catalog, split: split, outDirectory: URL(fileURLWithPath: out), e4e: e4e, sd: sd)
+            driver.trainer = TrainerProcess(python: python)
+            driver.extraArguments = extra
+            let summary = try driver.run()
+            if json { try summary.printJSON(); return }
+            print("encode \(split): \(summary.samples) samples, \(summary.alreadyEncoded) already encoded, \(summary.recorded) newly recorded → \(summary.encodedDirectory)")
+        } catch { fail(error) }
+    }
+}
+
+struct TrainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train PIDiff (mapper + Style Cross-Attention) per identity of a split with `pidiff train`.",
+        discussion: """
+            Hands the split's encoded shards to `pidiff train --split NAME` and records the run in the catalog.
+            Arguments after `--` go to `pidiff train` (e.g. -- --steps 600 --group-size 8).
+            Example: pidiff-data train --split v1 --encoded work/encoded --sd sd15/ --out runs/v1 --catalog data/catalog.sqlite
+            """)
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Split name.") var split: String
+    @Option(help: "Folder of encoded safetensors (from pidiff-data encode).") var encoded: String
+    @Option(help: "Stable Diffusion 1.5 folder (diffusers layout).") var sd: String
+    @Option(help: "Output folder for weights, checkpoints and loss curves.") var out: String
+    @Option(help: "Folder of the split's shards, for identities and roles (default: shards/ beside the encoded folder).")
+    var shards: String?
+    @Option(help: "Python with the pidiff package.") var python: String?
+    @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff train`.") var extra: [String] = []
+
+    func run() async throws {
+        do {
+            let cat = try Catalog(path: catalog.catalog)
+            _ = try cat.splitItems(split) // the split must exist
+            let started = Date()
+            let shardDir = shards ?? URL(fileURLWithPath: encoded).deletingLastPathComponent().appendingPathComponent("shards").path
+            try TrainerProcess(python: python).run(["train", "--encoded", encoded, "--split", split, "--sd", sd, "--out", out, "--shards", shardDir] + extra)
+            try cat.recordTrainingRun(split: split, outDirectory: out, started: started, arguments: extra)
+            print("trained split \(split) → \(out)")
+        } catch { fail(error) }
+    }
+}

@@ -1,0 +1,131 @@
+import GRDB
+import XCTest
+@testable import PIDiffData
+
+/// Shards: deterministic, readable by tarfile and webdataset, safe for any identity name,
+/// resumable after SIGKILL; encodings recorded so a second encode does nothing.
+final class ExportTests: XCTestCase {
+    /// A catalog with masks and a split over identities with awkward names.
+    private func splitCatalog(_ dir: URL, identities: [String], photosEach: Int = 3) async throws -> URL {
+        try TestSupport.requireAssets()
+        let photos = ["obama/obama.jpg", "obama/obama2.jpg", "obama/obama3.jpg", "biden/biden.jpg"].map { TestSupport.sampleIdentities.appendingPathComponent($0) }
+        let corpus = dir.appendingPathComponent("corpus")
+        try IngestBenchmark.generateCorpus(from: photos, count: identities.count * photosEach, into: corpus)
+        let files = try FileManager.default.subpathsOfDirectory(atPath: corpus.path).filter { $0.hasSuffix(".jpg") }.sorted()
+        var manifest = ""
+        for (i, f) in files.enumerated() {
+            let name = identities[i % identities.count]
+            let obj: [String: Any] = ["identity": name, "path": "corpus/\(f)", "race": ["White", "Black", "Asian"][i % identities.count % 3], "age": 30]
+            manifest += String(decoding: try JSONSerialization.data(withJSONObject: obj), as: UTF8.self) + "\n"
+        }
+        let m = dir.appendingPathComponent("m.jsonl")
+        try manifest.write(to: m, atomically: true, encoding: .utf8)
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([m], catalog: catalog)
+        _ = try await MaskPipeline(catalogPath: catalog.path, parameters: MaskParameters()).run()
+        let c = try Catalog(path: catalog.path)
+        let selection = BalancedSelection.select(try c.balanceInputs(mapping: LabelMapping()), races: ["Asian", "Black", "White"], ages: ["21-50"],
+                                                 count: identities.count, imagesPerIdentity: 2, referenceImages: 1, seed: 1)
+        try c.storeSplit(name: "t", seed: 1, parameters: "{}", selection: selection)
+        return catalog
+    }
+
+    func testShardsAreDeterministicReadableAndConfinedWhateverTheNames() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let hostile = ["../../escape", "dots.in.name", "quote'\"name", "名前 ünï"]
+        let catalog = try await splitCatalog(dir, identities: hostile)
+        let a = dir.appendingPathComponent("out-a"), b = dir.appendingPathComponent("out-b")
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: a)
+        exporter.maxShardBytes = 1_500_000 // several shards
+        let index = try exporter.run()
+        exporter.outDirectory = b
+        _ = try exporter.run()
+        XCTAssertEqual(index.samples, 12)
+        XCTAssertGreaterThan(index.shards.count, 1)
+        // Byte-identical, and nothing outside the output folders.
+        for name in index.shards.map(\.name) + ["t.index.json"] {
+            XCTAssertEqual(try Data(contentsOf: a.appendingPathComponent(name)), try Data(contentsOf: b.appendingPathComponent(name)), name)
+        }
+        let written = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
+        let expected: Set = ["c.sqlite", "c.sqlite-shm", "c.sqlite-wal", "c.sqlite.data", "c.sqlite.lock", "corpus", "m.jsonl", "out-a", "out-b"]
+        XCTAssertTrue(Set(written).isSubset(of: expected), "unexpected files: \(Set(written).subtracting(expected))")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: a.path).filter { !$0.hasSuffix(".tar") && $0 != "t.index.json" }, [])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.deletingLastPathComponent().appendingPathComponent("escape").path))
+        for entry in index.shards {
+            XCTAssertEqual(Hashing.sha256Hex(try Data(contentsOf: a.appendingPathComponent(entry.name))), entry.sha256)
+        }
+        // Both Python readers see every sample with its four files; keys carry no dots.
+        let read = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("read_shards.py").path, a.appendingPathComponent("t.index.json").path])
+        XCTAssertEqual(read.status, 0, read.stderr)
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [String: Any])
+        let tarKeys = try XCTUnwrap(summary["tarfile"] as? [[String]])
+        let wds = try XCTUnwrap(summary["webdataset"] as? [[String: Any]])
+        XCTAssertEqual(tarKeys.count, 12)
+        XCTAssertEqual(wds.count, 12)
+        XCTAssertEqual(Set(tarKeys.map { $0[1] }), Set(hostile))
+        for s in wds {
+            XCTAssertEqual(s["fields"] as? [String], ["e4e.png", "json", "mask.png", "png"])
+            XCTAssertFalse((s["key"] as! String).contains("."))
+        }
+        XCTAssertEqual(Set(wds.map { $0["key"] as! String }), Set(tarKeys.map { $0[0] }))
+        XCTAssertThrowsError(try ShardExporter(catalogPath: catalog.path, split: "../x", outDirectory: a).run())
+    }
+
+    func testExportResumesAfterSigkillToTheSameBytes() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b", "c", "d"])
+        let reference = dir.appendingPathComponent("ref")
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: reference)
+        exporter.maxShardBytes = 1_000_000
+        let index = try exporter.run()
+        XCTAssertGreaterThan(index.shards.count, 2)
+
+        let out = dir.appendingPathComponent("killed")
+        let p = Process()
+        p.executableURL = TestSupport.cli
+        p.arguments = ["export", "--split", "t", "--out", out.path, "--catalog", catalog.path, "--max-shard-bytes", "1000000"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let first = out.appendingPathComponent("t-000000.tar")
+        let deadline = Date().addingTimeInterval(60)
+        while p.isRunning && !FileManager.default.fileExists(atPath: first.path) && Date() < deadline { usleep(2000) }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        // Whatever was left: at most complete shards and a temporary file, never a partial shard
+        // under a final name. Simulate the worst case too: a truncated temporary file.
+        try Data(count: 1000).write(to: out.appendingPathComponent(".t-000001.tar.tmp"))
+        exporter.outDirectory = out
+        _ = try exporter.run()
+        for name in index.shards.map(\.name) + ["t.index.json"] {
+            XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(name)), try Data(contentsOf: reference.appendingPathComponent(name)), name)
+        }
+        // A shard damaged on disk is rewritten, an intact one reused.
+        try Data("garbage".utf8).write(to: out.appendingPathComponent("t-000001.tar"))
+        let again = try exporter.run()
+        XCTAssertEqual(again.written, 1)
+        XCTAssertEqual(again.reused, index.shards.count - 1)
+    }
+
+    func testEncodeRecordsEncodingsAndASecondRunEncodesNothing() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
+        let models = dir.appendingPathComponent("models")
+        let made = try TestSupport.run(TestSupport.python, ["-m", "pidiff.cli", "random-model", "--out", models.path, "--tiny"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        var driver = EncodeDriver(catalogPath: catalog.path, split: "t", outDirectory: dir.appendingPathComponent("work"),
+                                  e4e: models.appendingPathComponent("e4e.pt").path, sd: models.appendingPathComponent("sd").path)
+        driver.trainer = TrainerProcess(python: TestSupport.python)
+        let first = try driver.run()
+        XCTAssertEqual(first.samples, 6)
+        XCTAssertEqual(first.recorded, 6)
+        let second = try driver.run()
+        XCTAssertEqual(second.alreadyEncoded, 6)
+        XCTAssertEqual(second.recorded, 0)
+        let rows = try await Catalog(path: catalog.path).pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM encodings") }
+        XCTAssertEqual(rows, 6)
+        // A different model is a different fingerprint: nothing recorded for it yet.
+        let other = EncodeDriver.modelFingerprint(e4eSHA: "0", vaeSHA: "0")
+        XCTAssertEqual(try Catalog(path: catalog.path).encodedCount([(sha256: "x", preprocessing: "y")], model: other), 0)
+    }
+}
