@@ -11,8 +11,9 @@ Guidance follows the paper: the unconditional branch gets the empty prompt AND t
 visual input F(zeros); the conditional branch gets the prompt and F(w+), with λ (default: the
 weights' default_lambda, 0.4) weighting the style attention. DDIM, 50 steps, η = 0.
 
-On CUDA the UNet runs in bf16 and each UNet call is a replayed CUDA graph (one capture per batch
-shape), which removes the per-kernel launch cost that dominates at batch 1.
+On CUDA the UNet runs in bf16 and each DDIM step (CFG, UNet, scheduler) is a replayed CUDA graph
+(one capture per batch shape), which removes the per-kernel launch cost that dominates at batch 1;
+--compile adds torch.compile under the graph (fused kernels; the first image pays the compilation).
 """
 
 from __future__ import annotations
@@ -50,53 +51,123 @@ def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
     return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
 
 
-class CudaGraphUNet:
-    """One UNet forward captured as a CUDA graph: copy inputs into static buffers, replay."""
+class DenoisingLoop:
+    """The DDIM loop with CFG on static buffers, optionally as one replayed CUDA graph.
 
-    def __init__(self, unet, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor):
-        self.sample, self.timestep, self.context = sample.clone(), timestep.clone(), context.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN autotuning, allocations
-            for _ in range(2):
-                unet(self.sample, self.timestep, encoder_hidden_states=self.context, return_dict=False)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = unet(self.sample, self.timestep, encoder_hidden_states=self.context, return_dict=False)[0]
+    One step reads its timestep and ᾱ pair from device-side tables at a device-side step counter,
+    writes the new latents back into the same buffer and advances the counter. So a CUDA graph of
+    one step, replayed `steps` times, runs the whole loop with no host work per step: no input
+    copies, no schedule arithmetic, no launches beyond the replay. The arithmetic is the same ops on
+    the same values as the eager loop (`PIDiffSampler._eager_loop`), so the results agree.
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        self.sample.copy_(sample)
-        self.timestep.copy_(timestep)
+    With capture=False the same static-buffer loop runs eagerly (what the CPU tests compare).
+    """
+
+    def __init__(self, step, latents_shape: tuple[int, ...], context: torch.Tensor, timesteps: list[int],
+                 alphas_cumprod: torch.Tensor, capture: bool):
+        device = context.device
+        self.step_fn = step
+        self.steps = len(timesteps)
+        self.latents = torch.zeros(latents_shape, device=device, dtype=torch.float32)
+        self.context = context.clone()
+        table = torch.tensor(timesteps, dtype=torch.long, device=device)
+        previous = torch.tensor(timesteps[1:] + [0], dtype=torch.long, device=device)  # ᾱ_0 after the last step
+        self.timesteps = table
+        self.alpha_bar = alphas_cumprod[table]
+        self.alpha_bar_prev = alphas_cumprod[previous]
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph = None
+        if capture:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph: compilation, cuDNN autotuning
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._step()
+
+    def _step(self) -> None:
+        def at(table: torch.Tensor) -> torch.Tensor:  # table[index] as a 0-d tensor, without a host sync
+            return table.index_select(0, self.index).view(())
+
+        latents = self.step_fn(self.latents, at(self.timesteps), at(self.alpha_bar), at(self.alpha_bar_prev),
+                               self.context)
+        self.latents.copy_(latents)
+        self.index.add_(1)
+
+    def __call__(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self.latents.copy_(latents)
         self.context.copy_(context)
-        self.graph.replay()
-        return self.output
+        self.index.zero_()
+        for _ in range(self.steps):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step()
+        return self.latents.clone()
 
 
 class PIDiffSampler:
-    """DDIM with classifier-free guidance on a UNet carrying a one-identity PIDiff adapter."""
+    """DDIM with classifier-free guidance on a UNet carrying a one-identity PIDiff adapter.
 
-    def __init__(self, unet, vae, adapter: PIDiffAdapter, use_cuda_graphs: bool | None = None):
+    use_cuda_graphs (default: on CUDA) runs the denoising loop as a replayed CUDA graph of one
+    step (`DenoisingLoop`), one capture per (shape, λ, guidance, steps). compile=True puts
+    `torch.compile` (fixed shapes) under it: fused norms and pointwise ops in the UNet; the first
+    call of each shape pays the compilation. compile_vae does the same for the VAE decoder.
+    """
+
+    def __init__(self, unet, vae, adapter: PIDiffAdapter, use_cuda_graphs: bool | None = None,
+                 compile: bool = False, compile_mode: str = "default", compile_vae: bool = False):
         self.unet, self.vae, self.adapter = unet, vae, adapter
         self.device = next(unet.parameters()).device
         self.dtype = unet.dtype
         self.alphas_cumprod = sd15_alphas_cumprod().to(self.device)
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
-        self._graphs: dict[tuple, CudaGraphUNet] = {}
+        if compile or compile_vae:
+            import torch._inductor.config as inductor_config
 
-    def _unet(self, sample, timestep, context):
-        if not self.use_cuda_graphs:
-            return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
-        shape = (tuple(sample.shape), tuple(context.shape), self.adapter.style_attention[0].scale)
-        if shape not in self._graphs:
-            self._graphs[shape] = CudaGraphUNet(self.unet, sample, timestep, context)
-        return self._graphs[shape](sample, timestep, context)
+            inductor_config.conv_1x1_as_mm = True  # the UNet's 1x1 convs (proj_in/out, shortcuts) as matmuls
+        self.unet_forward = torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
+        self.decode_forward = torch.compile(vae.decode, mode=compile_mode, dynamic=False) if compile_vae else vae.decode
+        self._loops: dict[tuple, DenoisingLoop] = {}
+
+    def _denoise_step(self, latents, timestep, alpha_bar, alpha_bar_prev, context, guidance: float):
+        """One DDIM step with CFG: the UNet on [uncond; cond] as one batch of 2B."""
+        model_input = torch.cat([latents, latents]).to(self.dtype)
+        prediction = self.unet_forward(model_input, timestep, encoder_hidden_states=context, return_dict=False)[0]
+        eps_uncond, eps_cond = prediction.float().chunk(2)
+        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        return ddim_step(latents, eps, alpha_bar, alpha_bar_prev)
+
+    def _eager_loop(self, latents, context, timesteps: list[int], guidance: float) -> torch.Tensor:
+        for i, t in enumerate(timesteps):
+            t_tensor = torch.full((), t, device=self.device, dtype=torch.long)
+            previous = timesteps[i + 1] if i + 1 < len(timesteps) else 0
+            latents = self._denoise_step(latents, t_tensor, self.alphas_cumprod[t], self.alphas_cumprod[previous],
+                                         context, guidance)
+        return latents
+
+    def _loop(self, latents, context, timesteps: list[int], guidance: float, capture: bool) -> DenoisingLoop:
+        key = (tuple(latents.shape), tuple(context.shape), self.adapter.style_attention[0].scale, guidance,
+               tuple(timesteps), capture)
+        if key not in self._loops:
+            def step(latents, timestep, alpha_bar, alpha_bar_prev, context):
+                return self._denoise_step(latents, timestep, alpha_bar, alpha_bar_prev, context, guidance)
+
+            self._loops[key] = DenoisingLoop(step, tuple(latents.shape), context, timesteps, self.alphas_cumprod,
+                                             capture)
+        return self._loops[key]
 
     @torch.no_grad()
     def __call__(self, prompt_embeddings: torch.Tensor, empty_embedding: torch.Tensor, w_plus: torch.Tensor,
                  steps: int = 50, guidance: float = 7.5, scale: float = 0.4, generator: torch.Generator | None = None,
-                 latent_size: int = 64, decode: bool = True) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1] (or latents, with decode=False) for B prompts and w+ codes."""
+                 latent_size: int = 64, decode: bool = True, static_loop: bool | None = None) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] (or latents, with decode=False) for B prompts and w+ codes.
+
+        static_loop (default: with CUDA graphs) runs the loop on `DenoisingLoop`'s static buffers.
+        """
         batch = prompt_embeddings.shape[0]
         self.adapter.set_scale(scale)
         text = torch.cat([empty_embedding.expand(batch, -1, -1), prompt_embeddings]).to(self.device, self.dtype)
@@ -107,17 +178,20 @@ class PIDiffSampler:
                               device=generator.device if generator is not None else self.device)
         latents = latents.to(self.device, torch.float32)
         timesteps = ddim_timesteps(steps)
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents, latents]).to(self.dtype)
-            t_tensor = torch.full((), t, device=self.device, dtype=torch.long)
-            eps_uncond, eps_cond = self._unet(model_input, t_tensor, context).float().chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-            latents = ddim_step(latents, eps, self.alphas_cumprod[t],
-                                self.alphas_cumprod[timesteps[i + 1] if i + 1 < len(timesteps) else 0])
+        guidance = float(guidance)
+        if static_loop if static_loop is not None else self.use_cuda_graphs:
+            latents = self._loop(latents, context, timesteps, guidance, capture=self.use_cuda_graphs)(latents, context)
+        else:
+            latents = self._eager_loop(latents, context, timesteps, guidance)
         if not decode:
             return latents
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode of final latents to images in [0, 1]."""
         scaling = getattr(self.vae.config, "scaling_factor", 0.18215)
-        images = self.vae.decode((latents / scaling).to(self.vae.dtype), return_dict=False)[0]
+        images = self.decode_forward((latents / scaling).to(self.vae.dtype), return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
@@ -178,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lambda", dest="scale", type=float, default=None, help="style weight λ (default: from the weights, 0.4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and VAE decoder (CUDA: pays off from a few images on)")
     parser.add_argument("--latent-size", type=int, default=64, help="64 for 512x512 images")
     return parser
 
@@ -211,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
     embeddings = encode_prompts(args.sd, prompts + [""], device).to(dtype)
-    sampler = PIDiffSampler(unet, vae, adapter)
+    sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile)
     generator = torch.Generator(device).manual_seed(args.seed)
     images = sampler(embeddings[:-1], embeddings[-1:], w_plus[None].expand(len(prompts), -1, -1),
                      steps=args.steps, guidance=args.guidance, scale=scale, generator=generator,

@@ -70,3 +70,35 @@ def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_pat
     from PIL import Image
 
     assert Image.open(pngs[0]).size == (64, 64)  # 8x8 latents, the VAE's 8x upsampling
+
+
+def tiny_sampler():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from pidiff.model import TINY_SD15_UNET_CONFIG
+    from pidiff.random_model import TINY_VAE_CONFIG
+    from pidiff.sample import PIDiffSampler
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_SD15_UNET_CONFIG).eval().requires_grad_(False)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG).eval().requires_grad_(False)
+    adapter = PIDiffAdapter(unet).eval().requires_grad_(False)
+    adapter.install(unet)
+    return PIDiffSampler(unet, vae, adapter, use_cuda_graphs=False)
+
+
+def test_static_buffer_loop_matches_the_eager_loop_exactly():
+    # The CUDA-graph path replays one step that reads t and ᾱ from device tables at a device-side
+    # counter; run uncaptured on CPU, it must give the eager loop's latents bit for bit.
+    sampler = tiny_sampler()
+    g = torch.Generator().manual_seed(1)
+    prompts, empty, w_plus = torch.randn(2, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g), torch.randn(2, 18, 512, generator=g)
+
+    def run(static_loop: bool) -> torch.Tensor:
+        return sampler(prompts, empty, w_plus, steps=3, guidance=5.0, scale=0.4, latent_size=8, decode=False,
+                       generator=torch.Generator().manual_seed(3), static_loop=static_loop)
+
+    eager = run(False)
+    assert torch.equal(run(True), eager)
+    assert torch.equal(run(True), eager)  # the cached loop resets its counter and buffers
+    assert not torch.equal(eager, torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)))
