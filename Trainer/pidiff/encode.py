@@ -117,6 +117,8 @@ class ShardEncoder:
         e4e_channels_last: bool | None = None,
         vae_channels_last: bool = False,
         compile: bool = False,
+        overlap: bool = False,
+        compile_e4e: bool | None = None,
     ):
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', not {precision!r}")
@@ -138,9 +140,19 @@ class ShardEncoder:
         self.vae = vae.to(device).to(memory_format=vae_format).eval()
         # Compiled callables wrap the modules without changing them; fixed batch shapes (see
         # encode_batch's pad_to) keep it to one compilation per encoder.
+        # compile_e4e (default: as compile) lets the VAE, nine tenths of the work, be compiled alone.
         self.compiled = compile
-        self._e4e_forward = torch.compile(self.e4e, dynamic=False) if compile else self.e4e
+        compile_e4e = compile if compile_e4e is None else compile_e4e
+        self._e4e_forward = torch.compile(self.e4e, dynamic=False) if compile_e4e else self.e4e
         self._vae_moments = torch.compile(self._vae_moments_eager, dynamic=False) if compile else self._vae_moments_eager
+        # overlap: on CUDA the e4e runs on a second stream beside the VAE, so the one's memory-bound
+        # kernels (norms, activations) can share the chip with the other's convolutions.
+        self.set_overlap(overlap)
+
+    def set_overlap(self, enabled: bool) -> None:
+        """Run the e4e on a second CUDA stream (no effect off CUDA); compiled code is kept."""
+        self.overlap = enabled and self.device.type == "cuda"
+        self._side_stream = torch.cuda.Stream(self.device) if self.overlap else None
 
     def _vae_moments_eager(self, x: torch.Tensor) -> torch.Tensor:
         """The VAE posterior's (mean, logvar) channels, [B, 8, 64, 64] in the compute dtype."""
@@ -168,8 +180,19 @@ class ShardEncoder:
         if pad_to is not None and count < pad_to:
             e4e_images = _pad_batch(e4e_images, pad_to)
             vae_images = _pad_batch(vae_images, pad_to)
-        w_plus = self.encode_w_plus(e4e_images)
-        mean, std = self.encode_latents(vae_images)
+        if self._side_stream is None:
+            w_plus = self.encode_w_plus(e4e_images)
+            mean, std = self.encode_latents(vae_images)
+        else:
+            main, side = torch.cuda.current_stream(self.device), self._side_stream
+            side.wait_stream(main)  # the inputs (and anything before them) are ready on the side stream
+            if e4e_images.is_cuda:
+                e4e_images.record_stream(side)  # read on the side stream: keep its memory until then
+            with torch.cuda.stream(side):
+                w_plus = self.encode_w_plus(e4e_images)
+            mean, std = self.encode_latents(vae_images)
+            main.wait_stream(side)
+            w_plus.record_stream(main)  # allocated on the side stream, used on the main one
         return w_plus[:count], mean[:count], std[:count]
 
 
@@ -188,6 +211,7 @@ class EncodeOptions:
     force: bool = False
     compile: bool = False
     vae_channels_last: bool = False
+    overlap: bool = False
     progress: bool = True
 
 
@@ -258,7 +282,8 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
 
         e4e = load_e4e(e4e_path)
         vae = load_vae(Path(sd_path), device, torch.bfloat16 if precision == "bf16" else torch.float32)
-        encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=options.vae_channels_last, compile=options.compile)
+        encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=options.vae_channels_last, compile=options.compile,
+                               overlap=options.overlap)
         random_parts = [name for name, is_random in (("e4e", e4e.random_weights), ("sd", is_random_stable_diffusion(sd_path))) if is_random]
         common_metadata = {
             **fingerprints,
@@ -390,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-encode even when an up-to-date output exists")
     parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (pays off for many shards)")
     parser.add_argument("--vae-channels-last", action="store_true", help="run the VAE in channels_last (see the benchmark for which is faster)")
+    parser.add_argument("--overlap", action="store_true", help="CUDA: run the e4e on a second stream beside the VAE")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -404,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             compile=args.compile,
             vae_channels_last=args.vae_channels_last,
+            overlap=args.overlap,
             progress=not args.no_progress,
         )
         results = encode_shards(shard_paths, args.e4e, args.sd, args.out, options)

@@ -261,7 +261,9 @@ class IdentityGroupTrainer:
         self.adapter.to(self.device).train()
         self.adapter.install(unet)
         self.adapter.set_scale(1.0)  # λ = 1 in training
-        self.forward_unet = torch.compile(unet, mode=config.compile_mode) if config.compile else unet
+        # Fixed shapes (dynamic=False): a group's batch never changes, and a short last group gets its
+        # own static compilation instead of dynamic-shape kernels for every group.
+        self.forward_unet = torch.compile(unet, mode=config.compile_mode, dynamic=False) if config.compile else unet
 
         self.optimizer = torch.optim.AdamW(
             self.adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
