@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=None, help="timed seconds per measurement (default 3 CUDA, 1 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 CUDA, 2 CPU)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd encoders")
+    parser.add_argument("--configs", default=None,
+                        help="comma list of MODE:LAYOUT (MODE eager|compiled|compiled-vae (the VAE alone compiled), "
+                             "LAYOUT contiguous|channels_last), measured in this order; default: every --vae-layouts eagerly, then (with --compile) compiled")
+    parser.add_argument("--overlap", action="store_true",
+                        help="CUDA: also measure each combined step with the e4e on a second stream")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -161,31 +166,68 @@ def main(argv: list[str] | None = None) -> int:
     # largest VAE batch only (each new shape is another compilation, a minute or more).
     combined_batch = max(vae_batches)
     settings = [(layout, False) for layout in layouts] + ([(layout, True) for layout in layouts] if args.compile else [])
+    if args.configs:
+        settings = []
+        for item in (item.strip() for item in args.configs.split(",") if item.strip()):
+            mode, _, layout = item.partition(":")
+            if mode not in ("eager", "compiled", "compiled-vae") or layout not in ("contiguous", "channels_last"):
+                parser.error(f"--configs: {item!r} is not eager|compiled|compiled-vae:contiguous|channels_last")
+            settings.append((layout, {"eager": False, "compiled": True, "compiled-vae": "vae"}[mode]))
+    first_call_s: dict[str, float] = {}
+    reference_outputs: dict[int, list[torch.Tensor]] = {}
+    rel_errors: dict[str, dict[str, float]] = {}
+    e4e_modes_done: set[bool] = set()
     e4e_rates: dict[str, float] = {}
     vae_rates: dict[str, float] = {}
     combined_rates: dict[str, float] = {}
 
-    def measure_setting(layout: str, compiled: bool) -> None:
-        suffix = "_compiled" if compiled else ""
+    def measure_setting(layout: str, compiled: bool | str) -> None:
+        suffix = {False: "", True: "_compiled", "vae": "_compiled_vae"}[compiled]
+        e4e_compiled = compiled is True
         # Measure everything for a setting before building the next: ShardEncoder sets the
         # layout of the shared modules, and compiled graphs are specialised to it.
-        encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=layout == "channels_last", compile=compiled)
-        if layout == layouts[0]:  # the VAE layout does not affect the e4e
-            for batch in [combined_batch] if compiled else e4e_batches:
+        encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=layout == "channels_last",
+                               compile=bool(compiled), compile_e4e=e4e_compiled)
+
+        def first_call(key: str, call) -> None:  # a compiled encoder compiles on its first call: time it
+            started = time.perf_counter()
+            call()
+            synchronize(device)
+            first_call_s[key] = round(time.perf_counter() - started, 1)
+            print(f"{'first call (compiles) ' + key:<44} {first_call_s[key]:10.1f} s", flush=True)
+
+        if e4e_compiled not in e4e_modes_done:  # the VAE layout does not affect the e4e: once per mode
+            e4e_modes_done.add(e4e_compiled)
+            for batch in [combined_batch] if e4e_compiled else e4e_batches:
                 images = random_images(batch, 256)
+                if e4e_compiled:
+                    first_call(f"e4e_b{batch}", lambda: encoder.encode_w_plus(images))
                 rate = images_per_second(lambda: encoder.encode_w_plus(images), batch, device, warmup, min_seconds)
-                e4e_rates[f"b{batch}{suffix}"] = rate
-                log(f"e4e 256^2 batch {batch}{suffix}", rate)
+                e4e_rates[f"b{batch}{'_compiled' if e4e_compiled else ''}"] = rate
+                log(f"e4e 256^2 batch {batch}{'_compiled' if e4e_compiled else ''}", rate)
         for batch in [combined_batch] if compiled else vae_batches:
             images = random_images(batch, 512)
+            if compiled:
+                first_call(f"vae_{layout}_b{batch}", lambda: encoder.encode_latents(images))
             rate = images_per_second(lambda: encoder.encode_latents(images), batch, device, warmup, min_seconds)
             vae_rates[f"{layout}_b{batch}{suffix}"] = rate
             log(f"vae 512^2 {layout} batch {batch}{suffix}", rate)
         # Both encoders exactly as `pidiff encode` runs them per batch.
         e4e_images, vae_images = random_images(combined_batch, 256), random_images(combined_batch, 512)
+        # Outputs on the same inputs, against the first setting's: the settings must agree up to rounding.
+        outputs = [t.float() for t in encoder.encode_batch(e4e_images, vae_images)]
+        reference = reference_outputs.setdefault(combined_batch, outputs)
+        errors = {name: float((out - ref).norm() / ref.norm()) for name, out, ref in zip(("w_plus", "mean", "std"), outputs, reference)}
+        rel_errors[f"{layout}_b{combined_batch}{suffix}"] = {k: float(f"{v:.3g}") for k, v in errors.items()}
+        print(f"{'rel. error vs first setting ' + layout + suffix:<44} " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
         rate = images_per_second(lambda: encoder.encode_batch(e4e_images, vae_images), combined_batch, device, warmup, min_seconds)
         combined_rates[f"{layout}_b{combined_batch}{suffix}"] = rate
         log(f"e4e + vae {layout} batch {combined_batch}{suffix}", rate)
+        if args.overlap and on_cuda:
+            encoder.set_overlap(True)
+            rate = images_per_second(lambda: encoder.encode_batch(e4e_images, vae_images), combined_batch, device, warmup, min_seconds)
+            combined_rates[f"{layout}_b{combined_batch}{suffix}_overlap"] = rate
+            log(f"e4e + vae {layout} batch {combined_batch}{suffix} overlap", rate)
 
     compile_errors: list[str] = []
     for layout, compiled in settings:
@@ -216,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         "combined_images_per_s_measured": significant(combined_rates[best_combined_key]),
         "combined_best_setting": best_combined_key,
         "compile_errors": compile_errors or None,
+        "first_call_s": first_call_s,
+        "rel_error_vs_first_setting": rel_errors,
         "e4e_gflop_per_image": round(e4e_flops / 1e9, 1) if e4e_flops else None,
         "vae_gflop_per_image": round(vae_flops / 1e9, 1) if vae_flops else None,
         "e4e_tflops_achieved": significant(e4e_flops * e4e_rates[best_e4e_key] / 1e12) if e4e_flops else None,

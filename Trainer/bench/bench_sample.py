@@ -1,11 +1,13 @@
 """Time `pidiff sample`: seconds per 512x512 image, DDIM 50 steps with classifier-free guidance.
 
     python Trainer/bench/bench_sample.py --device cuda --full     # SD1.5-size UNet + VAE, < 1 min
+    python Trainer/bench/bench_sample.py --device cuda --full --batches 1 --modes cuda-graph,compiled,compiled-vae
     python Trainer/bench/bench_sample.py --device cpu --tiny      # smoke test
 
 Runs pidiff.sample.PIDiffSampler (the command's own sampler: bf16 UNet with the PIDiff adapter,
 CFG batch of 2B, VAE decode included) on random-init SD1.5 UNet and VAE built from configs written
-in code, at batch 1 and 4, eager and with CUDA-graph replay. Prints a line per configuration and
+in code, at batch 1 and 4, eager and with CUDA-graph replay (and with --modes, torch.compile under the
+graphs; each compiled mode's first run pays the compilation, reported as its warm-up). Prints a line per configuration and
 one JSON line. Imports only torch, diffusers and safetensors (through pidiff).
 """
 
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, tiny 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (default 3, tiny 1)")
+    parser.add_argument("--modes", default=None,
+                        help="comma list of eager, cuda-graph, compiled (torch.compile'd UNet under the CUDA graphs), "
+                             "compiled-vae (the same and a compiled VAE decoder); default eager,cuda-graph on CUDA, "
+                             "eager on CPU. The first is the reference for the images' error")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode for the compiled modes")
     args = parser.parse_args(argv)
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -62,39 +69,78 @@ def main(argv: list[str] | None = None) -> int:
     adapter = PIDiffAdapter(unet).to(device).eval().requires_grad_(False)
     adapter.install(unet)
     text_width = unet.config.cross_attention_dim
-    modes = [("eager", False)] + ([("cuda-graph", True)] if device.type == "cuda" else [])
+    mode_names = [m.strip() for m in (args.modes or ("eager,cuda-graph" if device.type == "cuda" else "eager")).split(",") if m.strip()]
+    cuda = device.type == "cuda"
+    # mode: (CUDA graphs, compiled UNet, compiled VAE decoder)
+    known = {"eager": (False, False, False), "cuda-graph": (True, False, False), "compiled": (cuda, True, False),
+             "compiled-vae": (cuda, True, True)}
+    if unknown := [m for m in mode_names if m not in known]:
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(known)}")
     print(f"{'tiny' if tiny else 'SD1.5'} UNet + VAE ({dtype}) on "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: DDIM {steps} steps, CFG, "
           f"{latent_size * 8}x{latent_size * 8}", flush=True)
 
     results = []
-    for mode, graphs in modes:
-        sampler = PIDiffSampler(unet, vae, adapter, use_cuda_graphs=graphs)
+    references: dict[int, torch.Tensor] = {}  # the first mode's images per batch size
+    for mode in mode_names:
+        graphs, compiled, compiled_vae = known[mode]
+        sampler = PIDiffSampler(unet, vae, adapter, use_cuda_graphs=graphs, compile=compiled,
+                                compile_mode=args.compile_mode, compile_vae=compiled_vae)
         for batch in (int(b) for b in args.batches.split(",") if b):
-            prompts = torch.randn(batch, 77, text_width, device=device)
-            empty = torch.randn(1, 77, text_width, device=device)
-            w_plus = torch.randn(batch, 18, 512, device=device)
-            generator = torch.Generator(device).manual_seed(0)
+            inputs = torch.Generator(device).manual_seed(1000 + batch)  # the same inputs in every mode
+            prompts = torch.randn(batch, 77, text_width, device=device, generator=inputs)
+            empty = torch.randn(1, 77, text_width, device=device, generator=inputs)
+            w_plus = torch.randn(batch, 18, 512, device=device, generator=inputs)
 
             def run():
+                generator = torch.Generator(device).manual_seed(0)
                 return sampler(prompts, empty, w_plus, steps=steps, generator=generator, latent_size=latent_size)
 
-            started = time.perf_counter()
-            run()  # warm-up: cuDNN autotuning and, for graphs, the capture
-            synchronize(device)
-            warmup_s = time.perf_counter() - started
-            started = time.perf_counter()
-            for _ in range(repeats):
-                images = run()
-            synchronize(device)
-            seconds = (time.perf_counter() - started) / repeats
-            result = {"mode": mode, "batch": batch, "s_per_batch": seconds, "s_per_image": seconds / batch,
-                      "warmup_s": warmup_s, "finite": bool(torch.isfinite(images).all())}
+            result = {"mode": mode, "batch": batch}
+            try:
+                started = time.perf_counter()
+                images = run()  # warm-up: cuDNN autotuning, compilation, the graph capture
+                synchronize(device)
+                warmup_s = time.perf_counter() - started
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    images = run()
+                synchronize(device)
+                seconds = (time.perf_counter() - started) / repeats
+                latents = torch.randn(batch, 4, latent_size, latent_size, device=device, generator=inputs)
+                sampler.decode(latents)
+                synchronize(device)
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    sampler.decode(latents)
+                synchronize(device)
+                decode_s = (time.perf_counter() - started) / repeats
+            except Exception as error:  # e.g. a compiler failure: keep the other modes' figures
+                result["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                print(f"{mode:<11} batch {batch}: failed: {result['error']}", flush=True)
+                results.append(result)
+                continue
+            if compiled:  # one UNet call, compiled vs eager, on the same random input
+                x = torch.randn(2 * batch, 4, latent_size, latent_size, device=device, generator=inputs).to(dtype)
+                t = torch.full((), 500, device=device, dtype=torch.long)
+                context = torch.randn(2 * batch, 81, text_width, device=device, generator=inputs).to(dtype)
+                with torch.no_grad():
+                    eager_out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0].float()
+                    compiled_out = sampler.unet_forward(x, t, encoder_hidden_states=context, return_dict=False)[0].float()
+                result["unet_rel_error_compiled_vs_eager"] = float((compiled_out - eager_out).norm() / eager_out.norm())
+                print(f"{mode:<11} batch {batch}: one UNet call, compiled vs eager: rel. error "
+                      f"{result['unet_rel_error_compiled_vs_eager']:.2e}", flush=True)
+            reference = references.setdefault(batch, images.float())
+            relative_error = float((images.float() - reference).norm() / reference.norm())
+            result.update({"s_per_batch": seconds, "s_per_image": seconds / batch, "warmup_s": warmup_s,
+                           "decode_s_per_batch": decode_s, "finite": bool(torch.isfinite(images).all()),
+                           "rel_error_vs_first_mode": relative_error})
             if device.type == "cuda":
                 result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             results.append(result)
             print(f"{mode:<11} batch {batch}: {result['s_per_image']:.3f} s/image ({seconds:.3f} s per batch, "
-                  f"warm-up {warmup_s:.1f} s)", flush=True)
+                  f"of which VAE decode {decode_s:.3f} s; warm-up {warmup_s:.1f} s; "
+                  f"images vs {mode_names[0]}: rel. error {relative_error:.2e})", flush=True)
         del sampler
     print(json.dumps({"bench": "pidiff-sample", "unet": "tiny" if tiny else "sd15", "device": str(device),
                       "steps": steps, "resolution": latent_size * 8, "torch": torch.__version__, "results": results}))

@@ -69,9 +69,12 @@ def time_configuration(unet, text_embeddings, k: int, config: TrainConfig, laten
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
-        trainer.train_step()  # the first step pays for cuDNN autotuning and, if compiling, compilation
+        first_losses = trainer.train_step()  # the first step pays for cuDNN autotuning and, if compiling, compilation
         synchronize(device)
         result["first_step_s"] = time.perf_counter() - started
+        # Same identities, seed and initial weights in every configuration: the first step's losses
+        # must agree between configurations up to bf16 rounding.
+        result["first_losses"] = [round(float(v), 6) for v in first_losses]
         for _ in range(warmup - 1):
             trainer.train_step()
         synchronize(device)
@@ -90,6 +93,8 @@ def time_configuration(unet, text_embeddings, k: int, config: TrainConfig, laten
             result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     except torch.cuda.OutOfMemoryError:
         result["error"] = "out of memory"
+    except Exception as error:  # e.g. a compiler failure: keep the other configurations' figures
+        result["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     finally:
         if trainer is not None and trainer.adapter._replaced_processors is not None:
             trainer.adapter.uninstall(unet)
@@ -105,6 +110,7 @@ def describe(result: dict) -> str:
         return f"{name} {result['error']}"
     line = (f"{name} {result['s_per_step']:.4f} s/step  {result['s_per_identity_600']:.1f} s per 600-step identity  "
             f"{result['samples_per_s']:.0f} samples/s  first step {result['first_step_s']:.1f} s")
+    line += f"  first loss {sum(result['first_losses']) / len(result['first_losses']):.5f}"
     if "peak_memory_gib" in result:
         line += f"  peak {result['peak_memory_gib']:.1f} GiB"
     return line
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-autocast-comparison", action="store_true", help="skip the autocast run")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-identity runs (eager, autocast)")
+    parser.add_argument("--contiguous-comparison", action="store_true",
+                        help="last, time the largest K eagerly with the UNet in contiguous layout (default channels_last)")
     args = parser.parse_args(argv)
 
     tiny = args.tiny
@@ -148,16 +157,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}, "
           f"built in {build_s:.1f} s; batch {base.batch_size} per identity, {steps} timed steps", flush=True)
 
-    plan = [("eager", 1, base)]
-    if base.precision == "bf16" and not args.no_autocast_comparison:
+    plan = [] if args.no_single else [("eager", 1, base)]
+    if base.precision == "bf16" and not args.no_autocast_comparison and not args.no_single:
         plan.append(("eager+autocast", 1, dataclasses.replace(base, autocast=True)))
     plan += [("eager", k, base) for k in (int(k) for k in args.k.split(",") if k)]
     if args.compile:
         plan.append((f"compile[{args.compile_mode}]", args.compile_k,
                      dataclasses.replace(base, compile=True, compile_mode=args.compile_mode)))
+    if args.contiguous_comparison:
+        plan.append(("eager contiguous", max(int(k) for k in args.k.split(",") if k),
+                     dataclasses.replace(base, channels_last=False)))
 
     results = []
     for label, k, config in plan:
+        if device.type == "cuda":  # the UNet's layout follows the configuration
+            unet.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
         result = time_configuration(unet, text_embeddings, k, config, latent_size, warmup, steps, label)
         print(describe(result), flush=True)
         results.append(result)
