@@ -36,12 +36,11 @@ fi
 echo "== release build"
 swift build -c release --product pidiff-data 2>&1 | tail -n 3
 
-echo "== main job: ingest the embedded sample"
-OUT="${PIDIFF_OUT:-out}"
-mkdir -p "$OUT"
+echo "== main job: the whole flow on the embedded sample with tiny random models (Pipelines/demo.yaml)"
+export PIDIFF_OUT="$(mkdir -p "${PIDIFF_OUT:-out}" && cd "${PIDIFF_OUT:-out}" && pwd)"
+export PIDIFF_PYTHON="$PWD/.venv/bin/python"
 BIN=.build/release/pidiff-data
-"$BIN" ingest "$PIDIFF_CACHE/sample/identities" --catalog "$OUT/sample.sqlite" --pipeline Pipelines/default.yaml
-"$BIN" masks --catalog "$OUT/sample.sqlite" --pipeline Pipelines/default.yaml
-"$BIN" masks report --catalog "$OUT/sample.sqlite" --sheet "$OUT/sample-masks.png"
-"$BIN" status --catalog "$OUT/sample.sqlite"
-echo "faces: $("$BIN" faces --catalog "$OUT/sample.sqlite" --json | wc -l) (pidiff-data faces --catalog $OUT/sample.sqlite --json)"
+"$BIN" run --pipeline Pipelines/demo.yaml
+"$BIN" balance report --catalog "$PIDIFF_OUT/sample.sqlite" --target 9 --min-images 3 --heatmap "$PIDIFF_OUT/balance.png"
+"$BIN" masks report --catalog "$PIDIFF_OUT/sample.sqlite" --sheet "$PIDIFF_OUT/sample-masks.png"
+echo "report: $PIDIFF_OUT/balance.png, shards: $PIDIFF_OUT/sample-work/shards, samples: $PIDIFF_OUT/sample-work/samples"

@@ -174,6 +174,8 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var mask = MaskParameters()
     public var labels = LabelMapping()
     public var curate = CurationParameters()
+    /// `pidiff-data run`'s stage list (only pipeline files meant for `run` have it).
+    public var run: RunSpec?
     public init() {}
 
     public init(from decoder: Decoder) throws {
@@ -182,6 +184,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
         mask = try c.decodeIfPresent(MaskParameters.self, forKey: .mask) ?? MaskParameters()
         labels = try c.decodeIfPresent(LabelMapping.self, forKey: .labels) ?? LabelMapping()
+        run = try c.decodeIfPresent(RunSpec.self, forKey: .run)
         curate = try c.decodeIfPresent(CurationParameters.self, forKey: .curate) ?? CurationParameters()
     }
 

@@ -1,0 +1,71 @@
+import XCTest
+@testable import PIDiffData
+
+/// `pidiff-data run` as cron runs it: twice, concurrently, with JSON-line logs and exit statuses.
+final class RunPipelineTests: XCTestCase {
+    private func cronPipeline(_ dir: URL, inbox: URL) throws -> URL {
+        let file = dir.appendingPathComponent("cron.yaml")
+        try """
+        run:
+          catalog: \(dir.path)/c.sqlite
+          sources: ["\(inbox.path)"]
+          stages: [ingest, curate, masks, labels]
+        """.write(to: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
+    func testCronPipelineTwiceThenConcurrentlyThenPartial() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let inbox = dir.appendingPathComponent("inbox")
+        try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: inbox)
+        let pipeline = try cronPipeline(dir, inbox: inbox)
+
+        let first = try TestSupport.runCLI(["run", "--pipeline", pipeline.path, "--json"])
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let logs = first.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertFalse(logs.isEmpty)
+        let runIDs = Set(logs.compactMap { $0["run_id"] as? String })
+        XCTAssertEqual(runIDs.count, 1, "every log line carries the run id")
+        XCTAssertTrue(logs.contains { ($0["stage"] as? String) == "masks" })
+
+        // Second run: nothing new, nothing re-read.
+        let second = try TestSupport.runCLI(["run", "--pipeline", pipeline.path])
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue(second.stderr.contains("\"unchanged\":\"7\"") || second.stderr.contains("\"unchanged\":7"), second.stderr)
+        XCTAssertNotEqual(Set(second.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                                .compactMap { $0["run_id"] as? String }), runIDs)
+
+        // While another run holds the run lock: distinct status, one line.
+        do {
+            let held = try CatalogLock(catalogPath: dir.appendingPathComponent("c.sqlite").path + ".run")
+            let blocked = try TestSupport.runCLI(["run", "--pipeline", pipeline.path])
+            XCTAssertEqual(blocked.status, 75)
+            XCTAssertEqual(blocked.stderr.split(separator: "\n").count, 1, blocked.stderr)
+            withExtendedLifetime(held) {}
+        }
+
+        // Two real runs started together: one may be turned away, none fails otherwise.
+        let a = Process(), b = Process()
+        for p in [a, b] {
+            p.executableURL = TestSupport.cli
+            p.arguments = ["run", "--pipeline", pipeline.path]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+        }
+        a.waitUntilExit(); b.waitUntilExit()
+        let statuses = [a.terminationStatus, b.terminationStatus]
+        XCTAssertTrue(statuses.allSatisfy { $0 == 0 || $0 == 75 }, "\(statuses)")
+        XCTAssertTrue(statuses.contains(0))
+
+        // A broken photo arriving in the inbox: recorded, and the run reports partial success.
+        try Data("not a photo".utf8).write(to: inbox.appendingPathComponent("obama/broken.jpg"))
+        let partial = try TestSupport.runCLI(["run", "--pipeline", pipeline.path])
+        XCTAssertEqual(partial.status, 3, partial.stderr)
+        // A stage that cannot run at all: failure.
+        let bad = dir.appendingPathComponent("bad.yaml")
+        try "run:\n  catalog: \(dir.path)/c.sqlite\n  stages: [export]\n".write(to: bad, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try TestSupport.runCLI(["run", "--pipeline", bad.path]).status, 1)
+    }
+}
