@@ -23,6 +23,7 @@ COMMANDS = {
     "random-model": Command("pidiff.random_model", "write random-weight SD1.5 (diffusers layout) and e4e (official layout) models"),
     "train": Command("pidiff.train", "fine-tune the PIDiff mapper and style cross-attention on encoded shards"),
     "sample": Command("pidiff.sample", "generate images of an identity from trained PIDiff weights"),
+    "eval": Command("pidiff.evaluate", "score generated images: ID (ArcFace), LPIPS (VGG), CLIP-T, per identity and overall"),
 }
 
 
