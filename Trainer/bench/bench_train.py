@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-autocast-comparison", action="store_true", help="skip the autocast run")
     parser.add_argument("--no-single", action="store_true", help="skip the one-identity runs (eager, autocast)")
-    parser.add_argument("--contiguous-comparison", action="store_true",
-                        help="last, time the largest K eagerly with the UNet in contiguous layout (default channels_last)")
+    parser.add_argument("--layout-comparison", action="store_true",
+                        help="last, time the largest K eagerly with the UNet in the other memory format than the default")
     args = parser.parse_args(argv)
 
     tiny = args.tiny
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         plan.append((f"compile[{args.compile_mode}]", args.compile_k,
                      dataclasses.replace(base, compile=True, compile_mode=args.compile_mode)))
-    if args.contiguous_comparison:
-        plan.append(("eager contiguous", max(int(k) for k in args.k.split(",") if k),
-                     dataclasses.replace(base, channels_last=False)))
+    if args.layout_comparison:
+        plan.append((f"eager {'contiguous' if base.channels_last else 'channels_last'}",
+                     max(int(k) for k in args.k.split(",") if k), dataclasses.replace(base, channels_last=not base.channels_last)))
 
     results = []
     for label, k, config in plan:
