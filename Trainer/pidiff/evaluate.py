@@ -104,7 +104,7 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
     points = np.stack([xs, ys, np.ones_like(xs)], -1) @ inverse.T  # output pixel → input position
     grid = torch.from_numpy(np.stack([points[..., 0] * 2 / (width - 1) - 1, points[..., 1] * 2 / (height - 1) - 1], -1))
-    source = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+    source = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1)[None].double()
     out = F.grid_sample(source, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)
     return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 

@@ -111,7 +111,7 @@ LABEL_HEIGHT = 14  # PIL's bitmap font is 11 px tall
 
 def labelled_grid(images: list, labels: list[str], columns: int, background: str = "white"):
     """One PIL image: `images` (all the same size) in rows of `columns`, each with its label in a
-    strip below it, written with PIL's default bitmap font (Latin-1; other characters become '?').
+    strip below it (cut at the cell's width), in PIL's default bitmap font (Latin-1; others become '?').
 
     Size: columns·w × rows·(h + LABEL_HEIGHT), rows = ceil(len(images) / columns).
     """
@@ -130,13 +130,14 @@ def labelled_grid(images: list, labels: list[str], columns: int, background: str
     rows = -(-len(images) // columns)
     cell_height = height + LABEL_HEIGHT
     grid = Image.new("RGB", (columns * width, rows * cell_height), background)
-    draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") else ImageFont.load_default()
     for i, (image, label) in enumerate(zip(images, labels)):
         x, y = (i % columns) * width, (i // columns) * cell_height
         grid.paste(image.convert("RGB"), (x, y))
         text = label.encode("latin-1", "replace").decode("latin-1")
-        draw.text((x + 2, y + height + 1), text, fill="black", font=font)
+        strip = Image.new("RGB", (width, LABEL_HEIGHT), background)  # a long label is cut at its cell
+        ImageDraw.Draw(strip).text((2, 1), text, fill="black", font=font)
+        grid.paste(strip, (x, y + height))
     return grid
 
 

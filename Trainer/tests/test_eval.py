@@ -1,0 +1,366 @@
+"""`pidiff eval`: each metric against a hand computation on synthetic inputs and tiny random models,
+the face alignment maths, the prompt protocol, and the errors for missing models.
+
+LPIPS runs the real lpips package (its v0.1 linear layers from the wheel) on a VGG16 backbone
+loaded from a file of seeded random weights, since the real torchvision weights cannot be
+downloaded here; CLIP-T runs a tiny random transformers CLIPModel. MTCNN (weights in the
+facenet-pytorch wheel) is real; its photo tests use face_recognition's test photos placed by
+scripts/fetch-assets.sh and are skipped where those are absent.
+"""
+
+import copy
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pidiff import cli
+from pidiff.evaluate import (ARCFACE_TEMPLATE_112, ArcFaceEmbedder, ClipTextScore, DlibDescriptor, LpipsVgg,
+                             MissingModelError, MtcnnAligner, SampleImage, collect_samples, cosine, read_prompts,
+                             similarity_transform, summarise, warp_affine)
+from pidiff.style import write_sidecar
+
+PHOTOS = Path.home() / ".cache" / "pidiff-data" / "sample" / "identities" / "obama"
+VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+               (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def photo(name: str, size: int = 320) -> Image.Image:
+    path = PHOTOS / name
+    if not path.is_file():
+        pytest.skip(f"{path} absent (scripts/fetch-assets.sh places it)")
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((size, size))
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+def test_cosine_of_known_vectors():
+    assert cosine([1, 0], [1, 1]) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    assert cosine([1, 2, 3], [-2, -4, -6]) == pytest.approx(-1.0, abs=1e-12)
+    assert cosine([1, 0, 0], [0, 5, 0]) == pytest.approx(0.0, abs=1e-12)
+    assert cosine([3, 4], [4, 3]) == pytest.approx(24 / 25, abs=1e-12)
+
+
+def test_similarity_transform_recovers_a_known_rotation_scale_and_shift():
+    angle, scale, shift = math.radians(20), 1.7, np.array([12.0, -5.0])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    source = ARCFACE_TEMPLATE_112 * 0.8 + 30
+    target = source @ (scale * rotation).T + shift
+    matrix = similarity_transform(source, target)
+    np.testing.assert_allclose(matrix[:, :2], scale * rotation, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_warp_affine_shifts_by_whole_pixels_exactly_and_fills_outside_with_zeros():
+    image = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    matrix = np.array([[1.0, 0, -3], [0, 1.0, -2]])  # output(x, y) = input(x + 3, y + 2)
+    out = warp_affine(image, matrix, 16)
+    np.testing.assert_array_equal(out, image[2:18, 3:19])
+    out = warp_affine(image, np.array([[1.0, 0, 10], [0, 1.0, 0]]), 16)
+    assert (out[:, :10] == 0).all()
+    np.testing.assert_array_equal(out[:, 10:], image[:16, :6])
+
+
+def test_mtcnn_finds_no_face_in_a_blank_image():
+    assert MtcnnAligner().align(Image.new("RGB", (160, 160), (128, 128, 128))) is None
+
+
+def test_mtcnn_aligns_a_real_face_onto_the_arcface_template():
+    aligner = MtcnnAligner()
+    image = photo("obama.jpg")
+    points = aligner.landmarks(image)
+    assert points.shape == (5, 2)
+    assert points[0, 0] < points[1, 0] and points[2, 1] < points[3, 1]  # left eye left of right eye; nose above mouth
+    face = aligner.align(image)
+    assert face.shape == (112, 112, 3)
+    # The landmarks found again on the aligned face are where the transform sent the originals,
+    # and those lie near the template (a least-squares fit: a smile widens the mouth).
+    matrix = similarity_transform(points, ARCFACE_TEMPLATE_112)
+    mapped = points @ matrix[:, :2].T + matrix[:, 2]
+    again = aligner.landmarks(Image.fromarray(face))
+    assert again is not None and np.abs(again - mapped).max() < 2.5
+    assert np.abs(mapped - ARCFACE_TEMPLATE_112).max() < 6
+
+
+# ----------------------------------------------------------------------------------------------
+def onnx_linear_embedder(path: Path, weight: np.ndarray) -> Path:
+    """An ONNX model: [N, 3, 112, 112] → Flatten → MatMul weight [37632, D]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["embedding"])],
+        "linear_embedder",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", weight.shape[1]])],
+        initializer=[numpy_helper.from_array(weight.astype(np.float32), "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+class LinearEmbedder(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight
+
+
+def test_arcface_onnx_and_torchscript_embed_like_the_hand_computation(tmp_path):
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((3 * 112 * 112, 8)).astype(np.float32) * 0.01
+    faces = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(2)]
+    # by hand: RGB, (x − 127.5) / 127.5, NCHW, flattened, times W
+    expected = np.stack([((f.astype(np.float64) - 127.5) / 127.5).transpose(2, 0, 1).reshape(-1) @ weight for f in faces])
+
+    onnx_model = ArcFaceEmbedder(onnx_linear_embedder(tmp_path / "arcface.onnx", weight))
+    np.testing.assert_allclose(onnx_model(faces), expected, rtol=1e-4, atol=1e-4)
+
+    torch.jit.save(torch.jit.script(LinearEmbedder(torch.from_numpy(weight))), str(tmp_path / "arcface.pt"))
+    script_model = ArcFaceEmbedder(tmp_path / "arcface.pt")
+    np.testing.assert_allclose(script_model(faces), expected, rtol=1e-4, atol=1e-4)
+
+    bgr = ArcFaceEmbedder(tmp_path / "arcface.pt", mean=0.0, std=255.0, bgr=True)
+    expected_bgr = (faces[0][..., ::-1].astype(np.float64) / 255).transpose(2, 0, 1).reshape(-1) @ weight
+    np.testing.assert_allclose(bgr(faces[:1])[0], expected_bgr, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+def random_vgg16_features(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchvision-layout VGG16 `features.*` weights, seeded random (He-scaled so activations stay sane)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, (cin, cout) in zip(VGG16_CONV_INDICES, VGG16_CONVS):
+        state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * math.sqrt(2 / (9 * cin))
+        state[f"features.{index}.bias"] = torch.randn(cout, generator=g) * 0.01
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def lpips_metric(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
+    state = random_vgg16_features(path)
+    metric = LpipsVgg.from_backbone(path, size=64)
+    metric.state = state
+    metric.path = path
+    return metric
+
+
+def test_lpips_backbone_holds_the_supplied_weights(lpips_metric):
+    loaded = {f"features.{name.split('.', 1)[1]}": p for name, p in lpips_metric.model.net.state_dict().items()}
+    assert loaded.keys() == lpips_metric.state.keys()
+    for name, tensor in lpips_metric.state.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_lpips_of_identical_images_is_zero(lpips_metric):
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert lpips_metric(image, image.copy()) == 0.0
+
+
+def test_lpips_of_different_images_matches_the_formula_by_hand(lpips_metric):
+    rng = np.random.default_rng(3)
+    a, b = (Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+    model = lpips_metric.model
+
+    net = copy.deepcopy(model.net).double()
+
+    def features(image):
+        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].double() / 127.5 - 1
+        x = (x - model.scaling_layer.shift.double()) / model.scaling_layer.scale.double()
+        out = []
+        for block in (net.slice1, net.slice2, net.slice3, net.slice4, net.slice5):
+            x = block(x)
+            out.append(x)
+        return out
+
+    total = 0.0
+    with torch.no_grad():
+        for fa, fb, lin in zip(features(a), features(b), model.lins):
+            na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            w = lin.model[-1].weight.double().flatten()  # the 1×1 conv, no bias
+            total += float(((na - nb) ** 2 * w[None, :, None, None]).sum(1).mean())
+    assert total > 0
+    assert lpips_metric(a, b) == pytest.approx(total, rel=1e-4)
+
+
+def test_lpips_backbone_file_missing_a_layer_is_named(tmp_path, lpips_metric):
+    from pidiff.evaluate import load_vgg_backbone
+
+    state = dict(lpips_metric.state)
+    del state["features.28.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="partial.pth: missing features.28.weight"):
+        load_vgg_backbone(lpips_metric.model, tmp_path / "partial.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_models, tmp_path_factory):
+    """A tiny random CLIPModel folder with SD's (real-vocabulary) tokenizer and a 32² processor."""
+    import shutil
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=16),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    for item in (tiny_models["sd"] / "tokenizer").iterdir():
+        shutil.copy(item, folder / item.name)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_clip_t_is_the_raw_cosine_of_image_and_text_features(tiny_clip):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    score = ClipTextScore(tiny_clip)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    text = "a photo of person on the beach"
+
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_clip)
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    with torch.no_grad():  # by hand: /255, CLIP mean/std, vision tower → projection; text tower → projection
+        pixels = (torch.from_numpy(np.asarray(image)).float() / 255 - mean) / std
+        image_features = model.visual_projection(model.vision_model(pixel_values=pixels.permute(2, 0, 1)[None]).pooler_output)
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        text_features = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+    expected = float((F.normalize(image_features, dim=-1) * F.normalize(text_features, dim=-1)).sum())
+    assert score(image, text) == pytest.approx(expected, abs=1e-5)
+    assert -1 <= expected <= 1
+
+
+def test_clip_folder_without_a_model_is_a_named_error(tmp_path):
+    with pytest.raises(MissingModelError, match="CLIP ViT-B/16 folder"):
+        ClipTextScore(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_paper12_protocol_ships_twelve_prompts_with_the_placeholder():
+    prompts = read_prompts("paper12")
+    assert len(prompts) == 12 and len(set(prompts)) == 12
+    assert all("S*" in p for p in prompts)
+
+
+def test_samples_take_prompts_from_the_sidecar_or_the_file_number(tmp_path):
+    prompts = ["a photo of S*", "a photo of S* on the beach"]
+    ann, bob = tmp_path / "run-ann", tmp_path / "bob"
+    ann.mkdir(), bob.mkdir()
+    for folder, name in ((ann, "000.png"), (ann, "001.png"), (bob, "01_0.png")):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    write_sidecar(ann / "sample.json", {"placeholder": "S*"}, 0, {"identity": "ann"},
+                  [{"file": "000.png", "prompt": prompts[1]}, {"file": "001.png", "prompt": prompts[0]}])
+    samples = collect_samples(tmp_path, prompts)
+    assert [(s.identity, s.path.name, s.prompt) for s in samples] == [
+        ("bob", "01_0.png", prompts[1]), ("ann", "000.png", prompts[1]), ("ann", "001.png", prompts[0])]
+    Image.new("RGB", (8, 8)).save(bob / "loose.png")
+    with pytest.raises(ValueError, match="loose.png: no prompt"):
+        collect_samples(tmp_path, prompts)
+
+
+def test_summary_means_per_identity_and_overall_over_identities():
+    samples = [SampleImage("a", Path("1"), "p", scores={"id": 0.2, "clip_t": 0.3}, face_found=True),
+               SampleImage("a", Path("2"), "p", scores={"clip_t": 0.1}, face_found=False),
+               SampleImage("b", Path("3"), "p", scores={"id": 0.6, "clip_t": 0.2}, face_found=True),
+               SampleImage("b", Path("4"), "p", scores={"id": 0.4, "clip_t": 0.4}, face_found=True)]
+    rows = summarise(samples, ["id", "clip_t"])
+    assert [r["identity"] for r in rows] == ["a", "b", "overall"]
+    assert rows[0]["id"] == pytest.approx(0.2) and rows[0]["faces"] == 1 and rows[0]["clip_t"] == pytest.approx(0.2)
+    assert rows[1]["id"] == pytest.approx(0.5) and rows[1]["clip_t"] == pytest.approx(0.3)
+    assert rows[2]["id"] == pytest.approx(0.35) and rows[2]["clip_t"] == pytest.approx(0.25)
+    assert rows[2]["images"] == 4 and rows[2]["faces"] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+def test_eval_without_models_names_each_model_to_supply(tmp_path, capsys):
+    (tmp_path / "s" / "ann").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "s" / "ann" / "00_0.png")
+    assert cli.main(["eval", "--samples", str(tmp_path / "s"), "--references", str(tmp_path / "r"),
+                     "--prompts", "paper12"]) == 2
+    error = capsys.readouterr().err
+    assert "--arcface" in error and "ArcFace" in error
+    assert "--lpips-vgg" in error and "VGG16" in error
+    assert "--clip" in error and "CLIP ViT-B/16" in error
+
+
+def test_missing_model_files_are_named(tmp_path):
+    with pytest.raises(MissingModelError, match="arcface.onnx: not found"):
+        ArcFaceEmbedder(tmp_path / "arcface.onnx")
+    with pytest.raises(MissingModelError, match="vgg16.pth: not found"):
+        LpipsVgg.from_backbone(tmp_path / "vgg16.pth")
+
+
+def test_dlib_fallback_says_what_it_needs(tmp_path):
+    try:
+        import dlib  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(MissingModelError, match="Python dlib binding.*pidiff-data"):
+            DlibDescriptor(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
+    else:
+        with pytest.raises(MissingModelError, match="dlib_face_recognition_resnet_model_v1.dat: not found"):
+            DlibDescriptor(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
+
+
+def test_eval_command_scores_a_real_face_with_every_metric(tmp_path, tiny_clip, lpips_metric, capsys):
+    generated, reference = photo("obama2.jpg"), photo("obama.jpg")
+    samples, references = tmp_path / "samples" / "obama", tmp_path / "refs" / "obama"
+    samples.mkdir(parents=True), references.mkdir(parents=True)
+    generated.save(samples / "01_0.png")
+    Image.new("RGB", (96, 96), (90, 120, 150)).save(samples / "00_0.png")  # no face in it
+    reference.save(references / "obama.png")
+    weight = np.random.default_rng(5).standard_normal((3 * 112 * 112, 16)).astype(np.float32) * 0.01
+    arcface = onnx_linear_embedder(tmp_path / "arcface.onnx", weight)
+
+    assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
+                     "--prompts", "paper12", "--arcface", str(arcface), "--lpips-vgg", str(lpips_metric.path),
+                     "--lpips-size", "64", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "| identity | images | faces | ID ↑ | LPIPS | CLIP-T ↑ |" in printed
+
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / "out" / "eval_images.csv"))}
+    # by hand, from the pieces tested above
+    aligner = MtcnnAligner()
+    embed = ArcFaceEmbedder(arcface)
+    expected_id = cosine(embed([aligner.align(Image.open(samples / "01_0.png"))])[0],
+                         embed([aligner.align(Image.open(references / "obama.png"))])[0])
+    clip_score = ClipTextScore(tiny_clip)
+    prompts = read_prompts("paper12")
+    assert rows["01_0.png"]["face_found"] == "1" and float(rows["01_0.png"]["id"]) == pytest.approx(expected_id, abs=1e-5)
+    assert rows["00_0.png"]["face_found"] == "0" and rows["00_0.png"]["id"] == ""
+    assert float(rows["01_0.png"]["lpips"]) == pytest.approx(
+        lpips_metric(Image.open(samples / "01_0.png"), Image.open(references / "obama.png")), abs=1e-5)
+    assert float(rows["00_0.png"]["clip_t"]) == pytest.approx(
+        clip_score(Image.open(samples / "00_0.png"), prompts[0].replace("S*", "person")), abs=1e-5)
+
+    summary = list(csv.DictReader(open(tmp_path / "out" / "eval_summary.csv")))
+    assert [r["identity"] for r in summary] == ["obama", "overall"]
+    assert summary[1]["faces"] == "1" and float(summary[1]["id"]) == pytest.approx(expected_id, abs=1e-5)
+    assert (tmp_path / "out" / "eval.md").read_text().startswith("| identity |")

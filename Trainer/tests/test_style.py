@@ -1,0 +1,114 @@
+"""Style mixing of w+ codes, the labelled λ-sweep grid and the sampler's JSON sidecar."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from pidiff.style import (LABEL_HEIGHT, labelled_grid, load_w_plus, mix_w_plus, model_fingerprints, parse_lambdas,
+                          parse_layers, read_sidecar, write_sidecar)
+
+
+def test_parse_layers_reads_ranges_and_single_rows():
+    assert parse_layers("0-7") == list(range(8))
+    assert parse_layers("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_layers("17") == [17]
+    assert parse_layers("4-5,5-6") == [4, 5, 6]
+
+
+@pytest.mark.parametrize("spec, reason", [("7-3", "backwards"), ("0-18", "outside"), ("a", "not a row"),
+                                          ("1,,2", "empty"), ("-1", "not a row")])
+def test_parse_layers_rejects_bad_specs_naming_the_item(spec, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_layers(spec)
+
+
+def test_style_mixing_takes_exactly_the_requested_rows_from_the_style_face():
+    g = torch.Generator().manual_seed(0)
+    identity, style = torch.randn(18, 512, generator=g), torch.randn(18, 512, generator=g)
+    layers = parse_layers("0-7")
+    mixed = mix_w_plus(identity, style, layers)
+    for row in range(18):
+        expected = style[row] if row in layers else identity[row]
+        assert torch.equal(mixed[row], expected), row
+    assert not torch.equal(identity, mixed)  # the inputs are left alone
+    assert torch.equal(mix_w_plus(identity, style, []), identity)
+    assert torch.equal(mix_w_plus(identity, style, list(range(18))), style)
+
+
+def test_style_mixing_broadcasts_one_style_code_over_a_batch():
+    identity, style = torch.randn(3, 18, 512), torch.randn(18, 512)
+    mixed = mix_w_plus(identity, style, [2, 9])
+    assert torch.equal(mixed[:, [2, 9]], style[[2, 9]].expand(3, -1, -1))
+    keep = [r for r in range(18) if r not in (2, 9)]
+    assert torch.equal(mixed[:, keep], identity[:, keep])
+    with pytest.raises(ValueError, match=r"\[18, 512\]"):
+        mix_w_plus(torch.randn(17, 512), style, [0])
+
+
+def test_w_plus_files_load_from_safetensors_pt_and_npy(tmp_path):
+    w = torch.randn(18, 512)
+    save_file({"w_plus": w[None].contiguous()}, str(tmp_path / "a.safetensors"))
+    torch.save({"w_plus": w}, tmp_path / "b.pt")
+    np.save(tmp_path / "c.npy", w.numpy())
+    for name in ("a.safetensors", "b.pt", "c.npy"):
+        assert torch.equal(load_w_plus(tmp_path / name), w), name
+    np.save(tmp_path / "two.npy", torch.randn(2, 18, 512).numpy())
+    with pytest.raises(ValueError, match="two.npy: shape"):
+        load_w_plus(tmp_path / "two.npy")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_w_plus(tmp_path / "missing.pt")
+
+
+def test_parse_lambdas():
+    assert parse_lambdas("0,0.2,0.4,0.6,0.8,1.0") == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    with pytest.raises(ValueError, match="lambda sweep"):
+        parse_lambdas("0,x")
+
+
+def test_labelled_grid_has_one_cell_per_image_with_its_label_below():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    images = [Image.new("RGB", (32, 24), c) for c in colours]
+    labels = ["lambda=0", "lambda=0.2", "", "lambda=0.6", "lambda=0.8"]
+    grid = labelled_grid(images, labels, columns=3)
+    assert grid.size == (3 * 32, 2 * (24 + LABEL_HEIGHT))
+    pixels = np.asarray(grid)
+    for i, colour in enumerate(colours):
+        x, y = (i % 3) * 32, (i // 3) * (24 + LABEL_HEIGHT)
+        assert (pixels[y:y + 24, x:x + 32] == colour).all(), i
+        strip = pixels[y + 24:y + 24 + LABEL_HEIGHT, x:x + 32]
+        has_text = (strip < 128).all(axis=-1).any()
+        assert has_text == bool(labels[i]), i  # text drawn only where there is a label
+    assert (pixels[24 + LABEL_HEIGHT:, 2 * 32:] == 255).all()  # the empty sixth cell stays background
+
+
+def test_labelled_grid_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        labelled_grid([Image.new("RGB", (8, 8))] * 2, ["a"], columns=2)
+    with pytest.raises(ValueError, match="image 1 is 9x8"):
+        labelled_grid([Image.new("RGB", (8, 8)), Image.new("RGB", (9, 8))], ["a", "b"], columns=2)
+
+
+def test_sidecar_records_parameters_seed_and_model_fingerprints(tmp_path):
+    weights = tmp_path / "pidiff.safetensors"
+    save_file({"x": torch.arange(4.0)}, str(weights), metadata={"format": "pidiff-weights"})
+    metadata = {"identity": "ann", "base_model": "ab" * 32, "random_base_model": "true", "steps": "600"}
+    fingerprints = model_fingerprints(weights, metadata)
+    assert fingerprints["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert fingerprints["base_model"] == "ab" * 32 and fingerprints["identity"] == "ann"
+    assert fingerprints["weights_steps"] == "600"
+
+    parameters = {"steps": 50, "guidance": 7.5, "lambda": 0.4, "style_layers": [0, 1], "prompt": ["a photo of S*"]}
+    images = [{"file": "000.png", "prompt": "a photo of S*", "lambda": 0.4}]
+    path = write_sidecar(tmp_path / "sample.json", parameters, 1234, fingerprints, images)
+    record = read_sidecar(path)
+    assert record["seed"] == 1234 and record["parameters"] == parameters
+    assert record["models"] == fingerprints and record["images"] == images
+    assert not list(tmp_path.glob(".*partial"))
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(ValueError, match="not a pidiff sample sidecar"):
+        read_sidecar(tmp_path / "other.json")
