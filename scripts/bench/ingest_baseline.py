@@ -51,7 +51,7 @@ def main() -> None:
         t, stages["decode"] = time.perf_counter(), stages["decode"] + time.perf_counter() - t
         scale = min(1.0, args.detect_max_side / max(img.size))
         small = np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), PIL.Image.BOX)) if scale < 1 else arr
-        dets = detector(small, 1)
+        dets = detector(small, 0) or detector(small, 1)  # the same cascade as pidiff-data's default
         t, stages["detect"] = time.perf_counter(), stages["detect"] + time.perf_counter() - t
         if not dets:
             continue

@@ -10,8 +10,16 @@ struct DetectedFace {
 /// Detect stage: faces (HOG or MMOD) → 68 landmarks for each, and the policy's pick.
 enum DetectStage {
     /// Face boxes, largest first, at most `max_faces_recorded` of them, plus the total found.
+    /// With `detect_cascade`, a first pass runs without pyramid upsampling (4× fewer pixels) and
+    /// the upsampled pass runs only when it finds nothing: identity photos have large faces, and
+    /// faces only the upsampled pass finds (≲ 80 px boxes) mostly fail the face-size gate anyway.
     static func boxes(_ image: NativeImage, model: FaceModel, parameters p: IngestParameters) throws -> (boxes: [FaceBox], total: Int) {
-        try model.detect(image, upsample: p.upsample, maxSide: p.detectMaxSide, capacity: max(1, p.maxFacesRecorded))
+        let capacity = max(1, p.maxFacesRecorded)
+        if p.detectCascade && p.upsample > 0 {
+            let quick = try model.detect(image, upsample: 0, maxSide: p.detectMaxSide, capacity: capacity)
+            if quick.total > 0 { return quick }
+        }
+        return try model.detect(image, upsample: p.upsample, maxSide: p.detectMaxSide, capacity: capacity)
     }
 
     /// 68 landmarks for every box.

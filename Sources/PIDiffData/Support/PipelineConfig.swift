@@ -19,6 +19,8 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public var upsample: Int = 1
     /// Detection runs on a copy shrunk to this longer side (0 = full size); landmarks do not.
     public var detectMaxSide: Int = 1024
+    /// Try without upsampling first; upsample only when that finds no face (see DetectStage).
+    public var detectCascade: Bool = true
     public var facePolicy: FacePolicy = .largest
     /// At most this many faces per photo are recorded (with landmarks).
     public var maxFacesRecorded: Int = 16
@@ -42,7 +44,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case detector, upsample, detectMaxSide = "detect_max_side", facePolicy = "face_policy"
+        case detector, upsample, detectMaxSide = "detect_max_side", detectCascade = "detect_cascade", facePolicy = "face_policy"
         case maxFacesRecorded = "max_faces_recorded", maxPixels = "max_pixels", minSide = "min_side"
         case cropSizes = "crop_sizes", minFaceSize = "min_face_size", maxOutsideFraction = "max_outside_fraction"
         case maxAbsRollDegrees = "max_abs_roll_degrees", maxAbsYaw = "max_abs_yaw", minSharpness = "min_sharpness"
@@ -55,6 +57,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         detector = try c.decodeIfPresent(DetectorKind.self, forKey: .detector) ?? d.detector
         upsample = try c.decodeIfPresent(Int.self, forKey: .upsample) ?? d.upsample
         detectMaxSide = try c.decodeIfPresent(Int.self, forKey: .detectMaxSide) ?? d.detectMaxSide
+        detectCascade = try c.decodeIfPresent(Bool.self, forKey: .detectCascade) ?? d.detectCascade
         facePolicy = try c.decodeIfPresent(FacePolicy.self, forKey: .facePolicy) ?? d.facePolicy
         maxFacesRecorded = try c.decodeIfPresent(Int.self, forKey: .maxFacesRecorded) ?? d.maxFacesRecorded
         maxPixels = try c.decodeIfPresent(Int.self, forKey: .maxPixels) ?? d.maxPixels
@@ -73,6 +76,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     var fingerprintPayload: [String: String] {
         [
             "detector": detector.rawValue, "upsample": "\(upsample)", "detect_max_side": "\(detectMaxSide)",
+            "detect_cascade": "\(detectCascade)",
             "face_policy": facePolicy.rawValue, "max_faces_recorded": "\(maxFacesRecorded)",
             "max_pixels": "\(maxPixels)", "min_side": "\(minSide)",
             "crop_sizes": cropSizes.map(String.init).joined(separator: ","),
