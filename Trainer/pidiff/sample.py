@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pidiff import style
 from pidiff.model import PIDiffAdapter
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and VAE decoder (CUDA: pays off from a few images on)")
     parser.add_argument("--latent-size", type=int, default=64, help="64 for 512x512 images")
+    style.add_sample_arguments(parser)  # --style-wplus, --style-layers, --lambda-sweep
     return parser
 
 
@@ -284,24 +286,23 @@ def main(argv: list[str] | None = None) -> int:
         w_plus, source = w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
     else:
         raise SystemExit("pidiff sample: give --encoded (optionally --key) or --image with --e4e")
+    w_plus, style_info = style.style_mixed(w_plus, args)
 
     prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
     embeddings = encode_prompts(args.sd, prompts + [""], device).to(dtype)
     sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    images = sampler(embeddings[:-1], embeddings[-1:], w_plus[None].expand(len(prompts), -1, -1),
-                     steps=args.steps, guidance=args.guidance, scale=scale, generator=generator,
-                     latent_size=args.latent_size)
+    runs = []
+    for scale in style.sweep_lambdas(args, scale):  # every λ from the same seed: they differ only in λ
+        generator = torch.Generator(device).manual_seed(args.seed)
+        runs.append((scale, sampler(embeddings[:-1], embeddings[-1:], w_plus[None].expand(len(prompts), -1, -1),
+                                    steps=args.steps, guidance=args.guidance, scale=scale, generator=generator,
+                                    latent_size=args.latent_size)))
 
-    from PIL import Image
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (prompt, image) in enumerate(zip(prompts, images)):
-        pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
-        path = out / f"{i:03d}.png"
-        Image.fromarray(pixels).save(path)
-        print(f"{path}: {prompt!r} (identity {identity}, face {source}, λ {scale}, seed {args.seed})")
+    resolved = {"identity": identity, "placeholder": placeholder, "face_source": str(source), "device": str(device),
+                "dtype": str(dtype).removeprefix("torch."), "prompts": prompts, **style_info}
+    for entry in style.save_sample_outputs(args.out, runs, prompts, args, args.seed, metadata, resolved):
+        print(f"{Path(args.out) / entry['file']}: {entry['prompt']!r} (identity {identity}, face {source}, "
+              f"λ {entry['lambda']}, seed {args.seed})")
     return 0
 
 

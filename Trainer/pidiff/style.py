@@ -196,3 +196,74 @@ def read_sidecar(path: str | Path) -> dict:
     if record.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"{path} is not a pidiff sample sidecar (format={record.get('format')!r})")
     return record
+
+
+# ----------------------------------------------------------------------------------------------
+# `pidiff sample` options: style editing, λ sweep, outputs (the sampler delegates these here).
+def _argument(parse):
+    """An argparse `type` that reports parse's ValueError as a usage error."""
+    import argparse
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def add_sample_arguments(parser) -> None:
+    group = parser.add_argument_group("style editing and λ sweep")
+    group.add_argument("--style-wplus", help="w+ of a style face (.safetensors/.pt/.npy, [18, 512]); its --style-layers "
+                                             "rows replace the identity's")
+    group.add_argument("--style-layers", type=_argument(parse_layers), help="w+ rows from the style face, e.g. 0-7 or 0-3,8 (default 0-7: coarse and "
+                                              "middle rows: pose, face shape, hair style)")
+    group.add_argument("--lambda-sweep", type=_argument(parse_lambdas), help="λ values, e.g. 0,0.2,0.4,0.6,0.8,1.0: every image at each λ with the same "
+                                              "seed; grid.png has one column per λ")
+
+
+def style_mixed(w_plus: torch.Tensor, args) -> tuple[torch.Tensor, dict]:
+    """The identity's w+ with the style face's rows mixed in (when --style-wplus), and what was done."""
+    if not args.style_wplus:
+        if args.style_layers is not None:
+            raise ValueError("--style-layers needs --style-wplus (the face the rows come from)")
+        return w_plus, {}
+    layers = args.style_layers if args.style_layers is not None else parse_layers("0-7")
+    style = load_w_plus(args.style_wplus)
+    info = {"style_wplus": str(args.style_wplus), "style_wplus_sha256": file_sha256(args.style_wplus), "style_layers": layers}
+    return mix_w_plus(w_plus, style.to(w_plus.device), layers), info
+
+
+def sweep_lambdas(args, default: float) -> list[float]:
+    return list(args.lambda_sweep) if args.lambda_sweep else [default]
+
+
+def save_sample_outputs(out: str | Path, runs: list[tuple[float, torch.Tensor]], prompts: list[str], args, seed: int,
+                        weights_metadata: dict[str, str], resolved: dict) -> list[dict]:
+    """Write one PNG per image (NNN.png, or NNN_lambda<λ>.png in a sweep), grid.png (one row per
+    prompt, one column per image; in a sweep one row per image, one column per λ) and the sample.json sidecar. Returns the image entries.
+
+    runs: (λ, images [B, 3, H, W] in [0, 1]) for each λ, all from the same seed.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = len(runs) > 1 or bool(getattr(args, "lambda_sweep", None))
+    entries, cells, labels = [], {}, {}
+    for scale, images in runs:
+        for i, (prompt, image) in enumerate(zip(prompts, images)):
+            name = f"{i:03d}_lambda{scale:g}.png" if sweep else f"{i:03d}.png"
+            picture = tensor_to_pil(image)
+            picture.save(out / name)
+            cells[(i, scale)], labels[(i, scale)] = picture, f"#{i} lambda={scale:g}"
+            entries.append({"file": name, "prompt": prompt, "lambda": scale, "batch_index": i})
+    scales = [scale for scale, _ in runs]
+    order = [(i, scale) for i in range(len(prompts)) for scale in scales]
+    columns = len(scales) if sweep else max(1, getattr(args, "num_images", 1))  # else one row per prompt
+    grid = labelled_grid([cells[k] for k in order], [labels[k] for k in order], columns=columns)
+    grid.save(out / "grid.png")
+    parameters = {key: value for key, value in sorted(vars(args).items())}
+    parameters.update(resolved)
+    write_sidecar(out / "sample.json", parameters, seed, model_fingerprints(args.weights, weights_metadata), entries)
+    return entries

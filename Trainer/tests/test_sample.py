@@ -65,8 +65,9 @@ def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_pat
             "--prompt", "a photo of S*", "--prompt", "S* at the beach", "--num-images", "2", "--steps", "2",
             "--latent-size", "8", "--device", "cpu", "--out", str(tmp_path / "samples")]
     assert cli.main(argv) == 0
-    pngs = sorted((tmp_path / "samples").glob("*.png"))
+    pngs = sorted((tmp_path / "samples").glob("[0-9]*.png"))
     assert [p.name for p in pngs] == ["000.png", "001.png", "002.png", "003.png"]
+    assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / "sample.json").is_file()
     from PIL import Image
 
     assert Image.open(pngs[0]).size == (64, 64)  # 8x8 latents, the VAE's 8x upsampling

@@ -112,3 +112,59 @@ def test_sidecar_records_parameters_seed_and_model_fingerprints(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
     with pytest.raises(ValueError, match="not a pidiff sample sidecar"):
         read_sidecar(tmp_path / "other.json")
+
+
+def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidecar(tiny_models, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from pidiff import cli
+    from pidiff.model import PIDiffAdapter, save_weights
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*", "default_lambda": 0.4,
+                                                   "base_model": "cd" * 32})
+    g = torch.Generator().manual_seed(0)
+    identity, style = torch.randn(18, 512, generator=g), torch.randn(18, 512, generator=g) * 3
+    np.save(tmp_path / "style.npy", style.numpy())
+    # The identity's w+ comes from an encoded shard, as `pidiff sample --encoded --key` reads it.
+    encoded = tmp_path / "encoded"
+    encoded.mkdir()
+    save_file({"w_plus": identity[None], "latent_mean": torch.zeros(1, 4, 8, 8), "latent_std": torch.ones(1, 4, 8, 8)},
+              str(encoded / "faces-000000.safetensors"),
+              metadata={"format": "pidiff-encoded/1", "keys": json.dumps(["ann_000"]), "scaling_factor": "0.18215"})
+
+    def sample(out, *extra):
+        argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--encoded", str(encoded),
+                "--key", "ann_000", "--prompt", "a photo of S*", "--steps", "2", "--latent-size", "8",
+                "--device", "cpu", "--seed", "5", "--out", str(tmp_path / out), *extra]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the tiny models run faster on one thread
+        try:
+            assert cli.main(argv) == 0
+        finally:
+            torch.set_num_threads(previous)
+        return tmp_path / out
+
+    mixed = sample("mixed", "--style-wplus", str(tmp_path / "style.npy"), "--style-layers", "0-7",
+                   "--lambda-sweep", "0,1")
+    plain = sample("plain", "--lambda-sweep", "0,1")
+    assert sorted(p.name for p in mixed.glob("*.png")) == ["000_lambda0.png", "000_lambda1.png", "grid.png"]
+    assert Image.open(mixed / "grid.png").size == (2 * 64, 64 + LABEL_HEIGHT)
+
+    def pixels(path):
+        return np.asarray(Image.open(path))
+
+    # λ = 0 switches the style attention off, so the style face cannot matter; at λ = 1 it does.
+    np.testing.assert_array_equal(pixels(mixed / "000_lambda0.png"), pixels(plain / "000_lambda0.png"))
+    assert not np.array_equal(pixels(mixed / "000_lambda1.png"), pixels(plain / "000_lambda1.png"))
+
+    record = read_sidecar(mixed / "sample.json")
+    assert record["seed"] == 5
+    assert record["parameters"]["style_layers"] == list(range(8)) and record["parameters"]["lambda_sweep"] == [0.0, 1.0]
+    assert record["parameters"]["steps"] == 2 and record["parameters"]["guidance"] == 7.5
+    assert record["parameters"]["style_wplus_sha256"] == hashlib.sha256((tmp_path / "style.npy").read_bytes()).hexdigest()
+    assert record["models"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert record["models"]["base_model"] == "cd" * 32 and record["models"]["identity"] == "ann"
+    assert [(e["file"], e["lambda"], e["prompt"]) for e in record["images"]] == [
+        ("000_lambda0.png", 0.0, "a photo of S*"), ("000_lambda1.png", 1.0, "a photo of S*")]
