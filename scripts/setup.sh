@@ -22,16 +22,14 @@ PYTHON="$PY" ./scripts/fetch-assets.sh
 
 echo "== Python environment (.venv) for the trainer"
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-# Prefer a local CPU-only torch wheel where the machine has one (pip's find-links): the default
-# PyPI build bundles ~3 GB of CUDA libraries that CPU machines never use.
-LOCAL_TORCH="$(ls /opt/wheels/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -n 1 || true)"
-if [[ -n "$LOCAL_TORCH" ]] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$LOCAL_TORCH"
-fi
-# The CLIP vocabulary only (see Trainer/pyproject.toml).
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps open_clip_torch
-# scipy (e4e alignment oracle) and onnx (tiny face-parsing model) are for the Swift tests.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx
+# One resolver pass picks a torch and a torchvision built for each other (lpips needs torchvision,
+# and facenet-pytorch's MTCNN needs torchvision's compiled nms op, so the pair must match; a
+# CPU-only torch with PyPI's torchvision does not load). scipy is for the e4e alignment oracle,
+# onnx for the tiny face-parsing and classifier models the Swift tests build, open_clip_torch for
+# the CLIP vocabulary of `pidiff random-model`, lpips, onnxruntime and facenet-pytorch for `pidiff eval`.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx onnxruntime open_clip_torch lpips
+# facenet-pytorch pins torch<2.3 in its metadata but runs on current torch: no deps.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch
 
 echo "== release build"
 swift build -c release --product pidiff-data 2>&1 | tail -n 3
