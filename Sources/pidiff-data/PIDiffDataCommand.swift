@@ -8,7 +8,8 @@ struct PIDiffDataCommand: AsyncParsableCommand {
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
         subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
-                      StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self, BenchCommand.self]
+                      StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
+                      ReportCommand.self, BenchCommand.self]
     )
 }
 
