@@ -34,18 +34,7 @@ struct BalanceReportCommand: AsyncParsableCommand {
             let races = config.labels.raceCategories, ages = config.labels.ageCategories
             let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)
             if let heatmap {
-                let grid = cells.filter { $0.gender == "all" && $0.race != "all" }
-                let rowNames = Array(NSOrderedSet(array: grid.map(\.race))) as! [String]
-                let colNames = Array(NSOrderedSet(array: grid.map(\.age))) as! [String]
-                let lookup = Dictionary(uniqueKeysWithValues: grid.map { ("\($0.race)|\($0.age)", $0) })
-                let values = rowNames.map { r in colNames.map { Double(lookup["\(r)|\($0)"]?.identities ?? 0) } }
-                let texts = rowNames.map { r in colNames.map { c -> String in
-                    let cell = lookup["\(r)|\(c)"]
-                    return "\(cell?.identities ?? 0) id, \(cell?.images ?? 0) img"
-                } }
-                try NativeImage.heatmap(values: values, rowLabels: rowNames, colLabels: colNames, cellText: texts,
-                                        title: "identities with >= \(minImages) usable images (target \(target))").pngData()
-                    .write(to: URL(fileURLWithPath: heatmap))
+                try BalanceReport.heatmap(cells, minImages: minImages, target: target).pngData().write(to: URL(fileURLWithPath: heatmap))
             }
             if json {
                 let encoder = JSONEncoder()

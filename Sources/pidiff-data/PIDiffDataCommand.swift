@@ -9,7 +9,8 @@ struct PIDiffDataCommand: AsyncParsableCommand {
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
         subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
                       ExportCommand.self, EncodeCommand.self, TrainCommand.self, RunCommand.self,
-                      StatusCommand.self, FacesCommand.self, BenchCommand.self]
+                      StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
+                      ReportCommand.self, BenchCommand.self]
     )
 }
 

@@ -11,6 +11,15 @@ struct MaskJob: Sendable {
     var quad: AlignmentQuad
 }
 
+extension MaskJob {
+    init(row: Row) {
+        let lm = (try? JSONDecoder().decode([[Double]].self, from: Data((row["landmarks68"] as String).utf8))) ?? []
+        let q = (try? JSONDecoder().decode([[Double]].self, from: Data((row["quad"] as String).utf8))) ?? []
+        self.init(sha256: row["sha256"], faceIndex: row["face_index"], crop512: row["crop512"], crop256: row["crop256"],
+                  landmarks: lm.map { Point(x: $0[0], y: $0[1]) }, quad: AlignmentQuad(corners: q.map { Point(x: $0[0], y: $0[1]) }))
+    }
+}
+
 /// A mask stage result for the writer.
 struct MaskResult: Sendable {
     var job: MaskJob
@@ -47,12 +56,17 @@ extension Catalog {
                   AND NOT EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
                                   AND m.face_index = fa.face_index AND m.mask_fingerprint = ?)
                 ORDER BY fa.sha256, fa.face_index
-                """, arguments: [fp, maskFingerprint]).map { row in
-                let lm = (try? JSONDecoder().decode([[Double]].self, from: Data((row["landmarks68"] as String).utf8))) ?? []
-                let q = (try? JSONDecoder().decode([[Double]].self, from: Data((row["quad"] as String).utf8))) ?? []
-                return MaskJob(sha256: row["sha256"], faceIndex: row["face_index"], crop512: row["crop512"], crop256: row["crop256"],
-                               landmarks: lm.map { Point(x: $0[0], y: $0[1]) }, quad: AlignmentQuad(corners: q.map { Point(x: $0[0], y: $0[1]) }))
-            }
+                """, arguments: [fp, maskFingerprint]).map(MaskJob.init(row:))
+        }
+    }
+
+    /// The mask job of one selected face with crops under `faceFingerprint` (`verify --repair`).
+    func maskJob(sha256: String, faceFingerprint: String, faceIndex: Int) throws -> MaskJob? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT sha256, face_index, crop512, crop256, landmarks68, quad FROM faces
+                WHERE sha256 = ? AND params_fingerprint = ? AND face_index = ? AND crop512 IS NOT NULL AND crop256 IS NOT NULL
+                """, arguments: [sha256, faceFingerprint, faceIndex]).map(MaskJob.init(row:))
         }
     }
 

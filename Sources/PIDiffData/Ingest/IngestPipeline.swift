@@ -56,6 +56,13 @@ public struct IngestPipeline: Sendable {
         return Hashing.fingerprint(payload)
     }
 
+    /// One detector + landmark model pair as these parameters want it (not thread-safe: one per worker).
+    func faceModel() throws -> FaceModel {
+        let params = config.ingest
+        let mmodPath = params.detector == .mmod ? try models.path(ModelStore.mmodDetector) : nil
+        return try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: try models.path(ModelStore.predictor68))
+    }
+
     public func run() async throws -> IngestSummary {
         let lock = try CatalogLock(catalogPath: catalogPath)
         defer { withExtendedLifetime(lock) {} }
@@ -63,10 +70,8 @@ public struct IngestPipeline: Sendable {
         let store = ArtefactStore(root: try catalog.dataRoot(preferred: dataRoot))
         let params = config.ingest
         let fingerprint = try fingerprint()
-        let predictorPath = try models.path(ModelStore.predictor68)
-        let mmodPath = params.detector == .mmod ? try models.path(ModelStore.mmodDetector) : nil
         // Fail fast on unusable models, before any work is queued.
-        _ = try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: predictorPath)
+        _ = try faceModel()
 
         let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(params), as: UTF8.self)
         let runID = try CatalogWriter.beginRun(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
@@ -99,39 +104,51 @@ public struct IngestPipeline: Sendable {
             return tally
         }
 
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            // Scanner + incremental check.
-            group.addTask {
-                let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
-                for source in sources {
-                    do {
-                        try await scanner.scan(source) { event in
-                            switch event {
-                            case .problem(let p): await results.send(.problem(p))
-                            case .item(let item):
-                                if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // Scanner + incremental check.
+                group.addTask {
+                    let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                    for source in sources {
+                        do {
+                            try await scanner.scan(source) { event in
+                                switch event {
+                                case .problem(let p): await results.send(.problem(p))
+                                case .item(let item):
+                                    if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
+                                }
                             }
+                        } catch let problem as ScanProblem {
+                            await results.send(.problem(problem))
                         }
-                    } catch let problem as ScanProblem {
-                        await results.send(.problem(problem))
+                    }
+                    work.finish()
+                }
+                // Workers, each on its own thread with its own models.
+                for w in 0..<workerCount {
+                    let executor = WorkerExecutor(label: "pidiff.ingest.worker\(w)")
+                    group.addTask(executorPreference: executor) {
+                        let model = try self.faceModel()
+                        let analyzer = FaceAnalyzer(model: model, parameters: params, store: store)
+                        let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                        for await item in work {
+                            await results.send(try Self.process(item, analyzer: analyzer, known: known))
+                        }
                     }
                 }
-                work.finish()
+                // Not waitForAll(): it waits for every child before rethrowing, and after a
+                // worker fails the scanner can wait forever to hand it work. Throwing out of the
+                // body cancels the remaining children instead.
+                while try await group.next() != nil {}
+                results.finish()
             }
-            // Workers, each on its own thread with its own models.
-            for w in 0..<workerCount {
-                let executor = WorkerExecutor(label: "pidiff.ingest.worker\(w)")
-                group.addTask(executorPreference: executor) {
-                    let model = try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: predictorPath)
-                    let analyzer = FaceAnalyzer(model: model, parameters: params, store: store)
-                    let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
-                    for await item in work {
-                        await results.send(try Self.process(item, analyzer: analyzer, known: known))
-                    }
-                }
-            }
-            try await group.waitForAll()
+        } catch {
+            // Commit what finished before the failure (each finished result is whole: its crops
+            // were stored first), then mark the run failed so `status` shows why it stopped.
             results.finish()
+            let partial = try? await tally.value
+            try? await writer.finish(status: "failed", counts: partial?.counts ?? [:])
+            throw error
         }
 
         let tallied = try await tally.value
@@ -161,6 +178,11 @@ public struct IngestPipeline: Sendable {
         do {
             let analysis = try analyzer.analyse(bytes, timings: &timings)
             return .analysed(item, info, analysis, timings)
+        } catch let failure as StoreError {
+            // The data root is at fault (read-only, full, gone), not the image: every later image
+            // would fail the same way, and a per-image error would be recorded as this content's
+            // result under the fingerprint, so a later run with a working data root would skip it.
+            throw IngestError.store(item.path, failure)
         } catch {
             // A failure inside detection/alignment is about this image, not the run.
             let analysis = ImageAnalysis(sha256: bytes.sha256, byteSize: bytes.byteSize, outcome: .decodeError,
@@ -176,6 +198,17 @@ public struct IngestPipeline: Sendable {
             try? await scanner.scan(source) { if case .item = $0 { n += 1 } }
         }
         return n
+    }
+}
+
+public enum IngestError: Error, CustomStringConvertible {
+    case store(String, StoreError)
+    public var description: String {
+        switch self {
+        case .store(let photo, let failure):
+            return "ingest stopped at \(photo): \(failure) (the data root must be writable and have free space; "
+                + "results finished before this photo are kept; run ingest again once it is fixed)"
+        }
     }
 }
 

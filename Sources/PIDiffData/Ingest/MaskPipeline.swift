@@ -70,19 +70,30 @@ public struct MaskPipeline: Sendable {
             return (masked, failed, errors)
         }
         let workerCount = workers > 0 ? workers : ProcessInfo.processInfo.activeProcessorCount
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for job in jobs { await work.send(job) }
-                work.finish()
-            }
-            for w in 0..<workerCount {
-                group.addTask(executorPreference: WorkerExecutor(label: "pidiff.masks.worker\(w)")) {
-                    let stage = try MaskStage(parameters: parameters)
-                    for await job in work { await results.send(Self.process(job, stage: stage, store: store)) }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for job in jobs { await work.send(job) }
+                    work.finish()
                 }
+                for w in 0..<workerCount {
+                    group.addTask(executorPreference: WorkerExecutor(label: "pidiff.masks.worker\(w)")) {
+                        let stage = try MaskStage(parameters: parameters)
+                        for await job in work { await results.send(try Self.process(job, stage: stage, crops: store, output: store)) }
+                    }
+                }
+                // Not waitForAll(): it waits for every child before rethrowing, and after a
+                // worker fails the scanner can wait forever to hand it work. Throwing out of the
+                // body cancels the remaining children instead.
+                while try await group.next() != nil {}
+                results.finish()
             }
-            try await group.waitForAll()
+        } catch {
+            // Commit the masks finished before the failure; the run stays marked as it was and the
+            // next run (which marks it interrupted) masks the rest.
             results.finish()
+            _ = try? await collector.value
+            throw error
         }
         let (masked, failed, errors) = try await collector.value
         try await writer.finish(counts: ["masked": masked, "failed": failed])
@@ -91,17 +102,23 @@ public struct MaskPipeline: Sendable {
                        seconds: seconds, masksPerSecond: seconds > 0 ? Double(masked) / seconds : 0)
     }
 
-    static func process(_ job: MaskJob, stage: MaskStage, store: ArtefactStore) -> MaskResult {
+    /// Masks one face: crops are read from `crops`, results stored in `output` (the same store in
+    /// a run; `verify --repair` stores into a scratch folder to compare before installing).
+    static func process(_ job: MaskJob, stage: MaskStage, crops: ArtefactStore, output: ArtefactStore) throws -> MaskResult {
         let method = stage.parameters.method.rawValue
         do {
-            let crop256 = try NativeImage.decode(Data(contentsOf: store.url(job.crop256)), maxPixels: 1 << 24)
-            let crop512 = try NativeImage.decode(Data(contentsOf: store.url(job.crop512)), maxPixels: 1 << 24)
+            let crop256 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop256)), maxPixels: 1 << 24)
+            let crop512 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop512)), maxPixels: 1 << 24)
             let out = try stage.run(crop256: crop256, crop512: crop512, landmarks: job.landmarks, quad: job.quad)
             return MaskResult(job: job, method: method,
-                              mask512: try store.put(out.mask512.pngData(), kind: "masks", ext: "png"),
-                              mask256: try store.put(out.mask256.pngData(), kind: "masks", ext: "png"),
-                              e4eInput: try store.put(out.e4eInput.pngData(), kind: "e4e", ext: "png"),
+                              mask512: try output.put(out.mask512.pngData(), kind: "masks", ext: "png"),
+                              mask256: try output.put(out.mask256.pngData(), kind: "masks", ext: "png"),
+                              e4eInput: try output.put(out.e4eInput.pngData(), kind: "e4e", ext: "png"),
                               coverage: out.coverage, ok: out.failure == nil, reason: out.failure)
+        } catch let failure as StoreError {
+            // Not this face's fault: recording it as a failed mask would keep the face from being
+            // masked again under this fingerprint once the data root works (see IngestError).
+            throw failure
         } catch {
             return MaskResult(job: job, method: method, ok: false, reason: "mask failed: \(error)")
         }

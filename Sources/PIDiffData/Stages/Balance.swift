@@ -177,3 +177,23 @@ public enum BalancedSelection {
         return (chosen, Array(rest.prefix(reference)))
     }
 }
+
+extension BalanceReport {
+    /// Identities per race × age (the all-genders cells) as a labelled heatmap image.
+    public static func heatmap(_ cells: [BalanceCell], minImages: Int, target: Int) throws -> NativeImage {
+        let grid = cells.filter { $0.gender == "all" && $0.race != "all" }
+        var rowNames: [String] = [], colNames: [String] = []
+        for c in grid {
+            if !rowNames.contains(c.race) { rowNames.append(c.race) }
+            if !colNames.contains(c.age) { colNames.append(c.age) }
+        }
+        let lookup = Dictionary(uniqueKeysWithValues: grid.map { ("\($0.race)|\($0.age)", $0) })
+        let values = rowNames.map { r in colNames.map { Double(lookup["\(r)|\($0)"]?.identities ?? 0) } }
+        let texts = rowNames.map { r in colNames.map { c -> String in
+            let cell = lookup["\(r)|\(c)"]
+            return "\(cell?.identities ?? 0) id, \(cell?.images ?? 0) img"
+        } }
+        return try NativeImage.heatmap(values: values, rowLabels: rowNames, colLabels: colNames, cellText: texts,
+                                       title: "identities with >= \(minImages) usable images (target \(target))")
+    }
+}

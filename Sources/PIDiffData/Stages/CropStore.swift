@@ -21,7 +21,14 @@ public struct ArtefactStore: Sendable {
             // Unique per call: two workers storing identical content at once must not share a
             // temporary file (the second rename would find it gone).
             let tmp = dir.appendingPathComponent(".\(sha).\(ProcessInfo.processInfo.processIdentifier).\(UUID().uuidString).tmp")
-            try data.write(to: tmp)
+            do {
+                try data.write(to: tmp)
+            } catch {
+                // A full disk leaves a partial temporary file behind: remove it so a failed run
+                // does not fill the data root with debris.
+                try? FileManager.default.removeItem(at: tmp)
+                throw error
+            }
             if rename(tmp.path, url.path) != 0 {
                 let reason = String(cString: strerror(errno))
                 try? FileManager.default.removeItem(at: tmp)
