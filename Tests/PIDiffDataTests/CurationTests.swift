@@ -22,6 +22,16 @@ final class CurationSearchTests: XCTestCase {
             XCTAssertEqual(found.count, Set(found).count, "radius \(radius): a pair was reported twice")
             XCTAssertEqual(Set(found), brute, "radius \(radius), chunks \(index.bits)")
             XCTAssertGreaterThan(brute.count, radius == 0 ? 0 : 100)
+            // Single queries (new photos against a stored index) see the same neighbours.
+            for q in stride(from: 0, to: hashes.count, by: 97) {
+                var got: [Int: Int] = [:]
+                index.search(hashes[q]) { id, d in got[id] = d }
+                let want = Dictionary(uniqueKeysWithValues: hashes.indices.compactMap { j -> (Int, Int)? in
+                    let d = (hashes[q] ^ hashes[j]).nonzeroBitCount
+                    return d <= radius ? (j, d) : nil
+                })
+                XCTAssertEqual(got, want, "query \(q), radius \(radius)")
+            }
         }
     }
 

@@ -26,6 +26,8 @@ public struct NearDuplicateIndex: Sendable {
     /// Per chunk: ids and hashes in bucket order.
     let ids: [[UInt32]]
     let sortedHashes: [[UInt64]]
+    /// Per chunk: XOR masks of every value within the sub-radius of 0.
+    let masks: [[UInt32]]
     /// Widest chunk allowed: a table has 2^bits offsets (2^22 × 4 B = 16 MiB).
     static let maxChunkBits = 22
 
@@ -66,6 +68,7 @@ public struct NearDuplicateIndex: Sendable {
         self.offsets = offsets
         self.ids = ids
         self.sortedHashes = sorted
+        masks = widths.map { Self.probeMasks(width: $0, subRadius: radius / m) }
     }
 
     /// Chunk count minimising probes + expected candidates per query for uniform hashes.
@@ -86,40 +89,51 @@ public struct NearDuplicateIndex: Sendable {
         return max(best, 1)
     }
 
+    /// Every chunk value within the sub-radius of 0 (XOR masks with ≤ ⌊r/m⌋ bits set), per
+    /// chunk: probing value v ^ mask for each mask visits all buckets a query must check.
+    private static func probeMasks(width: Int, subRadius s: Int) -> [UInt32] {
+        var masks: [UInt32] = [0]
+        func extend(_ mask: UInt32, from bit: Int, depth: Int) {
+            guard depth < s else { return }
+            for b in bit..<width {
+                let m = mask | (1 << UInt32(b))
+                masks.append(m)
+                extend(m, from: b + 1, depth: depth + 1)
+            }
+        }
+        extend(0, from: 0, depth: 0)
+        return masks
+    }
+
     /// Calls `found(id, distance)` once for every indexed hash within `radius` of `query`.
     /// With `afterID`, only ids greater than it are reported (a self-join visits each pair once).
     public func search(_ query: UInt64, afterID: Int = -1, _ found: (Int, Int) -> Void) {
-        let m = bits.count, s = radius / m
-        for c in 0..<m {
-            let width = bits[c], shift = UInt64(shifts[c])
-            let mask = (UInt64(1) << UInt64(width)) - 1
-            let own = Int((query >> shift) & mask)
-            offsets[c].withUnsafeBufferPointer { off in
-                ids[c].withUnsafeBufferPointer { idp in
-                    sortedHashes[c].withUnsafeBufferPointer { hp in
-                        // Enumerate every value within s bits of `own` (combinations of flipped bits).
-                        func visit(_ value: Int) {
-                            let lo = Int(off[value]), hi = Int(off[value + 1])
-                            var k = lo
-                            while k < hi {
+        for c in 0..<bits.count {
+            probe(chunk: c, query: query, idAbove: Int64(afterID)) { id, d in found(Int(id), d) }
+        }
+    }
+
+    /// Probes chunk c's buckets within the sub-radius of the query's chunk value and emits each
+    /// entry with an id above `idAbove` that is within the radius and that no earlier chunk finds.
+    @inline(__always)
+    private func probe(chunk c: Int, query: UInt64, idAbove: Int64, _ emit: (UInt32, Int) -> Void) {
+        let own = Int((query >> UInt64(shifts[c])) & ((UInt64(1) << UInt64(bits[c])) - 1))
+        let s = subRadius, r = radius
+        offsets[c].withUnsafeBufferPointer { off in
+            ids[c].withUnsafeBufferPointer { idp in
+                sortedHashes[c].withUnsafeBufferPointer { hp in
+                    for mask in masks[c] {
+                        let v = own ^ Int(mask)
+                        var k = Int(off[v])
+                        let end = Int(off[v + 1])
+                        while k < end {
+                            if Int64(idp[k]) > idAbove {
                                 let x = hp[k] ^ query
                                 let d = x.nonzeroBitCount
-                                if d <= radius, Int(idp[k]) > afterID, !foundEarlier(x, before: c, subRadius: s) {
-                                    found(Int(idp[k]), d)
-                                }
-                                k += 1
+                                if d <= r && !foundEarlier(x, before: c, subRadius: s) { emit(idp[k], d) }
                             }
+                            k += 1
                         }
-                        func flip(_ depth: Int, from bit: Int, _ value: Int) {
-                            visit(value)
-                            guard depth < s else { return }
-                            var b = bit
-                            while b < width {
-                                flip(depth + 1, from: b + 1, value ^ (1 << b))
-                                b += 1
-                            }
-                        }
-                        flip(0, from: 0, own)
                     }
                 }
             }
@@ -137,25 +151,34 @@ public struct NearDuplicateIndex: Sendable {
         return false
     }
 
-    /// Every pair (i < j) of indexed hashes within `radius`, found by querying each hash against
-    /// the index on `workers` threads.
+    /// Every pair (i < j) of indexed hashes within `radius`, on `workers` threads.
+    ///
+    /// Each chunk's table is joined with itself by walking its entries in bucket order: consecutive
+    /// queries then share their chunk value's neighbourhood, so the few hundred buckets they probe
+    /// stay in cache instead of costing a cache miss each (a 10× difference at a million hashes).
+    /// A pair is reported by the first chunk in which it is within the sub-radius, by its smaller id.
     public func selfJoin(_ hashes: [UInt64], workers: Int = ProcessInfo.processInfo.activeProcessorCount) -> [HashPair] {
         precondition(hashes.count == count, "selfJoin takes the hashes the index was built from")
         let w = max(1, min(workers, hashes.count))
-        // Each worker writes only its own slot.
-        nonisolated(unsafe) let perWorker = UnsafeMutableBufferPointer<[HashPair]>.allocate(capacity: w)
-        perWorker.initialize(repeating: [])
-        defer { perWorker.deinitialize(); perWorker.deallocate() }
-        DispatchQueue.concurrentPerform(iterations: w) { worker in
-            var local: [HashPair] = []
-            var i = worker
-            while i < hashes.count {
-                search(hashes[i], afterID: i) { j, d in local.append(HashPair(a: UInt32(i), b: UInt32(j), distance: UInt8(d))) }
-                i += w
+        let n = count
+        // Each (chunk, worker) task writes only its own slot.
+        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<[HashPair]>.allocate(capacity: w * bits.count)
+        results.initialize(repeating: [])
+        defer { results.deinitialize(); results.deallocate() }
+        for c in 0..<bits.count {
+            DispatchQueue.concurrentPerform(iterations: w) { worker in
+                var local: [HashPair] = []
+                let table = sortedHashes[c], tableIDs = ids[c]
+                for q in (n * worker / w)..<(n * (worker + 1) / w) {
+                    let queryID = tableIDs[q]
+                    probe(chunk: c, query: table[q], idAbove: Int64(queryID)) { id, d in
+                        local.append(HashPair(a: queryID, b: id, distance: UInt8(d)))
+                    }
+                }
+                results[c * w + worker] = local
             }
-            perWorker[worker] = local
         }
-        return perWorker.flatMap { $0 }
+        return results.flatMap { $0 }
     }
 }
 
