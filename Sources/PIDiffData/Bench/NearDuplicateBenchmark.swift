@@ -137,7 +137,8 @@ public struct NearDuplicateQualityBenchmark: Sendable {
                 var image = source
                 var quality = 95
                 let kinds = k == 0 ? [] : (k % 2 == 0 ? [k % 5, (k / 2) % 5] : [k % 5])
-                for kind in Set(kinds) {
+                // In a fixed order (a Set's order changes between processes): the corpus must be reproducible.
+                for kind in kinds.enumerated().filter({ !kinds[..<$0.offset].contains($0.element) }).map(\.element) {
                     switch kind {
                     case 0:
                         let s = uniform(0.25, 2.0)

@@ -9,7 +9,7 @@ public struct CurationParameters: Codable, Equatable, Sendable {
     public var hammingRadius: Int = 8
     /// …and, when both have a face, their identity descriptors are at most this far apart. Two
     /// different photos of one person sit at ~0.3–0.5; transformed copies of one photo far below.
-    public var descriptorGuard: Double = 0.2
+    public var descriptorGuard: Double = 0.25
     /// A face further than this from its identity's dominant person is flagged `impostor`
     /// (dlib's same-person threshold).
     public var impostorThreshold: Double = 0.6
