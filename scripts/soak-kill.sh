@@ -12,9 +12,11 @@ W="${TMPDIR:-/tmp}/pidiff-soak"
 rm -rf "$W" && mkdir -p "$W"
 "$BIN" bench ingest --n 60 --work "$W/gen" >/dev/null 2>&1   # builds $W/gen/corpus (60 distinct photos)
 CORPUS="$W/gen/corpus"
-split_setup() { # catalog: masks + a split over every identity
-  "$BIN" masks --catalog "$1" >/dev/null 2>&1
-  "$BIN" balance select --catalog "$1" --name soak --identities 4 --images-per-identity 3 --reference-images 1 >/dev/null 2>&1 || true
+split_setup() { # catalog: masks, labels for the generated identities, a split of 4 of them
+  "$BIN" masks --catalog "$1" >/dev/null 2>&1 || return 1
+  printf 'identity,race,age\n32bit,Asian,30\nbiden,White,66\nobama,Black,47\nobama2,Black,15\nobama3,White,30\n' > "$W/labels.csv"
+  "$BIN" labels import "$W/labels.csv" --catalog "$1" >/dev/null 2>&1 || return 1
+  "$BIN" balance select --catalog "$1" --name soak --identities 4 --images-per-identity 3 --reference-images 1 >/dev/null 2>&1
 }
 faces() { "$BIN" faces --catalog "$1" --json | sed -E "s#$2##g" | sort; }
 
@@ -32,8 +34,9 @@ if diff <(faces "$W/ref.sqlite" "$W/ref.sqlite.data") <(faces "$W/soak.sqlite" "
   echo "ingest: $N kills, resumed catalog equals the uninterrupted one"
 else echo "ingest: resumed catalog differs"; fail=1; fi
 
-split_setup "$W/ref.sqlite"
-"$BIN" export --split soak --out "$W/ref-shards" --catalog "$W/ref.sqlite" --max-shard-bytes 2e6 >/dev/null 2>&1
+split_setup "$W/ref.sqlite" || { echo "split setup failed"; exit 1; }
+"$BIN" export --split soak --out "$W/ref-shards" --catalog "$W/ref.sqlite" --max-shard-bytes 2e6 || { echo "reference export failed"; exit 1; }
+[ "$(ls "$W/ref-shards"/soak-*.tar | wc -l)" -ge 3 ] || { echo "expected several shards"; exit 1; }
 for i in $(seq 1 "$N"); do
   "$BIN" export --split soak --out "$W/soak-shards" --catalog "$W/ref.sqlite" --max-shard-bytes 2e6 >/dev/null 2>&1 &
   pid=$!
