@@ -347,3 +347,41 @@ def model_fingerprint(module: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# A standard diffusers StableDiffusionPipeline (see Docs/weights-format.md).
+def load_into_pipeline(pipe, weights_path: str | Path, lam: float | None = None) -> PIDiffAdapter:
+    """Install the PIDiff processors of `pidiff.safetensors` on `pipe.unet`; returns the adapter.
+
+    λ is `lam`, else the weights' `default_lambda` (0.4). Cast the pipeline (`pipe.to(device, dtype)`)
+    before calling. The face then goes in through `prompt_embeds` (see `pipeline_prompt_embeds`):
+    the text embeddings followed by the 4 visual tokens F(w+), and F(zeros) on the negative side.
+    `adapter.uninstall(pipe.unet)` restores the pipeline's own processors.
+    """
+    unet = pipe.unet
+    adapter, metadata = PIDiffAdapter.from_weights(unet, weights_path)
+    adapter.to(unet.device).eval().requires_grad_(False)
+    adapter.metadata = metadata
+    adapter.set_scale(lam if lam is not None else float(json.loads(metadata.get("default_lambda", "0.4"))))
+    adapter.install(unet)
+    return adapter
+
+
+@torch.no_grad()
+def pipeline_prompt_embeds(pipe, adapter: PIDiffAdapter, prompt: str | list[str], w_plus: torch.Tensor,
+                           negative_prompt: str | list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, negative_prompt_embeds) for `pipe(prompt_embeds=…, negative_prompt_embeds=…)`.
+
+    prompt_embeds = cat(text embeddings, F(w+)); negative_prompt_embeds = cat(embeddings of the
+    negative prompt (default: the empty prompt), F(zeros)), the paper's unconditional branch.
+    w_plus: [18, 512] (one face for every prompt) or [B, 18, 512].
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    device = pipe.unet.device
+    text, negative = pipe.encode_prompt(prompts, device, 1, True, negative_prompt)
+    w = w_plus.to(device, torch.float32)
+    if w.ndim == 2:
+        w = w[None]
+    w = w.expand(len(prompts), *W_PLUS_SHAPE)
+    return adapter.context(text, w), adapter.context(negative, torch.zeros_like(w))

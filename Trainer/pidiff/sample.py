@@ -4,7 +4,8 @@
         --prompt "a photo of S* reading in the library" --num-images 4 --out samples/
 
 The face comes as a w+ code: by default the identity's first reference sample in the encoded
-shards (`--encoded`, labels as for training), or a named sample (`--key`), or an aligned 256×256
+shards (`--encoded`, labels as for training), or a named sample (`--key`), or a w+ code given
+directly (`--wplus FACE.safetensors|.pt|.npy`, [18, 512] or [1, 18, 512]), or an aligned 256×256
 face image encoded with e4e (`--image FACE.png --e4e e4e_ffhq_encode.pt`).
 
 Guidance follows the paper: the unconditional branch gets the empty prompt AND the unconditional
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     face.add_argument("--encoded", help="encoded shards: the identity's first reference sample (or --key)")
     face.add_argument("--key", help="with --encoded: this sample's w+")
     face.add_argument("--shards", help="with --encoded: source WebDataset shards, for identity labels")
+    face.add_argument("--wplus", help="the face as a w+ code: .safetensors/.pt/.npy holding [18,512] or [1,18,512]")
     face.add_argument("--image", help="aligned face image (256x256 e4e input); needs --e4e")
     face.add_argument("--e4e", help="e4e checkpoint for --image")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -278,14 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     placeholder = metadata.get("placeholder", "S*")
     scale = args.scale if args.scale is not None else float(json.loads(metadata.get("default_lambda", "0.4")))
 
-    if args.image:
+    if sum(bool(x) for x in (args.encoded, args.wplus, args.image)) > 1:
+        raise SystemExit("pidiff sample: give only one of --encoded, --wplus and --image")
+    if args.wplus:
+        try:
+            w_plus, source = style.load_w_plus(args.wplus), args.wplus
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"pidiff sample: --wplus: {error}") from error
+    elif args.image:
         if not args.e4e:
             raise SystemExit("pidiff sample: --image needs --e4e")
         w_plus, source = w_plus_from_image(args.image, args.e4e, device), args.image
     elif args.encoded:
         w_plus, source = w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
     else:
-        raise SystemExit("pidiff sample: give --encoded (optionally --key) or --image with --e4e")
+        raise SystemExit("pidiff sample: give --encoded (optionally --key), --wplus or --image with --e4e")
     w_plus, style_info = style.style_mixed(w_plus, args)
 
     prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]

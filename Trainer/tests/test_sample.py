@@ -103,3 +103,25 @@ def test_static_buffer_loop_matches_the_eager_loop_exactly():
     assert torch.equal(run(True), eager)
     assert torch.equal(run(True), eager)  # the cached loop resets its counter and buffers
     assert not torch.equal(eager, torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)))
+
+
+def test_sample_command_takes_the_face_as_a_wplus_file(tiny_models, tmp_path):
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*", "default_lambda": 0.4})
+    face = tmp_path / "face.npy"
+    np.save(face, np.random.default_rng(0).standard_normal((1, 18, 512)).astype(np.float32))
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--prompt", "a photo of S*",
+            "--steps", "1", "--latent-size", "8", "--device", "cpu"]
+    assert cli.main(argv + ["--wplus", str(face), "--out", str(tmp_path / "samples")]) == 0
+    assert (tmp_path / "samples" / "000.png").is_file()
+    sidecar = json.loads((tmp_path / "samples" / "sample.json").read_text())
+    assert str(face) in json.dumps(sidecar)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.zeros(2, 18, 512), wrong)
+    with pytest.raises(SystemExit, match="wrong.pt.*shape"):
+        cli.main(argv + ["--wplus", str(wrong), "--out", str(tmp_path / "other")])
