@@ -32,3 +32,12 @@ def two_shards(tmp_path) -> list[Path]:
         make_shard(shard_dir / "faces-000000.tar", ["alice_000", "alice_001", "bob_000"], seed=0),
         make_shard(shard_dir / "faces-000001.tar", ["carol_000", "carol_001"], seed=10),
     ]
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Tiny models: a second thread costs more in synchronisation than it saves."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,13 +12,8 @@ from pidiff.model import PIDiffAdapter, save_weights
 from pidiff.sample import ddim_step, ddim_timesteps, sd15_alphas_cumprod
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    # These models are so small that a second thread costs more in synchronisation than it saves.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one_cpu_thread (autouse for these tiny-model tests) lives in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def sd15_ddim() -> DDIMScheduler:

@@ -26,13 +26,8 @@ from pidiff.train import (
 LATENT_SIZE = 8  # tiny latents keep a CPU step well under a second
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    # These models are so small that a second thread costs more in synchronisation than it saves.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one_cpu_thread (autouse for these tiny-model tests) lives in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
