@@ -77,9 +77,8 @@ extension Catalog {
         try pool.write { db in
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false { throw SplitError.exists(name) }
             let now = ISO8601DateFormatter().string(from: Date())
-            try db.execute(sql: "INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts) VALUES ('balance select', 'completed', ?, ?, '', ?, ?)",
-                           arguments: [now, now, parameters, "{\"items\":\(selection.items.count)}"])
-            let run = db.lastInsertedRowID
+            let run = try CatalogWriter.recordCompletedRun(db, command: "balance select", fingerprint: "", parameters: parameters,
+                                                           counts: "{\"items\":\(selection.items.count)}")
             try db.execute(sql: "INSERT INTO splits (name, run_id, created_at, seed, parameters, quotas) VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [name, run, now, seed, parameters, quotas])
             for item in selection.items {

@@ -42,6 +42,18 @@ actor CatalogWriter {
         }
     }
 
+    /// Records a one-shot command (label import, classify, split draw, training) as a completed
+    /// run inside the caller's transaction; returns its id.
+    static func recordCompletedRun(_ db: Database, command: String, started: Date = Date(), fingerprint: String,
+                                   parameters: String, counts: String) throws -> Int64 {
+        let f = ISO8601DateFormatter()
+        try db.execute(sql: """
+            INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts)
+            VALUES (?, 'completed', ?, ?, ?, ?, ?)
+            """, arguments: [command, f.string(from: started), f.string(from: Date()), fingerprint, parameters, counts])
+        return db.lastInsertedRowID
+    }
+
     func finish(status: String, counts: [String: Int]) throws {
         let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
         try catalog.pool.write { [runID] db in

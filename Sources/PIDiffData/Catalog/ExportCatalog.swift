@@ -81,9 +81,8 @@ extension Catalog {
         let params = try JSONSerialization.data(withJSONObject: ["split": split, "out": outDirectory, "arguments": arguments], options: [.sortedKeys])
         let counts = try JSONSerialization.data(withJSONObject: ["weights": files.count], options: [.sortedKeys])
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts) VALUES ('train', 'completed', ?, ?, ?, ?, ?)",
-                           arguments: [ISO8601DateFormatter().string(from: started), ISO8601DateFormatter().string(from: Date()), split,
-                                       String(decoding: params, as: UTF8.self), String(decoding: counts, as: UTF8.self)])
+            _ = try CatalogWriter.recordCompletedRun(db, command: "train", started: started, fingerprint: split,
+                                                     parameters: String(decoding: params, as: UTF8.self), counts: String(decoding: counts, as: UTF8.self))
         }
     }
 }

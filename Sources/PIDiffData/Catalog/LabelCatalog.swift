@@ -24,10 +24,8 @@ extension Catalog {
     /// Stores manual corrections (one writer, one transaction); a later import of the same key wins.
     public func importManualLabels(_ labels: [ManualLabel], source: String) throws -> Int64 {
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts) VALUES ('labels import', 'completed', ?, ?, '', ?, ?)",
-                           arguments: [ISO8601DateFormatter().string(from: Date()), ISO8601DateFormatter().string(from: Date()),
-                                       "{\"source\":\"\(source)\"}", "{\"labels\":\(labels.count)}"])
-            let run = db.lastInsertedRowID
+            let run = try CatalogWriter.recordCompletedRun(db, command: "labels import", fingerprint: "",
+                                                           parameters: "{\"source\":\"\(source)\"}", counts: "{\"labels\":\(labels.count)}")
             for l in labels {
                 try db.execute(sql: "INSERT OR REPLACE INTO manual_labels (identity, path, attribute, value, source, run_id) VALUES (?, ?, ?, ?, ?, ?)",
                                arguments: [l.identity, l.path, l.attribute.rawValue, l.value, source, run])
@@ -110,9 +108,8 @@ extension Catalog {
                                 modelFingerprint: String) throws {
         guard let fp = try currentIngestFingerprint() else { return }
         try pool.write { db in
-            try db.execute(sql: "INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts) VALUES ('labels classify', 'completed', ?, ?, ?, '{}', ?)",
-                           arguments: [ISO8601DateFormatter().string(from: Date()), ISO8601DateFormatter().string(from: Date()), modelFingerprint, "{\"faces\":\(results.count)}"])
-            let run = db.lastInsertedRowID
+            let run = try CatalogWriter.recordCompletedRun(db, command: "labels classify", fingerprint: modelFingerprint,
+                                                           parameters: "{}", counts: "{\"faces\":\(results.count)}")
             func json(_ v: [Double]) -> String { "[" + v.map { String(format: "%.6f", $0) }.joined(separator: ",") + "]" }
             for r in results {
                 try db.execute(sql: """

@@ -77,7 +77,8 @@ public struct IngestPipeline: Sendable {
         let runID = try CatalogWriter.beginRun(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
         let writer = CatalogWriter(catalog: catalog, runID: runID, fingerprint: fingerprint)
         let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
-        let total = try await countItems()
+        // The counting pass walks every source a second time; only the progress line needs it.
+        let total = showProgress ? try await countItems() : 0
         let start = Date()
 
         let work = AsyncChannel<ScanItem>()
