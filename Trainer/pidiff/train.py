@@ -539,12 +539,20 @@ def config_from_args(argv: list[str]) -> TrainConfig:
 
 
 def distributed_context(config: TrainConfig) -> tuple[int, int, TrainConfig]:
-    """(rank, world size, config with this rank's device). Uses accelerate when launched by it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """(rank, world size, config with this rank's device) under `accelerate launch` or `torchrun`.
+
+    Ranks share nothing but the output folder: each trains every world_size-th identity group.
+    Without CUDA the ranks run on CPU over gloo (accelerate only does so when asked with cpu=True;
+    otherwise every process would believe it is alone and train every group)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1:
         return 0, 1, config
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available() or config.device == "cpu")
+    if state.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes} "
+                           f"({state.distributed_type}); refusing to train every group in every process")
     return state.process_index, state.num_processes, dataclasses.replace(config, device=str(state.device))
 
 
@@ -572,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     written = train_groups(unet, text_embeddings, samples, config, base_fingerprint, rank, world_size, log, extra)
     for name, path in written.items():
         log(f"{name}: {path}")
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank's weights are on disk when any rank returns
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -2,7 +2,13 @@
 
 import csv
 import json
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +203,38 @@ def test_split_trains_every_identity_with_labels_from_the_source_shards(tiny_mod
     assert sorted(p.parent.name for p in out.glob("*/pidiff.safetensors")) == ["ann", "bob"]
     _, metadata = load_weights(out / "bob" / "pidiff.safetensors")
     assert json.loads(metadata["train_keys"]) == ["bob_000", "bob_001"]
+
+
+def test_two_launched_ranks_split_the_identities_and_match_a_single_process(tiny_models, tmp_path):
+    """`accelerate launch` with two processes (CPU ranks over gloo): each group is trained by
+    exactly one rank, and every identity's weights equal those of a one-process run."""
+    labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "bob_000": ("bob", "train"),
+              "cat_000": ("cat", "train")}
+    encoded = tmp_path / "encoded"
+    write_encoded_shard(encoded / "faces-000000.safetensors", labels)
+    sidecar = {key: {"identity": identity, "role": role} for key, (identity, role) in labels.items()}
+    (encoded / "faces-000000.samples.json").write_text(json.dumps(sidecar))
+    common = ["--encoded", str(encoded), "--split", "faces", "--sd", str(tiny_models["sd"]), "--steps", "2",
+              "--group-size", "1", "--device", "cpu"]
+
+    assert cli.main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port), "-m", "pidiff.cli", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([*launcher, *common, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    trained_by = {}
+    for line in run.stdout.splitlines():
+        if match := re.match(r"\[rank (\d)\] group \d+: training (\w+)", line):
+            trained_by.setdefault(match.group(2), []).append(int(match.group(1)))
+    assert trained_by == {"ann": [0], "bob": [1], "cat": [0]}, run.stdout
+    for name in ("ann", "bob", "cat"):
+        alone, _ = load_weights(tmp_path / "one" / name / "pidiff.safetensors")
+        launched, _ = load_weights(tmp_path / "two" / name / "pidiff.safetensors")
+        assert all(torch.equal(launched[key], tensor) for key, tensor in alone.items()), name
