@@ -11,7 +11,8 @@
   default (`--arcface-mean/--arcface-std/--arcface-bgr` for other conventions), output [N, D].
   A generated image with no detected face gets no ID score; the table counts faces found.
   Fallback `--dlib-descriptor`: dlib's 128-D face descriptor (dlib's own detector, 5-point
-  landmarks and chip), only with a Python dlib binding; the column is then "ID (dlib)".
+  landmarks and chip) through the Python dlib binding (setup installs the dlib-bin wheel); the
+  column is then "ID (dlib)".
 - LPIPS (VGG), generated vs each reference (mean), both resized to 256×256: the `lpips` package's
   linear layers (v0.1, shipped in its wheel) on a VGG16 backbone whose weights the user supplies
   (torchvision's `vgg16-397923af.pth` or any state dict with the 26 `features.*` tensors); lpips
@@ -187,9 +188,9 @@ class DlibDescriptor:
             import dlib
         except ModuleNotFoundError as error:
             raise MissingModelError(
-                "--dlib-descriptor needs the Python dlib binding, which is not installed here: there is no dlib "
-                "wheel (pip install dlib builds it from source). Without it the dlib descriptor is only in "
-                "pidiff-data's native describe stage (Swift); use --arcface instead") from error
+                "--dlib-descriptor needs the Python dlib binding, which is not installed here: "
+                "pip install dlib-bin (a prebuilt wheel; scripts/setup.sh installs it) or pip install dlib "
+                "(builds from source); or use --arcface") from error
         descriptor_path = Path(descriptor_path)
         landmarks_path = Path(landmarks_path) if landmarks_path else descriptor_path.with_name("shape_predictor_5_face_landmarks.dat")
         for path in (descriptor_path, landmarks_path):

@@ -329,15 +329,53 @@ def test_missing_model_files_are_named(tmp_path):
         LpipsVgg.from_backbone(tmp_path / "vgg16.pth")
 
 
-def test_dlib_fallback_says_what_it_needs(tmp_path):
-    try:
-        import dlib  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(MissingModelError, match="Python dlib binding.*pidiff-data"):
-            DlibDescriptor(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
-    else:
-        with pytest.raises(MissingModelError, match="dlib_face_recognition_resnet_model_v1.dat: not found"):
-            DlibDescriptor(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
+MODELS = Path.home() / ".cache" / "pidiff-data" / "models"
+
+
+def dlib_descriptor() -> DlibDescriptor:
+    needs("dlib")
+    path = MODELS / "dlib_face_recognition_resnet_model_v1.dat"
+    if not path.is_file():
+        pytest.skip(f"{path} absent (scripts/fetch-assets.sh places it)")
+    return DlibDescriptor(path)
+
+
+def test_dlib_fallback_without_model_files_names_them(tmp_path):
+    needs("dlib")
+    with pytest.raises(MissingModelError, match="dlib_face_recognition_resnet_model_v1.dat: not found"):
+        DlibDescriptor(tmp_path / "dlib_face_recognition_resnet_model_v1.dat")
+
+
+def test_dlib_descriptor_tells_the_sample_people_apart():
+    """dlib's own rule: descriptors of one person lie within 0.6 (Euclidean) of each other."""
+    describe = dlib_descriptor().describe
+    obama = [describe(photo(name, size=640)) for name in ("obama.jpg", "obama2.jpg", "obama3.jpg")]
+    biden_path = PHOTOS.parent / "biden" / "biden.jpg"
+    if not biden_path.is_file():
+        pytest.skip(f"{biden_path} absent")
+    biden = describe(Image.open(biden_path))
+    assert all(v is not None and v.shape == (128,) for v in obama + [biden])
+    same = [np.linalg.norm(a - b) for i, a in enumerate(obama) for b in obama[i + 1:]]
+    assert max(same) < 0.6 and min(np.linalg.norm(v - biden) for v in obama) > 0.6, (same, biden)
+    assert describe(Image.new("RGB", (160, 160), (90, 120, 150))) is None  # no face
+
+
+def test_eval_command_scores_id_with_the_dlib_fallback(tmp_path, capsys):
+    descriptor = dlib_descriptor()
+    samples, references = tmp_path / "samples" / "obama", tmp_path / "refs" / "obama"
+    samples.mkdir(parents=True), references.mkdir(parents=True)
+    photo("obama2.jpg", size=640).save(samples / "00_0.png")
+    photo("obama.jpg", size=640).save(references / "obama.png")
+
+    assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
+                     "--prompts", "paper12", "--metrics", "id", "--dlib-descriptor",
+                     str(MODELS / "dlib_face_recognition_resnet_model_v1.dat"), "--out", str(tmp_path / "out")]) == 0
+    assert "ID (dlib)" in capsys.readouterr().out
+    row = next(csv.DictReader(open(tmp_path / "out" / "eval_images.csv")))
+    expected = cosine(descriptor.describe(Image.open(samples / "00_0.png")),
+                      descriptor.describe(Image.open(references / "obama.png")))
+    assert row["face_found"] == "1" and float(row["id"]) == pytest.approx(expected, abs=1e-6)  # the CSV keeps 6 decimals
+    assert expected > 0.9
 
 
 def test_eval_command_scores_a_real_face_with_every_metric(tmp_path, tiny_clip, lpips_metric, capsys):
