@@ -1,5 +1,5 @@
-// Contact sheets: grids of thumbnails with coloured frames and captions, for human review of
-// curation findings.
+// Contact sheets: grids of thumbnails (colour or grey) with coloured frames and captions, for
+// human review of curation findings and of masks.
 #include "internal.hpp"
 
 #include <opencv2/imgproc.hpp>
@@ -25,7 +25,8 @@ int fn_contact_sheet(const FNImage *const *tiles, const int *rows, const int *co
                 fn::set_error(err, "%s", "contact sheet tile outside the grid or missing");
                 return FN_EARG;
             }
-            const cv::Mat &src = tiles[i]->bgr;
+            cv::Mat src = tiles[i]->bgr;
+            if (src.channels() == 1) cv::cvtColor(src, src, cv::COLOR_GRAY2BGR);  // masks
             double s = double(tile_size) / std::max(src.cols, src.rows);
             cv::Mat thumb;
             cv::resize(src, thumb, cv::Size(std::max(1, int(src.cols * s)), std::max(1, int(src.rows * s))), 0, 0,

@@ -263,22 +263,4 @@ int fn_composite_on_white(const FNImage *crop, const FNImage *mask, FNImage **ou
     });
 }
 
-int fn_image_grid(const FNImage *const *images, int count, int columns, int tile, FNImage **out, FNError *err) {
-    if (!images || count <= 0 || columns <= 0 || tile <= 0 || !out) return FN_EARG;
-    return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
-        int rows = (count + columns - 1) / columns;
-        cv::Mat grid(rows * tile, columns * tile, CV_8UC3, cv::Scalar(32, 32, 32));
-        for (int i = 0; i < count; i++) {
-            if (!images[i]) continue;
-            cv::Mat src = images[i]->bgr, colour, scaled;
-            if (src.channels() == 1) cv::cvtColor(src, colour, cv::COLOR_GRAY2BGR); else colour = src;
-            double s = double(tile) / std::max(colour.cols, colour.rows);
-            cv::resize(colour, scaled, cv::Size(std::max(1, int(colour.cols * s)), std::max(1, int(colour.rows * s))), 0, 0, cv::INTER_AREA);
-            scaled.copyTo(grid(cv::Rect((i % columns) * tile, (i / columns) * tile, scaled.cols, scaled.rows)));
-        }
-        *out = fn::wrap(grid);
-        return FN_OK;
-    });
-}
-
 } // extern "C"

@@ -66,15 +66,21 @@ struct MasksReportCommand: AsyncParsableCommand {
             }
             let report = Report(faces: rows.count, ok: rows.filter(\.ok).count, flagged: rows.filter { !$0.ok }.count, coverage: stats, entries: rows)
             if let sheet {
-                var tiles: [NativeImage] = []
-                for row in rows.prefix(limit) {
-                    for path in [row.crop256, row.mask256, row.e4eInput] {
+                // A row per face: crop | mask | e4e input, framed green (ok) or red (flagged).
+                var tiles: [ContactSheetTile] = []
+                for (index, row) in rows.prefix(limit).enumerated() {
+                    let frame: (UInt8, UInt8, UInt8) = row.ok ? (60, 180, 60) : (50, 50, 220)
+                    let captions = [URL(fileURLWithPath: row.path).lastPathComponent,
+                                    row.coverage.map { String(format: "coverage %.2f", $0) } ?? (row.reason ?? "no mask"), "e4e input"]
+                    for (column, path) in [row.crop256, row.mask256, row.e4eInput].enumerated() {
                         guard let path, let data = FileManager.default.contents(atPath: path) else { continue }
-                        tiles.append(try NativeImage.decode(data, maxPixels: 1 << 24))
+                        tiles.append(ContactSheetTile(image: try NativeImage.decode(data, maxPixels: 1 << 24), row: index,
+                                                      column: column, frameBGR: frame, caption: captions[column]))
                     }
                 }
                 guard !tiles.isEmpty else { throw ValidationError("no masks to show; run pidiff-data masks first") }
-                try NativeImage.grid(tiles, columns: 3, tile: 192).pngData().write(to: URL(fileURLWithPath: sheet))
+                try NativeImage.contactSheet(tiles, rows: min(rows.count, limit), columns: 3, tileSize: 192)
+                    .pngData().write(to: URL(fileURLWithPath: sheet))
             }
             if json { try report.printJSON(); return }
             print("masks: \(report.faces) faces, \(report.ok) ok, \(report.flagged) flagged")

@@ -68,8 +68,15 @@ final class MaskTests: XCTestCase {
         let out = try TestSupport.runCLI(["masks", "report", "--catalog", catalogPath.path, "--sheet", sheet.path, "--json"])
         XCTAssertEqual(out.status, 0, out.stderr)
         let header = try ImageHeader.parse(Data(contentsOf: sheet))
-        XCTAssertEqual(header.width, 3 * 192)
-        XCTAssertEqual(header.height, 7 * 192)
+        // fn_contact_sheet's cells: 192 tile + 2×4 frame + 6 pad wide, + 18 caption tall; 6 pad around.
+        XCTAssertEqual(header.width, 3 * (192 + 8 + 6) + 6)
+        XCTAssertEqual(header.height, 7 * (192 + 8 + 18 + 6) + 6)
+        // Every face was flagged, so every frame is red (BGR 50, 50, 220); the mask tile is grey.
+        let pixels = try NativeImage.decode(Data(contentsOf: sheet), maxPixels: 1 << 24).bgrPixels()
+        let at = { (x: Int, y: Int) in Array(pixels[(y * header.width + x) * 3 ..< (y * header.width + x) * 3 + 3]) }
+        for row in 0..<7 { XCTAssertEqual(at(6 + 1, 6 + row * 224 + 1), [50, 50, 220], "frame of row \(row)") }
+        let maskCentre = at(6 + 206 + 4 + 96, 6 + 4 + 96)
+        XCTAssertTrue(maskCentre[0] == maskCentre[1] && maskCentre[1] == maskCentre[2], "\(maskCentre)")
     }
 
     func testONNXFaceParsingRunsEndToEnd() async throws {

@@ -50,8 +50,6 @@ double fn_mask_value_at(const FNImage *mask, double x, double y);
 // e4e input: crop·m + white·(1 − m), m = mask blurred with a 5×5 Gaussian (as W+ Adapter does).
 int fn_composite_on_white(const FNImage *crop, const FNImage *mask, FNImage **out, FNError *err);
 
-// Tiles images (any mix of 1- and 3-channel) into a grid of `columns`, each scaled to tile×tile.
-int fn_image_grid(const FNImage *const *images, int count, int columns, int tile, FNImage **out, FNError *err);
 
 // Draws a heatmap of rows × cols values (row-major) with row/column labels and each cell's
 // text (`cell_text`, rows × cols strings; NULL to print the value), colour by value/max.

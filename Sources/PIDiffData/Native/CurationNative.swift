@@ -77,6 +77,14 @@ public struct ContactSheetTile {
     public var column: Int
     public var frameBGR: (UInt8, UInt8, UInt8)
     public var caption: String
+
+    public init(image: NativeImage, row: Int, column: Int, frameBGR: (UInt8, UInt8, UInt8), caption: String) {
+        self.image = image
+        self.row = row
+        self.column = column
+        self.frameBGR = frameBGR
+        self.caption = caption
+    }
 }
 
 /// Euclidean distances between descriptor blocks with one OpenBLAS sgemm per block.

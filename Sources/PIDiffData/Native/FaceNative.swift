@@ -190,20 +190,6 @@ extension NativeImage {
         try NativeError.check(fn_composite_on_white(handle, mask.handle, &out, &err), &err, "composite on white")
         return NativeImage(handle: out!)
     }
-
-    /// Tiles images into a grid (contact sheets).
-    public static func grid(_ images: [NativeImage], columns: Int, tile: Int) throws -> NativeImage {
-        var err = FNError()
-        var out: OpaquePointer?
-        var handles: [OpaquePointer?] = images.map { $0.handle }
-        let code = handles.withUnsafeMutableBufferPointer { buf in
-            buf.baseAddress!.withMemoryRebound(to: OpaquePointer?.self, capacity: buf.count) {
-                fn_image_grid(UnsafePointer($0), Int32(images.count), Int32(columns), Int32(tile), &out, &err)
-            }
-        }
-        try NativeError.check(code, &err, "grid")
-        return withExtendedLifetime(images) { NativeImage(handle: out!) }
-    }
 }
 
 /// A face-parsing network (ONNX through OpenCV DNN). One per worker.
