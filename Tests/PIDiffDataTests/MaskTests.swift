@@ -55,6 +55,32 @@ final class MaskTests: XCTestCase {
         XCTAssertEqual(again.masked, 0)
     }
 
+    func testUnwritableMaskStoreFailsTheRunNamingThePathAndARerunCompletes() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        // A regular file where the masks folder goes: every store fails (root ignores chmod).
+        let masksDir = try catalog.dataRoot().appendingPathComponent("masks")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: masksDir.path))
+        try Data("not a folder".utf8).write(to: masksDir)
+        do {
+            _ = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+            XCTFail("masks into an unwritable store succeeded")
+        } catch {
+            XCTAssertTrue("\(error)".contains(masksDir.path), "\(error)")
+        }
+        let failedRuns = try await catalog.pool.read {
+            try String.fetchAll($0, sql: "SELECT status FROM runs WHERE command = 'masks'")
+        }
+        XCTAssertEqual(failedRuns, ["failed"])
+        XCTAssertEqual(try catalog.maskReport().compactMap(\.mask256), [], "no mask row may point at a missing file")
+
+        try FileManager.default.removeItem(at: masksDir)
+        let rerun = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(rerun.masked, 7)
+        XCTAssertEqual(rerun.failed, 0, "\(rerun.errors)")
+        let statuses = try await catalog.pool.read { try String.fetchAll($0, sql: "SELECT status FROM runs WHERE command = 'masks' ORDER BY id") }
+        XCTAssertEqual(statuses, ["failed", "completed"])
+    }
+
     func testCoverageOutsideBoundsIsFlaggedWithAReason() async throws {
         let (catalogPath, catalog) = try await ingestedSample()
         var strict = MaskParameters()

@@ -54,12 +54,17 @@ actor CatalogWriter {
         return db.lastInsertedRowID
     }
 
-    func finish(status: String, counts: [String: Int]) throws {
+    /// Ends a run begun with `beginRun`: its final status ("completed", "failed") and counts.
+    static func finishRun(_ catalog: Catalog, runID: Int64, status: String, counts: [String: Int]) throws {
         let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
-        try catalog.pool.write { [runID] db in
+        try catalog.pool.write { db in
             try db.execute(sql: "UPDATE runs SET status = ?, ended_at = ?, counts = ? WHERE id = ?",
                            arguments: [status, ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
         }
+    }
+
+    func finish(status: String, counts: [String: Int]) throws {
+        try Self.finishRun(catalog, runID: runID, status: status, counts: counts)
     }
 
     func commit(_ batch: [WorkerResult]) throws {

@@ -227,7 +227,7 @@ actor CurationWriter {
     }
 
     func finish(status: String, counts: [String: Int]) async throws {
-        try await CatalogWriter(catalog: catalog, runID: runID, fingerprint: "").finish(status: status, counts: counts)
+        try CatalogWriter.finishRun(catalog, runID: runID, status: status, counts: counts)
     }
 
     /// `curate --reset`: removes every curation decision and alias. Images, files, faces, stored

@@ -145,11 +145,7 @@ actor MaskWriter {
         }
     }
 
-    func finish(counts: [String: Int]) throws {
-        let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
-        try catalog.pool.write { [runID] db in
-            try db.execute(sql: "UPDATE runs SET status = 'completed', ended_at = ?, counts = ? WHERE id = ?",
-                           arguments: [ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
-        }
+    func finish(status: String, counts: [String: Int]) throws {
+        try CatalogWriter.finishRun(catalog, runID: runID, status: status, counts: counts)
     }
 }

@@ -89,14 +89,15 @@ public struct MaskPipeline: Sendable {
                 results.finish()
             }
         } catch {
-            // Commit the masks finished before the failure; the run stays marked as it was and the
-            // next run (which marks it interrupted) masks the rest.
+            // Commit the masks finished before the failure and mark the run failed, so `status`
+            // shows why it stopped; the next run masks the rest.
             results.finish()
-            _ = try? await collector.value
+            let partial = try? await collector.value
+            try? await writer.finish(status: "failed", counts: ["masked": partial?.0 ?? 0, "failed": partial?.1 ?? 0])
             throw error
         }
         let (masked, failed, errors) = try await collector.value
-        try await writer.finish(counts: ["masked": masked, "failed": failed])
+        try await writer.finish(status: "completed", counts: ["masked": masked, "failed": failed])
         let seconds = Date().timeIntervalSince(start)
         return Summary(runID: runID, fingerprint: fingerprint, masked: masked, failed: failed, errors: errors,
                        seconds: seconds, masksPerSecond: seconds > 0 ? Double(masked) / seconds : 0)
