@@ -111,14 +111,14 @@ public struct EncodeDriver: Sendable {
         let encodedDir = outDirectory.appendingPathComponent("encoded")
         let index = try ShardExporter(catalogPath: catalogPath, split: split, outDirectory: shardDir).run()
         let catalog = try Catalog(path: catalogPath)
-        let samples = try catalog.exportSamples(split: split)
+        let sourceOfKey = Dictionary(uniqueKeysWithValues: index.sources.map { ($0.key, $0.sha256) })
         let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
         let model = Self.modelFingerprint(e4eSHA: try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: e4e)), vaeSHA: try Self.vaeFingerprint(sd: sd))
-        let keys = samples.map { (sha256: $0.sha256, preprocessing: preprocessing) }
+        let keys = index.sources.map { (sha256: $0.sha256, preprocessing: preprocessing) }
         let done = try catalog.encodedCount(keys, model: model)
         let shardPaths = index.shards.map { shardDir.appendingPathComponent($0.name).path }
-        if done == samples.count {
-            return Summary(samples: samples.count, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
+        if done == index.samples {
+            return Summary(samples: index.samples, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
         }
         try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)
 
@@ -133,11 +133,11 @@ public struct EncodeDriver: Sendable {
             }
             let m = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
             for key in keys {
-                guard let i = Int(key.prefix(6)), i < samples.count else { throw TrainerError.output("\(file.path): unknown sample key \(key)") }
-                rows.append((samples[i].sha256, preprocessing, m, file.lastPathComponent, key))
+                guard let sha256 = sourceOfKey[key] else { throw TrainerError.output("\(file.path): unknown sample key \(key)") }
+                rows.append((sha256, preprocessing, m, file.lastPathComponent, key))
             }
         }
         let recorded = try catalog.recordEncodings(rows)
-        return Summary(samples: samples.count, alreadyEncoded: done, recorded: recorded, shards: shardPaths, encodedDirectory: encodedDir.path)
+        return Summary(samples: index.samples, alreadyEncoded: done, recorded: recorded, shards: shardPaths, encodedDirectory: encodedDir.path)
     }
 }

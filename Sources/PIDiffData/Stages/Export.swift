@@ -84,6 +84,8 @@ public struct ShardExporter: Sendable {
         public var maskFingerprint: String
         public var written: Int
         public var reused: Int
+        /// Sample key → source SHA-256, in shard order (in memory only; the shards' JSON has it).
+        public var sources: [(key: String, sha256: String)] = []
         enum CodingKeys: String, CodingKey {
             case split, format, grouping, samples, shards, ingestFingerprint = "ingest_fingerprint", maskFingerprint = "mask_fingerprint"
             case written, reused
@@ -115,7 +117,7 @@ public struct ShardExporter: Sendable {
         let labels = Dictionary(uniqueKeysWithValues: try catalog.identityLabels(mapping: labelMapping, classifierFingerprint: try catalog.currentClassifierFingerprint()).map { ($0.identity, $0) })
 
         // Build every sample's members first (reading artefacts), then cut shards by size.
-        struct Member { var key: String; var files: [(String, Data)]; var bytes: Int }
+        struct Member { var key: String; var sha256: String; var files: [(String, Data)]; var bytes: Int }
         var members: [Member] = []
         for (i, s) in samples.enumerated() {
             guard let crop = s.crop512 else { throw ExportError.missingArtefact("\(s.path): no aligned crop under the current ingest parameters") }
@@ -138,7 +140,7 @@ public struct ShardExporter: Sendable {
             ]
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
             let files = [("\(key).json", json), ("\(key).png", try read(crop)), ("\(key).e4e.png", try read(e4e)), ("\(key).mask.png", try read(mask))]
-            members.append(Member(key: key, files: files, bytes: files.reduce(0) { $0 + TarBuilder.memberSize($1.1.count) }))
+            members.append(Member(key: key, sha256: s.sha256, files: files, bytes: files.reduce(0) { $0 + TarBuilder.memberSize($1.1.count) }))
         }
         var plan: [[Member]] = [[]]
         var size = TarBuilder.trailerSize
@@ -175,7 +177,7 @@ public struct ShardExporter: Sendable {
         }
         let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
                           ingestFingerprint: samples[0].faceFingerprint, maskFingerprint: samples[0].maskFingerprint ?? "",
-                          written: written, reused: reused)
+                          written: written, reused: reused, sources: members.map { ($0.key, $0.sha256) })
         var stable = index
         stable.written = 0
         stable.reused = 0
