@@ -10,6 +10,12 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/Trainer" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${ENCODE_S:-150}" python3 Trainer/bench/bench_encode.py --device cuda --full ${ENCODE_ARGS:-} 2>&1 | tee "$OUT/encode.log"
-timeout "${TRAIN_S:-240}" python3 Trainer/bench/bench_train.py --device cuda --full ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
-timeout "${SAMPLE_S:-150}" python3 Trainer/bench/bench_sample.py --device cuda --full ${SAMPLE_ARGS:-} 2>&1 | tee "$OUT/sample.log"
+# A stage whose limit is 0 is skipped.
+stage() {  # stage NAME LIMIT_S SCRIPT ARGS
+  local name="$1" limit="$2" script="$3"; shift 3
+  [[ "$limit" == 0 ]] && { echo "== $name skipped" | tee "$OUT/$name.log"; return; }
+  timeout "$limit" python3 "$script" --device cuda --full "$@" 2>&1 | tee "$OUT/$name.log"
+}
+stage encode "${ENCODE_S:-150}" Trainer/bench/bench_encode.py ${ENCODE_ARGS:-}
+stage train "${TRAIN_S:-240}" Trainer/bench/bench_train.py ${TRAIN_ARGS:-}
+stage sample "${SAMPLE_S:-150}" Trainer/bench/bench_sample.py ${SAMPLE_ARGS:-}

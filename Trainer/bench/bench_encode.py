@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=None, help="timed seconds per measurement (default 3 CUDA, 1 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3 CUDA, 2 CPU)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd encoders")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled settings (e.g. max-autotune)")
     parser.add_argument("--configs", default=None,
                         help="comma list of MODE:LAYOUT (MODE eager|compiled|compiled-vae (the VAE alone compiled), "
                              "LAYOUT contiguous|channels_last), measured in this order; default: every --vae-layouts eagerly, then (with --compile) compiled")
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         # Measure everything for a setting before building the next: ShardEncoder sets the
         # layout of the shared modules, and compiled graphs are specialised to it.
         encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=layout == "channels_last",
-                               compile=bool(compiled), compile_e4e=e4e_compiled)
+                               compile=bool(compiled), compile_e4e=e4e_compiled, compile_mode=args.compile_mode)
 
         def first_call(key: str, call) -> None:  # a compiled encoder compiles on its first call: time it
             started = time.perf_counter()
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "combined_images_per_s_measured": significant(combined_rates[best_combined_key]),
         "combined_best_setting": best_combined_key,
         "compile_errors": compile_errors or None,
+        "compile_mode": args.compile_mode,
         "first_call_s": first_call_s,
         "rel_error_vs_first_setting": rel_errors,
         "e4e_gflop_per_image": round(e4e_flops / 1e9, 1) if e4e_flops else None,

@@ -119,6 +119,7 @@ class ShardEncoder:
         compile: bool = False,
         overlap: bool = False,
         compile_e4e: bool | None = None,
+        compile_mode: str = "default",
     ):
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', not {precision!r}")
@@ -143,8 +144,10 @@ class ShardEncoder:
         # compile_e4e (default: as compile) lets the VAE, nine tenths of the work, be compiled alone.
         self.compiled = compile
         compile_e4e = compile if compile_e4e is None else compile_e4e
-        self._e4e_forward = torch.compile(self.e4e, dynamic=False) if compile_e4e else self.e4e
-        self._vae_moments = torch.compile(self._vae_moments_eager, dynamic=False) if compile else self._vae_moments_eager
+        # compile_mode: torch.compile's mode ("max-autotune" benchmarks conv/matmul kernels first).
+        self._e4e_forward = torch.compile(self.e4e, mode=compile_mode, dynamic=False) if compile_e4e else self.e4e
+        self._vae_moments = (torch.compile(self._vae_moments_eager, mode=compile_mode, dynamic=False) if compile
+                             else self._vae_moments_eager)
         # overlap: on CUDA the e4e runs on a second stream beside the VAE, so the one's memory-bound
         # kernels (norms, activations) can share the chip with the other's convolutions.
         self.set_overlap(overlap)
@@ -210,6 +213,7 @@ class EncodeOptions:
     storage_dtype: str = "float32"
     force: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     vae_channels_last: bool = False
     overlap: bool = False
     progress: bool = True
@@ -283,7 +287,7 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
         e4e = load_e4e(e4e_path)
         vae = load_vae(Path(sd_path), device, torch.bfloat16 if precision == "bf16" else torch.float32)
         encoder = ShardEncoder(e4e, vae, device, precision, vae_channels_last=options.vae_channels_last, compile=options.compile,
-                               overlap=options.overlap)
+                               overlap=options.overlap, compile_mode=options.compile_mode)
         random_parts = [name for name, is_random in (("e4e", e4e.random_weights), ("sd", is_random_stable_diffusion(sd_path))) if is_random]
         common_metadata = {
             **fingerprints,
@@ -414,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="dtype of the stored tensors")
     parser.add_argument("--force", action="store_true", help="re-encode even when an up-to-date output exists")
     parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (pays off for many shards)")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode with --compile: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
     parser.add_argument("--vae-channels-last", action="store_true", help="run the VAE in channels_last (see the benchmark for which is faster)")
     parser.add_argument("--overlap", action="store_true", help="CUDA: run the e4e on a second stream beside the VAE")
     parser.add_argument("--no-progress", action="store_true")
@@ -429,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             storage_dtype=args.storage_dtype,
             force=args.force,
             compile=args.compile,
+            compile_mode=args.compile_mode,
             vae_channels_last=args.vae_channels_last,
             overlap=args.overlap,
             progress=not args.no_progress,
