@@ -159,13 +159,18 @@ def write_encoded_shard(path, labels: dict[str, tuple[str, str]], seed: int = 0,
     save_file(tensors, str(path), metadata=metadata)
 
 
-def test_train_command_writes_weights_with_metadata_and_a_loss_curve(tiny_models, tmp_path):
-    labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "ann_002": ("ann", "reference"),
-              "bob_000": ("bob", "train")}
-    encoded = tmp_path / "encoded"
+def write_encoded_split(encoded, labels: dict[str, tuple[str, str]]):
+    """The split `faces` as one encoded shard with its identity sidecar; returns the folder."""
     write_encoded_shard(encoded / "faces-000000.safetensors", labels)
     sidecar = {key: {"identity": identity, "role": role} for key, (identity, role) in labels.items()}
     (encoded / "faces-000000.samples.json").write_text(json.dumps(sidecar))
+    return encoded
+
+
+def test_train_command_writes_weights_with_metadata_and_a_loss_curve(tiny_models, tmp_path):
+    labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "ann_002": ("ann", "reference"),
+              "bob_000": ("bob", "train")}
+    encoded = write_encoded_split(tmp_path / "encoded", labels)
     out = tmp_path / "run"
 
     argv = ["train", "--encoded", str(encoded), "--identity", "ann", "--sd", str(tiny_models["sd"]),
@@ -210,10 +215,7 @@ def test_two_launched_ranks_split_the_identities_and_match_a_single_process(tiny
     exactly one rank, and every identity's weights equal those of a one-process run."""
     labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "bob_000": ("bob", "train"),
               "cat_000": ("cat", "train")}
-    encoded = tmp_path / "encoded"
-    write_encoded_shard(encoded / "faces-000000.safetensors", labels)
-    sidecar = {key: {"identity": identity, "role": role} for key, (identity, role) in labels.items()}
-    (encoded / "faces-000000.samples.json").write_text(json.dumps(sidecar))
+    encoded = write_encoded_split(tmp_path / "encoded", labels)
     common = ["--encoded", str(encoded), "--split", "faces", "--sd", str(tiny_models["sd"]), "--steps", "2",
               "--group-size", "1", "--device", "cpu"]
 
