@@ -84,7 +84,13 @@ struct TrainCommand: AsyncParsableCommand {
     @Option(help: "Folder of the split's shards, for identities and roles (default: shards/ beside the encoded folder).")
     var shards: String?
     @Option(help: "Python with the pidiff package.") var python: String?
+    @Option(help: "Training processes, one per GPU, started with accelerate; identity groups are spread over them.")
+    var processes = 1
     @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff train`.") var extra: [String] = []
+
+    func validate() throws {
+        guard processes >= 1 else { throw ValidationError("--processes must be at least 1") }
+    }
 
     func run() async throws {
         do {
@@ -92,8 +98,9 @@ struct TrainCommand: AsyncParsableCommand {
             _ = try cat.splitItems(split) // the split must exist
             let started = Date()
             let shardDir = shards ?? URL(fileURLWithPath: encoded).deletingLastPathComponent().appendingPathComponent("shards").path
-            try TrainerProcess(python: python).run(["train", "--encoded", encoded, "--split", split, "--sd", sd, "--out", out, "--shards", shardDir] + extra)
-            try cat.recordTrainingRun(split: split, outDirectory: out, started: started, arguments: extra)
+            try TrainerProcess(python: python).run(["train", "--encoded", encoded, "--split", split, "--sd", sd, "--out", out, "--shards", shardDir] + extra,
+                                                   processes: processes)
+            try cat.recordTrainingRun(split: split, outDirectory: out, started: started, arguments: extra, processes: processes)
             print("trained split \(split) → \(out)")
         } catch { fail(error) }
     }

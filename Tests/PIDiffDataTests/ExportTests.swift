@@ -127,5 +127,23 @@ final class ExportTests: XCTestCase {
         // A different model is a different fingerprint: nothing recorded for it yet.
         let other = EncodeDriver.modelFingerprint(e4eSHA: "0", vaeSHA: "0")
         XCTAssertEqual(try Catalog(path: catalog.path).encodedCount([(sha256: "x", preprocessing: "y")], model: other), 0)
+
+        // Training the split over two launched processes (CPU ranks): each identity trained once.
+        let trainOut = dir.appendingPathComponent("train")
+        let trained = try TestSupport.runCLI(["train", "--catalog", catalog.path, "--split", "t", "--encoded", first.encodedDirectory,
+                                              "--sd", models.appendingPathComponent("sd").path, "--out", trainOut.path,
+                                              "--python", TestSupport.python, "--processes", "2",
+                                              "--", "--steps", "1", "--group-size", "1", "--device", "cpu"])
+        XCTAssertEqual(trained.status, 0, trained.stderr)
+        for identity in ["a", "b"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: trainOut.appendingPathComponent("\(identity)/pidiff.safetensors").path))
+        }
+        let log = trained.stdout + trained.stderr
+        XCTAssertTrue(log.contains("[rank 0] group 0: training a") && log.contains("[rank 1] group 1: training b"), log)
+        let runs = try await Catalog(path: catalog.path).pool.read {
+            try String.fetchAll($0, sql: "SELECT parameters FROM runs WHERE command = 'train'")
+        }
+        XCTAssertEqual(runs.count, 1)
+        XCTAssertTrue(runs.first?.contains("\"processes\":2") == true, "\(runs)")
     }
 }

@@ -58,6 +58,18 @@ final class FingerprintTests: XCTestCase {
         XCTAssertThrowsError(try PipelineConfig.load(file)) { XCTAssertTrue("\($0)".contains(file.path)) }
     }
 
+    func testRunSectionReadsTrainProcessesAndRejectsFewerThanOne() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("p.yaml")
+        let head = "run:\n  catalog: c.sqlite\n  stages: [train]\n"
+        try head.write(to: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try PipelineConfig.load(file).run?.trainProcesses, 1)
+        try (head + "  train_processes: 4\n").write(to: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try PipelineConfig.load(file).run?.trainProcesses, 4)
+        try (head + "  train_processes: 0\n").write(to: file, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try PipelineConfig.load(file)) { XCTAssertTrue("\($0)".contains("train_processes"), "\($0)") }
+    }
+
     func testShippedPipelinesParse() throws {
         let dir = TestSupport.repoRoot.appendingPathComponent("Pipelines")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }

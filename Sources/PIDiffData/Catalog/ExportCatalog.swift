@@ -75,10 +75,11 @@ extension Catalog {
 
 extension Catalog {
     /// Records a finished `pidiff train` run and the weight files it left in `outDirectory`.
-    public func recordTrainingRun(split: String, outDirectory: String, started: Date, arguments: [String]) throws {
+    public func recordTrainingRun(split: String, outDirectory: String, started: Date, arguments: [String], processes: Int = 1) throws {
         let files = (FileManager.default.enumerator(atPath: outDirectory)?.allObjects as? [String] ?? [])
             .filter { $0.hasSuffix("pidiff.safetensors") }.sorted()
-        let params = try JSONSerialization.data(withJSONObject: ["split": split, "out": outDirectory, "arguments": arguments], options: [.sortedKeys])
+        let params = try JSONSerialization.data(withJSONObject: ["split": split, "out": outDirectory, "arguments": arguments,
+                                                                 "processes": processes] as [String: Any], options: [.sortedKeys])
         let counts = try JSONSerialization.data(withJSONObject: ["weights": files.count], options: [.sortedKeys])
         try pool.write { db in
             _ = try CatalogWriter.recordCompletedRun(db, command: "train", started: started, fingerprint: split,

@@ -46,12 +46,14 @@ public struct RunSpec: Codable, Equatable, Sendable {
     public var select: Select?
     public var models: Models?
     public var trainArguments: [String] = []
+    /// Training processes (one per GPU) through accelerate; 1 runs `pidiff train` directly.
+    public var trainProcesses: Int = 1
     public var samplePrompt: String = "a photo of S* reading in the library"
     public var sampleArguments: [String] = []
 
     enum CodingKeys: String, CodingKey {
         case catalog, sources, stages, work, target, minImages = "min_images", select, models
-        case trainArguments = "train_arguments", samplePrompt = "sample_prompt", sampleArguments = "sample_arguments"
+        case trainArguments = "train_arguments", trainProcesses = "train_processes", samplePrompt = "sample_prompt", sampleArguments = "sample_arguments"
     }
 
     public init(from decoder: Decoder) throws {
@@ -65,6 +67,10 @@ public struct RunSpec: Codable, Equatable, Sendable {
         select = try c.decodeIfPresent(Select.self, forKey: .select)
         models = try c.decodeIfPresent(Models.self, forKey: .models)
         trainArguments = try c.decodeIfPresent([String].self, forKey: .trainArguments) ?? []
+        trainProcesses = try c.decodeIfPresent(Int.self, forKey: .trainProcesses) ?? 1
+        guard trainProcesses >= 1 else {
+            throw DecodingError.dataCorruptedError(forKey: .trainProcesses, in: c, debugDescription: "train_processes must be at least 1")
+        }
         samplePrompt = try c.decodeIfPresent(String.self, forKey: .samplePrompt) ?? "a photo of S* reading in the library"
         sampleArguments = try c.decodeIfPresent([String].self, forKey: .sampleArguments) ?? []
     }
@@ -204,8 +210,10 @@ public struct RunPipeline: Sendable {
                     guard let sd else { throw PipelineError.invalid("run.models", "train needs models.sd (or the encode stage with tiny_random)") }
                     let out = work.appendingPathComponent("train")
                     try trainer.run(["train", "--encoded", work.appendingPathComponent("encoded").path, "--split", name, "--sd", sd,
-                                     "--out", out.path, "--shards", work.appendingPathComponent("shards").path] + spec.trainArguments)
-                    try Catalog(path: catalog).recordTrainingRun(split: name, outDirectory: out.path, started: t0, arguments: spec.trainArguments)
+                                     "--out", out.path, "--shards", work.appendingPathComponent("shards").path] + spec.trainArguments,
+                                    processes: spec.trainProcesses)
+                    try Catalog(path: catalog).recordTrainingRun(split: name, outDirectory: out.path, started: t0,
+                                                                 arguments: spec.trainArguments, processes: spec.trainProcesses)
                     artefacts["weights"] = out.appendingPathComponent("pidiff.safetensors").path
                     stageLog.info("trained", metadata: ["out": "\(out.path)"])
                 case .sample:

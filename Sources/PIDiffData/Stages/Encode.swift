@@ -18,10 +18,16 @@ public struct TrainerProcess: Sendable {
 
     /// Runs `pidiff <arguments>`, its stdout/stderr passed straight through (progress bars and
     /// errors reach the user as they happen). Throws with the exit status on failure.
-    public func run(_ arguments: [String]) throws {
+    /// `processes` > 1 starts that many ranks through `accelerate launch` (one per GPU; CPU ranks
+    /// over gloo where there is no GPU); `pidiff train` spreads its identity groups over them.
+    public func run(_ arguments: [String], processes: Int = 1) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = (python == "/usr/bin/env" ? ["python3"] : []) + ["-m", "pidiff.cli"] + arguments
+        let launcher = processes > 1
+            ? ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "\(processes)", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no"]
+            : []
+        p.arguments = (python == "/usr/bin/env" ? ["python3"] : []) + launcher + ["-m", "pidiff.cli"] + arguments
         p.standardOutput = FileHandle.standardError
         p.standardError = FileHandle.standardError
         do { try p.run() } catch {
