@@ -124,9 +124,31 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(second.recorded, 0)
         let rows = try await Catalog(path: catalog.path).pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM encodings") }
         XCTAssertEqual(rows, 6)
-        // A different model is a different fingerprint: nothing recorded for it yet.
-        let other = EncodeDriver.modelFingerprint(e4eSHA: "0", vaeSHA: "0")
-        XCTAssertEqual(try Catalog(path: catalog.path).encodedCount([(sha256: "x", preprocessing: "y")], model: other), 0)
+        // Another e4e checkpoint (other random weights, same layout) is another model: everything
+        // is encoded and recorded again, beside the first model's rows.
+        let models2 = dir.appendingPathComponent("models2")
+        let made2 = try TestSupport.run(TestSupport.python, ["-m", "pidiff.cli", "random-model", "--out", models2.path, "--tiny", "--seed", "1"])
+        XCTAssertEqual(made2.status, 0, made2.stderr)
+        var otherModel = driver
+        otherModel.e4e = models2.appendingPathComponent("e4e.pt").path
+        let third = try otherModel.run()
+        XCTAssertEqual(third.alreadyEncoded, 0)
+        XCTAssertEqual(third.recorded, 6)
+        let modelsRecorded = try await Catalog(path: catalog.path).pool.read {
+            try Int.fetchOne($0, sql: "SELECT COUNT(DISTINCT model_fingerprint) FROM encodings")
+        }
+        XCTAssertEqual(modelsRecorded, 2)
+        // Back to the first model: the catalog has it all, but the files now hold the second
+        // model's codes, so they are encoded again (and nothing new is recorded).
+        let fourth = try driver.run()
+        XCTAssertEqual(fourth.alreadyEncoded, 6)
+        XCTAssertEqual(fourth.recorded, 0)
+        let e4eSHA = try Hashing.sha256Hex(fileAt: models.appendingPathComponent("e4e.pt"))
+        for shard in fourth.shards {
+            let file = URL(fileURLWithPath: first.encodedDirectory).appendingPathComponent(
+                URL(fileURLWithPath: shard).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors"))
+            XCTAssertEqual(try SafetensorsHeader.metadata(file)["e4e_sha256"], e4eSHA, file.path)
+        }
 
         // Training the split over two launched processes (CPU ranks): each identity trained once.
         let trainOut = dir.appendingPathComponent("train")

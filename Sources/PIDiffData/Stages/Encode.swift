@@ -119,11 +119,19 @@ public struct EncodeDriver: Sendable {
         let catalog = try Catalog(path: catalogPath)
         let sourceOfKey = Dictionary(uniqueKeysWithValues: index.sources.map { ($0.key, $0.sha256) })
         let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
-        let model = Self.modelFingerprint(e4eSHA: try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: e4e)), vaeSHA: try Self.vaeFingerprint(sd: sd))
+        let e4eSHA = try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: e4e)), vaeSHA = try Self.vaeFingerprint(sd: sd)
+        let model = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
         let keys = index.sources.map { (sha256: $0.sha256, preprocessing: preprocessing) }
         let done = try catalog.encodedCount(keys, model: model)
         let shardPaths = index.shards.map { shardDir.appendingPathComponent($0.name).path }
-        if done == index.samples {
+        // The catalog remembers every model a sample was encoded with, but the folder holds one
+        // encoding per shard: skip only when the files there are this model's too.
+        let filesCurrent = index.shards.allSatisfy { shard in
+            let file = encodedDir.appendingPathComponent(shard.name.replacingOccurrences(of: ".tar", with: ".safetensors"))
+            guard let meta = try? SafetensorsHeader.metadata(file) else { return false }
+            return meta["e4e_sha256"] == e4eSHA && meta["vae_sha256"] == vaeSHA
+        }
+        if done == index.samples && filesCurrent {
             return Summary(samples: index.samples, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
         }
         try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)
