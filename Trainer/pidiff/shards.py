@@ -94,11 +94,20 @@ def index_shard(path: str | Path, required_extensions: tuple[str, ...] = REQUIRE
                 if extension in files:
                     raise ShardError(f"{path}: sample {key!r} has two '{extension}' members")
                 files[extension] = Member(info.offset_data, info.size)
+            end_of_members = archive.offset
     except tarfile.TarError as error:
         raise ShardError(f"{path}: not a readable tar archive ({error})") from error
     except EOFError as error:
         raise ShardError(f"{path}: truncated tar archive ({error})") from error
 
+    # tarfile stops quietly at a short or empty header, so a shard cut at a member boundary (or
+    # inside a header) would pass as a shorter one: require the two zero blocks that end a tar.
+    with open(path, "rb") as f:
+        f.seek(end_of_members)
+        marker = f.read(1024)
+    if len(marker) < 1024 or marker.count(0) != 1024:
+        raise ShardError(f"{path}: truncated tar archive (no end-of-archive marker after the last member, "
+                         f"{len(index.keys)} samples read)")
     for key in index.keys:
         missing = [ext for ext in required_extensions if ext not in index.members[key]]
         if missing:
@@ -185,7 +194,10 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
 def expand_shard_pattern(pattern: str) -> list[str]:
-    """Expand WebDataset-style braces: `d/x-{000000..000009}.tar` (zero padding kept) and `{a,b}`."""
+    """Expand WebDataset-style braces: `d/x-{000000..000009}.tar` (zero padding kept) and `{a,b}`.
+    A path that exists as written is taken literally (folders may have braces in their names)."""
+    if Path(pattern).exists():
+        return [pattern]
     match = _BRACE.search(pattern)
     if match is None:
         return [pattern]

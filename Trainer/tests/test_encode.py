@@ -178,6 +178,33 @@ def test_shard_pattern_expansion_keeps_zero_padding():
         expand_shard_pattern("x-{oops}.tar")
 
 
+def test_existing_paths_with_braces_are_taken_literally(two_shards, tmp_path):
+    folder = tmp_path / "run{a,b}" / "{2024}"
+    folder.mkdir(parents=True)
+    literal = folder / two_shards[0].name
+    literal.write_bytes(two_shards[0].read_bytes())
+    assert expand_shard_pattern(str(literal)) == [str(literal)]
+
+
+def test_a_shard_cut_between_members_or_inside_a_header_is_truncated(two_shards, tmp_path):
+    """tarfile itself reads such a file as a shorter, valid archive."""
+    data = two_shards[0].read_bytes()
+    with tarfile.open(two_shards[0]) as archive:
+        members = archive.getmembers()
+    second_sample = next(m for m in members if m.name.startswith("alice_001"))
+    between = tmp_path / "between.tar"
+    between.write_bytes(data[:second_sample.offset])
+    with tarfile.open(between) as archive:
+        assert [m.name for m in archive.getmembers()] == [m.name for m in members if m.name.startswith("alice_000")]
+    last = members[-1]
+    one_zero_block = last.offset_data + -(-last.size // 512) * 512 + 512
+    for cut in (second_sample.offset, second_sample.offset + 100, one_zero_block):
+        shard = tmp_path / f"cut-{cut}.tar"
+        shard.write_bytes(data[:cut])
+        with pytest.raises(ShardError, match="truncated"):
+            index_shard(shard)
+
+
 def test_cli_names_a_missing_command_module(capsys):
     assert cli.run_command("sample", "pidiff.module_that_does_not_exist", []) == 2
     assert "pidiff.module_that_does_not_exist" in capsys.readouterr().err
