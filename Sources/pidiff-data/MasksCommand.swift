@@ -31,7 +31,8 @@ struct MasksRunCommand: AsyncParsableCommand {
             let summary = try await MaskPipeline(catalogPath: catalog.catalog, parameters: config.mask, workers: workers ?? 0).run()
             if json { try summary.printJSON(); return }
             print(String(format: "masks run %lld: %d masked, %d flagged, %.1f s (%.2f masks/s)",
-                         summary.runID, summary.masked, summary.failed, summary.seconds, summary.masksPerSecond))
+                         summary.runID, summary.masked, summary.failed, summary.seconds, summary.masksPerSecond)
+                  + (summary.skipped > 0 ? ", \(summary.skipped) skipped (crops unreadable)" : ""))
             for e in summary.errors.prefix(20) { print("  \(e)") }
         } catch { fail(error) }
     }

@@ -81,6 +81,25 @@ final class MaskTests: XCTestCase {
         XCTAssertEqual(statuses, ["failed", "completed"])
     }
 
+    func testAMissingCropIsSkippedNamingThePhotoAndMaskedOnceRepaired() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        let face = try XCTUnwrap(try catalog.faceReports(selectedOnly: true).first { $0.path.hasSuffix("obama2.jpg") })
+        try FileManager.default.removeItem(atPath: try XCTUnwrap(face.crop256))
+        let first = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(first.masked, 6)
+        XCTAssertEqual(first.skipped, 1)
+        XCTAssertEqual(first.failed, 0)
+        XCTAssertTrue(first.errors.contains { $0.hasPrefix(face.path + ":") && $0.contains("verify --repair") }, "\(first.errors)")
+        let problems = try await catalog.pool.read { try String.fetchAll($0, sql: "SELECT location FROM run_problems") }
+        XCTAssertEqual(problems, [face.path])
+
+        _ = try CatalogVerifier(catalogPath: catalogPath.path).run(repair: true)
+        let second = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(second.masked, 1)
+        XCTAssertEqual(second.skipped, 0)
+        XCTAssertEqual(try catalog.maskReport().filter(\.ok).count, 7)
+    }
+
     func testCoverageOutsideBoundsIsFlaggedWithAReason() async throws {
         let (catalogPath, catalog) = try await ingestedSample()
         var strict = MaskParameters()

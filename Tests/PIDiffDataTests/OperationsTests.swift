@@ -238,6 +238,34 @@ final class OperationsTests: XCTestCase {
         try assertConsistentAfterFailure(catalogURL)
     }
 
+    func testACatalogCommitFailureStopsIngestInsteadOfHangingAndMarksTheRunFailed() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = try samplePhotos(in: dir)
+        let catalogURL = dir.appendingPathComponent("c.sqlite")
+        // A trigger makes the transaction that records obama2.jpg fail, as a full disk or a
+        // database busy past the timeout would; every other commit succeeds.
+        let catalog = try Catalog(path: catalogURL.path)
+        try await catalog.pool.write { db in
+            try db.execute(sql: """
+                CREATE TRIGGER injected_failure BEFORE INSERT ON files WHEN NEW.path LIKE '%obama2.jpg'
+                BEGIN SELECT RAISE(ABORT, 'injected commit failure'); END
+                """)
+        }
+        // The CLI under a time limit: before the fix the workers waited forever for the writer.
+        let r = try TestSupport.run("/usr/bin/timeout", ["120", TestSupport.cli.path, "ingest", photos.path,
+                                                         "--catalog", catalogURL.path, "--workers", "2"])
+        XCTAssertEqual(r.status, 1, "exit \(r.status) (124 = hung): \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("injected commit failure"), r.stderr)
+        XCTAssertEqual(try count(catalog, "SELECT COUNT(*) FROM runs WHERE command = 'ingest' AND status = 'failed'"), 1)
+        XCTAssertEqual(try count(catalog, "SELECT COUNT(*) FROM runs WHERE status = 'running'"), 0)
+        XCTAssertTrue(try verify(catalogURL).clean)
+
+        try await catalog.pool.write { try $0.execute(sql: "DROP TRIGGER injected_failure") }
+        let rerun = try await ingest(photos, catalog: catalogURL)
+        XCTAssertEqual(rerun.counts["ok"].map { $0 >= 4 }, true, "\(rerun.counts)")
+        XCTAssertEqual(try count(catalog, "SELECT COUNT(*) FROM files WHERE path LIKE '%obama2.jpg'"), 1)
+    }
+
     // MARK: HTML report
 
     func testHTMLReportLoadsInHeadlessChromiumWithEveryImageResolvedAndNamesEscaped() async throws {

@@ -5,6 +5,8 @@ import GRDB
 struct MaskJob: Sendable {
     var sha256: String
     var faceIndex: Int
+    /// A photo with this content (the first by path), for messages.
+    var path: String
     var crop512: String
     var crop256: String
     var landmarks: [Point]
@@ -15,7 +17,7 @@ extension MaskJob {
     init(row: Row) {
         let lm = (try? JSONDecoder().decode([[Double]].self, from: Data((row["landmarks68"] as String).utf8))) ?? []
         let q = (try? JSONDecoder().decode([[Double]].self, from: Data((row["quad"] as String).utf8))) ?? []
-        self.init(sha256: row["sha256"], faceIndex: row["face_index"], crop512: row["crop512"], crop256: row["crop256"],
+        self.init(sha256: row["sha256"], faceIndex: row["face_index"], path: row["path"] ?? row["sha256"], crop512: row["crop512"], crop256: row["crop256"],
                   landmarks: lm.map { Point(x: $0[0], y: $0[1]) }, quad: AlignmentQuad(corners: q.map { Point(x: $0[0], y: $0[1]) }))
     }
 }
@@ -30,6 +32,9 @@ struct MaskResult: Sendable {
     var coverage: Double?
     var ok: Bool
     var reason: String?
+    /// The crops could not be read (a store problem, not the face's): nothing is recorded for the
+    /// face, so the next run masks it once `verify --repair` has restored them.
+    var skipped = false
 }
 
 /// One face's mask as reports show it.
@@ -51,7 +56,8 @@ extension Catalog {
         guard let fp = try currentIngestFingerprint() else { return [] }
         return try pool.read { db in
             try Row.fetchAll(db, sql: """
-                SELECT fa.sha256, fa.face_index, fa.crop512, fa.crop256, fa.landmarks68, fa.quad FROM faces fa
+                SELECT fa.sha256, fa.face_index, fa.crop512, fa.crop256, fa.landmarks68, fa.quad,
+                       (SELECT MIN(f.path) FROM files f WHERE f.sha256 = fa.sha256) AS path FROM faces fa
                 WHERE fa.params_fingerprint = ? AND fa.selected AND fa.crop512 IS NOT NULL AND fa.crop256 IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
                                   AND m.face_index = fa.face_index AND m.mask_fingerprint = ?)
@@ -64,7 +70,8 @@ extension Catalog {
     func maskJob(sha256: String, faceFingerprint: String, faceIndex: Int) throws -> MaskJob? {
         try pool.read { db in
             try Row.fetchOne(db, sql: """
-                SELECT sha256, face_index, crop512, crop256, landmarks68, quad FROM faces
+                SELECT sha256, face_index, crop512, crop256, landmarks68, quad,
+                       (SELECT MIN(f.path) FROM files f WHERE f.sha256 = faces.sha256) AS path FROM faces
                 WHERE sha256 = ? AND params_fingerprint = ? AND face_index = ? AND crop512 IS NOT NULL AND crop256 IS NOT NULL
                 """, arguments: [sha256, faceFingerprint, faceIndex]).map(MaskJob.init(row:))
         }
@@ -131,6 +138,11 @@ actor MaskWriter {
         guard !batch.isEmpty else { return }
         try catalog.pool.write { [runID, faceFingerprint, maskFingerprint] db in
             for r in batch {
+                if r.skipped {
+                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
+                                   arguments: [runID, r.job.path, r.reason ?? "skipped"])
+                    continue
+                }
                 try db.execute(sql: """
                     INSERT OR REPLACE INTO masks (sha256, face_fingerprint, face_index, mask_fingerprint, method,
                         mask512, mask256, e4e_input, coverage, ok, reason, run_id)
@@ -139,7 +151,7 @@ actor MaskWriter {
                                      r.mask512, r.mask256, r.e4eInput, r.coverage, r.ok, r.reason, runID])
                 if !r.ok, let reason = r.reason {
                     try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                   arguments: [runID, "\(r.job.sha256)#\(r.job.faceIndex)", reason])
+                                   arguments: [runID, r.job.path + (r.job.faceIndex > 0 ? " (face \(r.job.faceIndex))" : ""), reason])
                 }
             }
         }

@@ -86,26 +86,7 @@ public struct IngestPipeline: Sendable {
         let scanner = Scanner(crossFaceID: config.crossfaceid)
         let sources = self.sources
 
-        // Writer: batches results into transactions and keeps the tallies.
-        let tally = Task { () throws -> Tally in
-            var tally = Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil)
-            var batch: [WorkerResult] = []
-            var batchStart = Date()
-            for await result in results {
-                if batch.isEmpty { batchStart = Date() }
-                tally.record(result)
-                batch.append(result)
-                if batch.count >= 64 || Date().timeIntervalSince(batchStart) > 0.25 {
-                    try await writer.commit(batch)
-                    batch.removeAll(keepingCapacity: true)
-                }
-            }
-            try await writer.commit(batch)
-            tally.progress?.finish(done: tally.done)
-            return tally
-        }
-
-        do {
+        let outcome = await ResultPipe.run(results, producers: {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // Scanner + incremental check.
                 group.addTask {
@@ -113,6 +94,7 @@ public struct IngestPipeline: Sendable {
                     for source in sources {
                         do {
                             try await scanner.scan(source) { event in
+                                try Task.checkCancellation() // the writer failed: stop walking
                                 switch event {
                                 case .problem(let p): await results.send(.problem(p))
                                 case .item(let item):
@@ -141,18 +123,35 @@ public struct IngestPipeline: Sendable {
                 // worker fails the scanner can wait forever to hand it work. Throwing out of the
                 // body cancels the remaining children instead.
                 while try await group.next() != nil {}
-                results.finish()
             }
+        }, consumer: { results in
+            // The writer: batches results into transactions and keeps the tallies.
+            var tally = Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil)
+            var batch: [WorkerResult] = []
+            var batchStart = Date()
+            for await result in results {
+                if batch.isEmpty { batchStart = Date() }
+                tally.record(result)
+                batch.append(result)
+                if batch.count >= 64 || Date().timeIntervalSince(batchStart) > 0.25 {
+                    try await writer.commit(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            try await writer.commit(batch)
+            tally.progress?.finish(done: tally.done)
+            return tally
+        })
+        let tallied: Tally
+        do {
+            tallied = try outcome.get()
         } catch {
-            // Commit what finished before the failure (each finished result is whole: its crops
-            // were stored first), then mark the run failed so `status` shows why it stopped.
-            results.finish()
-            let partial = try? await tally.value
-            try? await writer.finish(status: "failed", counts: partial?.counts ?? [:])
+            // What finished before the failure is committed (each finished result is whole: its
+            // crops were stored first); the run is marked failed so `status` shows why it stopped.
+            try? await writer.finish(status: "failed", counts: (try? outcome.consumed.get())?.counts ?? [:])
             throw error
         }
 
-        let tallied = try await tally.value
         let seconds = Date().timeIntervalSince(start)
         try await writer.finish(status: "completed", counts: tallied.counts)
         let processed = (tallied.counts["analysed"] ?? 0)

@@ -11,11 +11,13 @@ public struct MaskPipeline: Sendable {
         public var fingerprint: String
         public var masked: Int
         public var failed: Int
+        /// Faces whose crops could not be read; masked by a later run once they are restored.
+        public var skipped: Int
         public var errors: [String]
         public var seconds: Double
         public var masksPerSecond: Double
         enum CodingKeys: String, CodingKey {
-            case runID = "run_id", fingerprint, masked, failed, errors, seconds, masksPerSecond = "masks_per_second"
+            case runID = "run_id", fingerprint, masked, failed, skipped, errors, seconds, masksPerSecond = "masks_per_second"
         }
     }
 
@@ -56,21 +58,8 @@ public struct MaskPipeline: Sendable {
 
         let work = AsyncChannel<MaskJob>()
         let results = AsyncChannel<MaskResult>()
-        let collector = Task { () throws -> (Int, Int, [String]) in
-            var batch: [MaskResult] = []
-            var masked = 0, failed = 0
-            var errors: [String] = []
-            for await r in results {
-                masked += 1
-                if !r.ok { failed += 1; if errors.count < 1000 { errors.append("\(r.job.sha256)#\(r.job.faceIndex): \(r.reason ?? "")") } }
-                batch.append(r)
-                if batch.count >= 64 { try await writer.commit(batch); batch.removeAll() }
-            }
-            try await writer.commit(batch)
-            return (masked, failed, errors)
-        }
         let workerCount = workers > 0 ? workers : ProcessInfo.processInfo.activeProcessorCount
-        do {
+        let outcome = await ResultPipe.run(results, producers: {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for job in jobs { await work.send(job) }
@@ -86,20 +75,37 @@ public struct MaskPipeline: Sendable {
                 // worker fails the scanner can wait forever to hand it work. Throwing out of the
                 // body cancels the remaining children instead.
                 while try await group.next() != nil {}
-                results.finish()
             }
+        }, consumer: { results in
+            var batch: [MaskResult] = []
+            var masked = 0, failed = 0, skipped = 0
+            var errors: [String] = []
+            for await r in results {
+                if r.skipped { skipped += 1 } else { masked += 1 }
+                if !r.ok {
+                    failed += r.skipped ? 0 : 1
+                    if errors.count < 1000 { errors.append("\(r.job.path): \(r.reason ?? "")") }
+                }
+                batch.append(r)
+                if batch.count >= 64 { try await writer.commit(batch); batch.removeAll() }
+            }
+            try await writer.commit(batch)
+            return (masked: masked, failed: failed, skipped: skipped, errors: errors)
+        })
+        let (masked, failed, skipped, errors): (Int, Int, Int, [String])
+        do {
+            (masked, failed, skipped, errors) = try outcome.get()
         } catch {
-            // Commit the masks finished before the failure and mark the run failed, so `status`
-            // shows why it stopped; the next run masks the rest.
-            results.finish()
-            let partial = try? await collector.value
-            try? await writer.finish(status: "failed", counts: ["masked": partial?.0 ?? 0, "failed": partial?.1 ?? 0])
+            // The masks finished before the failure are committed; the run is marked failed so
+            // `status` shows why it stopped, and the next run masks the rest.
+            let partial = try? outcome.consumed.get()
+            try? await writer.finish(status: "failed", counts: ["masked": partial?.masked ?? 0, "failed": partial?.failed ?? 0,
+                                                                "skipped": partial?.skipped ?? 0])
             throw error
         }
-        let (masked, failed, errors) = try await collector.value
-        try await writer.finish(status: "completed", counts: ["masked": masked, "failed": failed])
+        try await writer.finish(status: "completed", counts: ["masked": masked, "failed": failed, "skipped": skipped])
         let seconds = Date().timeIntervalSince(start)
-        return Summary(runID: runID, fingerprint: fingerprint, masked: masked, failed: failed, errors: errors,
+        return Summary(runID: runID, fingerprint: fingerprint, masked: masked, failed: failed, skipped: skipped, errors: errors,
                        seconds: seconds, masksPerSecond: seconds > 0 ? Double(masked) / seconds : 0)
     }
 
@@ -107,9 +113,15 @@ public struct MaskPipeline: Sendable {
     /// a run; `verify --repair` stores into a scratch folder to compare before installing).
     static func process(_ job: MaskJob, stage: MaskStage, crops: ArtefactStore, output: ArtefactStore) throws -> MaskResult {
         let method = stage.parameters.method.rawValue
+        let crop256: NativeImage, crop512: NativeImage
         do {
-            let crop256 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop256)), maxPixels: 1 << 24)
-            let crop512 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop512)), maxPixels: 1 << 24)
+            crop256 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop256)), maxPixels: 1 << 24)
+            crop512 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop512)), maxPixels: 1 << 24)
+        } catch {
+            return MaskResult(job: job, method: method, ok: false,
+                              reason: "aligned crop missing or unreadable (\(error.localizedDescription)); run pidiff-data verify --repair", skipped: true)
+        }
+        do {
             let out = try stage.run(crop256: crop256, crop512: crop512, landmarks: job.landmarks, quad: job.quad)
             return MaskResult(job: job, method: method,
                               mask512: try output.put(out.mask512.pngData(), kind: "masks", ext: "png"),

@@ -152,8 +152,8 @@ public struct RunPipeline: Sendable {
                     stageLog.info("curate done", metadata: ["decisions": .dictionary(s.decisions.mapValues { .stringConvertible($0) })])
                 case .masks:
                     let s = try await MaskPipeline(catalogPath: catalog, parameters: config.mask).run()
-                    if s.failed > 0 { outcome = .partial }
-                    stageLog.info("masks done", metadata: ["masked": "\(s.masked)", "flagged": "\(s.failed)"])
+                    if s.failed > 0 || s.skipped > 0 { outcome = .partial }
+                    stageLog.info("masks done", metadata: ["masked": "\(s.masked)", "flagged": "\(s.failed)", "skipped": "\(s.skipped)"])
                 case .labels:
                     let labels = try Catalog(path: catalog).identityLabels(mapping: config.labels)
                     stageLog.info("labels resolved", metadata: ["identities": "\(labels.count)",
