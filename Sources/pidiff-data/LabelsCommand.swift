@@ -41,14 +41,20 @@ struct LabelsImportCommand: AsyncParsableCommand {
             """)
     @Argument(help: "CSV file.") var file: String
     @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Pipeline file whose labels: mapping the values must fit (default: the built-in mapping).")
+    var pipeline: String?
 
     func run() async throws {
         do {
             let text: String
-            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch { throw PipelineError.unreadable(file, error.localizedDescription) }
-            let labels = try ManualLabelCSV.parse(text, file: file)
+            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                throw InputFileError(file: file, problems: ["cannot read it (\(error.localizedDescription))"])
+            }
+            let mapping = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }).labels
             let lock = try CatalogLock(catalogPath: catalog.catalog)
-            _ = try Catalog(path: catalog.catalog).importManualLabels(labels, source: URL(fileURLWithPath: file).lastPathComponent)
+            let cat = try Catalog(path: catalog.catalog)
+            let labels = try ManualLabelCSV.parse(text, file: file, mapping: mapping, knownIdentities: Set(try cat.identityNames()))
+            _ = try cat.importManualLabels(labels, source: URL(fileURLWithPath: file).lastPathComponent)
             withExtendedLifetime(lock) {}
             print("imported \(labels.count) manual labels from \(file)")
         } catch { fail(error) }

@@ -49,6 +49,20 @@ final class LabelMappingTests: XCTestCase {
         XCTAssertThrowsError(try ManualLabelCSV.parse("identity,race\nobama\n", file: "f.csv")) { XCTAssertTrue("\($0)".contains("f.csv:2")) }
         XCTAssertThrowsError(try ManualLabelCSV.parse("name,race\n", file: "f.csv")) { XCTAssertTrue("\($0)".contains("identity")) }
     }
+
+    func testCSVImportRejectsTyposAndUnknownIdentitiesListingEveryLine() throws {
+        let csv = "identity,race,age\nobama,Blak,61 years\nobma,Black,\nbiden,White,unknown\n"
+        XCTAssertThrowsError(try ManualLabelCSV.parse(csv, file: "f.csv", knownIdentities: ["obama", "biden"])) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("f.csv:2: race \"Blak\""), text)
+            XCTAssertTrue(text.contains("f.csv:2: age \"61 years\""), text)
+            XCTAssertTrue(text.contains("f.csv:3: identity \"obma\" is not in the catalog"), text)
+            XCTAssertTrue(text.contains("3 problems, nothing imported"), text)
+        }
+        // "unknown" clears a label on purpose; a decomposed "é" matches the catalog's NFC name.
+        let ok = try ManualLabelCSV.parse("identity,age\nJose\u{301},unknown\n", file: "f.csv", knownIdentities: ["Jos\u{E9}"])
+        XCTAssertEqual(ok.map(\.identity).first?.unicodeScalars.count, 4)
+    }
 }
 
 final class LabelIntegrationTests: XCTestCase {

@@ -37,6 +37,27 @@ final class SourceKindsTests: XCTestCase {
         XCTAssertTrue(summary.problems.contains { $0.contains("manifest.jsonl:6") && $0.contains("`path`") })
     }
 
+    func testOneNameInTwoUnicodeFormsIsOneIdentity() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = TestSupport.sampleIdentities
+        // "José" precomposed (NFC) on one line, decomposed (NFD) on the other: one person.
+        let lines = [("Jos\u{E9}", "obama/obama.jpg"), ("Jose\u{301}", "biden/biden.jpg")].map { name, rel in
+            String(decoding: try! JSONSerialization.data(withJSONObject: ["identity": name, "path": photos.appendingPathComponent(rel).path, "race": "White", "age": 40]),
+                   as: UTF8.self)
+        }
+        let manifest = dir.appendingPathComponent("m.jsonl")
+        try (lines.joined(separator: "\n") + "\n").write(to: manifest, atomically: true, encoding: .utf8)
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([manifest], catalog: catalogPath)
+        _ = try await TestSupport.ingest([manifest], catalog: catalogPath) // a rerun moves nothing
+        let names = try Catalog(path: catalogPath.path).identityNames()
+        XCTAssertEqual(names.map { Array($0.utf8) }, [Array("Jos\u{E9}".utf8)])
+        // The balance report (which once trapped on two rows Swift sees as one key) runs.
+        let out = try TestSupport.runCLI(["balance", "report", "--catalog", catalogPath.path, "--json"])
+        XCTAssertEqual(out.status, 0, out.stderr)
+    }
+
     func testCrossFaceIDLinesTakeIdentityFromParentFolderOrAField() async throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()

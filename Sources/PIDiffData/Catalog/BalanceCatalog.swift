@@ -64,7 +64,7 @@ extension Catalog {
     public func balanceInputs(mapping: LabelMapping) throws -> [BalanceIdentity] {
         let usable = try usableImages()
         let labels = try identityLabels(mapping: mapping, classifierFingerprint: try currentClassifierFingerprint())
-        let byName = Dictionary(uniqueKeysWithValues: labels.map { ($0.identity, $0) })
+        let byName = Dictionary(labels.map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first }) // see IdentityName
         return usable.keys.sorted().map { name in
             let l = byName[name]
             return BalanceIdentity(name: name, race: l?.race.value ?? "unknown", age: l?.age.value ?? "unknown",

@@ -21,6 +21,11 @@ public struct ManualLabel: Sendable, Equatable {
 }
 
 extension Catalog {
+    /// Every identity name in the catalog.
+    public func identityNames() throws -> [String] {
+        try pool.read { try String.fetchAll($0, sql: "SELECT name FROM identities ORDER BY name") }
+    }
+
     /// Stores manual corrections (one writer, one transaction); a later import of the same key wins.
     public func importManualLabels(_ labels: [ManualLabel], source: String) throws -> Int64 {
         try pool.write { db in

@@ -54,7 +54,7 @@ public struct HTMLReport: Sendable {
 
         let html: [String: String] = [
             "index.html": view.index(status: try catalog.status(lastRuns: 10), catalogPath: catalogPath, cells: cells, splits: splits.count),
-            "identities.html": view.identities(labels: Dictionary(uniqueKeysWithValues: identityLabels.map { ($0.identity, $0) }),
+            "identities.html": view.identities(labels: Dictionary(identityLabels.map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first }),
                                                aliases: try catalog.identityAliases()),
             "curation.html": view.curation(),
             "splits.html": view.splits(splits),

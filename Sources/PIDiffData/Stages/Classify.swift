@@ -79,29 +79,65 @@ public struct LabelClassifier: Sendable {
     }
 }
 
+/// A problem in an input file the user wrote (a CSV of corrections): every bad line is listed,
+/// and nothing is stored.
+public struct InputFileError: Error, CustomStringConvertible {
+    public var file: String
+    public var problems: [String]
+    public init(file: String, problems: [String]) {
+        self.file = file
+        self.problems = problems
+    }
+    public var description: String {
+        let shown = problems.prefix(20).map { "  " + $0 }.joined(separator: "\n")
+        let more = problems.count > 20 ? "\n  … and \(problems.count - 20) more" : ""
+        return "\(file): \(problems.count) problem\(problems.count == 1 ? "" : "s"), nothing imported:\n" + shown + more
+    }
+}
+
 /// `labels import FILE.csv`: header with `identity` and any of `race`, `age`, `gender`, `path`.
 public enum ManualLabelCSV {
-    public static func parse(_ text: String, file: String) throws -> [ManualLabel] {
+    /// Parses and checks the file: each value must mean something under `mapping` (or be
+    /// `unknown`, to clear a wrong label on purpose), and with `knownIdentities` each identity
+    /// must be in the catalog. A typo would otherwise be stored as a manual "unknown" that
+    /// outranks the manifest's correct label.
+    public static func parse(_ text: String, file: String, mapping: LabelMapping = LabelMapping(),
+                             knownIdentities: Set<String>? = nil) throws -> [ManualLabel] {
         let rows = csvRows(text)
         guard let header = rows.first?.map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) else {
-            throw PipelineError.invalid(file, "empty CSV")
+            throw InputFileError(file: file, problems: ["empty CSV"])
         }
-        guard let idCol = header.firstIndex(of: "identity") else { throw PipelineError.invalid(file, "no `identity` column in the header") }
+        guard let idCol = header.firstIndex(of: "identity") else {
+            throw InputFileError(file: file, problems: ["no `identity` column in the header"])
+        }
         let pathCol = header.firstIndex(of: "path")
         var out: [ManualLabel] = []
+        var problems: [String] = []
         for (n, row) in rows.dropFirst().enumerated() where !(row.count == 1 && row[0].isEmpty) {
+            let line = "\(file):\(n + 2)"
             guard row.count == header.count else {
-                throw PipelineError.invalid("\(file):\(n + 2)", "\(row.count) fields, header has \(header.count)")
+                problems.append("\(line): \(row.count) fields, header has \(header.count)")
+                continue
             }
-            let identity = row[idCol].trimmingCharacters(in: .whitespaces)
-            guard !identity.isEmpty else { throw PipelineError.invalid("\(file):\(n + 2)", "empty identity") }
+            let identity = IdentityName.normalized(row[idCol].trimmingCharacters(in: .whitespaces))
+            guard !identity.isEmpty else { problems.append("\(line): empty identity"); continue }
+            if let knownIdentities, !knownIdentities.contains(identity) {
+                problems.append("\(line): identity \(identity.debugDescription) is not in the catalog")
+                continue
+            }
             for attr in LabelAttribute.allCases {
                 guard let col = header.firstIndex(of: attr.rawValue) else { continue }
                 let value = row[col].trimmingCharacters(in: .whitespaces)
                 if value.isEmpty { continue }
+                guard value.lowercased() == "unknown" || mapping.normalise(attr, value) != nil else {
+                    problems.append("\(line): \(attr.rawValue) \(value.debugDescription) is not a value the label mapping knows "
+                                    + "(add it under labels: in the pipeline file, or write unknown)")
+                    continue
+                }
                 out.append(ManualLabel(identity: identity, path: pathCol.map { row[$0] } ?? "", attribute: attr, value: value))
             }
         }
+        if !problems.isEmpty { throw InputFileError(file: file, problems: problems) }
         return out
     }
 

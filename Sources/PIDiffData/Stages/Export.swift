@@ -114,7 +114,8 @@ public struct ShardExporter: Sendable {
         if grouping == .mixed {
             samples.sort { BalancedSelection.rank($0.sha256, seed: seed) < BalancedSelection.rank($1.sha256, seed: seed) }
         }
-        let labels = Dictionary(uniqueKeysWithValues: try catalog.identityLabels(mapping: labelMapping, classifierFingerprint: try catalog.currentClassifierFingerprint()).map { ($0.identity, $0) })
+        let labels = Dictionary(try catalog.identityLabels(mapping: labelMapping, classifierFingerprint: try catalog.currentClassifierFingerprint()).map { ($0.identity, $0) },
+                                uniquingKeysWith: { first, _ in first }) // see IdentityName
 
         // Build every sample's members first (reading artefacts), then cut shards by size.
         struct Member { var key: String; var sha256: String; var files: [(String, Data)]; var bytes: Int }

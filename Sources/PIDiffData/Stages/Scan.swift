@@ -28,6 +28,20 @@ public struct ScanItem: Sendable {
     public var origin: String?
     /// Source-provided hints (CrossFaceID bbox and 5 landmarks) as JSON, kept for later stages.
     public var hint: String?
+
+    public init(path: String, identity: String, sourceKind: SourceKind, sourceLocation: String) {
+        self.path = path
+        self.identity = IdentityName.normalized(identity)
+        self.sourceKind = sourceKind
+        self.sourceLocation = sourceLocation
+    }
+}
+
+/// Identity names as stored: Unicode NFC. Swift compares strings by canonical equivalence but
+/// SQLite compares bytes, so "José" typed precomposed in one manifest and decomposed in a folder
+/// name would otherwise become two identities that Swift code then cannot tell apart.
+public enum IdentityName {
+    public static func normalized(_ name: String) -> String { name.precomposedStringWithCanonicalMapping }
 }
 
 /// Something the scan could not turn into an item (bad manifest line, symlink loop…).
