@@ -324,15 +324,40 @@ def save_weights(path: str | Path, adapter: PIDiffAdapter, k: int, metadata: dic
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a `pidiff.safetensors`: (tensors, metadata). Raises if it is not PIDiff weights."""
+    """Read a `pidiff.safetensors`: (tensors, metadata). Raises if it is not PIDiff weights this code reads."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-        if metadata.get("format") != WEIGHTS_FORMAT:
-            raise ValueError(f"{path} is not a PIDiff weights file (format={metadata.get('format')!r})")
+        check_weights_metadata(path, metadata)
         tensors = {name: f.get_tensor(name) for name in f.keys()}
     return tensors, metadata
+
+
+def load_weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a `pidiff.safetensors` without reading its tensors (checked as `load_weights` does)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    check_weights_metadata(path, metadata)
+    return metadata
+
+
+def check_weights_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Refuse files that are not PIDiff weights, or that a newer writer made in a layout we may not know.
+
+    Older versions are read: the version is bumped on an incompatible change, and reading an older
+    layout is this code's job; a newer one may mean something this code cannot tell.
+    """
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a PIDiff weights file (format={metadata.get('format')!r})")
+    version = metadata.get("format_version", "")
+    if not (version.isascii() and version.isdigit()):
+        raise ValueError(f"{path}: format_version {version!r} is not a version number")
+    if int(version) > int(WEIGHTS_FORMAT_VERSION):
+        raise ValueError(f"{path} has weights format version {version}, newer than version "
+                         f"{WEIGHTS_FORMAT_VERSION} that this pidiff reads: update pidiff to load it")
 
 
 def model_fingerprint(module: nn.Module) -> str:

@@ -11,9 +11,10 @@ the VAE nor the text encoder is in the loop. Identities are trained in groups of
 that share one UNet pass; each identity has its own weights, its own random stream and its own
 loss term, so a group gives the same per-identity result as one-by-one runs (up to floating point).
 
-Outputs, for one identity OUT/pidiff.safetensors, for several OUT/<identity>/pidiff.safetensors,
-each with loss.csv and loss.png beside it; checkpoints under OUT/checkpoints/.
-Read top to bottom: defaults, data, the training step, checkpoints, outputs, main.
+Outputs, for --identity OUT/pidiff.safetensors, for --identities and --split
+OUT/<identity folder>/pidiff.safetensors (see `identity_folder`), each with loss.csv and loss.png
+beside it; checkpoints under OUT/checkpoints/.
+Read top to bottom: defaults, data, the training step, checkpoints, resuming, outputs, main.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pidiff.model import DEFAULT_INFERENCE_SCALE, PIDiffAdapter, model_fingerprint, save_weights
+from pidiff.model import (DEFAULT_INFERENCE_SCALE, PIDiffAdapter, load_weights_metadata, model_fingerprint,
+                          save_weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,8 +48,9 @@ class TrainConfig:
     encoded: str = ""             # folder of encoded shards written by `pidiff encode`
     sd: str = ""                  # Stable Diffusion 1.5 folder, diffusers layout
     out: str = ""                 # output folder
+    identity: str = ""            # set by --identity ID: the one identity, written straight into OUT
     identities: str = ""          # comma-separated identity ids (--identity ID is one of them)
-    split: str = ""               # or: every identity in the encoded shards NAME-*.safetensors
+    split: str = ""               # or: every identity in the encoded shards NAME-NNNNNN.safetensors
     shards: str = ""              # folder of the source WebDataset shards, for identity labels (optional)
     group_size: int = 4           # identities trained together, sharing one frozen UNet pass
     # the recipe (PIDiff, after the W+ Adapter)
@@ -78,6 +83,19 @@ class TrainConfig:
     keep_checkpoints: bool = False  # keep them after the final weights are written
     resume: bool = False          # continue every unfinished group from its latest checkpoint
     log_every: int = 50
+
+
+# What --resume compares with the weights and checkpoints it finds: the recipe fields change the
+# trained weights; the run fields say where, how fast or how verbosely, and change them at most up
+# to floating point (group_size, compile, ...). The data and the base model are compared through
+# their fingerprints instead of their paths. `templates` is compared as the path it names.
+# Every TrainConfig field is in exactly one of the two (tested).
+RECIPE_FIELDS = ("steps", "batch_size", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
+                 "visual_dropout", "text_dropout", "w_plus_noise", "placeholder", "templates", "seed",
+                 "precision", "autocast")
+RUN_FIELDS = ("encoded", "sd", "out", "identity", "identities", "split", "shards", "group_size", "default_lambda",
+              "device", "compile", "compile_mode", "gradient_checkpointing", "channels_last", "checkpoint_every",
+              "keep_checkpoints", "resume", "log_every")
 
 
 # Prompt templates ("{}" = placeholder), in the style of Textual Inversion's small template set.
@@ -164,6 +182,19 @@ def read_shard_sample_json(tar_path: Path) -> dict[str, dict]:
     return labels
 
 
+def split_shard_paths(encoded_dir: Path, split: str) -> list[Path]:
+    """The encoded shards of `split`, NAME-NNNNNN.safetensors (six digits), or every shard without a split.
+
+    Matched on the whole file name rather than globbed: split names may hold '-', and `v1-*` would
+    also take the shards of a split `v1-small`.
+    """
+    paths = sorted(encoded_dir.glob("*.safetensors"))
+    if not split:
+        return paths
+    shard_name = re.compile(re.escape(split) + r"-[0-9]{6}\.safetensors")
+    return [path for path in paths if shard_name.fullmatch(path.name)]
+
+
 def load_training_samples(encoded_dir: str | Path, identities: list[str] | None, split: str = "",
                           shards_dir: str | Path | None = None) -> dict[str, IdentitySamples]:
     """Training samples (role "train") per identity, from the encoded shards in `encoded_dir`.
@@ -174,9 +205,9 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
     from pidiff.encode import read_encoded_shard  # the reader of `pidiff encode`'s format
 
     encoded_dir = Path(encoded_dir)
-    pattern = f"{split}-*.safetensors" if split else "*.safetensors"
-    paths = sorted(encoded_dir.glob(pattern))
+    paths = split_shard_paths(encoded_dir, split)
     if not paths:
+        pattern = f"{split}-NNNNNN.safetensors" if split else "*.safetensors"
         raise FileNotFoundError(f"no encoded shards {pattern} in {encoded_dir}")
     wanted = set(identities) if identities else None
     rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
@@ -249,6 +280,8 @@ class IdentityGroupTrainer:
                  config: TrainConfig, device, noise_levels):
         self.config = config
         self.device = torch.device(device)
+        # Hashed once, from the host copies: checkpoints and the weights' metadata record them.
+        self.data_fingerprints = [s.fingerprint() for s in samples]
         self.samples = [s.to(self.device) for s in samples]
         self.identities = [s.identity for s in samples]
         self.text_embeddings = text_embeddings  # [templates + 1, 77, D]; last row = empty prompt
@@ -353,7 +386,7 @@ class IdentityGroupTrainer:
         torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
         torch.save([g.get_state() for g in self.generators], partial / "rng.pt")
         state = {"step": self.step, "identities": self.identities, "losses": self.losses,
-                 "config": dataclasses.asdict(self.config)}
+                 "config": dataclasses.asdict(self.config), "data_fingerprints": self.data_fingerprints}
         (partial / "state.json").write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)  # a checkpoint directory is complete or absent
@@ -366,8 +399,7 @@ class IdentityGroupTrainer:
         from safetensors.torch import load_file
 
         state = json.loads((path / "state.json").read_text())
-        if state["identities"] != self.identities:
-            raise ValueError(f"{path} holds identities {state['identities']}, not {self.identities}")
+        check_checkpoint_state(path, state, self.config, self.identities, self.data_fingerprints)
         self.adapter.load_state_dict(load_file(str(path / "adapter.safetensors"), device=str(self.device)))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         for generator, rng_state in zip(self.generators, torch.load(path / "rng.pt", weights_only=True)):
@@ -378,6 +410,74 @@ class IdentityGroupTrainer:
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     found = sorted(checkpoint_dir.glob("step-*"))
     return found[-1] if found else None
+
+
+def group_checkpoint_dir(out: Path, group_index: int, group_count: int) -> Path:
+    return out / "checkpoints" / (f"group-{group_index:04d}" if group_count > 1 else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming: only from weights and checkpoints this run would itself have written.
+def recipe_differences(saved_config: dict, config: TrainConfig) -> list[str]:
+    """The recipe fields in which a saved configuration (decoded JSON) differs from `config`."""
+    current = dataclasses.asdict(config)
+    differences = []
+    for name in RECIPE_FIELDS:
+        if name not in saved_config:  # written before the field existed: its meaning then is unknown
+            differences.append(f"{name} (not recorded) -> {current[name]!r}")
+        elif saved_config[name] != current[name]:
+            differences.append(f"{name} {saved_config[name]!r} -> {current[name]!r}")
+    return differences
+
+
+def check_finished_weights(path: Path, data: IdentitySamples, config: TrainConfig, base_fingerprint: str) -> None:
+    """--resume keeps an identity's weights only if this run would write the same: the same identity,
+    recipe, training samples and base model. Anything else is an error, not a skip: keeping them
+    would silently mix recipes under one `train_config.json`."""
+    metadata = load_weights_metadata(path)
+    differences = []
+    if metadata.get("identity") != data.identity:
+        differences.append(f"identity {metadata.get('identity')!r} -> {data.identity!r}")
+    differences += recipe_differences(json.loads(metadata.get("config", "{}")), config)
+    if metadata.get("data_fingerprint") != data.fingerprint():
+        differences.append(f"data_fingerprint (the training samples of {data.identity!r} changed)")
+    if metadata.get("base_model") != base_fingerprint:
+        differences.append(f"base_model {metadata.get('base_model', '')[:12]}… -> {base_fingerprint[:12]}…")
+    if differences:
+        raise ValueError(f"--resume: {path} was trained differently from this run ({'; '.join(differences)}); "
+                         "remove it or pick another --out")
+
+
+def check_checkpoint_state(path: Path, state: dict, config: TrainConfig, identities: list[str],
+                           data_fingerprints: list[str]) -> None:
+    """A checkpoint continues a run only under the recipe, identities and samples it was started with."""
+    differences = []
+    if state["identities"] != identities:
+        differences.append(f"identities {state['identities']} -> {identities}")
+    differences += recipe_differences(state.get("config", {}), config)
+    # Checkpoints written before the fingerprints were recorded cannot be checked for their data.
+    if state.get("data_fingerprints", data_fingerprints) != data_fingerprints:
+        changed = [name for name, before, now in zip(identities, state["data_fingerprints"], data_fingerprints)
+                   if before != now]
+        differences.append(f"data_fingerprints (the training samples of {changed or identities} changed)")
+    if differences:
+        raise ValueError(f"--resume: checkpoint {path} belongs to a different run ({'; '.join(differences)}); "
+                         "remove it or pick another --out")
+
+
+def check_resumable(groups: list[list[str]], output_dirs: dict[str, Path], samples: dict[str, IdentitySamples],
+                    config: TrainConfig, base_fingerprint: str) -> None:
+    """Everything --resume would keep or continue from, checked before anything is trained or written.
+
+    Every rank checks every group, so all ranks stop together rather than some training on."""
+    out = Path(config.out)
+    for group_index, group in enumerate(groups):
+        for name in group:
+            if (path := output_dirs[name] / "pidiff.safetensors").is_file():
+                check_finished_weights(path, samples[name], config, base_fingerprint)
+        if (checkpoint := latest_checkpoint(group_checkpoint_dir(out, group_index, len(groups)))) is not None:
+            state = json.loads((checkpoint / "state.json").read_text())
+            check_checkpoint_state(checkpoint, state, config, group, [samples[name].fingerprint() for name in group])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,7 +531,7 @@ def write_identity_outputs(trainer: IdentityGroupTrainer, k: int, directory: Pat
         "placeholder": trainer.config.placeholder,
         "default_lambda": trainer.config.default_lambda,
         "steps": trainer.step,
-        "data_fingerprint": data.fingerprint(),
+        "data_fingerprint": trainer.data_fingerprints[k],
         "train_keys": data.keys,
         "final_loss": trainer.losses[k][-1] if trainer.losses[k] else None,
         "config": dataclasses.asdict(trainer.config),
@@ -469,22 +569,64 @@ def prepare_frozen_unet(unet, config: TrainConfig):
     return unet
 
 
+# A folder name that is safe on every file system: portable characters, at most 100 of them, and
+# no leading '.', so never '.', '..' or a hidden folder.
+SAFE_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def identity_folder(name: str) -> str:
+    """The folder under OUT of an identity's outputs (the identity itself is in the weights' metadata).
+
+    Identities are arbitrary catalog strings (slashes, dots, any unicode). A safe folder name is
+    used as it is; any other becomes a readable ASCII slug of it plus '-' and 10 hex digits of its
+    SHA-256, so it stays inside OUT and distinct identities never share a folder.
+    """
+    if SAFE_FOLDER_NAME.fullmatch(name):
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("._-")[:80] or "identity"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
 def group_output_dirs(out: Path, identities: list[str], single: bool) -> dict[str, Path]:
-    return {name: out if single else out / name for name in identities}
+    if single:
+        return {name: out for name in identities}
+    # "Ann" and "ann" are two identities but one folder on a case-insensitive file system (macOS's
+    # default): the later one (in sorted order) gets its hash appended, as unsafe names do.
+    dirs, taken = {}, set()
+    for name in sorted(identities):
+        folder = identity_folder(name)
+        if folder.casefold() in taken:
+            folder = f"{folder}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+        taken.add(folder.casefold())
+        dirs[name] = out / folder
+    return dirs
 
 
 def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, IdentitySamples], config: TrainConfig,
                  base_fingerprint: str, rank: int = 0, world_size: int = 1, log=print,
                  extra_metadata: dict[str, object] | None = None) -> dict[str, Path]:
-    """Train every identity in `samples` in groups of `config.group_size`; returns weight paths."""
+    """Train every identity in `samples` in groups of `config.group_size`; returns weight paths.
+
+    Writes OUT/train_config.json (rank 0), after --resume has checked what it would keep.
+    """
     out = Path(config.out)
     names = sorted(samples)
-    output_dirs = group_output_dirs(out, names, single=len(names) == 1)
+    if config.identity and names != [config.identity]:
+        raise ValueError(f"--identity {config.identity!r}, but the samples are of {names}")
+    # The layout follows the command, not the data: a split that happens to hold one identity still
+    # gets OUT/<identity>/, which is what callers of --split and --identities look for.
+    output_dirs = group_output_dirs(out, names, single=bool(config.identity))
     groups = [names[i:i + config.group_size] for i in range(0, len(names), config.group_size)]
+    if config.resume:
+        check_resumable(groups, output_dirs, samples, config, base_fingerprint)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     noise_levels = ddpm_noise_levels(config.sd or None, config.device)
     written = {}
     for group_index, group in list(enumerate(groups))[rank::world_size]:
-        checkpoint_dir = out / "checkpoints" / (f"group-{group_index:04d}" if len(groups) > 1 else "")
+        checkpoint_dir = group_checkpoint_dir(out, group_index, len(groups))
         finished = [n for n in group if (output_dirs[n] / "pidiff.safetensors").is_file()]
         if config.resume and len(finished) == len(group):
             log(f"group {group_index}: {', '.join(group)} already trained, skipped")
@@ -516,9 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--identity", help="train one identity")
     who.add_argument("--identities", help="comma-separated identities, trained in groups sharing one UNet pass")
-    who.add_argument("--split", help="every identity in the encoded shards SPLIT-*.safetensors")
+    who.add_argument("--split", help="every identity in the encoded shards SPLIT-NNNNNN.safetensors")
     for field in dataclasses.fields(TrainConfig):
-        if field.name in ("identities", "split"):
+        if field.name in ("identity", "identities", "split"):
             continue
         flag = "--" + field.name.replace("_", "-")
         if field.type in (bool, "bool"):
@@ -532,8 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str]) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
-    identity = args.pop("identity")
-    args["identities"] = identity if identity is not None else (args["identities"] or "")
+    args["identity"] = args["identity"] or ""
+    args["identities"] = args["identity"] or args["identities"] or ""
     args["split"] = args["split"] or ""
     return TrainConfig(**args)
 
@@ -563,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         (lambda message: print(message, flush=True))
     from diffusers import UNet2DConditionModel
 
-    wanted = [name for name in config.identities.split(",") if name] or None
+    # --identity is taken whole: an identity may itself hold a comma.
+    wanted = [config.identity] if config.identity else ([name for name in config.identities.split(",") if name] or None)
     samples = load_training_samples(config.encoded, wanted, config.split, config.shards or None)
     log(f"{len(samples)} identities, {sum(len(s.keys) for s in samples.values())} training samples")
 
@@ -572,10 +715,6 @@ def main(argv: list[str] | None = None) -> int:
     unet = prepare_frozen_unet(unet, config)
     text_embeddings = encode_prompts(config.sd, prompt_texts(config), config.device).to(unet.dtype)
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     extra = {"base_model_path": str(config.sd), "random_base_model": (Path(config.sd) / "pidiff-random-model.json").is_file()}
     written = train_groups(unet, text_embeddings, samples, config, base_fingerprint, rank, world_size, log, extra)
     for name, path in written.items():

@@ -172,3 +172,29 @@ def test_loading_weights_made_for_another_unet_is_refused(tmp_path):
     del tensors["mapper.norm.bias"]
     with pytest.raises(KeyError, match="missing"):
         PIDiffAdapter(tiny_unet()).load_identity_state_dict(0, tensors)
+
+
+def test_weights_of_a_newer_format_version_are_refused_and_older_ones_read(tmp_path):
+    from safetensors.torch import save_file
+
+    from pidiff.model import WEIGHTS_FORMAT_VERSION, load_weights_metadata
+
+    tensors = PIDiffAdapter(tiny_unet()).identity_state_dict(0)
+
+    def weights_of_version(version: str | None) -> str:
+        path = tmp_path / f"v{version}.safetensors"
+        metadata = {"format": "pidiff-weights"} | ({"format_version": version} if version is not None else {})
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+    for version in (WEIGHTS_FORMAT_VERSION, "0"):
+        loaded, metadata = load_weights(weights_of_version(version))
+        assert set(loaded) == set(tensors) and metadata["format_version"] == version
+    newer = str(int(WEIGHTS_FORMAT_VERSION) + 1)
+    for read in (load_weights, load_weights_metadata):
+        with pytest.raises(ValueError, match=rf"v{newer}\.safetensors has weights format version {newer}, "
+                                             rf"newer than version {WEIGHTS_FORMAT_VERSION}"):
+            read(weights_of_version(newer))
+    for unreadable in (None, "", "1.5"):
+        with pytest.raises(ValueError, match="not a version number"):
+            load_weights(weights_of_version(unreadable))

@@ -1,6 +1,8 @@
 """The trainer on a tiny UNet with SD1.5's topology: what changes, what is reproducible, what it writes."""
 
 import csv
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -19,11 +21,15 @@ from pidiff import cli
 from pidiff.model import TINY_SD15_UNET_CONFIG, load_weights
 from pidiff.shards import write_test_shard
 from pidiff.train import (
+    RECIPE_FIELDS,
+    RUN_FIELDS,
     IdentityGroupTrainer,
     IdentitySamples,
     TrainConfig,
     config_from_args,
     ddpm_noise_levels,
+    identity_folder,
+    load_training_samples,
     prepare_frozen_unet,
     resolve_device_and_precision,
     train_groups,
@@ -58,18 +64,61 @@ def config(tmp_path, **overrides) -> TrainConfig:
     return resolve_device_and_precision(TrainConfig(**{**fields, **overrides}))
 
 
-def train(unet, tmp_path, samples: list[IdentitySamples], **overrides):
+def train(unet, tmp_path, samples: list[IdentitySamples], base_model="test-unet", log=lambda m: None, **overrides):
+    """train_groups as `--identities` would call it; pass identity=NAME for `--identity NAME`'s flat layout."""
+    overrides.setdefault("identities", ",".join(s.identity for s in samples))
     cfg = config(tmp_path, **overrides)
     prepare_frozen_unet(unet, cfg)
-    return train_groups(unet, text_table(), {s.identity: s for s in samples}, cfg, "test-unet", log=lambda m: None)
+    return train_groups(unet, text_table(), {s.identity: s for s in samples}, cfg, base_model, log=log)
 
 
 def test_defaults_are_the_paper_recipe():
     cfg = config_from_args(["--encoded", "e", "--identity", "x", "--sd", "s", "--out", "o"])
     assert (cfg.steps, cfg.batch_size, cfg.learning_rate, cfg.weight_decay) == (600, 4, 1e-4, 0.01)
     assert (cfg.visual_dropout, cfg.text_dropout, cfg.placeholder, cfg.default_lambda) == (0.5, 0.3, "S*", 0.4)
-    assert cfg.identities == "x"
-    assert config_from_args(["--encoded", "e", "--split", "faces", "--sd", "s", "--out", "o", "--steps", "7"]).steps == 7
+    assert cfg.identities == "x" and cfg.identity == "x"
+    split = config_from_args(["--encoded", "e", "--split", "faces", "--sd", "s", "--out", "o", "--steps", "7"])
+    assert split.steps == 7 and split.identity == "" and split.split == "faces"
+    assert config_from_args(["--encoded", "e", "--identities", "x", "--sd", "s", "--out", "o"]).identity == ""
+
+
+def test_every_config_field_either_changes_the_result_or_not():
+    """--resume compares the recipe fields; a new field must be placed on one side."""
+    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    assert sorted(RECIPE_FIELDS + RUN_FIELDS) == sorted(names)
+    assert not set(RECIPE_FIELDS) & set(RUN_FIELDS)
+
+
+def test_identity_folders_stay_inside_out_and_apart():
+    for safe in ("ann", "person_0001", "Jean-Luc.Picard", "a" * 100, "-x", "_"):
+        assert identity_folder(safe) == safe
+    unsafe = ["../escape", "..", ".", ".hidden", "a/b", "a\\b", "José García", "李雷", "", "a" * 101, "a b", "a:b",
+              "../../etc", "a/b/../c"]
+    folders = [identity_folder(name) for name in unsafe]
+    assert len(set(folders)) == len(unsafe)
+    for name, folder in zip(unsafe, folders):
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        assert folder.endswith("-" + digest), (name, folder)
+        assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", folder), (name, folder)
+    assert identity_folder("../escape").startswith("escape-")
+    assert identity_folder("José García").startswith("Jose-Garcia-")
+    assert identity_folder("李雷").startswith("identity-")
+
+
+def test_identities_that_are_not_folder_names_are_written_inside_out(unet, tmp_path):
+    samples = [identity_samples("../escape", count=1, seed=1), identity_samples("a/b", count=1, seed=2)]
+    written = train(unet, tmp_path / "run", samples, steps=1)
+    for name, path in written.items():
+        assert path.parent.parent == tmp_path / "run" and path.parent.name == identity_folder(name)
+        assert load_weights(path)[1]["identity"] == name  # the identity itself lives in the metadata
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_identities_differing_only_in_case_get_folders_apart_on_any_file_system(unet, tmp_path):
+    written = train(unet, tmp_path, [identity_samples("Ann"), identity_samples("ann")], steps=1)
+    assert written["Ann"].parent.name == "Ann"
+    assert written["ann"].parent.name.startswith("ann-") and len(written["ann"].parent.name) == 14
+    assert load_weights(written["ann"])[1]["identity"] == "ann"
 
 
 def test_training_changes_only_the_adapter_parameters(unet, tmp_path):
@@ -114,12 +163,12 @@ def test_loss_falls_on_a_tiny_overfit_task(unet, tmp_path):
 
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(unet, tmp_path):
     samples = [identity_samples("ann")]
-    full = train(unet, tmp_path / "full", samples, steps=6, checkpoint_every=3, keep_checkpoints=True)
+    full = train(unet, tmp_path / "full", samples, steps=6, checkpoint_every=3, keep_checkpoints=True, identity="ann")
     assert (tmp_path / "full" / "checkpoints" / "step-000003").is_dir()
 
     # An interrupted run: only the step-3 checkpoint survived; --resume continues from it.
     shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "resumed" / "checkpoints")
-    resumed = train(unet, tmp_path / "resumed", samples, steps=6, checkpoint_every=3, resume=True)
+    resumed = train(unet, tmp_path / "resumed", samples, steps=6, checkpoint_every=3, resume=True, identity="ann")
 
     full_weights, full_meta = load_weights(full["ann"])
     resumed_weights, resumed_meta = load_weights(resumed["ann"])
@@ -127,6 +176,48 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(unet, tm
     assert full_meta["final_loss"] == resumed_meta["final_loss"] and resumed_meta["steps"] == "6"
     assert (tmp_path / "full" / "loss.csv").read_text() == (tmp_path / "resumed" / "loss.csv").read_text()
     assert not (tmp_path / "resumed" / "checkpoints").exists()  # removed once the weights are written
+
+
+def test_resume_keeps_finished_weights_only_when_this_run_would_write_them(unet, tmp_path):
+    samples = [identity_samples("ann")]
+    written = train(unet, tmp_path, samples, steps=1, log_every=1)["ann"]
+    assert written == tmp_path / "ann" / "pidiff.safetensors"
+    before = written.read_bytes()
+
+    # Changing only how the run logs keeps the weights.
+    messages = []
+    assert train(unet, tmp_path, samples, steps=1, log_every=7, resume=True, log=messages.append)["ann"] == written
+    assert "already trained, skipped" in messages[-1] and written.read_bytes() == before
+    assert json.loads((tmp_path / "train_config.json").read_text())["log_every"] == 7
+
+    # A changed recipe, changed samples or another base model is an error naming the file and the field.
+    with pytest.raises(ValueError, match=r"ann/pidiff\.safetensors.*steps 1 -> 5.*learning_rate 0\.0001 -> 0\.001"):
+        train(unet, tmp_path, samples, steps=5, learning_rate=1e-3, resume=True)
+    with pytest.raises(ValueError, match=r"ann/pidiff\.safetensors.*data_fingerprint"):
+        train(unet, tmp_path, [identity_samples("ann", seed=9)], steps=1, resume=True)
+    with pytest.raises(ValueError, match=r"ann/pidiff\.safetensors.*base_model"):
+        train(unet, tmp_path, samples, steps=1, resume=True, base_model="another-unet")
+    assert written.read_bytes() == before
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == 1  # not overwritten by a refused run
+
+
+def test_resume_continues_only_from_a_checkpoint_of_the_same_recipe_and_data(unet, tmp_path):
+    samples = [identity_samples("ann")]
+    train(unet, tmp_path / "full", samples, steps=4, checkpoint_every=2, keep_checkpoints=True)
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-000002"
+    shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    with pytest.raises(ValueError, match=r"checkpoint .*step-000002.*weight_decay 0\.01 -> 0\.0"):
+        train(unet, tmp_path / "resumed", samples, steps=4, checkpoint_every=2, weight_decay=0.0, resume=True)
+    with pytest.raises(ValueError, match=r"checkpoint .*step-000002.*data_fingerprints"):
+        train(unet, tmp_path / "resumed", [identity_samples("ann", seed=9)], steps=4, checkpoint_every=2, resume=True)
+    assert not (tmp_path / "resumed" / "ann").exists()
+
+    # The trainer's own loading checks too, for callers that do not go through train_groups.
+    cfg = config(tmp_path, steps=4, seed=1)
+    trainer = IdentityGroupTrainer(unet, text_table(), samples, cfg, "cpu", ddpm_noise_levels(None, "cpu"))
+    with pytest.raises(ValueError, match=r"step-000002.*seed 0 -> 1"):
+        trainer.load_checkpoint(checkpoint)
+    trainer.adapter.uninstall(unet)
 
 
 def test_identities_trained_together_match_identities_trained_one_by_one(unet, tmp_path):
@@ -167,6 +258,19 @@ def write_encoded_split(encoded, labels: dict[str, tuple[str, str]]):
     return encoded
 
 
+def test_split_reads_only_its_own_six_digit_shards(tmp_path):
+    write_encoded_split(tmp_path, {"ann_000": ("ann", "train")})  # faces-000000.safetensors
+    for name, identity in (("faces-small-000000", "bob"), ("faces-00001", "cat"), ("faces-0000001", "dan")):
+        write_encoded_shard(tmp_path / f"{name}.safetensors", {f"{identity}_000": (identity, "train")})
+        (tmp_path / f"{name}.samples.json").write_text(
+            json.dumps({f"{identity}_000": {"identity": identity, "role": "train"}}))
+    assert sorted(load_training_samples(tmp_path, None, "faces")) == ["ann"]
+    assert sorted(load_training_samples(tmp_path, None, "faces-small")) == ["bob"]
+    assert sorted(load_training_samples(tmp_path, None)) == ["ann", "bob", "cat", "dan"]
+    with pytest.raises(FileNotFoundError, match="faces-sm-NNNNNN"):
+        load_training_samples(tmp_path, None, "faces-sm")
+
+
 def test_train_command_writes_weights_with_metadata_and_a_loss_curve(tiny_models, tmp_path):
     labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "ann_002": ("ann", "reference"),
               "bob_000": ("bob", "train")}
@@ -191,6 +295,17 @@ def test_train_command_writes_weights_with_metadata_and_a_loss_curve(tiny_models
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "train_config.json").read_text())["identities"] == "ann"
+    assert json.loads((out / "train_config.json").read_text())["identity"] == "ann"
+
+
+def test_a_split_of_one_identity_still_gets_a_folder_per_identity(tiny_models, tmp_path):
+    encoded = write_encoded_split(tmp_path / "encoded", {"ann_000": ("ann", "train"), "ann_001": ("ann", "train")})
+    out = tmp_path / "run"
+    argv = ["train", "--encoded", str(encoded), "--split", "faces", "--sd", str(tiny_models["sd"]),
+            "--out", str(out), "--steps", "1", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    assert (out / "ann" / "pidiff.safetensors").is_file() and (out / "ann" / "loss.csv").is_file()
+    assert not (out / "pidiff.safetensors").exists()
 
 
 def test_split_trains_every_identity_with_labels_from_the_source_shards(tiny_models, tmp_path):

@@ -214,14 +214,21 @@ public struct RunPipeline: Sendable {
                                     processes: spec.trainProcesses)
                     try Catalog(path: catalog).recordTrainingRun(split: name, outDirectory: out.path, started: t0,
                                                                  arguments: spec.trainArguments, processes: spec.trainProcesses)
-                    artefacts["weights"] = out.appendingPathComponent("pidiff.safetensors").path
+                    artefacts["weights"] = out.path
                     stageLog.info("trained", metadata: ["out": "\(out.path)"])
                 case .sample:
-                    guard let sd, let weights = artefacts["weights"] else { throw PipelineError.invalid("run", "sample needs the train stage before it") }
+                    guard let sd, let trained = artefacts["weights"] else { throw PipelineError.invalid("run", "sample needs the train stage before it") }
+                    // `pidiff train --split` writes one folder per identity: TRAIN/<folder>/pidiff.safetensors.
+                    let folders = try FileManager.default.contentsOfDirectory(atPath: trained).sorted().filter {
+                        FileManager.default.fileExists(atPath: "\(trained)/\($0)/pidiff.safetensors")
+                    }
+                    guard !folders.isEmpty else { throw PipelineError.invalid("run", "no trained weights under \(trained)") }
                     let out = work.appendingPathComponent("samples")
-                    try trainer.run(["sample", "--sd", sd, "--weights", weights, "--prompt", spec.samplePrompt, "--out", out.path,
-                                     "--encoded", work.appendingPathComponent("encoded").path, "--shards", work.appendingPathComponent("shards").path]
-                                    + spec.sampleArguments)
+                    for folder in folders {
+                        try trainer.run(["sample", "--sd", sd, "--weights", "\(trained)/\(folder)/pidiff.safetensors", "--prompt", spec.samplePrompt,
+                                         "--out", out.appendingPathComponent(folder).path, "--encoded", work.appendingPathComponent("encoded").path,
+                                         "--shards", work.appendingPathComponent("shards").path] + spec.sampleArguments)
+                    }
                     artefacts["samples"] = out.path
                     stageLog.info("sampled", metadata: ["out": "\(out.path)"])
                 }
