@@ -14,26 +14,34 @@ struct ExportCommand: AsyncParsableCommand {
     @OptionGroup var catalog: CatalogOptions
     @Option(help: "Split name.") var split: String
     @Option(help: "Output folder.") var out: String
-    @Option(help: "identity (an identity's samples stay together) or mixed (seeded shuffle).") var group: String = "identity"
-    @Option(name: .customLong("max-shard-bytes"), help: "Shard size limit in bytes (e.g. 1e9).") var maxShardBytes: String = "1e9"
-    @Option(help: "Seed of the mixed order.") var seed = 0
-    @Option(help: "Pipeline file (labels mapping for the sample JSON).") var pipeline: String?
+    @OptionGroup var shardOptions: ShardOptions
     @Flag(help: "Print the index as JSON.") var json = false
 
     func run() async throws {
         do {
-            guard let grouping = ShardExporter.Grouping(rawValue: group) else { throw ValidationError("--group must be identity or mixed") }
-            guard let bytes = Double(maxShardBytes), bytes >= 4096 else { throw ValidationError("--max-shard-bytes must be a number ≥ 4096") }
-            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            var exporter = ShardExporter(catalogPath: catalog.catalog, split: split, outDirectory: URL(fileURLWithPath: out))
-            exporter.grouping = grouping
-            exporter.maxShardBytes = Int(bytes)
-            exporter.seed = seed
-            exporter.labelMapping = config.labels
-            let index = try exporter.run()
+            let index = try shardOptions.exporter(catalog: catalog.catalog, split: split, out: URL(fileURLWithPath: out)).run()
             if json { try index.printJSON(); return }
             print("exported \(index.samples) samples in \(index.shards.count) shards to \(out) (\(index.written) written, \(index.reused) already complete)")
         } catch let e as ValidationError { throw e } catch { fail(error) }
+    }
+}
+
+/// How a split becomes shards; shared by export and encode, which exports before encoding.
+struct ShardOptions: ParsableArguments {
+    @Option(help: "identity (an identity's samples stay together) or mixed (seeded shuffle).") var group: String = "identity"
+    @Option(name: .customLong("max-shard-bytes"), help: "Shard size limit in bytes (e.g. 1e9).") var maxShardBytes: String = "1e9"
+    @Option(help: "Seed of the mixed order.") var seed = 0
+    @Option(help: "Pipeline file (labels mapping for the sample JSON).") var pipeline: String?
+
+    func exporter(catalog: String, split: String, out: URL) throws -> ShardExporter {
+        guard let grouping = ShardExporter.Grouping(rawValue: group) else { throw ValidationError("--group must be identity or mixed") }
+        guard let bytes = Double(maxShardBytes), bytes >= 4096 else { throw ValidationError("--max-shard-bytes must be a number ≥ 4096") }
+        var exporter = ShardExporter(catalogPath: catalog, split: split, outDirectory: out)
+        exporter.grouping = grouping
+        exporter.maxShardBytes = Int(bytes)
+        exporter.seed = seed
+        exporter.labelMapping = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }).labels
+        return exporter
     }
 }
 
@@ -52,12 +60,15 @@ struct EncodeCommand: AsyncParsableCommand {
     @Option(help: "e4e checkpoint (official e4e_ffhq_encode.pt layout).") var e4e: String
     @Option(help: "Stable Diffusion 1.5 folder (diffusers layout).") var sd: String
     @Option(help: "Python with the pidiff package (default: $PIDIFF_PYTHON or .venv/bin/python).") var python: String?
+    @OptionGroup(title: "Shards (as for export; the split is exported into OUT/shards with them)") var shardOptions: ShardOptions
     @Flag(help: "Print the summary as JSON.") var json = false
-    @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff encode`.") var extra: [String] = []
+    @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff encode` (given any, pidiff encode always runs).")
+    var extra: [String] = []
 
     func run() async throws {
         do {
             var driver = EncodeDriver(catalogPath: catalog.catalog, split: split, outDirectory: URL(fileURLWithPath: out), e4e: e4e, sd: sd)
+            driver.exporter = try shardOptions.exporter(catalog: catalog.catalog, split: split, out: driver.shardDirectory)
             driver.trainer = TrainerProcess(python: python)
             driver.extraArguments = extra
             let summary = try driver.run()

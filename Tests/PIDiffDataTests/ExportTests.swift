@@ -71,6 +71,45 @@ final class ExportTests: XCTestCase {
         XCTAssertThrowsError(try ShardExporter(catalogPath: catalog.path, split: "../x", outDirectory: a).run())
     }
 
+    func testIdentityGroupingKeepsAnIdentityWholeWhenItFitsAShard() {
+        let kB = 1000, max = 1000 * kB
+        // A: 6 × 100 kB, B: 3 × 150 kB. B does not fit after A but fits alone: it starts shard 1.
+        let members = Array(repeating: ("A", 100 * kB), count: 6) + Array(repeating: ("B", 150 * kB), count: 3)
+        XCTAssertEqual(ShardExporter.shardPlan(members.map { (identity: $0.0, bytes: $0.1) }, grouping: .identity, maxShardBytes: max),
+                       [0, 0, 0, 0, 0, 0, 1, 1, 1])
+        // Mixed order only cuts by size.
+        XCTAssertEqual(ShardExporter.shardPlan(members.map { (identity: $0.0, bytes: $0.1) }, grouping: .mixed, maxShardBytes: max),
+                       [0, 0, 0, 0, 0, 0, 0, 0, 1])
+        // An identity larger than a shard is split, filling shards in order.
+        let big = Array(repeating: (identity: "C", bytes: 400 * kB), count: 5)
+        XCTAssertEqual(ShardExporter.shardPlan([(identity: "A", bytes: 100 * kB)] + big, grouping: .identity, maxShardBytes: max),
+                       [0, 0, 0, 1, 1, 2])
+    }
+
+    func testAnExportNeedingFewerShardsRemovesTheLeftoversAndEncodeTheirEncodings() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
+        let out = dir.appendingPathComponent("shards")
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: out)
+        exporter.maxShardBytes = 4096 // one sample per shard
+        let many = try exporter.run()
+        XCTAssertEqual(many.shards.count, 6)
+        // Encodings of those shards, and another split's files, which must survive.
+        let encoded = dir.appendingPathComponent("encoded")
+        try FileManager.default.createDirectory(at: encoded, withIntermediateDirectories: true)
+        for name in ["t-000005.safetensors", "t-000005.samples.json", "t2-000007.safetensors"] {
+            try Data("x".utf8).write(to: encoded.appendingPathComponent(name))
+        }
+        try Data("x".utf8).write(to: out.appendingPathComponent("t2-000009.tar"))
+
+        exporter.maxShardBytes = 1_000_000_000
+        let one = try exporter.run()
+        XCTAssertEqual(one.shards.map(\.name), ["t-000000.tar"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(), ["t-000000.tar", "t.index.json", "t2-000009.tar"])
+        try ShardExporter.removeStaleShards(of: "t", in: encoded, keeping: Set(one.shards.map(\.name)), ext: "safetensors")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: encoded.path).sorted(), ["t2-000007.safetensors"])
+    }
+
     func testExportResumesAfterSigkillToTheSameBytes() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let catalog = try await splitCatalog(dir, identities: ["a", "b", "c", "d"])
@@ -144,11 +183,18 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(fourth.alreadyEncoded, 6)
         XCTAssertEqual(fourth.recorded, 0)
         let e4eSHA = try Hashing.sha256Hex(fileAt: models.appendingPathComponent("e4e.pt"))
-        for shard in fourth.shards {
-            let file = URL(fileURLWithPath: first.encodedDirectory).appendingPathComponent(
-                URL(fileURLWithPath: shard).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors"))
-            XCTAssertEqual(try SafetensorsHeader.metadata(file)["e4e_sha256"], e4eSHA, file.path)
+        func encodedMetadata(_ key: String) throws -> [String?] {
+            try fourth.shards.map { shard in
+                try SafetensorsHeader.metadata(URL(fileURLWithPath: first.encodedDirectory).appendingPathComponent(
+                    URL(fileURLWithPath: shard).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors")))[key]
+            }
         }
+        XCTAssertEqual(try encodedMetadata("e4e_sha256"), fourth.shards.map { _ in e4eSHA })
+        // Arguments for `pidiff encode` are never dropped because the catalog is complete.
+        var half = driver
+        half.extraArguments = ["--storage-dtype", "float16"]
+        _ = try half.run()
+        XCTAssertEqual(try encodedMetadata("storage_dtype"), fourth.shards.map { _ in "float16" })
 
         // Training the split over two launched processes (CPU ranks): each identity trained once.
         let trainOut = dir.appendingPathComponent("train")

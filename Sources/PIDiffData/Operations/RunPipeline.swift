@@ -201,6 +201,7 @@ public struct RunPipeline: Sendable {
                     }
                     guard let e4e, let sd else { throw PipelineError.invalid("run.models", "encode needs models.e4e and models.sd (or tiny_random: true)") }
                     var driver = EncodeDriver(catalogPath: catalog, split: name, outDirectory: work, e4e: e4e, sd: sd)
+                    driver.exporter.labelMapping = config.labels // as the export stage wrote them
                     driver.trainer = trainer
                     let s = try driver.run()
                     artefacts["encoded"] = s.encodedDirectory

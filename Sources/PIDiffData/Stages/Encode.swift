@@ -78,6 +78,12 @@ public struct EncodeDriver: Sendable {
     public var sd: String
     public var extraArguments: [String] = []
     public var trainer = TrainerProcess()
+    /// How the split is exported into `shardDirectory` first (grouping, shard size, label mapping):
+    /// the same settings as the caller's own export, or it would rewrite those shards differently.
+    public var exporter: ShardExporter
+
+    public var shardDirectory: URL { outDirectory.appendingPathComponent("shards") }
+    public var encodedDirectory: URL { outDirectory.appendingPathComponent("encoded") }
 
     public init(catalogPath: String, split: String, outDirectory: URL, e4e: String, sd: String) {
         self.catalogPath = catalogPath
@@ -85,6 +91,7 @@ public struct EncodeDriver: Sendable {
         self.outDirectory = outDirectory
         self.e4e = e4e
         self.sd = sd
+        self.exporter = ShardExporter(catalogPath: catalogPath, split: split, outDirectory: outDirectory.appendingPathComponent("shards"))
     }
 
     /// The Python side's VAE fingerprint rule: one weight file → its SHA-256; several → SHA-256 of
@@ -113,9 +120,13 @@ public struct EncodeDriver: Sendable {
     }
 
     public func run() throws -> Summary {
-        let shardDir = outDirectory.appendingPathComponent("shards")
-        let encodedDir = outDirectory.appendingPathComponent("encoded")
-        let index = try ShardExporter(catalogPath: catalogPath, split: split, outDirectory: shardDir).run()
+        let shardDir = shardDirectory, encodedDir = encodedDirectory
+        guard exporter.outDirectory.standardizedFileURL.path == shardDir.standardizedFileURL.path, exporter.split == split else {
+            throw TrainerError.output("encode: the exporter must write split \(split) into \(shardDir.path)")
+        }
+        let index = try exporter.run()
+        // Encodings of shards the split no longer has (it now fits in fewer) would be trained on.
+        try ShardExporter.removeStaleShards(of: split, in: encodedDir, keeping: Set(index.shards.map(\.name)), ext: "safetensors")
         let catalog = try Catalog(path: catalogPath)
         let sourceOfKey = Dictionary(uniqueKeysWithValues: index.sources.map { ($0.key, $0.sha256) })
         let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
@@ -131,7 +142,8 @@ public struct EncodeDriver: Sendable {
             guard let meta = try? SafetensorsHeader.metadata(file) else { return false }
             return meta["e4e_sha256"] == e4eSHA && meta["vae_sha256"] == vaeSHA
         }
-        if done == index.samples && filesCurrent {
+        // Arguments for `pidiff encode` (--force, another storage dtype…) may change the files: let it decide.
+        if done == index.samples && filesCurrent && extraArguments.isEmpty {
             return Summary(samples: index.samples, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
         }
         try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)

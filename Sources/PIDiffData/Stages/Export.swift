@@ -99,6 +99,49 @@ public struct ShardExporter: Sendable {
         return String(format: "%06d", index) + "_" + slug + "_" + sha256.prefix(12)
     }
 
+    /// The shard of each member (in order; shard numbers start at 0 and never go back), cutting by
+    /// size. With identity grouping an identity's members stay in one shard: a shard closes before
+    /// an identity that would not fit in what is left but fits in an empty shard, and closes
+    /// mid-identity only when that identity alone is larger than a shard.
+    static func shardPlan(_ members: [(identity: String, bytes: Int)], grouping: Grouping, maxShardBytes: Int) -> [Int] {
+        var identityBytes: [String: Int] = [:]
+        for m in members { identityBytes[m.identity, default: 0] += m.bytes }
+        var shards: [Int] = []
+        var shard = 0, size = TarBuilder.trailerSize, inShard = 0
+        for (i, m) in members.enumerated() {
+            var cut = false
+            if inShard > 0 {
+                cut = size + m.bytes > maxShardBytes
+                if grouping == .identity, members[i - 1].identity != m.identity, let whole = identityBytes[m.identity] {
+                    cut = cut || (size + whole > maxShardBytes && TarBuilder.trailerSize + whole <= maxShardBytes)
+                }
+            }
+            if cut {
+                shard += 1
+                size = TarBuilder.trailerSize
+                inShard = 0
+            }
+            shards.append(shard)
+            size += m.bytes
+            inShard += 1
+        }
+        return shards
+    }
+
+    /// Removes `SPLIT-NNNNNN.EXT` files in `directory` (and an encoded shard's `.samples.json`
+    /// sidecar) whose shard `SPLIT-NNNNNN.tar` is not in `keeping`. Nothing else is touched.
+    public static func removeStaleShards(of split: String, in directory: URL, keeping: Set<String>, ext: String) throws {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
+        let pattern = try NSRegularExpression(pattern: "^" + NSRegularExpression.escapedPattern(for: split) + "-[0-9]{6}\\."
+                                              + NSRegularExpression.escapedPattern(for: ext) + "$")
+        for name in names where pattern.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) != nil {
+            let stem = String(name.dropLast(ext.count + 1))
+            guard !keeping.contains(stem + ".tar") else { continue }
+            try FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(stem + ".samples.json"))
+        }
+    }
+
     static func validName(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-") }
     }
@@ -118,7 +161,7 @@ public struct ShardExporter: Sendable {
                                 uniquingKeysWith: { first, _ in first }) // see IdentityName
 
         // Build every sample's members first (reading artefacts), then cut shards by size.
-        struct Member { var key: String; var sha256: String; var files: [(String, Data)]; var bytes: Int }
+        struct Member { var key: String; var sha256: String; var identity: String; var files: [(String, Data)]; var bytes: Int }
         var members: [Member] = []
         for (i, s) in samples.enumerated() {
             guard let crop = s.crop512 else { throw ExportError.missingArtefact("\(s.path): no aligned crop under the current ingest parameters") }
@@ -141,21 +184,12 @@ public struct ShardExporter: Sendable {
             ]
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
             let files = [("\(key).json", json), ("\(key).png", try read(crop)), ("\(key).e4e.png", try read(e4e)), ("\(key).mask.png", try read(mask))]
-            members.append(Member(key: key, sha256: s.sha256, files: files, bytes: files.reduce(0) { $0 + TarBuilder.memberSize($1.1.count) }))
+            members.append(Member(key: key, sha256: s.sha256, identity: s.identity, files: files, bytes: files.reduce(0) { $0 + TarBuilder.memberSize($1.1.count) }))
         }
-        var plan: [[Member]] = [[]]
-        var size = TarBuilder.trailerSize
-        for m in members {
-            // With identity grouping a shard closes only between identities, unless one identity
-            // alone would overflow it.
-            let identityOf = { (m: Member) in samples[Int(m.key.prefix(6))!].identity }
-            let boundary = grouping == .mixed || plan[plan.count - 1].last.map { identityOf($0) != identityOf(m) } ?? true
-            if !plan[plan.count - 1].isEmpty && size + m.bytes > maxShardBytes && (boundary || size > maxShardBytes / 2) {
-                plan.append([])
-                size = TarBuilder.trailerSize
-            }
-            plan[plan.count - 1].append(m)
-            size += m.bytes
+        var plan: [[Member]] = []
+        for (m, shard) in zip(members, Self.shardPlan(members.map { ($0.identity, $0.bytes) }, grouping: grouping, maxShardBytes: maxShardBytes)) {
+            if shard == plan.count { plan.append([]) }
+            plan[shard].append(m)
         }
 
         try FileManager.default.createDirectory(at: outDirectory, withIntermediateDirectories: true)
@@ -176,6 +210,8 @@ public struct ShardExporter: Sendable {
             }
             entries.append(ShardEntry(name: name, samples: shard.count, bytes: tar.data.count, sha256: sha))
         }
+        // Shards an earlier export of this split wrote beyond the new plan would be read as part of it.
+        try Self.removeStaleShards(of: split, in: outDirectory, keeping: Set(entries.map(\.name)), ext: "tar")
         let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
                           ingestFingerprint: samples[0].faceFingerprint, maskFingerprint: samples[0].maskFingerprint ?? "",
                           written: written, reused: reused, sources: members.map { ($0.key, $0.sha256) })
