@@ -8,7 +8,7 @@ struct RunCommand: AsyncParsableCommand {
         abstract: "Run the stages a pipeline file declares (its `run:` section), for cron and the demo flow.",
         discussion: """
             Logs are JSON lines on stderr with a run id. Exit status: 0 success, 3 partial (some items were
-            recorded as errors), 1 failure (a stage stopped), 75 another run holds the catalog's run lock.
+            recorded as errors), 1 failure (a stage stopped), 75 another run holds the run lock or another command the catalog.
             Example (cron): pidiff-data run --pipeline Pipelines/cron.yaml
             """)
     @Option(help: "Pipeline file with a `run:` section.") var pipeline: String

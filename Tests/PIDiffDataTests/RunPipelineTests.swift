@@ -44,6 +44,14 @@ final class RunPipelineTests: XCTestCase {
             XCTAssertEqual(blocked.stderr.split(separator: "\n").count, 1, blocked.stderr)
             withExtendedLifetime(held) {}
         }
+        // While another command (a manual `masks`, say) holds the catalog itself: also 75, not a failure.
+        do {
+            let held = try CatalogLock(catalogPath: dir.appendingPathComponent("c.sqlite").path)
+            let busy = try TestSupport.runCLI(["run", "--pipeline", pipeline.path])
+            XCTAssertEqual(busy.status, 75, busy.stderr)
+            XCTAssertTrue(busy.stderr.contains("catalog busy"), busy.stderr)
+            withExtendedLifetime(held) {}
+        }
 
         // Two real runs started together: one may be turned away, none fails otherwise.
         let a = Process(), b = Process()

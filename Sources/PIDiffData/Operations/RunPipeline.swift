@@ -96,7 +96,9 @@ public struct RunSpec: Codable, Equatable, Sendable {
 /// exit status that tells success (0), partial success (3: some items recorded as errors) and
 /// failure (1: a stage stopped).
 public struct RunPipeline: Sendable {
-    public enum Outcome: Int32, Sendable { case success = 0, failure = 1, partial = 3 }
+    /// `busy`: a stage found the catalog locked by another pidiff-data command (a manual `masks`
+    /// while cron runs): the run stops there, like a second run turned away at its lock.
+    public enum Outcome: Int32, Sendable { case success = 0, failure = 1, partial = 3, busy = 75 }
 
     public var config: PipelineConfig
     public var spec: RunSpec
@@ -141,6 +143,12 @@ public struct RunPipeline: Sendable {
             var stageLog = log
             stageLog[metadataKey: "stage"] = "\(stage.rawValue)"
             let t0 = Date()
+            func finishFailed(_ stage: RunSpec.Stage, _ error: any Error) -> (Outcome, Report) {
+                stages.append(StageResult(stage: stage.rawValue, result: "failed: \(error)"))
+                stageLog.error("stage failed", metadata: ["error": "\(error)"])
+                log.info("run finished", metadata: ["outcome": "failure"])
+                return (.failure, Report(runID: String(runID), outcome: "failure", stages: stages, artefacts: artefacts))
+            }
             do {
                 switch stage {
                 case .ingest:
@@ -234,11 +242,14 @@ public struct RunPipeline: Sendable {
                     stageLog.info("sampled", metadata: ["out": "\(out.path)"])
                 }
                 stages.append(StageResult(stage: stage.rawValue, result: String(format: "ok %.1fs", Date().timeIntervalSince(t0))))
+            } catch let error as CatalogError {
+                guard case .locked = error else { return finishFailed(stage, error) }
+                stages.append(StageResult(stage: stage.rawValue, result: "not run: \(error)"))
+                stageLog.warning("catalog busy; stopping here, the next run continues", metadata: ["error": "\(error)"])
+                log.info("run finished", metadata: ["outcome": "busy"])
+                return (.busy, Report(runID: String(runID), outcome: "busy", stages: stages, artefacts: artefacts))
             } catch {
-                stages.append(StageResult(stage: stage.rawValue, result: "failed: \(error)"))
-                stageLog.error("stage failed", metadata: ["error": "\(error)"])
-                log.info("run finished", metadata: ["outcome": "failure"])
-                return (.failure, Report(runID: String(runID), outcome: "failure", stages: stages, artefacts: artefacts))
+                return finishFailed(stage, error)
             }
         }
         let name = outcome == .success ? "success" : "partial"
