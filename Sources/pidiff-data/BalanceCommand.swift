@@ -78,6 +78,12 @@ struct BalanceSelectCommand: AsyncParsableCommand {
     @Option(help: "Pipeline file (its `labels:` mapping).") var pipeline: String?
     @Flag(help: "Print the quotas as JSON.") var json = false
 
+    func validate() throws {
+        guard identities >= 1 else { throw ValidationError("--identities must be at least 1") }
+        guard imagesPerIdentity >= 1 else { throw ValidationError("--images-per-identity must be at least 1") }
+        guard referenceImages >= 0 else { throw ValidationError("--reference-images must be 0 or more") }
+    }
+
     func run() async throws {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })

@@ -74,6 +74,20 @@ final class BalanceLogicTests: XCTestCase {
         XCTAssertNotEqual(Set(a.items.map(\.identity)), Set(c.items.map(\.identity)))
     }
 
+    func testAnImpossibleDrawStoresNoSplitAndNegativeCountsDoNotTrap() throws {
+        let ids = Self.identities([("A", "y", 2, 2)]) // two photos each: too few for 3 + 1
+        let none = BalancedSelection.select(ids, races: ["A"], ages: ["y"], count: 5, imagesPerIdentity: 3, referenceImages: 1, seed: 0)
+        XCTAssertTrue(none.items.isEmpty)
+        XCTAssertEqual(none.shortfall, 5)
+        let catalog = try Catalog(path: try TestSupport.temporaryDirectory().appendingPathComponent("c.sqlite").path)
+        XCTAssertThrowsError(try catalog.storeSplit(name: "s1", seed: 0, parameters: "{}", selection: none)) {
+            XCTAssertTrue("\($0)".contains("nothing stored"), "\($0)")
+        }
+        XCTAssertEqual(try catalog.splits().count, 0)
+        XCTAssertTrue(BalancedSelection.select(ids, races: ["A"], ages: ["y"], count: -5, imagesPerIdentity: 1, referenceImages: -1, seed: 0)
+            .items.isEmpty)
+    }
+
     func testTrainingPhotosAreBestThenVaried() {
         // Photo 0 is best; 1 is nearly identical in pose to 0; 2 is a different pose, slightly worse.
         let imgs = [Self.image(0, yaw: 0, size: 500), Self.image(1, yaw: 0.01, size: 490), Self.image(2, yaw: 0.4, size: 470), Self.image(3, yaw: 0, size: 100)]

@@ -15,10 +15,14 @@ public struct SplitSummary: Codable, Sendable {
 public enum SplitError: Error, CustomStringConvertible {
     case exists(String)
     case missing(String)
+    case empty(String, shortfall: Int)
     public var description: String {
         switch self {
         case .exists(let n): return "split \(n) already exists; splits are immutable, choose a new name"
         case .missing(let n): return "no split named \(n)"
+        case .empty(let n, let shortfall):
+            return "split \(n): no identity could be drawn (\(shortfall) asked for; none has enough usable photos with "
+                + "known race and age: see `balance report`); nothing stored"
         }
     }
 }
@@ -73,6 +77,8 @@ extension Catalog {
     }
 
     public func storeSplit(name: String, seed: Int, parameters: String, selection: SplitSelection) throws {
+        // An empty split would be stored for good (splits are immutable) and reused by every later run.
+        guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }
         let quotas = String(decoding: try JSONEncoder.sorted.encode(selection.quotas), as: UTF8.self)
         try pool.write { db in
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false { throw SplitError.exists(name) }

@@ -21,6 +21,10 @@ public struct RunSpec: Codable, Equatable, Sendable {
             imagesPerIdentity = try c.decodeIfPresent(Int.self, forKey: .imagesPerIdentity) ?? 6
             referenceImages = try c.decodeIfPresent(Int.self, forKey: .referenceImages) ?? 1
             seed = try c.decodeIfPresent(Int.self, forKey: .seed) ?? 0
+            guard identities >= 1, imagesPerIdentity >= 1, referenceImages >= 0 else {
+                throw DecodingError.dataCorruptedError(forKey: .identities, in: c, debugDescription:
+                    "select needs identities ≥ 1, images_per_identity ≥ 1 and reference_images ≥ 0")
+            }
         }
     }
     public struct Models: Codable, Equatable, Sendable {

@@ -114,6 +114,8 @@ public enum BalancedSelection {
     /// are drawn in seeded order; per identity the photos are picked by `pickImages`.
     public static func select(_ identities: [BalanceIdentity], races: [String], ages: [String], count: Int,
                               imagesPerIdentity: Int, referenceImages: Int, seed: Int) -> SplitSelection {
+        // Callers validate; negative counts would only trap in prefix() below.
+        let count = max(0, count), imagesPerIdentity = max(0, imagesPerIdentity), referenceImages = max(0, referenceImages)
         let need = imagesPerIdentity + referenceImages
         var cells: [(race: String, age: String, pool: [BalanceIdentity])] = []
         for race in races {
