@@ -9,6 +9,21 @@ final class ImageHeaderTests: XCTestCase {
         XCTAssertEqual(try ImageHeader.parse(image.jpegData(quality: 90)), ImageHeader(format: .jpeg, width: 70, height: 50))
     }
 
+    func testATruncatedJPEGIsCaughtEvenWhenItsEXIFThumbnailEndsWithAnEndMarker() throws {
+        try TestSupport.requireAssets()
+        for name in ["biden/biden.jpg", "obama/obama.jpg", "obama/obama2.jpg", "obama/obama3.jpg"] {
+            let whole = try Data(contentsOf: TestSupport.sampleIdentities.appendingPathComponent(name))
+            XCTAssertNil(ImageHeader.truncation(of: whole, format: .jpeg), name)
+            XCTAssertEqual(ImageHeader.jpegReachesEndOfImage(whole), true, name)
+            for cut in [50_000, whole.count / 2, whole.count - 2] {
+                XCTAssertNotNil(ImageHeader.truncation(of: whole.prefix(cut), format: .jpeg), "\(name) cut at \(cut)")
+            }
+        }
+        // biden.jpg carries an EXIF thumbnail: FF D9 stands early in the file, inside APP1.
+        let biden = [UInt8](try Data(contentsOf: TestSupport.sampleIdentities.appendingPathComponent("biden/biden.jpg")))
+        XCTAssertTrue((0..<20_000).contains { biden[$0] == 0xFF && biden[$0 + 1] == 0xD9 })
+    }
+
     func testRejectsNonImagesAndTruncatedHeaders() {
         XCTAssertThrowsError(try ImageHeader.parse(Data("hello world, not an image".utf8))) {
             XCTAssertEqual($0 as? ImageHeader.Problem, .unrecognised)

@@ -26,6 +26,8 @@ public struct ImageHeader: Equatable, Sendable {
         let tail = [UInt8](data.suffix(64 * 1024))
         switch format {
         case .jpeg:
+            // Follow the segments: an EXIF thumbnail's own end marker (inside APP1) must not count.
+            if let whole = jpegReachesEndOfImage(data) { return whole ? nil : "truncated JPEG: no end-of-image marker" }
             for i in stride(from: tail.count - 2, through: 0, by: -1) where tail[i] == 0xFF && tail[i + 1] == 0xD9 { return nil }
             return "truncated JPEG: no end-of-image marker"
         case .png:
@@ -34,6 +36,40 @@ public struct ImageHeader: Equatable, Sendable {
             return "truncated PNG: no IEND chunk"
         case .webp, .bmp:
             return nil
+        }
+    }
+
+    /// Walks a JPEG's marker segments (skipping each by its length, so APPn payloads such as an
+    /// EXIF thumbnail are never scanned) and its entropy-coded scans (where 0xFF is stuffed as
+    /// FF 00 and restart markers FF D0–D7 stay inside the scan) to the end-of-image marker.
+    /// true: EOI reached; false: the data ends first; nil: the structure cannot be followed
+    /// (then the caller falls back to looking for any EOI near the end).
+    static func jpegReachesEndOfImage(_ data: Data) -> Bool? {
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> Bool? in
+            let b = raw.bindMemory(to: UInt8.self), n = b.count
+            guard n >= 4, b[0] == 0xFF, b[1] == 0xD8 else { return nil }
+            var i = 2, inScan = false
+            while i + 1 < n {
+                if inScan {
+                    guard b[i] == 0xFF else { i += 1; continue }
+                    let m = b[i + 1]
+                    if m == 0x00 || (0xD0...0xD7).contains(m) { i += 2; continue }
+                    if m == 0xFF { i += 1; continue }
+                    inScan = false // a marker: EOI, or a table/scan header of a progressive image
+                    continue
+                }
+                guard b[i] == 0xFF else { return nil }
+                let m = b[i + 1]
+                if m == 0xFF { i += 1; continue } // fill byte
+                if m == 0xD9 { return true }
+                if m == 0x01 || m == 0xD8 || (0xD0...0xD7).contains(m) { i += 2; continue }
+                guard i + 3 < n else { return false }
+                let length = Int(b[i + 2]) << 8 | Int(b[i + 3])
+                guard length >= 2 else { return nil }
+                if m == 0xDA { inScan = true }
+                i += 2 + length
+            }
+            return false
         }
     }
 
