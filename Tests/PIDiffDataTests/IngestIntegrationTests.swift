@@ -123,6 +123,60 @@ final class IngestIntegrationTests: XCTestCase {
         XCTAssertEqual(try TestSupport.dataDump(catalogPath.path), stored)
     }
 
+    func testDeletedAndMovedPhotosLeaveTheUsableSetAndComeBackWhenRestored() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = dir.appendingPathComponent("photos")
+        try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: photos)
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([photos], catalog: catalogPath)
+        let catalog = try Catalog(path: catalogPath.path)
+        XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 3)
+
+        let obama2 = photos.appendingPathComponent("obama/obama2.jpg"), obama3 = photos.appendingPathComponent("obama/obama3.jpg")
+        let stash = dir.appendingPathComponent("obama3.jpg")
+        try FileManager.default.moveItem(at: obama2, to: photos.appendingPathComponent("biden/moved.jpg"))
+        try FileManager.default.moveItem(at: obama3, to: stash)
+        let after = try await TestSupport.ingest([photos], catalog: catalogPath)
+        XCTAssertEqual(after.counts["vanished"], 2, "\(after.counts)")
+        let vanished = try await catalog.pool.read {
+            try String.fetchAll($0, sql: "SELECT path FROM files WHERE read_error LIKE 'vanished:%' ORDER BY path")
+        }
+        XCTAssertEqual(vanished, [obama2.path, obama3.path])
+        let usable = try catalog.usableImages()
+        XCTAssertEqual(usable["obama"]?.map(\.path), [photos.appendingPathComponent("obama/obama.jpg").path])
+        XCTAssertTrue(usable["biden"]?.contains { $0.path.hasSuffix("biden/moved.jpg") } == true)
+        XCTAssertTrue(try verify(catalogPath).clean)
+
+        // Back in place: read again (not "unchanged"), usable again.
+        try FileManager.default.moveItem(at: stash, to: obama3)
+        let restored = try await TestSupport.ingest([photos], catalog: catalogPath)
+        XCTAssertNil(restored.counts["vanished"])
+        XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 2)
+    }
+
+    func testAPathListedUnderTwoIdentitiesKeepsTheFirstAndSaysSo() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photo = TestSupport.sampleIdentities.appendingPathComponent("obama/obama.jpg").path
+        let manifest = dir.appendingPathComponent("m.jsonl")
+        try ("{\"identity\": \"obama\", \"path\": \"\(photo)\"}\n{\"identity\": \"obama\", \"path\": \"\(photo)\"}\n"
+             + "{\"identity\": \"biden\", \"path\": \"\(photo)\"}\n").write(to: manifest, atomically: true, encoding: .utf8)
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        let first = try await TestSupport.ingest([manifest], catalog: catalogPath)
+        XCTAssertEqual(first.counts["analysed"], 1)
+        XCTAssertTrue(first.problems.contains { $0.contains("listed again as identity \"biden\"") && $0.contains("kept as \"obama\"") },
+                      "\(first.problems)")
+        let second = try await TestSupport.ingest([manifest], catalog: catalogPath)
+        XCTAssertEqual(second.counts["unchanged"], 1, "\(second.counts)")
+        let names = try await Catalog(path: catalogPath.path).pool.read {
+            try String.fetchAll($0, sql: "SELECT i.name FROM files f JOIN identities i ON i.id = f.identity_id")
+        }
+        XCTAssertEqual(names, ["obama"])
+    }
+
+    private func verify(_ catalog: URL) throws -> VerifyReport { try CatalogVerifier(catalogPath: catalog.path).run(repair: false) }
+
     func testSecondRunReadsNothingAndChangedFilesAreReprocessed() async throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()

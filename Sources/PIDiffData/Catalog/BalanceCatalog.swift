@@ -46,7 +46,8 @@ extension Catalog {
                 LEFT JOIN identities c ON c.id = a.canonical_identity_id
                 JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ? AND r.outcome = 'ok'
                 JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = r.params_fingerprint AND fa.selected AND fa.quality_ok
-                WHERE NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = ? AND d.file_id = f.id
+                WHERE f.read_error IS NULL
+                  AND NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = ? AND d.file_id = f.id
                                   AND d.kind IN ('exact_duplicate', 'near_duplicate', 'impostor'))
                   AND (? IS NULL OR EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
                                             AND m.face_index = fa.face_index AND m.mask_fingerprint = ? AND m.ok))

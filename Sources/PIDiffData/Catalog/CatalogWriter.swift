@@ -67,6 +67,33 @@ actor CatalogWriter {
         try Self.finishRun(catalog, runID: runID, status: status, counts: counts)
     }
 
+    /// After a completed scan: files of the scanned sources that the scan did not see are marked
+    /// with a read error, which takes them out of the usable set (rows, hashes and crops stay, so
+    /// a split that holds them still exports). A manifest defines its photos, so a path it no
+    /// longer lists is marked; a folder's file only once it is gone from disk (a folder the scan
+    /// could not read must not empty the dataset). Returns how many were marked.
+    func markVanished(sources: [(location: String, kind: SourceKind)], seen: Set<String>) throws -> Int {
+        try catalog.pool.write { [runID] db in
+            var marked = 0
+            for source in sources {
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT f.id, f.path FROM files f JOIN sources s ON s.id = f.source_id
+                    WHERE s.location = ? AND f.read_error IS NULL
+                    """, arguments: [source.location])
+                for row in rows {
+                    let path: String = row["path"]
+                    if seen.contains(path) || (source.kind == .folders && FileManager.default.fileExists(atPath: path)) { continue }
+                    let reason = source.kind == .folders ? "vanished: no longer in \(source.location)"
+                                                         : "vanished: no longer listed in \(source.location)"
+                    try db.execute(sql: "UPDATE files SET read_error = ?, run_id = ? WHERE id = ?", arguments: [reason, runID, row["id"] as Int64])
+                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)", arguments: [runID, path, reason])
+                    marked += 1
+                }
+            }
+            return marked
+        }
+    }
+
     func commit(_ batch: [WorkerResult]) throws {
         guard !batch.isEmpty else { return }
         var sources = sourceIDs, identities = identityIDs

@@ -49,7 +49,7 @@ extension Catalog {
             // Manifest labels of readable files.
             for row in try Row.fetchAll(db, sql: """
                 SELECT i.name, f.path, f.race, f.age, f.gender FROM files f JOIN identities i ON i.id = f.identity_id
-                WHERE f.sha256 IS NOT NULL
+                WHERE f.sha256 IS NOT NULL AND f.read_error IS NULL
                 """) {
                 let name: String = row["name"]
                 for attr in LabelAttribute.allCases {

@@ -86,6 +86,7 @@ public struct IngestPipeline: Sendable {
         let scanner = Scanner(crossFaceID: config.crossfaceid)
         let sources = self.sources
 
+        let ledger = ScanLedger()
         let outcome = await ResultPipe.run(results, producers: {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // Scanner + incremental check.
@@ -98,9 +99,12 @@ public struct IngestPipeline: Sendable {
                                 switch event {
                                 case .problem(let p): await results.send(.problem(p))
                                 case .item(let item):
-                                    if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
+                                    if let conflict = await ledger.saw(item) {
+                                        if case .some(let p) = conflict { await results.send(.problem(p)) }
+                                    } else if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
                                 }
                             }
+                            await ledger.completed(source)
                         } catch let problem as ScanProblem {
                             await results.send(.problem(problem))
                         }
@@ -152,11 +156,15 @@ public struct IngestPipeline: Sendable {
             throw error
         }
 
+        // Photos the sources no longer hold leave the usable set (their rows and crops stay).
+        var counts = tallied.counts
+        let vanished = try await writer.markVanished(sources: await ledger.completedSources, seen: await ledger.seenPaths)
+        if vanished > 0 { counts["vanished"] = vanished }
         let seconds = Date().timeIntervalSince(start)
-        try await writer.finish(status: "completed", counts: tallied.counts)
+        try await writer.finish(status: "completed", counts: counts)
         let processed = (tallied.counts["analysed"] ?? 0)
         return IngestSummary(runID: runID, status: "completed", catalog: catalogPath, dataRoot: store.root.path,
-                             fingerprint: fingerprint, counts: tallied.counts, seconds: seconds,
+                             fingerprint: fingerprint, counts: counts, seconds: seconds,
                              imagesPerSecond: seconds > 0 ? Double(processed) / seconds : 0,
                              stageSeconds: tallied.timings.asDictionary, problems: tallied.problems)
     }
@@ -227,7 +235,7 @@ struct IncrementalCheck: Sendable {
                 JOIN identities i ON i.id = f.identity_id
                 JOIN sources s ON s.id = f.source_id
                 JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ?
-                WHERE f.path = ? AND f.byte_size = ? AND f.mtime_ns = ? AND i.name = ? AND s.location = ?
+                WHERE f.path = ? AND f.read_error IS NULL AND f.byte_size = ? AND f.mtime_ns = ? AND i.name = ? AND s.location = ?
                   AND f.caption IS ? AND f.race IS ? AND f.age IS ? AND f.gender IS ? AND f.origin IS ? AND f.hint IS ?
                 """, arguments: [fingerprint, item.path, stat.byteSize, stat.mtimeNs, item.identity, item.sourceLocation,
                                  item.caption, item.labels.race, item.labels.age, item.labels.gender, item.origin, item.hint]) ?? false
@@ -243,6 +251,32 @@ struct IncrementalCheck: Sendable {
 }
 
 /// Counts by outcome, stage timings and the progress line, kept by the writer task.
+/// What this run's scan saw: every item's path (once), and the sources scanned to the end.
+actor ScanLedger {
+    private var identityOf: [String: (identity: String, location: String)] = [:]
+    private(set) var completedSources: [(location: String, kind: SourceKind)] = []
+
+    var seenPaths: Set<String> { Set(identityOf.keys) }
+
+    /// nil for a path seen for the first time. A path listed again: `.some(nil)` when it says the
+    /// same identity (nothing to do twice), `.some(problem)` when it names another one (the first
+    /// listing is kept, and the run says so rather than filing the photo by list order).
+    func saw(_ item: ScanItem) -> ScanProblem?? {
+        guard let first = identityOf[item.path] else {
+            identityOf[item.path] = (item.identity, item.sourceLocation)
+            return nil
+        }
+        if first.identity == item.identity { return .some(nil) }
+        return .some(ScanProblem(location: item.path, reason: "listed again as identity \(item.identity.debugDescription) in "
+                                 + "\(item.sourceLocation); kept as \(first.identity.debugDescription) from \(first.location)"))
+    }
+
+    func completed(_ source: String) {
+        let location = URL(fileURLWithPath: source).standardizedFileURL.path
+        if let kind = try? Scanner.kind(of: location) { completedSources.append((location, kind)) }
+    }
+}
+
 struct Tally {
     var total: Int
     var done = 0
