@@ -124,12 +124,7 @@ final class IngestIntegrationTests: XCTestCase {
     }
 
     func testDeletedAndMovedPhotosLeaveTheUsableSetAndComeBackWhenRestored() async throws {
-        try TestSupport.requireAssets()
-        let dir = try TestSupport.temporaryDirectory()
-        let photos = dir.appendingPathComponent("photos")
-        try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: photos)
-        let catalogPath = dir.appendingPathComponent("c.sqlite")
-        _ = try await TestSupport.ingest([photos], catalog: catalogPath)
+        let (dir, photos, catalogPath) = try await ingestedCopyOfTheSample()
         let catalog = try Catalog(path: catalogPath.path)
         XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 3)
 
@@ -177,13 +172,19 @@ final class IngestIntegrationTests: XCTestCase {
 
     private func verify(_ catalog: URL) throws -> VerifyReport { try CatalogVerifier(catalogPath: catalog.path).run(repair: false) }
 
-    func testSecondRunReadsNothingAndChangedFilesAreReprocessed() async throws {
+    /// A copy of the sample photos (free to change), ingested once: (folder, photos, catalog).
+    private func ingestedCopyOfTheSample() async throws -> (URL, URL, URL) {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()
         let photos = dir.appendingPathComponent("photos")
         try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: photos)
         let catalogPath = dir.appendingPathComponent("c.sqlite")
         _ = try await TestSupport.ingest([photos], catalog: catalogPath)
+        return (dir, photos, catalogPath)
+    }
+
+    func testSecondRunReadsNothingAndChangedFilesAreReprocessed() async throws {
+        let (_, photos, catalogPath) = try await ingestedCopyOfTheSample()
         let before = try TestSupport.dataDump(catalogPath.path)
 
         let second = try await TestSupport.ingest([photos], catalog: catalogPath)
