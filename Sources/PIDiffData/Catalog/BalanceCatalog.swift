@@ -78,11 +78,11 @@ extension Catalog {
     }
 
     public func storeSplit(name: String, seed: Int, parameters: String, selection: SplitSelection) throws {
-        // An empty split would be stored for good (splits are immutable) and reused by every later run.
-        guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }
         let quotas = String(decoding: try JSONEncoder.sorted.encode(selection.quotas), as: UTF8.self)
         try pool.write { db in
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false { throw SplitError.exists(name) }
+            // An empty split would be stored for good (splits are immutable) and reused by every later run.
+            guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }
             let now = ISO8601DateFormatter().string(from: Date())
             let run = try CatalogWriter.recordCompletedRun(db, command: "balance select", fingerprint: "", parameters: parameters,
                                                            counts: "{\"items\":\(selection.items.count)}")
