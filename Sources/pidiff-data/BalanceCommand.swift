@@ -30,7 +30,7 @@ struct BalanceReportCommand: AsyncParsableCommand {
     func run() async throws {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let inputs = try Catalog(path: catalog.catalog).balanceInputs(mapping: config.labels)
+            let inputs = try catalog.open().balanceInputs(mapping: config.labels)
             let races = config.labels.raceCategories, ages = config.labels.ageCategories
             let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)
             if let heatmap {
@@ -88,7 +88,7 @@ struct BalanceSelectCommand: AsyncParsableCommand {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
             let lock = try CatalogLock(catalogPath: catalog.catalog)
-            let cat = try Catalog(path: catalog.catalog)
+            let cat = try catalog.open()
             let selection = BalancedSelection.select(try cat.balanceInputs(mapping: config.labels), races: config.labels.raceCategories,
                                                      ages: config.labels.ageCategories, count: identities,
                                                      imagesPerIdentity: imagesPerIdentity, referenceImages: referenceImages, seed: seed)
@@ -118,7 +118,7 @@ struct SplitsListCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     func run() async throws {
         do {
-            let splits = try Catalog(path: catalog.catalog).splits()
+            let splits = try catalog.open().splits()
             if json { try splits.printJSON(); return }
             for s in splits { print("\(s.name)  \(s.createdAt)  seed \(s.seed)  \(s.identities) identities  \(s.train) train  \(s.reference) reference") }
         } catch { fail(error) }
@@ -133,7 +133,7 @@ struct SplitsShowCommand: AsyncParsableCommand {
     @Flag(help: "One JSON object per line.") var json = false
     func run() async throws {
         do {
-            for item in try Catalog(path: catalog.catalog).splitItems(name) {
+            for item in try catalog.open().splitItems(name) {
                 if json {
                     try ["identity": item.identity, "role": item.role, "path": item.path, "sha256": item.sha256].printJSON(pretty: false)
                 } else {

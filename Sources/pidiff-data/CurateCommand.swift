@@ -37,9 +37,6 @@ struct CurateRunCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
-                throw CatalogError.open(catalog.catalog, "no such catalog")
-            }
             if reset {
                 let removed = try CurationPipeline.reset(catalogPath: catalog.catalog)
                 print("removed \(removed.decisions) curation decisions and \(removed.aliases) identity aliases")
@@ -84,10 +81,7 @@ struct CurateReportCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
-                throw CatalogError.open(catalog.catalog, "no such catalog")
-            }
-            let db = try Catalog(path: catalog.catalog)
+            let db = try catalog.open()
             let report = try CurationReport(catalog: db)
             if json { try report.jsonLines().forEach { print($0) } } else if csv { print(report.csv(), terminator: "") } else {
                 print(report.table(), terminator: "")

@@ -105,7 +105,7 @@ struct TrainCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let cat = try Catalog(path: catalog.catalog)
+            let cat = try catalog.open()
             _ = try cat.splitItems(split) // the split must exist
             let started = Date()
             let shardDir = shards ?? URL(fileURLWithPath: encoded).deletingLastPathComponent().appendingPathComponent("shards").path

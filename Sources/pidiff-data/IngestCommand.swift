@@ -20,7 +20,7 @@ struct IngestCommand: AsyncParsableCommand {
     @Argument(help: "Photo sources: identity-folder roots, JSONL manifests or CrossFaceID JSONL files.")
     var sources: [String]
 
-    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Path of the SQLite catalog (created if missing).") var catalog: String
 
     @Option(help: "Pipeline file (YAML) with stage parameters; defaults apply where it is silent.")
     var pipeline: String?
@@ -49,7 +49,7 @@ struct IngestCommand: AsyncParsableCommand {
             if let detector { config.ingest.detector = detector }
             if let workers { config.ingest.workers = workers }
             let pipeline = IngestPipeline(
-                sources: sources, catalogPath: catalog.catalog, config: config,
+                sources: sources, catalogPath: catalog, config: config,
                 models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
                 dataRoot: dataRoot, showProgress: isatty(STDERR_FILENO) == 1)
             let summary = try await pipeline.run()

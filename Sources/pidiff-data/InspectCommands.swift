@@ -14,10 +14,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
-                throw CatalogError.open(catalog.catalog, "no such catalog")
-            }
-            let status = try Catalog(path: catalog.catalog).status(lastRuns: runs)
+            let status = try catalog.open().status(lastRuns: runs)
             if json { try status.printJSON(); return }
             print("catalog \(catalog.catalog)")
             print("  files \(status.files), identities \(status.identities), distinct images \(status.images), unreadable \(status.unreadable)")
@@ -44,10 +41,7 @@ struct FacesCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            guard FileManager.default.fileExists(atPath: catalog.catalog) else {
-                throw CatalogError.open(catalog.catalog, "no such catalog")
-            }
-            for face in try Catalog(path: catalog.catalog).faceReports(selectedOnly: selectedOnly) {
+            for face in try catalog.open().faceReports(selectedOnly: selectedOnly) {
                 if json {
                     try face.printJSON(pretty: false)
                 } else {

@@ -21,7 +21,7 @@ struct LabelsShowCommand: AsyncParsableCommand {
     func run() async throws {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let cat = try Catalog(path: catalog.catalog)
+            let cat = try catalog.open()
             let labels = try cat.identityLabels(mapping: config.labels, classifierFingerprint: try cat.currentClassifierFingerprint())
             for l in labels {
                 if json { try l.printJSON(pretty: false); continue }
@@ -52,7 +52,7 @@ struct LabelsImportCommand: AsyncParsableCommand {
             }
             let mapping = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }).labels
             let lock = try CatalogLock(catalogPath: catalog.catalog)
-            let cat = try Catalog(path: catalog.catalog)
+            let cat = try catalog.open()
             let labels = try ManualLabelCSV.parse(text, file: file, mapping: mapping, knownIdentities: Set(try cat.identityNames()))
             _ = try cat.importManualLabels(labels, source: URL(fileURLWithPath: file).lastPathComponent)
             withExtendedLifetime(lock) {}

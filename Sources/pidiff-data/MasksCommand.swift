@@ -59,7 +59,7 @@ struct MasksReportCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let rows = try Catalog(path: catalog.catalog).maskReport()
+            let rows = try catalog.open().maskReport()
             let cov = rows.compactMap(\.coverage).sorted()
             var stats: [String: Double] = [:]
             if !cov.isEmpty {

@@ -16,8 +16,18 @@ struct PIDiffDataCommand: AsyncParsableCommand {
 
 /// Options shared by every command that opens a catalog.
 struct CatalogOptions: ParsableArguments {
-    @Option(name: .long, help: "Path of the SQLite catalog (created if missing).")
+    @Option(name: .long, help: "Path of the SQLite catalog (ingest creates it).")
     var catalog: String
+
+    /// Only ingest creates a catalog: for every other command a mistyped path is an error, not a
+    /// new empty catalog.
+    func validate() throws {
+        guard FileManager.default.fileExists(atPath: catalog) else {
+            throw ValidationError("catalog \(catalog): no such catalog (pidiff-data ingest creates one)")
+        }
+    }
+
+    func open() throws -> Catalog { try Catalog(path: catalog) }
 }
 
 extension Encodable {

@@ -142,12 +142,24 @@ final class IngestIntegrationTests: XCTestCase {
         XCTAssertEqual(usable["obama"]?.map(\.path), [photos.appendingPathComponent("obama/obama.jpg").path])
         XCTAssertTrue(usable["biden"]?.contains { $0.path.hasSuffix("biden/moved.jpg") } == true)
         XCTAssertTrue(try verify(catalogPath).clean)
+        XCTAssertEqual(try catalog.status().outcomes["unreadable"], 2, "status counts them by their read error")
 
         // Back in place: read again (not "unchanged"), usable again.
         try FileManager.default.moveItem(at: stash, to: obama3)
         let restored = try await TestSupport.ingest([photos], catalog: catalogPath)
         XCTAssertNil(restored.counts["vanished"])
         XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 2)
+    }
+
+    func testAnIngestThatFindsNothingUnderOtherParametersDoesNotEmptyTheCatalog() async throws {
+        let (dir, _, catalogPath) = try await ingestedCopyOfTheSample()
+        let catalog = try Catalog(path: catalogPath.path)
+        let before = try catalog.currentIngestFingerprint()
+        var other = PipelineConfig()
+        other.ingest.minFaceSize += 1 // another fingerprint
+        _ = try await TestSupport.ingest([dir.appendingPathComponent("empty-typo")], catalog: catalogPath, config: other)
+        XCTAssertEqual(try catalog.currentIngestFingerprint(), before)
+        XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 3)
     }
 
     func testAPathListedUnderTwoIdentitiesKeepsTheFirstAndSaysSo() async throws {

@@ -63,10 +63,17 @@ public struct CatalogStatus: Codable, Sendable {
 }
 
 extension Catalog {
-    /// Fingerprint of the most recent ingest run: the parameters whose results commands show.
+    /// The ingest parameters whose results commands show: those of the latest completed ingest run
+    /// that has results under them. A run with other parameters that failed, or found nothing
+    /// (a mistyped source), does not switch every later stage to an empty set. Before any such
+    /// run, the latest run's.
     public func currentIngestFingerprint() throws -> String? {
         try pool.read { db in
-            try String.fetchOne(db, sql: "SELECT params_fingerprint FROM runs WHERE command = 'ingest' ORDER BY id DESC LIMIT 1")
+            try String.fetchOne(db, sql: """
+                SELECT params_fingerprint FROM runs r WHERE command = 'ingest' AND status = 'completed'
+                  AND EXISTS (SELECT 1 FROM image_results x WHERE x.params_fingerprint = r.params_fingerprint)
+                ORDER BY id DESC LIMIT 1
+                """) ?? String.fetchOne(db, sql: "SELECT params_fingerprint FROM runs WHERE command = 'ingest' ORDER BY id DESC LIMIT 1")
         }
     }
 
@@ -76,7 +83,7 @@ extension Catalog {
             var outcomes: [String: Int] = [:]
             // Outcome per file path, by the result of its current content under the fingerprint.
             let rows = try Row.fetchAll(db, sql: """
-                SELECT COALESCE(r.outcome, CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE 'pending' END) AS outcome,
+                SELECT CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
                        COUNT(*) AS n
                 FROM files f LEFT JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ?
                 GROUP BY 1

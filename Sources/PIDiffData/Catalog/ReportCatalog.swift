@@ -22,7 +22,7 @@ extension Catalog {
         return try pool.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT f.path, i.name AS identity, f.read_error,
-                       COALESCE(r.outcome, CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE 'pending' END) AS outcome,
+                       CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
                        COALESCE(f.read_error, r.reason) AS reason, fa.crop256, fa.quality_ok, fa.quality_reason
                 FROM files f
                 JOIN identities i ON i.id = f.identity_id
