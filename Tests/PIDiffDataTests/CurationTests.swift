@@ -207,6 +207,55 @@ final class CurationIntegrationTests: XCTestCase {
         XCTAssertEqual(report.lines.first { $0.kind == "same_person" }?.paths.count, 4)
     }
 
+    /// A photo filed under the wrong name as well as the right one: the copy under the wrong name
+    /// is dropped. An identity of two different people flags both (nothing to trust) and is never
+    /// merged. Every decision points at a photo that is really kept.
+    func testMisfiledCopiesAmbiguousIdentitiesAndKeptPointers() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let root = dir.appendingPathComponent("photos"), catalog = dir.appendingPathComponent("c.sqlite")
+        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root.appendingPathComponent("obama/\(name)")) }
+        try copy(photo("biden", "biden.jpg"), to: root.appendingPathComponent("biden/biden.jpg"))
+        try copy(photo("biden", "biden.jpg"), to: root.appendingPathComponent("biden/biden_again.jpg"))
+        // "a_" sorts first: the old tie-break by path kept exactly this misfiled copy.
+        try copy(photo("obama", "obama3.jpg"), to: root.appendingPathComponent("biden/a_obama3_misfiled.jpg"))
+        // A half-size re-encode of obama.jpg and a lossless copy of that (same pixels): the exact
+        // pair's representative is itself dropped for the larger original, and the pair's other
+        // member must then point at the original, not at the dropped representative.
+        let obama = try decode(photo("obama", "obama.jpg"))
+        let half = root.appendingPathComponent("obama/obama_half.jpg")
+        try write(try obama.resized(width: obama.width / 2, height: obama.height / 2), jpeg: 95, to: half)
+        try decode(half).pngData().write(to: root.appendingPathComponent("obama/obama_half_lossless.png"))
+        _ = try await TestSupport.ingest([root], catalog: catalog)
+        let (summary, findings) = try await curate(catalog, applyMerges: true)
+        func name(_ p: String?) -> String { URL(fileURLWithPath: p ?? "").deletingLastPathComponent().lastPathComponent + "/" + URL(fileURLWithPath: p ?? "").lastPathComponent }
+
+        let misfiled = try XCTUnwrap(findings.first { name($0.path) == "biden/a_obama3_misfiled.jpg" }, "\(findings)")
+        XCTAssertEqual(misfiled.kind, .exactDuplicate)
+        XCTAssertEqual(name(misfiled.keptPath), "obama/obama3.jpg")
+        XCTAssertFalse(findings.contains { name($0.path) == "obama/obama3.jpg" }, "the rightful copy stays")
+
+        XCTAssertEqual(findings.filter { name($0.path).hasPrefix("obama/obama_half") }.map { name($0.keptPath) }, ["obama/obama.jpg", "obama/obama.jpg"])
+        let excluded = Set(findings.filter { $0.kind != .samePerson }.compactMap(\.path))
+        for f in findings where f.keptPath != nil {
+            XCTAssertFalse(excluded.contains(f.keptPath!), "\(name(f.path)) points at \(name(f.keptPath)), which is itself dropped")
+        }
+        XCTAssertEqual(summary.aliasesRecorded, 0)
+
+        // Two people, one photo each, under one name (and a real identity of one of them).
+        let root2 = dir.appendingPathComponent("photos2"), catalog2 = dir.appendingPathComponent("c2.sqlite")
+        for name in ["obama.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root2.appendingPathComponent("obama/\(name)")) }
+        try copy(photo("obama", "obama2.jpg"), to: root2.appendingPathComponent("mixed/1.jpg"))
+        try copy(photo("biden", "biden.jpg"), to: root2.appendingPathComponent("mixed/2.jpg"))
+        _ = try await TestSupport.ingest([root2], catalog: catalog2)
+        let (summary2, findings2) = try await curate(catalog2, applyMerges: true)
+        let mixed = findings2.filter { $0.kind == .impostor && $0.identity == "mixed" }
+        XCTAssertEqual(Set(mixed.map { name($0.path) }), ["mixed/1.jpg", "mixed/2.jpg"], "\(findings2)")
+        XCTAssertTrue(mixed.allSatisfy { $0.reason.contains("no clear majority") })
+        XCTAssertFalse(findings2.contains { $0.kind == .samePerson }, "\(findings2)")
+        XCTAssertEqual(summary2.aliasesRecorded, 0, "an identity of two people is never merged into obama")
+    }
+
     func testCurateWithoutIngestNamesTheCatalogAndTheFix() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let catalog = dir.appendingPathComponent("empty.sqlite").path

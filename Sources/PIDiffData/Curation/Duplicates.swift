@@ -30,8 +30,7 @@ struct DuplicateFinder {
     }
 
     func find(_ files: [CurationFile], _ features: CurationFeatures) -> Result {
-        var decisions: [CurationDecision] = []
-        var groupID = 0
+        let chooser = KeepChooser(files: files, descriptors: features.descriptors, threshold: parameters.impostorThreshold)
 
         // Exact: by decoded pixels where hashed, else by bytes.
         var byPixels: [String: [Int]] = [:]
@@ -39,20 +38,12 @@ struct DuplicateFinder {
             byPixels[features.imageHashes[i].map { "pixels:" + $0.pixelSHA256 } ?? "bytes:" + f.sha256, default: []].append(i)
         }
         var representatives: [Int] = []
+        var exactGroups: [(members: [Int], keep: Int)] = []
         for key in byPixels.keys.sorted() {
             let members = byPixels[key]!
-            let keep = KeepPolicy.best(members, in: files)
+            let keep = chooser.best(members)
             representatives.append(keep)
-            guard members.count > 1 else { continue }
-            groupID += 1
-            for m in members where m != keep {
-                let sameBytes = files[m].sha256 == files[keep].sha256
-                decisions.append(CurationDecision(
-                    kind: .exactDuplicate, fileID: files[m].fileID, keptFileID: files[keep].fileID,
-                    identityID: files[m].identityID, groupID: groupID, score: 0,
-                    reason: sameBytes ? "same bytes (SHA-256 \(files[m].sha256.prefix(12))…)"
-                                      : "same decoded pixels \(files[m].width)×\(files[m].height), different bytes (re-encoded copy)"))
-            }
+            if members.count > 1 { exactGroups.append((members, keep)) }
         }
         representatives.sort()
 
@@ -80,17 +71,38 @@ struct DuplicateFinder {
             }
             sets.union(pair.a, pair.b)
         }
-        var kept = Set(representatives)
-        for members in sets.groups() {
-            let keep = KeepPolicy.best(members, in: files)
+        let nearGroups = sets.groups().map { (members: $0, keep: chooser.best($0)) }
+        // A representative dropped as a near duplicate hands its exact copies on to the photo kept
+        // instead, so every decision names a photo that is really kept.
+        var finalKeep: [Int: Int] = [:]
+        for g in nearGroups { for m in g.members { finalKeep[m] = g.keep } }
+
+        var decisions: [CurationDecision] = []
+        var groupID = 0
+        for g in exactGroups {
             groupID += 1
-            for m in members where m != keep {
-                kept.remove(m)
-                let e = evidence(m, keep, features)
+            let kept = finalKeep[g.keep] ?? g.keep
+            for m in g.members where m != g.keep {
+                let sameBytes = files[m].sha256 == files[g.keep].sha256
                 decisions.append(CurationDecision(
-                    kind: .nearDuplicate, fileID: files[m].fileID, keptFileID: files[keep].fileID,
+                    kind: .exactDuplicate, fileID: files[m].fileID, keptFileID: files[kept].fileID,
+                    identityID: files[m].identityID, groupID: groupID, score: 0,
+                    reason: (sameBytes ? "same bytes (SHA-256 \(files[m].sha256.prefix(12))…)"
+                                       : "same decoded pixels \(files[m].width)×\(files[m].height), different bytes (re-encoded copy)")
+                        + chooser.note(kept: g.keep, over: m)))
+            }
+        }
+        var kept = Set(representatives)
+        for g in nearGroups {
+            groupID += 1
+            for m in g.members where m != g.keep {
+                kept.remove(m)
+                let e = evidence(m, g.keep, features)
+                decisions.append(CurationDecision(
+                    kind: .nearDuplicate, fileID: files[m].fileID, keptFileID: files[g.keep].fileID,
                     identityID: files[m].identityID, groupID: groupID, score: e.score,
-                    reason: "\(e.description) from the kept photo; \(KeepPolicy.describe(files[m])) < \(KeepPolicy.describe(files[keep]))"))
+                    reason: "\(e.description) from the kept photo; \(KeepPolicy.describe(files[m])) < \(KeepPolicy.describe(files[g.keep]))"
+                        + chooser.note(kept: g.keep, over: m)))
             }
         }
         return Result(decisions: decisions, kept: kept.sorted(), nearCandidatePairs: candidates.count, nearRejectedByGuard: rejected)

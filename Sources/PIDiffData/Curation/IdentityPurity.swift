@@ -7,6 +7,10 @@ import Foundation
 /// is the anchor plus those neighbours; its reference descriptor is their mean. A face further
 /// than the threshold from the reference is an `impostor`, scored by that distance. Only kept
 /// photos take part, so duplicates cannot outvote the real majority.
+///
+/// Without a clear majority (the dominant person holds half the faces or fewer: two photos of two
+/// people, say) nobody can tell which person the identity is, so every face is flagged for review
+/// rather than keeping whichever came first, and the identity takes no part in same-person merges.
 struct IdentityPurity {
     var threshold: Double
 
@@ -18,6 +22,8 @@ struct IdentityPurity {
         var faces: Int
         /// Mean descriptor of the dominant faces.
         var reference: FaceDescriptor
+        /// The dominant person holds more than half of the faces.
+        var clearMajority: Bool
     }
 
     struct Result {
@@ -57,17 +63,20 @@ struct IdentityPurity {
             var reference = FaceDescriptor(repeating: 0, count: dim)
             for k in dominant { for j in 0..<dim { reference[j] += descriptors[members[k]]![j] } }
             reference = reference.map { $0 / Float(dominant.count) }
+            let majority = members.count == 1 || dominant.count * 2 > members.count
             profiles.append(IdentityProfile(identityID: identityID, dominant: dominant.map { members[$0] }, faces: members.count,
-                                            reference: reference))
+                                            reference: reference, clearMajority: majority))
             guard members.count > 1 else { continue }
             let toReference = try DescriptorDistances.block(reference, flat)
-            let majority = dominant.count * 2 > members.count
-            for (k, i) in members.enumerated() where Double(toReference[k]) > threshold {
+            for (k, i) in members.enumerated() where !majority || Double(toReference[k]) > threshold {
                 decisions.append(CurationDecision(
                     kind: .impostor, fileID: files[i].fileID, identityID: identityID, score: Double(toReference[k]),
-                    reason: String(format: "descriptor %.3f from the dominant person of '%@' (> %.2f); dominant: %d of %d faces%@",
-                                   toReference[k], files[i].identity, threshold, dominant.count, members.count,
-                                   majority ? "" : " — no clear majority, review by hand")))
+                    reason: majority
+                        ? String(format: "descriptor %.3f from the dominant person of '%@' (> %.2f); dominant: %d of %d faces",
+                                 toReference[k], files[i].identity, threshold, dominant.count, members.count)
+                        : String(format: "'%@' has no clear majority (largest group of one person: %d of %d faces), so no face "
+                                 + "can be trusted; review by hand (descriptor %.3f from that group)",
+                                 files[i].identity, dominant.count, members.count, toReference[k])))
             }
         }
         return Result(decisions: decisions, profiles: profiles)

@@ -36,6 +36,49 @@ enum KeepPolicy {
     }
 }
 
+/// Chooses the member to keep. Within one identity that is KeepPolicy's best. A group spanning
+/// identities (the same photo filed under two names) first prefers a member that looks like the
+/// other photos of its own identity (descriptor within the impostor threshold of one of them),
+/// then one whose identity has no other photo to compare with, and last one that matches none of
+/// its identity's photos: the copy filed under the wrong name is the one dropped.
+struct KeepChooser {
+    var files: [CurationFile]
+    var descriptors: [FaceDescriptor?]
+    var threshold: Double
+    private var facesOf: [Int64: [Int]] = [:]
+
+    init(files: [CurationFile], descriptors: [FaceDescriptor?], threshold: Double) {
+        self.files = files
+        self.descriptors = descriptors
+        self.threshold = threshold
+        for i in files.indices where descriptors[i] != nil { facesOf[files[i].identityID, default: []].append(i) }
+    }
+
+    /// 2: matches another photo of its identity; 1: nothing to compare with; 0: matches none.
+    func fit(_ m: Int, excluding group: Set<Int>) -> Int {
+        guard let d = descriptors[m] else { return 1 }
+        let others = (facesOf[files[m].identityID] ?? []).filter { !group.contains($0) }
+        guard !others.isEmpty else { return 1 }
+        return others.contains { Double(DescriptorDistances.distance(d, descriptors[$0]!)) <= threshold } ? 2 : 0
+    }
+
+    func best(_ members: [Int]) -> Int {
+        guard Set(members.map { files[$0].identityID }).count > 1 else { return KeepPolicy.best(members, in: files) }
+        let group = Set(members)
+        let fits = Dictionary(uniqueKeysWithValues: members.map { ($0, fit($0, excluding: group)) })
+        return members.min { a, b in fits[a]! != fits[b]! ? fits[a]! > fits[b]! : KeepPolicy.prefers(files[a], files[b]) }!
+    }
+
+    /// A note for the reason when identity, not quality, decided.
+    func note(kept: Int, over m: Int) -> String {
+        guard files[kept].identityID != files[m].identityID else { return "" }
+        let group: Set<Int> = [kept, m]
+        let (a, b) = (fit(kept, excluding: group), fit(m, excluding: group))
+        guard a > b else { return "" }
+        return "; kept under '\(files[kept].identity)'" + (b == 0 ? ", whose photos it matches; it matches none of '\(files[m].identity)'" : "")
+    }
+}
+
 /// Disjoint sets over 0..<n with path halving and union by size.
 struct UnionFind {
     private var parent: [Int]

@@ -17,6 +17,8 @@ struct SamePerson {
     }
 
     func candidates(_ profiles: [IdentityPurity.IdentityProfile], descriptors: [FaceDescriptor?]) throws -> [Candidate] {
+        // An identity without a clear majority has no trustworthy reference (IdentityPurity).
+        let profiles = profiles.filter(\.clearMajority)
         guard profiles.count > 1 else { return [] }
         let all = profiles.flatMap(\.reference)
         let dim = DescriptorModel.dimension, block = 1024
