@@ -21,12 +21,15 @@
   ViT-B/16 folder (transformers `CLIPModel` + processor files). The text is the image's prompt
   with the placeholder replaced by `--class-text` ("person").
 
-Layout: SAMPLES/<identity>/*.png (or SAMPLES itself for one identity). An image's prompt comes from
-the `sample.json` sidecar written by `pidiff sample` in its folder, else from its file name
-`NN_*.png` (NN = 0-based line of --prompts). References: REFS/<identity>/*.{png,jpg,jpeg}. The
-identity is the sidecar's (weights metadata) or the folder's name.
+Layout: SAMPLES/<identity>/*.png (or SAMPLES itself for one identity). A folder with the
+`sample.json` sidecar written by `pidiff sample` holds exactly the images the sidecar lists, with
+their prompts and λ (grid.png and files an earlier run left there are not scored); in a folder
+without one, an image's prompt comes from its file name `NN_*.png` (NN = 0-based line of
+--prompts). References: REFS/<identity>/*.{png,jpg,jpeg}. The identity is the sidecar's (weights
+metadata) or the folder's name.
 
-Per identity: mean over its images; overall: mean over identities (each identity weighs the same).
+Per identity: mean over its images, per λ when its images were made at several λ (a
+`--lambda-sweep`); overall: mean over identities (each identity weighs the same), per λ likewise.
 Writes eval_images.csv, eval_summary.csv and eval.md to --out (default: SAMPLES).
 """
 
@@ -362,6 +365,7 @@ class SampleImage:
     path: Path
     prompt: str  # with the placeholder, as in the prompts file
     placeholder: str = DEFAULT_PLACEHOLDER
+    lam: float | None = None  # λ the image was made with, when its sidecar records it
     scores: dict[str, float] = field(default_factory=dict)
     face_found: bool | None = None
 
@@ -370,40 +374,62 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def sample_folders(samples_dir: Path) -> list[Path]:
+    """SAMPLES itself when it holds images or a sidecar (one identity), else its subfolders."""
+    if images_in(samples_dir) or (samples_dir / SIDECAR_NAME).is_file():
+        return [samples_dir]
+    return sorted(p for p in samples_dir.iterdir() if p.is_dir())
+
+
+def samples_from_sidecar(folder: Path, prompts: list[str]) -> list[SampleImage]:
+    """A `pidiff sample` output: exactly the images its sidecar lists, with their prompts and λ.
+
+    Other images in the folder are not this run's samples: grid.png (all of them in one picture)
+    or files an earlier run into the same folder left, which would be scored under wrong prompts.
+    """
+    from pidiff.style import read_sidecar
+
+    sidecar = folder / SIDECAR_NAME
+    record = read_sidecar(sidecar)
+    identity = record.get("models", {}).get("identity") or folder.name
+    placeholder = record.get("parameters", {}).get("placeholder", DEFAULT_PLACEHOLDER)
+    samples = []
+    for entry in record.get("images", []):
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: listed in {sidecar} but not there")
+        if entry["prompt"] not in prompts:
+            raise ValueError(f"{path}: its prompt {entry['prompt']!r} (from {sidecar}) is not in the prompts file")
+        lam = entry.get("lambda")
+        samples.append(SampleImage(identity, path, entry["prompt"], placeholder, None if lam is None else float(lam)))
+    return samples
+
+
+def samples_by_file_number(folder: Path, prompts: list[str]) -> list[SampleImage]:
+    """Images of a folder without a sidecar: the prompt is line NN of the prompts file for `NN_*.png`."""
+    samples = []
+    for path in images_in(folder):
+        match = re.match(r"(\d+)_", path.name)
+        if not match:
+            raise ValueError(f"{path}: no prompt for it: no {SIDECAR_NAME} sidecar in its folder and its name "
+                             "does not start with a prompt number (NN_*.png, NN = 0-based prompt line)")
+        index = int(match.group(1))
+        if index >= len(prompts):
+            raise ValueError(f"{path}: prompt number {index}, but the prompts file has {len(prompts)}")
+        samples.append(SampleImage(folder.name, path, prompts[index]))
+    return samples
+
+
 def collect_samples(samples_dir: str | Path, prompts: list[str]) -> list[SampleImage]:
     samples_dir = Path(samples_dir)
     if not samples_dir.is_dir():
         raise FileNotFoundError(f"samples folder {samples_dir}: not found")
-    folders = [samples_dir] if images_in(samples_dir) else sorted(p for p in samples_dir.iterdir() if p.is_dir())
     samples = []
-    for folder in folders:
-        images = images_in(folder)
-        if not images:
-            continue
-        sidecar = folder / SIDECAR_NAME
-        entries, identity, placeholder = {}, folder.name, DEFAULT_PLACEHOLDER
-        if sidecar.is_file():
-            from pidiff.style import read_sidecar
-
-            record = read_sidecar(sidecar)
-            entries = {entry["file"]: entry for entry in record.get("images", [])}
-            identity = record.get("models", {}).get("identity") or identity
-            placeholder = record.get("parameters", {}).get("placeholder", placeholder)
-        for path in images:
-            if path.name in entries:
-                prompt = entries[path.name]["prompt"]
-                if prompt not in prompts:
-                    raise ValueError(f"{path}: its prompt {prompt!r} (from {sidecar}) is not in the prompts file")
-            else:
-                match = re.match(r"(\d+)_", path.name)
-                if not match:
-                    raise ValueError(f"{path}: no prompt for it: not in a {SIDECAR_NAME} sidecar and its name "
-                                     "does not start with a prompt number (NN_*.png, NN = 0-based prompt line)")
-                index = int(match.group(1))
-                if index >= len(prompts):
-                    raise ValueError(f"{path}: prompt number {index}, but the prompts file has {len(prompts)}")
-                prompt = prompts[index]
-            samples.append(SampleImage(identity, path, prompt, placeholder))
+    for folder in sample_folders(samples_dir):
+        if (folder / SIDECAR_NAME).is_file():
+            samples += samples_from_sidecar(folder, prompts)
+        else:
+            samples += samples_by_file_number(folder, prompts)
     if not samples:
         raise ValueError(f"samples folder {samples_dir}: no images")
     return samples
@@ -461,32 +487,65 @@ def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def summarise(samples: list[SampleImage], metrics: list[str]) -> list[dict]:
-    """One row per identity (mean over its images) and an 'overall' row (mean over identities)."""
-    rows = []
+def lambda_order(lam: float | None) -> float:
+    return -math.inf if lam is None else lam  # unrecorded λ first
+
+
+def summary_groups(samples: list[SampleImage]) -> list[tuple[str, float | None, list[SampleImage]]]:
+    """(identity, λ, images): one group per identity, split by λ when its images hold several.
+
+    Averaging over a λ sweep would mix pictures made to look different; λ is None where no
+    sidecar recorded it.
+    """
+    groups = []
     for identity in sorted({s.identity for s in samples}):
         mine = [s for s in samples if s.identity == identity]
-        row = {"identity": identity, "images": len(mine)}
+        for lam in sorted({s.lam for s in mine}, key=lambda_order):
+            groups.append((identity, lam, [s for s in mine if s.lam == lam]))
+    return groups
+
+
+def summarise(samples: list[SampleImage], metrics: list[str]) -> list[dict]:
+    """One row per identity (mean over its images; one per λ when they hold several) and an
+    'overall' row per λ (mean over the identities' rows at that λ; one row when all share it)."""
+    rows = []
+    for identity, lam, mine in summary_groups(samples):
+        row = {"identity": identity, "lambda": lam, "images": len(mine)}
         if "id" in metrics:
             row["faces"] = sum(bool(s.face_found) for s in mine)
         for metric in metrics:
             row[metric] = mean([s.scores[metric] for s in mine if metric in s.scores])
         rows.append(row)
-    overall = {"identity": "overall", "images": sum(r["images"] for r in rows)}
-    if "id" in metrics:
-        overall["faces"] = sum(r["faces"] for r in rows)
-    for metric in metrics:
-        overall[metric] = mean([r[metric] for r in rows if not math.isnan(r[metric])])
-    return rows + [overall]
+    overall_rows = []
+    for lam in sorted({r["lambda"] for r in rows}, key=lambda_order):
+        at_lam = [r for r in rows if r["lambda"] == lam]
+        overall = {"identity": "overall", "lambda": lam, "images": sum(r["images"] for r in at_lam)}
+        if "id" in metrics:
+            overall["faces"] = sum(r["faces"] for r in at_lam)
+        for metric in metrics:
+            overall[metric] = mean([r[metric] for r in at_lam if not math.isnan(r[metric])])
+        overall_rows.append(overall)
+    return rows + overall_rows
+
+
+def lambda_text(lam: float | None) -> str:
+    return "" if lam is None else f"{lam:g}"
+
+
+def several_lambdas(rows: list[dict]) -> bool:
+    return len({r["lambda"] for r in rows}) > 1
 
 
 def markdown_table(rows: list[dict], metrics: list[str], id_column: str = "ID") -> str:
     names = {**METRIC_COLUMNS, "id": id_column}
     arrows = {"id": " ↑", "clip_t": " ↑", "lpips": ""}
-    header = ["identity", "images"] + (["faces"] if "id" in metrics else []) + [names[m] + arrows[m] for m in metrics]
+    with_lambda = several_lambdas(rows)  # a λ column only when rows differ in λ
+    header = (["identity"] + (["λ"] if with_lambda else []) + ["images"] + (["faces"] if "id" in metrics else [])
+              + [names[m] + arrows[m] for m in metrics])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"**{row['identity']}**" if row["identity"] == "overall" else row["identity"], str(row["images"])]
+        cells = [f"**{row['identity']}**" if row["identity"] == "overall" else row["identity"]]
+        cells += ([lambda_text(row["lambda"]) or "–"] if with_lambda else []) + [str(row["images"])]
         if "id" in metrics:
             cells.append(str(row["faces"]))
         cells += ["–" if math.isnan(row[m]) else f"{row[m]:.4f}" for m in metrics]
@@ -498,17 +557,19 @@ def write_csvs(out: Path, samples: list[SampleImage], rows: list[dict], metrics:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "eval_images.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["identity", "file", "prompt", "face_found"] + metrics)
+        writer.writerow(["identity", "file", "prompt", "lambda", "face_found"] + metrics)
         for s in samples:
-            writer.writerow([s.identity, str(s.path), s.prompt, "" if s.face_found is None else int(s.face_found)]
+            writer.writerow([s.identity, str(s.path), s.prompt, lambda_text(s.lam),
+                             "" if s.face_found is None else int(s.face_found)]
                             + [f"{s.scores[m]:.6f}" if m in s.scores else "" for m in metrics])
     with open(out / "eval_summary.csv", "w", newline="") as f:
-        columns = ["identity", "images"] + (["faces"] if "id" in metrics else []) + metrics
+        columns = ["identity", "lambda", "images"] + (["faces"] if "id" in metrics else []) + metrics
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v) else ("" if isinstance(v, float) else v))
-                             for k, v in row.items()})
+            cells = {k: (f"{v:.6f}" if isinstance(v, float) and not math.isnan(v) else ("" if isinstance(v, float) else v))
+                     for k, v in row.items() if k != "lambda"}
+            writer.writerow({**cells, "lambda": lambda_text(row["lambda"])})
 
 
 def check_models(metrics: list[str], args) -> None:
@@ -567,14 +628,17 @@ def main(argv: list[str] | None = None) -> int:
                 scorer = IdentityScorer(dlib=DlibDescriptor(args.dlib_descriptor))
         lpips_metric = LpipsVgg.from_backbone(args.lpips_vgg, args.lpips_size, args.device) if "lpips" in metrics else None
         clip_metric = ClipTextScore(args.clip, args.device) if "clip_t" in metrics else None
+        # Inside: references without a face, like the inputs above, are the user's to fix.
+        evaluate(samples, references, scorer, lpips_metric, clip_metric, args.class_text)
     except (MissingModelError, FileNotFoundError, ValueError) as error:
         print(f"pidiff eval: {error}", file=sys.stderr)
         return 2
 
-    evaluate(samples, references, scorer, lpips_metric, clip_metric, args.class_text)
     rows = summarise(samples, metrics)
     table = markdown_table(rows, metrics, scorer.column if scorer else "ID")
-    notes = [f"{len(samples)} images, {len(rows) - 1} identities; overall = mean over identities."]
+    per_lambda = ", per λ" if several_lambdas(rows) else ""
+    notes = [f"{len(samples)} images, {len({s.identity for s in samples})} identities; "
+             f"overall = mean over identities{per_lambda}."]
     if clip_metric:
         notes.append(f"CLIP-T: raw cosine, {clip_metric.description}, placeholder → {args.class_text!r}.")
     if lpips_metric:

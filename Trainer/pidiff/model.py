@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NUM_VISUAL_TOKENS = 4
+TEXT_TOKENS = 77  # SD1.5's CLIP context: prompts are padded or cut to 77 tokens
 W_PLUS_SHAPE = (18, 512)
 # F reads w+ rows in four groups (coarse to fine), one Linear each, as the public W+ Adapter does.
 W_PLUS_ROW_GROUPS = ((0, 4), (4, 8), (8, 12), (12, 18))
@@ -125,14 +128,17 @@ class StyleCrossAttnProcessor(nn.Module):
     layer's output is bit-identical to the unmodified layer's.
 
     Holds Wq'/Wk'/Wv' for K identities as [K, out, in]; the batch must be identity-major.
+    The context must be `text_tokens` text tokens followed by the 4 visual tokens: a plain text
+    context is refused rather than read with its last 4 text tokens taken for the face.
     """
 
-    def __init__(self, attn: nn.Module, num_identities: int = 1):
+    def __init__(self, attn: nn.Module, num_identities: int = 1, text_tokens: int = TEXT_TOKENS):
         super().__init__()
         if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross:
             raise ValueError("StyleCrossAttnProcessor supports SD1.5-style cross-attention layers only "
                              "(no spatial_norm, group_norm or norm_cross)")
         self.num_identities = num_identities
+        self.text_tokens = text_tokens
         self.heads = attn.heads
         self.scale = 1.0  # λ; set with PIDiffAdapter.set_scale
 
@@ -151,6 +157,7 @@ class StyleCrossAttnProcessor(nn.Module):
             raise ValueError("StyleCrossAttnProcessor belongs on cross-attention (attn2) layers")
         if attention_mask is not None:
             raise ValueError("StyleCrossAttnProcessor does not support attention masks (SD1.5 uses none)")
+        self._check_context_length(encoder_hidden_states.shape[1])
         text_context = encoder_hidden_states[:, :-NUM_VISUAL_TOKENS]
         visual_tokens = encoder_hidden_states[:, -NUM_VISUAL_TOKENS:]
 
@@ -190,6 +197,17 @@ class StyleCrossAttnProcessor(nn.Module):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def _check_context_length(self, length: int) -> None:
+        # A shape, not a value: no host sync, and torch.compile turns it into a guard.
+        expected = self.text_tokens + NUM_VISUAL_TOKENS
+        if length != expected:
+            raise ValueError(
+                f"PIDiff cross-attention needs a context of {self.text_tokens} text tokens followed by "
+                f"{NUM_VISUAL_TOKENS} visual tokens ({expected}), got {length} tokens. A plain prompt (e.g. "
+                "`prompt=` to a diffusers pipeline) has no face: pass prompt_embeds and negative_prompt_embeds "
+                "from pidiff.model.pipeline_prompt_embeds (Docs/weights-format.md, \"Using the weights in a "
+                "diffusers pipeline\"), or uninstall the adapter")
+
     def _style_attention(self, text_out: torch.Tensor, visual_tokens: torch.Tensor, head_dim: int) -> torch.Tensor:
         K, B = self.num_identities, text_out.shape[0]
         if B % K:
@@ -214,19 +232,23 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
 
 
 class PIDiffAdapter(nn.Module):
-    """All trainable parts of PIDiff for K identities: the mapping network and one SCA per layer."""
+    """All trainable parts of PIDiff for K identities: the mapping network and one SCA per layer.
 
-    def __init__(self, unet: nn.Module, num_identities: int = 1):
+    text_tokens: the length of the text context the UNet is given (77 for SD1.5's CLIP).
+    """
+
+    def __init__(self, unet: nn.Module, num_identities: int = 1, text_tokens: int = TEXT_TOKENS):
         super().__init__()
         layers = cross_attention_layers(unet)
         if not layers:
             raise ValueError("the UNet has no cross-attention (attn2) layers")
         self.num_identities = num_identities
+        self.text_tokens = text_tokens
         self.layer_names = list(layers)
         self.mapper = MappingNetwork(num_identities, token_dim=unet.config.cross_attention_dim)
         self.mapper.reset_parameters()
         self.style_attention = nn.ModuleList(
-            StyleCrossAttnProcessor(attn, num_identities) for attn in layers.values()
+            StyleCrossAttnProcessor(attn, num_identities, text_tokens) for attn in layers.values()
         )
         self._replaced_processors: dict[str, object] | None = None
 
@@ -271,11 +293,18 @@ class PIDiffAdapter(nn.Module):
         return unet(noisy_latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]
 
     @classmethod
-    def from_weights(cls, unet: nn.Module, path: str | Path) -> tuple["PIDiffAdapter", dict[str, str]]:
+    def from_weights(cls, unet: nn.Module, path: str | Path,
+                     text_tokens: int = TEXT_TOKENS) -> tuple["PIDiffAdapter", dict[str, str]]:
         """A one-identity adapter for `unet` loaded from a `pidiff.safetensors`, and its metadata."""
         tensors, metadata = load_weights(path)
-        adapter = cls(unet, num_identities=1)
-        adapter.load_identity_state_dict(0, tensors)
+        adapter = cls(unet, num_identities=1, text_tokens=text_tokens)
+        try:
+            adapter.load_identity_state_dict(0, tensors)
+        except (KeyError, ValueError) as error:
+            # Names and shapes follow the UNet's layers, so a mismatch means another architecture.
+            trained_on = metadata.get("base_model_path")
+            raise ValueError(f"{path}: these weights were trained for another base model"
+                             f"{f' ({trained_on})' if trained_on else ''} than this UNet: {error.args[0]}") from error
         return adapter, metadata
 
     # -- per-identity weights ----------------------------------------------------------------
@@ -308,26 +337,48 @@ class PIDiffAdapter(nn.Module):
             targets[f"sca.{name}.to_v.weight"] = processor.to_v
         for name, target in targets.items():
             if state[name].shape != target.shape[1:]:
-                raise ValueError(f"{name}: shape {tuple(state[name].shape)} != {tuple(target.shape[1:])}")
+                raise ValueError(f"{name} has shape {tuple(state[name].shape)} in the weights, this UNet's "
+                                 f"needs {tuple(target.shape[1:])}")
             target[k].copy_(state[name])
 
 
 def save_weights(path: str | Path, adapter: PIDiffAdapter, k: int, metadata: dict[str, object]) -> None:
-    """Write identity k's weights as `pidiff.safetensors` (see Docs/weights-format.md)."""
+    """Write identity k's weights as `pidiff.safetensors` (see Docs/weights-format.md).
+
+    Written beside the target and renamed over it, as checkpoints are: a run killed while writing
+    leaves the previous file or none, never a truncated one that `--resume` would find.
+    """
     from safetensors.torch import save_file
 
     header = {"format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
               "num_visual_tokens": str(NUM_VISUAL_TOKENS)}
     for key, value in metadata.items():
         header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    save_file(adapter.identity_state_dict(k), str(path), metadata=header)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(adapter.identity_state_dict(k), str(partial), metadata=header)
+    os.replace(partial, path)
+
+
+@contextmanager
+def open_weights(path: str | Path):
+    """safe_open on a weights file, with errors that name it: safetensors' own say neither which
+    file nor that it may be cut short or of another kind."""
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file {path}: not found")
+    try:
+        f = safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or of another kind ({error})") from error
+    with f:
+        yield f
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a `pidiff.safetensors`: (tensors, metadata). Raises if it is not PIDiff weights this code reads."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
+    with open_weights(path) as f:
         metadata = f.metadata() or {}
         check_weights_metadata(path, metadata)
         tensors = {name: f.get_tensor(name) for name in f.keys()}
@@ -336,9 +387,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 def load_weights_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a `pidiff.safetensors` without reading its tensors (checked as `load_weights` does)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
+    with open_weights(path) as f:
         metadata = f.metadata() or {}
     check_weights_metadata(path, metadata)
     return metadata
@@ -385,7 +434,9 @@ def load_into_pipeline(pipe, weights_path: str | Path, lam: float | None = None)
     `adapter.uninstall(pipe.unet)` restores the pipeline's own processors.
     """
     unet = pipe.unet
-    adapter, metadata = PIDiffAdapter.from_weights(unet, weights_path)
+    # The pipeline pads prompts to its tokenizer's length (77 for SD1.5), so that is the text length.
+    text_tokens = getattr(getattr(pipe, "tokenizer", None), "model_max_length", TEXT_TOKENS)
+    adapter, metadata = PIDiffAdapter.from_weights(unet, weights_path, text_tokens)
     adapter.to(unet.device).eval().requires_grad_(False)
     adapter.metadata = metadata
     adapter.set_scale(lam if lam is not None else float(json.loads(metadata.get("default_lambda", "0.4"))))

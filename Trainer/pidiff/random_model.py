@@ -95,7 +95,12 @@ SD15_SCHEDULER_CONFIG = dict(  # PNDMScheduler, as shipped with SD1.5
     skip_prk_steps=True,
     set_alpha_to_one=False,
     steps_offset=1,
+    trained_betas=None,
 )
+# Keys of SD1.5's published scheduler_config.json that PNDM itself does not take. Pipelines swap
+# schedulers with `DDIMScheduler.from_config(pipe.scheduler.config)`, which reads them: without
+# clip_sample=false, DDIM would clip its x0 prediction to [-1, 1], unlike with the real SD1.5 folder.
+SD15_SCHEDULER_FOREIGN_KEYS = dict(clip_sample=False)
 
 # Tiny variants: SD1.5's topology (same block types and layers per block, hence the same 16
 # cross-attention layers; 512 px -> 4x64x64 latents) at small widths. Cross-attention keeps its
@@ -251,11 +256,23 @@ def write_clip_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
 
+def write_scheduler_config(directory: Path) -> Path:
+    """SD1.5's scheduler folder: PNDM's own configuration plus the keys it ignores but other
+    schedulers built from it read (`SD15_SCHEDULER_FOREIGN_KEYS`), as in the published file."""
+    from diffusers import PNDMScheduler
+
+    PNDMScheduler(**SD15_SCHEDULER_CONFIG).save_pretrained(directory)
+    path = directory / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update(SD15_SCHEDULER_FOREIGN_KEYS)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def write_random_stable_diffusion(out: Path, tiny: bool, seed: int) -> Path:
     """A diffusers-format SD1.5 folder with random weights, loadable by
     StableDiffusionPipeline.from_pretrained and by each component's from_pretrained."""
     import diffusers
-    from diffusers import PNDMScheduler
 
     out.mkdir(parents=True, exist_ok=True)
     unet_config = TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG
@@ -267,7 +284,7 @@ def write_random_stable_diffusion(out: Path, tiny: bool, seed: int) -> Path:
     build_random_vae(vae_config, seed).save_pretrained(out / "vae", safe_serialization=True)
     build_random_text_encoder(text_config, seed).save_pretrained(out / "text_encoder", safe_serialization=True)
     write_clip_tokenizer(out / "tokenizer")
-    PNDMScheduler(**SD15_SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    write_scheduler_config(out / "scheduler")
 
     model_index = {
         "_class_name": "StableDiffusionPipeline",

@@ -34,6 +34,8 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 def ddim_timesteps(steps: int, train_steps: int = NUM_TRAIN_TIMESTEPS, offset: int = 1) -> list[int]:
     """SD1.5's DDIM schedule ("leading" spacing, steps_offset 1): 981, 961, …, 1 for 50 steps."""
+    if not 1 <= steps <= train_steps:  # 0 would divide by zero; more than 1000 would repeat timesteps
+        raise ValueError(f"DDIM steps must be from 1 to {train_steps}, got {steps}")
     stride = train_steps // steps
     return [i * stride + offset for i in range(steps)][::-1]
 
@@ -83,12 +85,23 @@ class DenoisingLoop:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm-up outside the graph: compilation, cuDNN autotuning
-                for _ in range(2):
-                    self._step()
+                self.warm_up()
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self._step()
+
+    def warm_up(self, runs: int = 2) -> None:
+        """Run the first step `runs` times, rewinding the counter before each and after the last.
+
+        Running steps 0, 1, … instead would read past the step tables when there are fewer steps
+        than warm-up runs (`--steps 1`); step 0 warms up the same kernels, since only the table
+        entries differ between steps.
+        """
+        for _ in range(runs):
+            self.index.zero_()
+            self._step()
+        self.index.zero_()
 
     def _step(self) -> None:
         def at(table: torch.Tensor) -> torch.Tensor:  # table[index] as a 0-d tensor, without a host sync
@@ -227,7 +240,12 @@ def w_plus_from_image(image_path: str, e4e_path: str, device) -> torch.Tensor:
 
     from pidiff.e4e import load_e4e
 
-    image = Image.open(image_path).convert("RGB").resize((256, 256), Image.BICUBIC)
+    try:
+        image = Image.open(image_path).convert("RGB").resize((256, 256), Image.BICUBIC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--image {image_path}: not found") from None
+    except OSError as error:  # PIL's UnidentifiedImageError, a cut-off file
+        raise ValueError(f"--image {image_path}: not a readable image ({error})") from error
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
     encoder = load_e4e(e4e_path).to(device).eval()
     with torch.no_grad():
@@ -262,6 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_options(args) -> None:
+    """The options that must go together (or be in range), checked before any model is loaded."""
+    if sum(bool(x) for x in (args.encoded, args.wplus, args.image)) > 1:
+        raise ValueError("give only one of --encoded, --wplus and --image")
+    if not (args.encoded or args.wplus or args.image):
+        raise ValueError("give --encoded (optionally --key), --wplus or --image with --e4e")
+    if args.image and not args.e4e:
+        raise ValueError("--image needs --e4e")
+    ddim_timesteps(args.steps)
+
+
+def face_w_plus(args, identity: str, device) -> tuple[torch.Tensor, str]:
+    """The identity's w+ [18, 512] from --wplus, --image or --encoded, and where it came from."""
+    if args.wplus:
+        try:
+            return style.load_w_plus(args.wplus), args.wplus
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--wplus: {error}") from error
+    if args.image:
+        return w_plus_from_image(args.image, args.e4e, device), args.image
+    return w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -271,34 +312,27 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet").to(device, dtype).eval().requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
-    adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
+    # What the user gave (options, files, models) is checked and loaded here, so its mistakes end as
+    # one line and exit status 2, as in `pidiff eval`. OSError covers FileNotFoundError and models
+    # diffusers cannot find; pidiff's own errors (E4ECheckpointError, ShardError, EncodeError) are
+    # ValueErrors. Sampling itself stays outside: an error there is a bug and keeps its traceback.
+    try:
+        check_options(args)
+        unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet").to(device, dtype).eval().requires_grad_(False)
+        vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
+        adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
+        identity = metadata.get("identity", "")
+        placeholder = metadata.get("placeholder", "S*")
+        scale = args.scale if args.scale is not None else float(json.loads(metadata.get("default_lambda", "0.4")))
+        w_plus, source = face_w_plus(args, identity, device)
+        w_plus, style_info = style.style_mixed(w_plus, args)
+        prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
+        embeddings = encode_prompts(args.sd, prompts + [""], device).to(dtype)
+    except (OSError, ValueError) as error:
+        print(f"pidiff sample: {error}", file=sys.stderr)
+        return 2
     adapter.to(device).eval().requires_grad_(False)
     adapter.install(unet)
-    identity = metadata.get("identity", "")
-    placeholder = metadata.get("placeholder", "S*")
-    scale = args.scale if args.scale is not None else float(json.loads(metadata.get("default_lambda", "0.4")))
-
-    if sum(bool(x) for x in (args.encoded, args.wplus, args.image)) > 1:
-        raise SystemExit("pidiff sample: give only one of --encoded, --wplus and --image")
-    if args.wplus:
-        try:
-            w_plus, source = style.load_w_plus(args.wplus), args.wplus
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"pidiff sample: --wplus: {error}") from error
-    elif args.image:
-        if not args.e4e:
-            raise SystemExit("pidiff sample: --image needs --e4e")
-        w_plus, source = w_plus_from_image(args.image, args.e4e, device), args.image
-    elif args.encoded:
-        w_plus, source = w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
-    else:
-        raise SystemExit("pidiff sample: give --encoded (optionally --key), --wplus or --image with --e4e")
-    w_plus, style_info = style.style_mixed(w_plus, args)
-
-    prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
-    embeddings = encode_prompts(args.sd, prompts + [""], device).to(dtype)
     sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile)
     runs = []
     for scale in style.sweep_lambdas(args, scale):  # every λ from the same seed: they differ only in λ

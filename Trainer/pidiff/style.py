@@ -231,7 +231,10 @@ def style_mixed(w_plus: torch.Tensor, args) -> tuple[torch.Tensor, dict]:
             raise ValueError("--style-layers needs --style-wplus (the face the rows come from)")
         return w_plus, {}
     layers = args.style_layers if args.style_layers is not None else parse_layers("0-7")
-    style = load_w_plus(args.style_wplus)
+    try:
+        style = load_w_plus(args.style_wplus)
+    except (OSError, ValueError) as error:  # say which option named the file
+        raise ValueError(f"--style-wplus: {error}") from error
     info = {"style_wplus": str(args.style_wplus), "style_wplus_sha256": file_sha256(args.style_wplus), "style_layers": layers}
     return mix_w_plus(w_plus, style.to(w_plus.device), layers), info
 

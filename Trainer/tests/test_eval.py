@@ -310,6 +310,105 @@ def test_summary_means_per_identity_and_overall_over_identities():
     assert rows[2]["images"] == 4 and rows[2]["faces"] == 3
 
 
+def sample_run(tiny_models, tmp_path, identity: str, out: Path, prompts: list[str], *options: str) -> Path:
+    """A real `pidiff sample` output (tiny random model, one DDIM step, 64×64 images) in `out`."""
+    from diffusers import UNet2DConditionModel
+
+    from pidiff.model import PIDiffAdapter, save_weights
+
+    weights = tmp_path / f"{identity}.safetensors"
+    if not weights.exists():
+        unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+        save_weights(weights, PIDiffAdapter(unet), 0, {"identity": identity, "placeholder": "S*", "default_lambda": 0.4})
+    face = tmp_path / "face.npy"
+    np.save(face, np.random.default_rng(0).standard_normal((18, 512)).astype(np.float32))
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--wplus", str(face),
+            "--steps", "1", "--latent-size", "8", "--device", "cpu", "--out", str(out), *options]
+    for prompt in prompts:
+        argv += ["--prompt", prompt]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread costs more than it saves
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def test_a_sample_folder_gives_exactly_the_images_its_sidecar_lists(tiny_models, tmp_path):
+    prompts = read_prompts("paper12")
+    run = tmp_path / "samples" / "run-1"
+    run.mkdir(parents=True)
+    # Left by an earlier run into the same folder: not this run's samples, whatever their names say.
+    Image.new("RGB", (8, 8)).save(run / "002.png")
+    Image.new("RGB", (8, 8)).save(run / "05_0.png")
+    sample_run(tiny_models, tmp_path, "ann", run, [prompts[3], prompts[0]])
+    assert (run / "grid.png").is_file()
+
+    samples = collect_samples(tmp_path / "samples", prompts)
+    assert [(s.identity, s.path.name, s.prompt, s.lam) for s in samples] == [
+        ("ann", "000.png", prompts[3], 0.4), ("ann", "001.png", prompts[0], 0.4)]
+    assert collect_samples(run, prompts) == samples  # SAMPLES itself as the one identity's folder
+
+    (run / "001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"001\.png: listed in .*sample\.json but not there"):
+        collect_samples(tmp_path / "samples", prompts)
+
+
+def test_summary_splits_an_identity_by_lambda_when_its_images_hold_several():
+    def image(identity, lam, clip_t):
+        return SampleImage(identity, Path(f"{identity}-{lam}-{clip_t}"), "p", lam=lam, scores={"clip_t": clip_t})
+
+    samples = [image("a", 0.0, 0.1), image("a", 0.0, 0.3), image("a", 1.0, 0.5),
+               image("b", 1.0, 0.7), image("c", None, 0.9)]
+    rows = summarise(samples, ["clip_t"])
+    table = [(r["identity"], r["lambda"], r["images"], round(r["clip_t"], 6)) for r in rows]
+    assert table == [("a", 0.0, 2, 0.2), ("a", 1.0, 1, 0.5), ("b", 1.0, 1, 0.7), ("c", None, 1, 0.9),
+                     ("overall", None, 1, 0.9), ("overall", 0.0, 2, 0.2), ("overall", 1.0, 2, 0.6)]
+    # One λ throughout (a plain run): one row per identity and one overall row, as without λ.
+    plain = summarise([image("a", 0.4, 0.2), image("b", 0.4, 0.4)], ["clip_t"])
+    assert [(r["identity"], r["lambda"]) for r in plain] == [("a", 0.4), ("b", 0.4), ("overall", 0.4)]
+
+
+def test_eval_of_a_lambda_sweep_reports_each_lambda(tiny_models, tiny_clip, tmp_path, capsys):
+    prompts = read_prompts("paper12")
+    samples = tmp_path / "samples"
+    sample_run(tiny_models, tmp_path, "ann", samples / "ann", [prompts[0]], "--num-images", "2",
+               "--lambda-sweep", "0,0.5")
+    (tmp_path / "refs" / "ann").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "refs" / "ann" / "ref.png")
+    capsys.readouterr()
+
+    assert cli.main(["eval", "--samples", str(samples), "--references", str(tmp_path / "refs"), "--prompts", "paper12",
+                     "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "| identity | λ | images | CLIP-T ↑ |" in printed and "per λ" in printed
+    images = list(csv.DictReader(open(tmp_path / "out" / "eval_images.csv")))
+    assert sorted((Path(r["file"]).name, r["lambda"]) for r in images) == [
+        ("000_lambda0.5.png", "0.5"), ("000_lambda0.png", "0"), ("001_lambda0.5.png", "0.5"), ("001_lambda0.png", "0")]
+    summary = list(csv.DictReader(open(tmp_path / "out" / "eval_summary.csv")))
+    assert [(r["identity"], r["lambda"], r["images"]) for r in summary] == [
+        ("ann", "0", "2"), ("ann", "0.5", "2"), ("overall", "0", "2"), ("overall", "0.5", "2")]
+    for row in summary[:2]:
+        expected = np.mean([float(r["clip_t"]) for r in images if r["lambda"] == row["lambda"]])
+        assert float(row["clip_t"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_eval_of_references_without_a_face_is_a_one_line_error(tmp_path, capsys):
+    needs("facenet_pytorch")
+    samples, references = tmp_path / "samples" / "ann", tmp_path / "refs" / "ann"
+    samples.mkdir(parents=True), references.mkdir(parents=True)
+    Image.new("RGB", (96, 96), (90, 120, 150)).save(samples / "00_0.png")
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(references / "blank.png")
+    arcface = tmp_path / "arcface.pt"
+    torch.jit.save(torch.jit.script(LinearEmbedder(torch.zeros(3 * 112 * 112, 4))), str(arcface))
+
+    assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
+                     "--prompts", "paper12", "--metrics", "id", "--arcface", str(arcface)]) == 2
+    error = capsys.readouterr().err
+    assert error == "pidiff eval: identity ann: no face found in any reference image (blank.png)\n"
+
+
 # ----------------------------------------------------------------------------------------------
 def test_eval_without_models_names_each_model_to_supply(tmp_path, capsys):
     (tmp_path / "s" / "ann").mkdir(parents=True)

@@ -1,6 +1,7 @@
 """The PIDiff model on a tiny UNet with SD1.5's topology (16 attn2 layers, 768-d cross-attention)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,6 +90,22 @@ def test_lambda_zero_gives_the_unmodified_unet_output_bit_exactly():
     assert not torch.allclose(with_lambda, reference, atol=1e-4)  # the branch is really there
 
 
+def test_a_context_without_the_visual_tokens_is_refused():
+    # A plain 77-token text context must not be read as 73 text tokens and a 4-token "face".
+    unet = tiny_unet()
+    latents, timesteps, text, w_plus = random_inputs(2)
+    adapter = PIDiffAdapter(unet)
+    adapter.install(unet)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"77 text tokens .* got 77 tokens.*pipeline_prompt_embeds"):
+        unet(latents, timesteps, encoder_hidden_states=text)
+    adapter.uninstall(unet)
+
+    short = PIDiffAdapter(unet, text_tokens=10)  # another text length, told to the adapter
+    short.install(unet)
+    with torch.no_grad():
+        assert short.denoise(unet, latents, timesteps, text[:, :10], w_plus).shape == latents.shape
+
+
 def test_visual_tokens_change_the_output_only_through_the_style_branch():
     unet = tiny_unet()
     latents, timesteps, text, w_plus = random_inputs(2)
@@ -169,6 +186,10 @@ def test_loading_weights_made_for_another_unet_is_refused(tmp_path):
     other = UNet2DConditionModel(**dict(TINY_SD15_UNET_CONFIG, block_out_channels=(32, 32, 64, 128)))
     with pytest.raises(ValueError, match="shape"):
         PIDiffAdapter(other).load_identity_state_dict(0, tensors)
+    # Loaded from the file, the error names it and says what is wrong.
+    with pytest.raises(ValueError, match=r"pidiff\.safetensors: these weights were trained for another base model "
+                                         r"than this UNet: .*to_q\.weight has shape"):
+        PIDiffAdapter.from_weights(other, path)
     del tensors["mapper.norm.bias"]
     with pytest.raises(KeyError, match="missing"):
         PIDiffAdapter(tiny_unet()).load_identity_state_dict(0, tensors)
@@ -198,3 +219,46 @@ def test_weights_of_a_newer_format_version_are_refused_and_older_ones_read(tmp_p
     for unreadable in (None, "", "1.5"):
         with pytest.raises(ValueError, match="not a version number"):
             load_weights(weights_of_version(unreadable))
+
+
+def test_saving_weights_replaces_the_file_only_once_it_is_complete(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from pidiff.model import load_weights_metadata
+
+    adapter = PIDiffAdapter(tiny_unet())
+    path = tmp_path / "pidiff.safetensors"
+    save_weights(path, adapter, 0, {"identity": "first"})
+    real_save_file = safetensors.torch.save_file
+
+    def killed_midway(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:1000])  # what a kill leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(path, adapter, 0, {"identity": "second"})
+    assert load_weights_metadata(path)["identity"] == "first"  # the earlier file, whole
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    save_weights(path, adapter, 0, {"identity": "second"})
+    assert load_weights_metadata(path)["identity"] == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["pidiff.safetensors"]
+
+
+def test_truncated_or_foreign_weights_files_are_named_errors(tmp_path):
+    from pidiff.model import load_weights_metadata
+
+    path = tmp_path / "pidiff.safetensors"
+    save_weights(path, PIDiffAdapter(tiny_unet()), 0, {})
+    whole = path.read_bytes()
+    truncated, foreign = tmp_path / "truncated.safetensors", tmp_path / "foreign.safetensors"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    foreign.write_text("not safetensors at all\n")
+    unet = tiny_unet()
+    for bad in (truncated, foreign):
+        for read in (load_weights, load_weights_metadata, lambda p: PIDiffAdapter.from_weights(unet, p)):
+            with pytest.raises(ValueError, match=rf"{bad.name}: not a readable safetensors file, truncated"):
+                read(bad)
+    with pytest.raises(FileNotFoundError, match="weights file .*absent.safetensors: not found"):
+        load_weights(tmp_path / "absent.safetensors")

@@ -61,3 +61,13 @@ def test_default_lambda_comes_from_the_weights(tiny_models, weights):
     adapter = load_into_pipeline(pipe, weights)
     assert all(p.scale == 0.4 for p in adapter.style_attention)
     assert adapter.metadata["identity"] == "ann"
+
+
+def test_a_plain_prompt_is_refused_while_the_adapter_is_installed(tiny_models, weights):
+    # prompt= gives 77 text tokens and no face; the processors must say so, not read the last
+    # 4 text tokens as the face (then λ = 0 would no longer be the plain pipeline).
+    pipe = pipeline(tiny_models)
+    adapter = load_into_pipeline(pipe, weights, lam=0.0)
+    with pytest.raises(ValueError, match=r"got 77 tokens.*pipeline_prompt_embeds"):
+        run(pipe, prompt="a photo of S*")
+    assert all(p.text_tokens == pipe.tokenizer.model_max_length == 77 for p in adapter.style_attention)

@@ -43,6 +43,25 @@ def test_tiny_sd_folder_loads_as_a_stable_diffusion_pipeline(tiny_models):
     assert marker["random_weights"] is True and marker["size"] == "tiny"
 
 
+# runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json, less its _diffusers_version.
+PUBLISHED_SD15_SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1, "trained_betas": None,
+}
+
+
+def test_scheduler_config_has_the_published_sd15_keys_so_ddim_does_not_clip(tiny_models):
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    written = json.loads((tiny_models["sd"] / "scheduler" / "scheduler_config.json").read_text())
+    assert {key: written.get(key, "absent") for key in PUBLISHED_SD15_SCHEDULER_CONFIG} == PUBLISHED_SD15_SCHEDULER_CONFIG
+    assert written["clip_sample"] is False
+    # The usual swap in a pipeline: DDIM from the PNDM config must not clip x0, as with real SD1.5.
+    ddim = DDIMScheduler.from_config(PNDMScheduler.from_pretrained(tiny_models["sd"], subfolder="scheduler").config)
+    assert ddim.config.clip_sample is False and ddim.config.set_alpha_to_one is False
+
+
 def test_tokenizer_uses_the_real_clip_vocabulary(tiny_models):
     from transformers import CLIPTokenizer
 

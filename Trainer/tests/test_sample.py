@@ -1,5 +1,6 @@
 """The sampler: SD1.5's DDIM schedule and step, and `pidiff sample` end to end on a tiny model."""
 
+import contextlib
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def test_static_buffer_loop_matches_the_eager_loop_exactly():
     assert not torch.equal(eager, torch.randn(eager.shape, generator=torch.Generator().manual_seed(3)))
 
 
-def test_sample_command_takes_the_face_as_a_wplus_file(tiny_models, tmp_path):
+def test_sample_command_takes_the_face_as_a_wplus_file(tiny_models, tmp_path, capsys):
     import numpy as np
     from diffusers import UNet2DConditionModel
 
@@ -118,5 +119,130 @@ def test_sample_command_takes_the_face_as_a_wplus_file(tiny_models, tmp_path):
 
     wrong = tmp_path / "wrong.pt"
     torch.save(torch.zeros(2, 18, 512), wrong)
-    with pytest.raises(SystemExit, match="wrong.pt.*shape"):
-        cli.main(argv + ["--wplus", str(wrong), "--out", str(tmp_path / "other")])
+    assert cli.main(argv + ["--wplus", str(wrong), "--out", str(tmp_path / "other")]) == 2
+    assert "wrong.pt: shape" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# The CUDA-graph path on CPU: torch.cuda's streams and graphs replaced by stand-ins, so
+# DenoisingLoop's capture branch (side-stream warm-up, capture, replay) runs as it does on a GPU.
+class CpuGraph:
+    """torch.cuda.CUDAGraph on CPU: the aten ops run while capturing are recorded, and a replay
+    runs them again on the same tensors, as a CUDA graph replays its kernels on fixed addresses.
+
+    Unlike CUDA, the capture also executes the ops once; DenoisingLoop resets its buffers and
+    counter before every run, so that leaves no trace in the results.
+    """
+
+    def __init__(self):
+        self.ops = []
+
+    def replay(self):
+        from torch.utils._pytree import tree_flatten
+
+        for func, args, kwargs, recorded, inputs in self.ops:
+            result = func(*args, **kwargs)  # in-place ops write their inputs, as when recorded
+            for old, new in zip(tree_flatten(recorded)[0], tree_flatten(result)[0]):
+                # A fresh output goes back where later ops read it; a view of an input already sees it.
+                if isinstance(old, torch.Tensor) and old.untyped_storage().data_ptr() not in inputs:
+                    old.copy_(new)
+
+
+@contextlib.contextmanager
+def cpu_graph_capture(graph: CpuGraph):
+    from torch.utils._pytree import tree_flatten
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                      if isinstance(t, torch.Tensor)}
+            out = func(*args, **kwargs)
+            graph.ops.append((func, args, kwargs, out, inputs))
+            return out
+
+    with Record():
+        yield
+
+
+class CpuStream:
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def cuda_graphs_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Stream", CpuStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: CpuStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", CpuGraph)
+    monkeypatch.setattr(torch.cuda, "graph", cpu_graph_capture)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_graph_capture_path_matches_the_eager_loop_for_any_step_count(cuda_graphs_on_cpu, steps):
+    # --steps 1: the warm-up before capture used to run two real steps, the second past the
+    # one-entry step table. 3 steps check that the CPU stand-in replays what was captured.
+    from pidiff.sample import DenoisingLoop
+
+    sampler = tiny_sampler()
+    g = torch.Generator().manual_seed(1)
+    prompts, empty, w_plus = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g), torch.randn(1, 18, 512, generator=g)
+
+    def run(static_loop: bool) -> torch.Tensor:
+        return sampler(prompts, empty, w_plus, steps=steps, guidance=5.0, scale=0.4, latent_size=8, decode=False,
+                       generator=torch.Generator().manual_seed(3), static_loop=static_loop)
+
+    eager = run(False)
+    sampler.use_cuda_graphs = True  # what a CUDA device sets
+    assert torch.equal(run(True), eager)
+    assert torch.equal(run(True), eager)  # replayed again from the cached capture
+    (loop,) = sampler._loops.values()
+    assert isinstance(loop, DenoisingLoop) and isinstance(loop.graph, CpuGraph) and loop.graph.ops
+
+
+def test_ddim_step_count_out_of_range_is_a_value_error():
+    assert ddim_timesteps(1) == [1]
+    for steps in (0, 1001):
+        with pytest.raises(ValueError, match="DDIM steps must be from 1 to 1000"):
+            ddim_timesteps(steps)
+
+
+def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_models, tmp_path, capsys):
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    from pidiff.model import TINY_SD15_UNET_CONFIG
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann"})
+    other = tmp_path / "other-base.safetensors"
+    save_weights(other, PIDiffAdapter(UNet2DConditionModel(**dict(TINY_SD15_UNET_CONFIG, block_out_channels=(32, 32, 64, 128)))),
+                 0, {"identity": "ann"})
+    face = tmp_path / "face.npy"
+    np.save(face, np.zeros((18, 512), np.float32))
+    picture = tmp_path / "face.png"
+    Image.new("RGB", (64, 64)).save(picture)
+    not_e4e = tmp_path / "e4e.pt"
+    torch.save({"nothing": torch.zeros(1)}, not_e4e)
+
+    def error_of(*options: str, weights_file=weights) -> str:
+        argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights_file), "--prompt", "S*",
+                "--steps", "1", "--latent-size", "8", "--device", "cpu", "--out", str(tmp_path / "out"), *options]
+        assert cli.main(argv) == 2, options
+        error = capsys.readouterr().err
+        assert error.startswith("pidiff sample: ") and error.count("\n") == 1, error  # one line, no traceback
+        return error
+
+    assert "--style-layers needs --style-wplus" in error_of("--wplus", str(face), "--style-layers", "0-3")
+    assert "--style-wplus: w+ file" in error_of("--wplus", str(face), "--style-wplus", str(tmp_path / "absent.npy"))
+    assert "--wplus: w+ file" in error_of("--wplus", str(tmp_path / "absent.npy"))
+    assert "--image" in error_of("--image", str(tmp_path / "absent.png"), "--e4e", str(tiny_models["e4e"]))
+    assert "e4e.pt: expected a dict with a 'state_dict' entry" in error_of("--image", str(picture), "--e4e", str(not_e4e))
+    assert "--image needs --e4e" in error_of("--image", str(picture))
+    assert "DDIM steps" in error_of("--wplus", str(face), "--steps", "0")
+    assert "trained for another base model" in error_of("--wplus", str(face), weights_file=other)
+    assert not (tmp_path / "out").exists()
