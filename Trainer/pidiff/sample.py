@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pidiff import style
-from pidiff.model import PIDiffAdapter
+from pidiff.model import PIDiffAdapter, model_fingerprint
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and VAE decoder (CUDA: pays off from a few images on)")
     parser.add_argument("--latent-size", type=int, default=64, help="64 for 512x512 images")
+    parser.add_argument("--skip-base-check", action="store_true",
+                        help="do not hash --sd's UNet to compare it with the weights' base model (saves a few seconds)")
     style.add_sample_arguments(parser)  # --style-wplus, --style-layers, --lambda-sweep
     return parser
 
@@ -303,6 +305,27 @@ def face_w_plus(args, identity: str, device) -> tuple[torch.Tensor, str]:
     return w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
 
 
+def base_model_note(unet, args) -> str:
+    """Whether --sd's UNet is the one the weights were trained on (their `base_model` fingerprint).
+
+    Another UNet of the same shape (a fine-tune, another random model) loads without error and may
+    be what the user wants, so a mismatch is a warning on stderr and a note in the sidecar, not an
+    error. Hashing a full UNet takes a few seconds; --skip-base-check leaves it out."""
+    if args.skip_base_check:
+        return "skipped"
+    from pidiff.model import load_weights_metadata
+
+    trained_on = load_weights_metadata(args.weights).get("base_model", "")
+    if not trained_on:
+        return "unknown: the weights record no base model"
+    if model_fingerprint(unet) == trained_on:
+        return "same UNet as in training"
+    print(f"pidiff sample: warning: {args.weights} was trained on another base UNet ({trained_on[:12]}…) than "
+          f"{Path(args.sd) / 'unet'}; the weights load, but results will differ from the trained model's",
+          file=sys.stderr)
+    return "different UNet from training"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -318,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     # ValueErrors. Sampling itself stays outside: an error there is a bug and keeps its traceback.
     try:
         check_options(args)
-        unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet").to(device, dtype).eval().requires_grad_(False)
+        unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet")
+        base_note = base_model_note(unet, args) # before the cast: training hashed the stored float32 weights
+        unet = unet.to(device, dtype).eval().requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
         adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
         identity = metadata.get("identity", "")
@@ -342,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                                     latent_size=args.latent_size)))
 
     resolved = {"identity": identity, "placeholder": placeholder, "face_source": str(source), "device": str(device),
-                "dtype": str(dtype).removeprefix("torch."), "prompts": prompts, **style_info}
+                "dtype": str(dtype).removeprefix("torch."), "prompts": prompts, "base_model_check": base_note, **style_info}
     for entry in style.save_sample_outputs(args.out, runs, prompts, args, args.seed, metadata, resolved):
         print(f"{Path(args.out) / entry['file']}: {entry['prompt']!r} (identity {identity}, face {source}, "
               f"λ {entry['lambda']}, seed {args.seed})")

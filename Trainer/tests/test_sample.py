@@ -123,6 +123,32 @@ def test_sample_command_takes_the_face_as_a_wplus_file(tiny_models, tmp_path, ca
     assert "wrong.pt: shape" in capsys.readouterr().err
 
 
+def test_sampling_with_another_base_unet_warns_and_says_so_in_the_sidecar(tiny_models, tmp_path, capsys):
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+
+    from pidiff.model import model_fingerprint
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "base_model": model_fingerprint(unet)})
+    face = tmp_path / "face.npy"
+    np.save(face, np.zeros((18, 512), np.float32))
+    other = tmp_path / "other-model"
+    assert cli.main(["random-model", "--out", str(other), "--tiny", "--seed", "8"]) == 0
+    argv = ["sample", "--weights", str(weights), "--wplus", str(face), "--prompt", "a photo of S*", "--steps", "1",
+            "--latent-size", "8", "--device", "cpu"]
+
+    def check(sd, out) -> tuple[str, str]:
+        assert cli.main(argv + ["--sd", str(sd), "--out", str(tmp_path / out)]) == 0
+        return capsys.readouterr().err, json.loads((tmp_path / out / "sample.json").read_text())["parameters"]["base_model_check"]
+
+    err, note = check(tiny_models["sd"], "same")
+    assert "another base UNet" not in err and note == "same UNet as in training"
+    err, note = check(other / "sd", "other")
+    assert f"{weights} was trained on another base UNet" in err and note == "different UNet from training"
+
+
 # ----------------------------------------------------------------------------------------------
 # The CUDA-graph path on CPU: torch.cuda's streams and graphs replaced by stand-ins, so
 # DenoisingLoop's capture branch (side-stream warm-up, capture, replay) runs as it does on a GPU.
