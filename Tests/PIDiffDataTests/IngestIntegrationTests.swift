@@ -149,6 +149,14 @@ final class IngestIntegrationTests: XCTestCase {
         let restored = try await TestSupport.ingest([photos], catalog: catalogPath)
         XCTAssertNil(restored.counts["vanished"])
         XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 2)
+
+        // A draining inbox: with `vanished: keep` a photo moved away stays usable.
+        var keep = PipelineConfig()
+        keep.ingest.vanished = .keep
+        try FileManager.default.moveItem(at: obama3, to: stash)
+        let drained = try await TestSupport.ingest([photos], catalog: catalogPath, config: keep)
+        XCTAssertNil(drained.counts["vanished"])
+        XCTAssertEqual(try catalog.usableImages()["obama"]?.count, 2)
     }
 
     func testAnIngestThatFindsNothingUnderOtherParametersDoesNotEmptyTheCatalog() async throws {

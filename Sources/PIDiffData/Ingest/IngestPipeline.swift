@@ -158,8 +158,10 @@ public struct IngestPipeline: Sendable {
 
         // Photos the sources no longer hold leave the usable set (their rows and crops stay).
         var counts = tallied.counts
-        let vanished = try await writer.markVanished(sources: await ledger.completedSources, seen: await ledger.seenPaths)
-        if vanished > 0 { counts["vanished"] = vanished }
+        if params.vanished == .mark {
+            let vanished = try await writer.markVanished(sources: await ledger.completedSources, seen: await ledger.seenPaths)
+            if vanished > 0 { counts["vanished"] = vanished }
+        }
         let seconds = Date().timeIntervalSince(start)
         try await writer.finish(status: "completed", counts: counts)
         let processed = (tallied.counts["analysed"] ?? 0)

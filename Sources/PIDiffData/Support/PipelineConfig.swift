@@ -40,6 +40,11 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public var workers: Int = 0
     /// Items in flight between stages. Not fingerprinted.
     public var channelCapacity: Int = 0
+    /// What happens to catalogued photos a completed scan no longer finds in their source:
+    /// `mark` (default) marks them vanished, out of the usable set; `keep` leaves them usable, for
+    /// an inbox that is emptied after each run. Not fingerprinted.
+    public var vanished: VanishedPolicy = .mark
+    public enum VanishedPolicy: String, Codable, Sendable { case mark, keep }
 
     public init() {}
 
@@ -48,7 +53,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         case maxFacesRecorded = "max_faces_recorded", maxPixels = "max_pixels", minSide = "min_side"
         case cropSizes = "crop_sizes", minFaceSize = "min_face_size", maxOutsideFraction = "max_outside_fraction"
         case maxAbsRollDegrees = "max_abs_roll_degrees", maxAbsYaw = "max_abs_yaw", minSharpness = "min_sharpness"
-        case workers, channelCapacity = "channel_capacity"
+        case workers, channelCapacity = "channel_capacity", vanished
     }
 
     public init(from decoder: Decoder) throws {
@@ -70,6 +75,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         minSharpness = try c.decodeIfPresent(Double.self, forKey: .minSharpness) ?? d.minSharpness
         workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
         channelCapacity = try c.decodeIfPresent(Int.self, forKey: .channelCapacity) ?? d.channelCapacity
+        vanished = try c.decodeIfPresent(VanishedPolicy.self, forKey: .vanished) ?? d.vanished
     }
 
     /// The parameters that determine ingest output, as canonical JSON.
