@@ -256,6 +256,24 @@ final class CurationIntegrationTests: XCTestCase {
         XCTAssertEqual(summary2.aliasesRecorded, 0, "an identity of two people is never merged into obama")
     }
 
+    /// A photo overwritten after ingest sits curation out (named), so its intact copy is not the
+    /// one dropped as its duplicate.
+    func testAPhotoChangedSinceIngestIsLeftOutAndItsIntactCopyKept() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let root = dir.appendingPathComponent("photos"), catalog = dir.appendingPathComponent("c.sqlite")
+        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root.appendingPathComponent("obama/\(name)")) }
+        try copy(photo("obama", "obama.jpg"), to: root.appendingPathComponent("obama/z_copy.jpg"))
+        _ = try await TestSupport.ingest([root], catalog: catalog)
+        let changed = root.appendingPathComponent("obama/obama.jpg")
+        try FileManager.default.removeItem(at: changed)
+        try copy(photo("biden", "biden.jpg"), to: changed)
+        let (summary, findings) = try await curate(catalog)
+        XCTAssertTrue(summary.problems.contains { $0.hasPrefix(changed.path + ": changed since ingest") }, "\(summary.problems)")
+        XCTAssertFalse(findings.contains { $0.path?.hasSuffix("z_copy.jpg") == true }, "\(findings)")
+        XCTAssertFalse(findings.contains { $0.path == changed.path || $0.keptPath == changed.path }, "\(findings)")
+    }
+
     func testCurateWithoutIngestNamesTheCatalogAndTheFix() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let catalog = dir.appendingPathComponent("empty.sqlite").path

@@ -8,7 +8,7 @@ extension Catalog {
     func curationInputs(ingestFingerprint fp: String) throws -> [CurationFile] {
         try pool.read { db in
             try Row.fetchAll(db, sql: """
-                SELECT f.id, f.path, f.identity_id, i.name, f.sha256, im.width, im.height,
+                SELECT f.id, f.path, f.identity_id, i.name, f.sha256, im.width, im.height, f.byte_size, f.mtime_ns,
                        fa.landmarks68, fa.quad, fa.face_size, fa.sharpness, fa.yaw, fa.crop512, fa.crop256
                 FROM files f
                 JOIN identities i ON i.id = f.identity_id
@@ -33,7 +33,8 @@ extension Catalog {
                     }
                 }
                 return CurationFile(fileID: row["id"], path: row["path"], identityID: row["identity_id"], identity: row["name"],
-                                    sha256: row["sha256"], width: row["width"] ?? 0, height: row["height"] ?? 0, face: face)
+                                    sha256: row["sha256"], width: row["width"] ?? 0, height: row["height"] ?? 0, face: face,
+                                    byteSize: row["byte_size"], mtimeNs: row["mtime_ns"])
             }
         }
     }

@@ -20,7 +20,8 @@ struct CurationFeatureStage {
     var batchSize = 32
 
     private enum Job {
-        case image(sha: String, path: String)
+        /// Every path holding the content, in file order: the first whose bytes still hash to it is read.
+        case image(sha: String, paths: [String])
         case cropHash(sha: String, relative: String)
         case descriptor(sha: String, face: CurationFile.Face)
     }
@@ -39,12 +40,14 @@ struct CurationFeatureStage {
         var descriptors = try catalog.storedDescriptors(modelFingerprint: descriptorFingerprint)
         var work = FeatureWork()
 
-        // One job per missing content, in file order (the first path holding a content reads it).
+        // One job per missing content, in file order.
         var jobs: [Job] = []
         var seen = Set<String>()
+        var pathsOf: [String: [String]] = [:]
+        for f in files where images[f.sha256] == nil { pathsOf[f.sha256, default: []].append(f.path) }
         for f in files {
             if seen.insert("i" + f.sha256).inserted {
-                if images[f.sha256] == nil { jobs.append(.image(sha: f.sha256, path: f.path)) } else { work.reused["image_hashes"]! += 1 }
+                if images[f.sha256] == nil { jobs.append(.image(sha: f.sha256, paths: pathsOf[f.sha256]!)) } else { work.reused["image_hashes"]! += 1 }
             }
             guard let face = f.face else { continue }
             if seen.insert("h" + face.hashCropSHA).inserted {
@@ -67,7 +70,7 @@ struct CurationFeatureStage {
             let outputs = run(batch, workers: w, nets: nets)
             var newImages: [(String, ImageHashes)] = [], newCrops: [(String, UInt64)] = []
             var newDescriptors: [(String, FaceDescriptor)] = [], problems: [(String, String)] = []
-            for o in outputs {
+            for o in outputs.joined() {
                 switch o {
                 case .image(let sha, let h): newImages.append((sha, h)); images[sha] = h
                 case .cropHash(let sha, let h): newCrops.append((sha, h)); crops[sha] = h
@@ -107,9 +110,9 @@ struct CurationFeatureStage {
     }
 
     /// Runs one batch, worker k taking jobs k, k + w, …; each worker uses only its own network.
-    private func run(_ batch: [Job], workers w: Int, nets: [DescriptorModel]) -> [Output] {
+    private func run(_ batch: [Job], workers w: Int, nets: [DescriptorModel]) -> [[Output]] {
         // Workers write disjoint slots and use disjoint networks, which Sendable checking cannot see.
-        nonisolated(unsafe) let slots = UnsafeMutableBufferPointer<Output?>.allocate(capacity: batch.count)
+        nonisolated(unsafe) let slots = UnsafeMutableBufferPointer<[Output]?>.allocate(capacity: batch.count)
         nonisolated(unsafe) let nets = nets
         slots.initialize(repeating: nil)
         defer { slots.deinitialize(); slots.deallocate() }
@@ -123,19 +126,25 @@ struct CurationFeatureStage {
         return slots.map { $0! }
     }
 
-    private func compute(_ job: Job, net: DescriptorModel?) -> Output {
+    /// A job's outputs: its feature, and a problem for each path that could not give it (a file
+    /// changed since ingest is reported and the next path holding the content is tried).
+    private func compute(_ job: Job, net: DescriptorModel?) -> [Output] {
         switch job {
-        case .image(let sha, let path):
-            do { return .image(sha, try ContentHashStage.imageHashes(path: path, expectedSHA256: sha)) } catch {
-                return .problem(path, Self.reason(error))
+        case .image(let sha, let paths):
+            var problems: [Output] = []
+            for path in paths {
+                do { return problems + [.image(sha, try ContentHashStage.imageHashes(path: path, expectedSHA256: sha))] } catch {
+                    problems.append(.problem(path, Self.reason(error)))
+                }
             }
+            return problems
         case .cropHash(let sha, let relative):
-            do { return .cropHash(sha, try ContentHashStage.cropHash(relative, store: store)) } catch {
-                return .problem(store.url(relative).path, Self.reason(error))
+            do { return [.cropHash(sha, try ContentHashStage.cropHash(relative, store: store))] } catch {
+                return [.problem(store.url(relative).path, Self.reason(error))]
             }
         case .descriptor(let sha, let face):
-            do { return .descriptor(sha, try DescribeStage.describe(face, model: net!, store: store)) } catch {
-                return .problem(store.url(face.descriptorCrop).path, "descriptor: " + Self.reason(error))
+            do { return [.descriptor(sha, try DescribeStage.describe(face, model: net!, store: store))] } catch {
+                return [.problem(store.url(face.descriptorCrop).path, "descriptor: " + Self.reason(error))]
             }
         }
     }

@@ -71,7 +71,18 @@ public struct CurationPipeline: Sendable {
         let workers = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
 
         do {
-            let files = try catalog.curationInputs(ingestFingerprint: ingestFingerprint)
+            // A photo changed or gone since ingest would be judged on stale features (and could be
+            // kept over an intact copy): it sits this run out until ingest has seen it again.
+            var stale: [String] = []
+            let files = try catalog.curationInputs(ingestFingerprint: ingestFingerprint).filter { f in
+                guard let size = f.byteSize, let mtime = f.mtimeNs else { return true }
+                switch ReadStage.stat(f.path) {
+                case .success(let st) where st.byteSize == size && st.mtimeNs == mtime: return true
+                case .success: stale.append("\(f.path): changed since ingest; left out of this curation, re-run pidiff-data ingest")
+                case .failure(let problem): stale.append("\(f.path): \(problem.reason) since ingest; left out of this curation, re-run pidiff-data ingest")
+                }
+                return false
+            }
             let featureStage = CurationFeatureStage(store: store, descriptorModelPath: descriptorPath, workers: workers,
                                                     showProgress: showProgress)
             let (features, work) = try await featureStage.features(
@@ -90,13 +101,14 @@ public struct CurationPipeline: Sendable {
             for d in decisions { decisionCounts[d.kind.rawValue, default: 0] += 1 }
             var counts = decisionCounts
             counts["files"] = files.count
+            if !stale.isEmpty { counts["changed_since_ingest"] = stale.count }
             counts["near_candidate_pairs"] = duplicates.nearCandidatePairs
             counts["near_rejected_by_descriptor_guard"] = duplicates.nearRejectedByGuard
             for (k, v) in work.computed { counts["computed_\(k)"] = v }
             try await writer.finish(status: "completed", counts: counts)
             return CurationSummary(runID: runID, fingerprint: fingerprint, files: files.count, computed: work.computed,
                                    reused: work.reused, decisions: decisionCounts, aliasesRecorded: aliases.count,
-                                   problems: work.problems, seconds: Date().timeIntervalSince(start))
+                                   problems: stale + work.problems, seconds: Date().timeIntervalSince(start))
         } catch {
             try? await writer.finish(status: "failed", counts: [:])
             throw error

@@ -11,6 +11,9 @@ public struct CurationFile: Sendable {
     public var width: Int
     public var height: Int
     public var face: Face?
+    /// Size and mtime as ingest saw them (nil where not recorded).
+    public var byteSize: Int? = nil
+    public var mtimeNs: Int64? = nil
 
     public struct Face: Sendable {
         public var landmarks: Landmarks68
