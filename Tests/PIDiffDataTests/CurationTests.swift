@@ -88,6 +88,15 @@ final class CurationIntegrationTests: XCTestCase {
 
     private func decode(_ url: URL) throws -> NativeImage { try NativeImage.decode(Data(contentsOf: url), maxPixels: 1 << 30) }
 
+    /// A new folder with photos/obama/obama{,2,3}.jpg: (folder, photos root, catalog path).
+    private func folderWithTheThreeObamaPhotos() throws -> (URL, URL, URL) {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let root = dir.appendingPathComponent("photos")
+        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root.appendingPathComponent("obama/\(name)")) }
+        return (dir, root, dir.appendingPathComponent("c.sqlite"))
+    }
+
     private func curate(_ catalog: URL, applyMerges: Bool = false) async throws -> (CurationSummary, [CurationFinding]) {
         let summary = try await CurationPipeline(catalogPath: catalog.path, applyMerges: applyMerges).run()
         return (summary, try Catalog(path: catalog.path).curationFindings(runID: summary.runID))
@@ -211,10 +220,7 @@ final class CurationIntegrationTests: XCTestCase {
     /// is dropped. An identity of two different people flags both (nothing to trust) and is never
     /// merged. Every decision points at a photo that is really kept.
     func testMisfiledCopiesAmbiguousIdentitiesAndKeptPointers() async throws {
-        try TestSupport.requireAssets()
-        let dir = try TestSupport.temporaryDirectory()
-        let root = dir.appendingPathComponent("photos"), catalog = dir.appendingPathComponent("c.sqlite")
-        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root.appendingPathComponent("obama/\(name)")) }
+        let (dir, root, catalog) = try folderWithTheThreeObamaPhotos()
         try copy(photo("biden", "biden.jpg"), to: root.appendingPathComponent("biden/biden.jpg"))
         try copy(photo("biden", "biden.jpg"), to: root.appendingPathComponent("biden/biden_again.jpg"))
         // "a_" sorts first: the old tie-break by path kept exactly this misfiled copy.
@@ -259,10 +265,7 @@ final class CurationIntegrationTests: XCTestCase {
     /// A photo overwritten after ingest sits curation out (named), so its intact copy is not the
     /// one dropped as its duplicate.
     func testAPhotoChangedSinceIngestIsLeftOutAndItsIntactCopyKept() async throws {
-        try TestSupport.requireAssets()
-        let dir = try TestSupport.temporaryDirectory()
-        let root = dir.appendingPathComponent("photos"), catalog = dir.appendingPathComponent("c.sqlite")
-        for name in ["obama.jpg", "obama2.jpg", "obama3.jpg"] { try copy(photo("obama", name), to: root.appendingPathComponent("obama/\(name)")) }
+        let (_, root, catalog) = try folderWithTheThreeObamaPhotos()
         try copy(photo("obama", "obama.jpg"), to: root.appendingPathComponent("obama/z_copy.jpg"))
         _ = try await TestSupport.ingest([root], catalog: catalog)
         let changed = root.appendingPathComponent("obama/obama.jpg")
