@@ -38,12 +38,12 @@ struct DuplicateFinder {
             byPixels[features.imageHashes[i].map { "pixels:" + $0.pixelSHA256 } ?? "bytes:" + f.sha256, default: []].append(i)
         }
         var representatives: [Int] = []
-        var exactGroups: [(members: [Int], keep: Int)] = []
+        var exactGroups: [KeepChooser.Choice] = []
         for key in byPixels.keys.sorted() {
             let members = byPixels[key]!
-            let keep = chooser.best(members)
-            representatives.append(keep)
-            if members.count > 1 { exactGroups.append((members, keep)) }
+            let choice = chooser.choose(members)
+            representatives.append(choice.keep)
+            if members.count > 1 { exactGroups.append(choice) }
         }
         representatives.sort()
 
@@ -71,7 +71,7 @@ struct DuplicateFinder {
             }
             sets.union(pair.a, pair.b)
         }
-        let nearGroups = sets.groups().map { (members: $0, keep: chooser.best($0)) }
+        let nearGroups = sets.groups().map(chooser.choose)
         // A representative dropped as a near duplicate hands its exact copies on to the photo kept
         // instead, so every decision names a photo that is really kept.
         var finalKeep: [Int: Int] = [:]
@@ -89,7 +89,7 @@ struct DuplicateFinder {
                     identityID: files[m].identityID, groupID: groupID, score: 0,
                     reason: (sameBytes ? "same bytes (SHA-256 \(files[m].sha256.prefix(12))…)"
                                        : "same decoded pixels \(files[m].width)×\(files[m].height), different bytes (re-encoded copy)")
-                        + chooser.note(kept: g.keep, over: m)))
+                        + chooser.note(g, over: m)))
             }
         }
         var kept = Set(representatives)
@@ -102,7 +102,7 @@ struct DuplicateFinder {
                     kind: .nearDuplicate, fileID: files[m].fileID, keptFileID: files[g.keep].fileID,
                     identityID: files[m].identityID, groupID: groupID, score: e.score,
                     reason: "\(e.description) from the kept photo; \(KeepPolicy.describe(files[m])) < \(KeepPolicy.describe(files[g.keep]))"
-                        + chooser.note(kept: g.keep, over: m)))
+                        + chooser.note(g, over: m)))
             }
         }
         return Result(decisions: decisions, kept: kept.sorted(), nearCandidatePairs: candidates.count, nearRejectedByGuard: rejected)

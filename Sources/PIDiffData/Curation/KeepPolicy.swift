@@ -62,20 +62,29 @@ struct KeepChooser {
         return others.contains { Double(DescriptorDistances.distance(d, descriptors[$0]!)) <= threshold } ? 2 : 0
     }
 
-    func best(_ members: [Int]) -> Int {
-        guard Set(members.map { files[$0].identityID }).count > 1 else { return KeepPolicy.best(members, in: files) }
-        let group = Set(members)
-        let fits = Dictionary(uniqueKeysWithValues: members.map { ($0, fit($0, excluding: group)) })
-        return members.min { a, b in fits[a]! != fits[b]! ? fits[a]! > fits[b]! : KeepPolicy.prefers(files[a], files[b]) }!
+    /// A group's member to keep, and (for a group spanning identities) each member's fit, which
+    /// decided before quality did.
+    struct Choice {
+        var members: [Int]
+        var keep: Int
+        var fits: [Int: Int] = [:]
     }
 
-    /// A note for the reason when identity, not quality, decided.
-    func note(kept: Int, over m: Int) -> String {
-        guard files[kept].identityID != files[m].identityID else { return "" }
-        let group: Set<Int> = [kept, m]
-        let (a, b) = (fit(kept, excluding: group), fit(m, excluding: group))
-        guard a > b else { return "" }
-        return "; kept under '\(files[kept].identity)'" + (b == 0 ? ", whose photos it matches; it matches none of '\(files[m].identity)'" : "")
+    func choose(_ members: [Int]) -> Choice {
+        guard Set(members.map { files[$0].identityID }).count > 1 else {
+            return Choice(members: members, keep: KeepPolicy.best(members, in: files))
+        }
+        let group = Set(members)
+        let fits = Dictionary(uniqueKeysWithValues: members.map { ($0, fit($0, excluding: group)) })
+        let keep = members.min { a, b in fits[a]! != fits[b]! ? fits[a]! > fits[b]! : KeepPolicy.prefers(files[a], files[b]) }!
+        return Choice(members: members, keep: keep, fits: fits)
+    }
+
+    /// A note for member `m`'s reason when identity, not quality, decided the group's choice.
+    func note(_ choice: Choice, over m: Int) -> String {
+        guard let kept = choice.fits[choice.keep], let dropped = choice.fits[m], kept > dropped else { return "" }
+        return "; kept under '\(files[choice.keep].identity)'"
+            + (dropped == 0 ? ", whose photos it matches; it matches none of '\(files[m].identity)'" : "")
     }
 }
 
