@@ -124,17 +124,21 @@ class IdentitySamples:
     w_plus: torch.Tensor       # [N, 18, 512]
     latent_mean: torch.Tensor  # [N, 4, h, w], already multiplied by the VAE scaling factor
     latent_std: torch.Tensor   # [N, 4, h, w], idem
+    _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def to(self, device) -> "IdentitySamples":
         return dataclasses.replace(self, w_plus=self.w_plus.to(device), latent_mean=self.latent_mean.to(device),
                                    latent_std=self.latent_std.to(device))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the keys and tensors this identity was trained on."""
-        digest = hashlib.sha256(json.dumps([self.identity, self.keys]).encode())
-        for tensor in (self.w_plus, self.latent_mean, self.latent_std):
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        """SHA-256 of the keys and tensors this identity was trained on; hashed once per object
+        (the --resume checks and the trainer all ask for it)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps([self.identity, self.keys]).encode())
+            for tensor in (self.w_plus, self.latent_mean, self.latent_std):
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
 
 def sample_labels(shard, shards_dir: str | Path | None) -> list[dict]:
