@@ -8,7 +8,7 @@
 The fast path: a training step is one frozen-UNet forward + backward. VAE latents are sampled from
 the stored mean/std and text embeddings of the finite template set are computed once, so neither
 the VAE nor the text encoder is in the loop. Identities are trained in groups of `group_size`
-that share one UNet pass; each identity has its own weights, its own random stream and its own
+(by default as many as the GPU's memory holds, up to 16; 4 on the CPU) that share one UNet pass; each identity has its own weights, its own random stream and its own
 loss term, so a group gives the same per-identity result as one-by-one runs (up to floating point).
 
 Outputs, for --identity OUT/pidiff.safetensors, for --identities and --split
@@ -52,7 +52,7 @@ class TrainConfig:
     identities: str = ""          # comma-separated identity ids (--identity ID is one of them)
     split: str = ""               # or: every identity in the encoded shards NAME-NNNNNN.safetensors
     shards: str = ""              # folder of the source WebDataset shards, for identity labels (optional)
-    group_size: int = 4           # identities trained together, sharing one frozen UNet pass
+    group_size: int = 0           # identities trained together, sharing one frozen UNet pass; 0 = auto
     # the recipe (PIDiff, after the W+ Adapter)
     steps: int = 600
     batch_size: int = 4           # per identity
@@ -560,6 +560,46 @@ def resolve_device_and_precision(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, device=device, precision=precision)
 
 
+# Training memory on an H100 (SD1.5 UNet in bf16, batch 4 per identity; Docs/benchmarks.md): eager
+# 16.3 GiB at K=4 and 29.9 GiB at K=8, compiled 25.3 GiB at K=8 and 48.9 GiB at K=16. Eager, the
+# dearer of the two, is 3.4 GiB per identity over 2.7 GiB; the auto group size allows 3.5 and 4.
+# K=16 is the largest group measured (14.0 s per identity compiled, the best figure); on the CPU a
+# larger group only makes each step longer, so it keeps 4.
+AUTO_GROUP_GIB_PER_IDENTITY = 3.5
+AUTO_GROUP_GIB_BASE = 4.0
+AUTO_GROUP_MAX = 16
+AUTO_GROUP_CPU = 4
+
+
+def auto_group_size(config: TrainConfig, device_memory_bytes: int | None) -> int:
+    """The group size `--group-size 0` resolves to: as many identities as 90 % of the card's memory
+    holds (by the measured figures above, scaled with the batch and doubled in fp32), 1 to 16;
+    AUTO_GROUP_CPU without a GPU."""
+    if device_memory_bytes is None:
+        return AUTO_GROUP_CPU
+    per_identity = AUTO_GROUP_GIB_PER_IDENTITY * config.batch_size / 4 * (2 if config.precision == "fp32" else 1)
+    base = AUTO_GROUP_GIB_BASE * (2 if config.precision == "fp32" else 1)
+    fits = int((0.9 * device_memory_bytes / 2**30 - base) // per_identity)
+    return max(1, min(AUTO_GROUP_MAX, fits))
+
+
+def resolve_group_size(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Replace group_size 0 by auto_group_size; under several ranks the smallest card decides, since
+    every rank must cut the identities into the same groups."""
+    if config.group_size < 0:
+        raise ValueError(f"--group-size must be 0 (auto) or more, not {config.group_size}")
+    if config.group_size:
+        return config
+    device = torch.device(config.device)
+    memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    size = auto_group_size(config, memory)
+    if world_size > 1 and torch.distributed.is_initialized():
+        agreed = torch.tensor([size], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        size = int(agreed.item())
+    return dataclasses.replace(config, group_size=size)
+
+
 def prepare_frozen_unet(unet, config: TrainConfig):
     """Freeze the UNet and put it in its training form (dtype, memory format, checkpointing)."""
     unet.requires_grad_(False).eval()
@@ -614,6 +654,9 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
 
     Writes OUT/train_config.json (rank 0), after --resume has checked what it would keep.
     """
+    if not config.group_size:
+        config = resolve_group_size(config, world_size)
+        log(f"group size {config.group_size} (auto, for {config.device})")
     out = Path(config.out)
     names = sorted(samples)
     if config.identity and names != [config.identity]:

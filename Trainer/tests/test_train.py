@@ -26,12 +26,14 @@ from pidiff.train import (
     IdentityGroupTrainer,
     IdentitySamples,
     TrainConfig,
+    auto_group_size,
     config_from_args,
     ddpm_noise_levels,
     identity_folder,
     load_training_samples,
     prepare_frozen_unet,
     resolve_device_and_precision,
+    resolve_group_size,
     train_groups,
 )
 
@@ -87,6 +89,40 @@ def test_every_config_field_either_changes_the_result_or_not():
     names = [field.name for field in dataclasses.fields(TrainConfig)]
     assert sorted(RECIPE_FIELDS + RUN_FIELDS) == sorted(names)
     assert not set(RECIPE_FIELDS) & set(RUN_FIELDS)
+
+
+def test_auto_group_size_follows_the_cards_memory_and_the_batch():
+    gib = 2**30
+    bf16 = TrainConfig(precision="bf16")
+    assert auto_group_size(bf16, int(79.2 * gib)) == 16  # an 80 GB H100: the measured K=16 (48.9 GiB compiled)
+    assert auto_group_size(bf16, 40 * gib) == 9          # (36 - 4) // 3.5
+    assert auto_group_size(bf16, 24 * gib) == 5
+    assert auto_group_size(bf16, 8 * gib) == 1           # never below one identity
+    assert auto_group_size(dataclasses.replace(bf16, batch_size=8), 40 * gib) == 4
+    assert auto_group_size(dataclasses.replace(bf16, precision="fp32"), 40 * gib) == 4
+    assert auto_group_size(bf16, None) == 4              # no GPU
+
+
+def test_group_size_zero_resolves_before_training_and_is_saved_resolved(unet, tmp_path):
+    assert resolve_group_size(config(tmp_path, group_size=3)).group_size == 3
+    assert resolve_group_size(config(tmp_path)).group_size == 4  # default 0 = auto; 4 on the CPU
+    with pytest.raises(ValueError, match="--group-size"):
+        resolve_group_size(config(tmp_path, group_size=-1))
+    messages = []
+    samples = [identity_samples(name, 2, seed) for seed, name in enumerate("abcde")]
+    train(unet, tmp_path, samples, steps=1, log=messages.append)
+    assert "group size 4 (auto, for cpu)" in messages
+    assert sum("training" in m for m in messages) == 2  # five identities: a group of 4 and one of 1
+    assert json.loads((tmp_path / "train_config.json").read_text())["group_size"] == 4
+
+
+def test_ranks_agree_on_the_smallest_auto_group_size(tmp_path):
+    """Every rank must cut the identities into the same groups: the group size is reduced with MIN."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert resolve_group_size(config(tmp_path), world_size=2).group_size == 4
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_identity_folders_stay_inside_out_and_apart():
