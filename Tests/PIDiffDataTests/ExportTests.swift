@@ -30,6 +30,31 @@ final class ExportTests: XCTestCase {
         return catalog
     }
 
+    /// Cron runs `pidiff-data run` from anywhere: the trainer's Python is found beside the
+    /// executable's checkout when the working directory has no `.venv`.
+    func testTrainerPythonIsFoundFromTheWorkingDirectoryThenFromTheExecutable() throws {
+        let dir = try TestSupport.temporaryDirectory().resolvingSymlinksInPath()
+        let fm = FileManager.default
+        func venv(_ root: URL) throws -> String {
+            let bin = root.appendingPathComponent(".venv/bin")
+            try fm.createDirectory(at: bin, withIntermediateDirectories: true)
+            let python = bin.appendingPathComponent("python")
+            try "#!/bin/sh\n".write(to: python, atomically: true, encoding: .utf8)
+            try fm.setAttributes([.posixPermissions: 0o755], ofItemAtPath: python.path)
+            return python.path
+        }
+        let checkout = dir.appendingPathComponent("checkout"), elsewhere = dir.appendingPathComponent("elsewhere")
+        let executable = checkout.appendingPathComponent(".build/x86_64-unknown-linux-gnu/release/pidiff-data")
+        try fm.createDirectory(at: executable.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try fm.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        XCTAssertNil(TrainerProcess.virtualEnvironment(workingDirectory: elsewhere, executable: executable))
+        let checkoutPython = try venv(checkout)
+        XCTAssertEqual(TrainerProcess.virtualEnvironment(workingDirectory: elsewhere, executable: executable), checkoutPython)
+        let localPython = try venv(elsewhere)
+        XCTAssertEqual(TrainerProcess.virtualEnvironment(workingDirectory: elsewhere, executable: executable), localPython)
+        XCTAssertEqual(TrainerProcess(python: "/opt/py").python, "/opt/py")
+    }
+
     func testShardsAreDeterministicReadableAndConfinedWhateverTheNames() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let hostile = ["../../escape", "dots.in.name", "quote'\"name", "名前 ünï"]

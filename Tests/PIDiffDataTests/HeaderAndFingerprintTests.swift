@@ -51,7 +51,7 @@ final class FingerprintTests: XCTestCase {
         let base = IngestParameters()
         var workers = base
         workers.workers = 7
-        workers.channelCapacity = 99
+        workers.vanished = .keep
         XCTAssertEqual(Hashing.fingerprint(base.fingerprintPayload), Hashing.fingerprint(workers.fingerprintPayload))
         var detector = base
         detector.detector = .mmod
@@ -64,13 +64,34 @@ final class FingerprintTests: XCTestCase {
     func testPipelineFileOverridesOnlyWhatItNames() throws {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("p.yaml")
-        try "ingest:\n  detector: mmod\n  min_face_size: 64\nfuture_stage:\n  anything: 1\n".write(to: file, atomically: true, encoding: .utf8)
+        try "ingest:\n  detector: mmod\n  min_face_size: 64\n".write(to: file, atomically: true, encoding: .utf8)
         let config = try PipelineConfig.load(file)
         XCTAssertEqual(config.ingest.detector, .mmod)
         XCTAssertEqual(config.ingest.minFaceSize, 64)
         XCTAssertEqual(config.ingest.upsample, IngestParameters().upsample)
         try "ingest:\n  detector: nonsense\n".write(to: file, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try PipelineConfig.load(file)) { XCTAssertTrue("\($0)".contains(file.path)) }
+    }
+
+    /// A misspelt key would otherwise leave its defaults in place without a word (`masks:` for `mask:`).
+    func testUnknownSectionsAndKeysAreRefusedByName() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("p.yaml")
+        let cases = [
+            ("masks:\n  method: grabcut\n", "unknown key masks at the top level; known: ingest, crossfaceid, mask, labels, curate, run"),
+            ("ingest:\n  detect_max_sides: 512\n  workers: 2\n", "unknown key detect_max_sides in ingest"),
+            ("mask:\n  iteration: 3\n  feather: 1\n", "unknown keys feather, iteration in mask"),
+            ("labels:\n  age_brackets:\n    - {name: young, from: 0, to: 20}\n", "unknown key to in labels.age_brackets[0]"),
+            ("run:\n  catalog: c.sqlite\n  stages: [ingest]\n  select: {name: v1, identities: 2, images: 6}\n", "unknown key images in run.select"),
+            ("curate:\n  hamming: 4\n", "unknown key hamming in curate"),
+            ("crossfaceid:\n  identity: person\n", "unknown key identity in crossfaceid"),
+        ]
+        for (text, message) in cases {
+            try text.write(to: file, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try PipelineConfig.load(file), text) { error in
+                XCTAssertTrue("\(error)".contains(file.path) && "\(error)".contains(message), "\(error)")
+            }
+        }
     }
 
     func testRunSectionReadsTrainProcessesAndRejectsFewerThanOne() throws {

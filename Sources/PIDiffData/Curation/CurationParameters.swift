@@ -20,12 +20,13 @@ public struct CurationParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case hammingRadius = "hamming_radius", descriptorGuard = "descriptor_guard"
         case impostorThreshold = "impostor_threshold", samePersonThreshold = "same_person_threshold", workers
     }
 
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = CurationParameters()
         hammingRadius = try c.decodeIfPresent(Int.self, forKey: .hammingRadius) ?? d.hammingRadius

@@ -13,8 +13,9 @@ public struct RunSpec: Codable, Equatable, Sendable {
         public var imagesPerIdentity: Int = 6
         public var referenceImages: Int = 1
         public var seed: Int = 0
-        enum CodingKeys: String, CodingKey { case name, identities, imagesPerIdentity = "images_per_identity", referenceImages = "reference_images", seed }
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, identities, imagesPerIdentity = "images_per_identity", referenceImages = "reference_images", seed }
         public init(from decoder: Decoder) throws {
+            try refuseUnknownKeys(decoder, CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
             name = try c.decode(String.self, forKey: .name)
             identities = try c.decode(Int.self, forKey: .identities)
@@ -33,8 +34,9 @@ public struct RunSpec: Codable, Equatable, Sendable {
         public var tinyRandom: Bool = false
         public var e4e: String?
         public var sd: String?
-        enum CodingKeys: String, CodingKey { case tinyRandom = "tiny_random", e4e, sd }
+        enum CodingKeys: String, CodingKey, CaseIterable { case tinyRandom = "tiny_random", e4e, sd }
         public init(from decoder: Decoder) throws {
+            try refuseUnknownKeys(decoder, CodingKeys.self)
             let c = try decoder.container(keyedBy: CodingKeys.self)
             tinyRandom = try c.decodeIfPresent(Bool.self, forKey: .tinyRandom) ?? false
             e4e = try c.decodeIfPresent(String.self, forKey: .e4e)
@@ -55,12 +57,13 @@ public struct RunSpec: Codable, Equatable, Sendable {
     public var samplePrompt: String = "a photo of S* reading in the library"
     public var sampleArguments: [String] = []
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case catalog, sources, stages, work, target, minImages = "min_images", select, models
         case trainArguments = "train_arguments", trainProcesses = "train_processes", samplePrompt = "sample_prompt", sampleArguments = "sample_arguments"
     }
 
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         catalog = try c.decode(String.self, forKey: .catalog)
         sources = try c.decodeIfPresent([String].self, forKey: .sources) ?? []

@@ -6,14 +6,31 @@ import Foundation
 public struct TrainerProcess: Sendable {
     public var python: String
 
-    /// `$PIDIFF_PYTHON`, else the repository's `.venv/bin/python` beside the working directory,
-    /// else `python3` on PATH.
-    public init(python: String? = nil) {
+    /// `python`, else `$PIDIFF_PYTHON`, else `.venv/bin/python` in the working directory, else the
+    /// `.venv/bin/python` of the repository this executable was built in (found by walking up from
+    /// it: `.build/release/pidiff-data` → the checkout, so cron jobs need no particular working
+    /// directory), else `python3` on PATH.
+    public init(python: String? = nil, executable: URL? = Bundle.main.executableURL) {
         let env = ProcessInfo.processInfo.environment
         if let python { self.python = python }
         else if let p = env["PIDIFF_PYTHON"], !p.isEmpty { self.python = p }
-        else if FileManager.default.isExecutableFile(atPath: ".venv/bin/python") { self.python = URL(fileURLWithPath: ".venv/bin/python").standardizedFileURL.path }
+        else if let venv = Self.virtualEnvironment(workingDirectory: URL(fileURLWithPath: FileManager.default.currentDirectoryPath),
+                                                   executable: executable) { self.python = venv }
         else { self.python = "/usr/bin/env" }
+    }
+
+    /// The first `.venv/bin/python` in the working directory, then in the executable's folder and
+    /// its ancestors (at most five levels up).
+    static func virtualEnvironment(workingDirectory: URL, executable: URL?) -> String? {
+        var candidates = [workingDirectory]
+        if var folder = executable?.resolvingSymlinksInPath().deletingLastPathComponent() {
+            for _ in 0..<6 where folder.path != "/" {
+                candidates.append(folder)
+                folder = folder.deletingLastPathComponent()
+            }
+        }
+        return candidates.map { $0.appendingPathComponent(".venv/bin/python").standardizedFileURL.path }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
     /// Runs `pidiff <arguments>`, its stdout/stderr passed straight through (progress bars and

@@ -44,16 +44,25 @@ public struct LabelMapping: Codable, Equatable, Sendable {
     public struct AgeBracket: Codable, Equatable, Sendable {
         public var name: String
         public var from: Int
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, from }
+        public init(name: String, from: Int) { self.name = name; self.from = from }
+        public init(from decoder: Decoder) throws {
+            try refuseUnknownKeys(decoder, CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decode(String.self, forKey: .name)
+            from = try c.decode(Int.self, forKey: .from)
+        }
     }
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case race, gender, ageBrackets = "age_brackets", ageNames = "age_names", fairfaceRace = "fairface_race"
         case minClassifierConfidence = "min_classifier_confidence"
     }
 
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = LabelMapping()
         race = try c.decodeIfPresent([String: String].self, forKey: .race) ?? d.race

@@ -11,8 +11,8 @@ public enum FacePolicy: String, Codable, Sendable {
     case bestScore = "best_score"
 }
 
-/// Parameters of the ingest stages. Everything here except `workers` and `channelCapacity`
-/// changes what ingest produces, so it is part of the parameters fingerprint.
+/// Parameters of the ingest stages. Everything here except `workers` and `vanished` changes what
+/// ingest produces, so it is part of the parameters fingerprint.
 public struct IngestParameters: Codable, Equatable, Sendable {
     public var detector: DetectorKind = .hog
     /// Image pyramid upsampling before detection (1 finds faces down to ~40 px).
@@ -38,8 +38,6 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public var minSharpness: Double = 0
     /// Worker count (0 = one per core). Not fingerprinted.
     public var workers: Int = 0
-    /// Items in flight between stages. Not fingerprinted.
-    public var channelCapacity: Int = 0
     /// What happens to catalogued photos a completed scan no longer finds in their source:
     /// `mark` (default) marks them vanished, out of the usable set; `keep` leaves them usable, for
     /// an inbox that is emptied after each run. Not fingerprinted.
@@ -48,15 +46,16 @@ public struct IngestParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case detector, upsample, detectMaxSide = "detect_max_side", detectCascade = "detect_cascade", facePolicy = "face_policy"
         case maxFacesRecorded = "max_faces_recorded", maxPixels = "max_pixels", minSide = "min_side"
         case cropSizes = "crop_sizes", minFaceSize = "min_face_size", maxOutsideFraction = "max_outside_fraction"
         case maxAbsRollDegrees = "max_abs_roll_degrees", maxAbsYaw = "max_abs_yaw", minSharpness = "min_sharpness"
-        case workers, channelCapacity = "channel_capacity", vanished
+        case workers, vanished
     }
 
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = IngestParameters()
         detector = try c.decodeIfPresent(DetectorKind.self, forKey: .detector) ?? d.detector
@@ -74,7 +73,6 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         maxAbsYaw = try c.decodeIfPresent(Double.self, forKey: .maxAbsYaw) ?? d.maxAbsYaw
         minSharpness = try c.decodeIfPresent(Double.self, forKey: .minSharpness) ?? d.minSharpness
         workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
-        channelCapacity = try c.decodeIfPresent(Int.self, forKey: .channelCapacity) ?? d.channelCapacity
         vanished = try c.decodeIfPresent(VanishedPolicy.self, forKey: .vanished) ?? d.vanished
     }
 
@@ -100,7 +98,11 @@ public struct CrossFaceIDParameters: Codable, Equatable, Sendable {
     /// JSON field holding the identity; nil takes the image's parent folder name.
     public var identityField: String?
     public init() {}
-    enum CodingKeys: String, CodingKey { case identityField = "identity_field" }
+    enum CodingKeys: String, CodingKey, CaseIterable { case identityField = "identity_field" }
+    public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
+        identityField = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(String.self, forKey: .identityField)
+    }
 }
 
 /// Parameters of the mask stage (background removal before e4e).
@@ -131,7 +133,7 @@ public struct MaskParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case method, workSize = "work_size", iterations, borderFraction = "border_fraction", hairExtent = "hair_extent"
         case headWidth = "head_width", includeNeck = "include_neck", featherSigma = "feather_sigma"
         case minCoverage = "min_coverage", maxCoverage = "max_coverage", onnxPath = "onnx_path"
@@ -139,6 +141,7 @@ public struct MaskParameters: Codable, Equatable, Sendable {
     }
 
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = MaskParameters()
         method = try c.decodeIfPresent(Method.self, forKey: .method) ?? d.method
@@ -176,8 +179,8 @@ public struct MaskParameters: Codable, Equatable, Sendable {
     }
 }
 
-/// A pipeline file (YAML, under Pipelines/). Unknown sections are ignored so one file can carry
-/// the parameters of stages added later.
+/// A pipeline file (YAML, under Pipelines/). Every section and key is checked: an unknown one (a
+/// misspelling such as `masks:` for `mask:`) is an error naming it, never a silent default.
 public struct PipelineConfig: Codable, Equatable, Sendable {
     public var ingest = IngestParameters()
     public var crossfaceid = CrossFaceIDParameters()
@@ -188,7 +191,10 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var run: RunSpec?
     public init() {}
 
+    enum CodingKeys: String, CodingKey, CaseIterable { case ingest, crossfaceid, mask, labels, curate, run }
+
     public init(from decoder: Decoder) throws {
+        try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
@@ -213,10 +219,36 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
 public enum PipelineError: Error, CustomStringConvertible {
     case unreadable(String, String)
     case invalid(String, String)
+    /// Keys a section does not have: where (the section's path, empty at the top), them, the known ones.
+    case unknownKeys(String, [String], [String])
     public var description: String {
         switch self {
         case .unreadable(let p, let r): return "pipeline file \(p): cannot read it (\(r))"
         case .invalid(let p, let r): return "pipeline file \(p): invalid (\(r))"
+        case .unknownKeys(let place, let unknown, let known):
+            return "unknown key\(unknown.count == 1 ? "" : "s") \(unknown.joined(separator: ", ")) "
+                + (place.isEmpty ? "at the top level" : "in \(place)") + "; known: \(known.joined(separator: ", "))"
         }
+    }
+}
+
+/// Any key, to list every key a mapping holds (a container keyed by a type's own CodingKeys drops
+/// the ones it does not know).
+private struct AnyKey: CodingKey {
+    let stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+/// Throws `PipelineError.unknownKeys` when the mapping being decoded holds a key `keys` lacks.
+func refuseUnknownKeys<Keys: CodingKey & CaseIterable>(_ decoder: Decoder, _ keys: Keys.Type) throws {
+    let known = Keys.allCases.map(\.stringValue)
+    let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).filter { !known.contains($0) }
+    guard unknown.isEmpty else {
+        let place = decoder.codingPath.reduce(into: "") { path, key in
+            if let index = key.intValue { path += "[\(index)]" } else { path += (path.isEmpty ? "" : ".") + key.stringValue }
+        }
+        throw PipelineError.unknownKeys(place, unknown.sorted(), known)
     }
 }
