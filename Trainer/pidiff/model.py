@@ -342,21 +342,30 @@ class PIDiffAdapter(nn.Module):
             target[k].copy_(state[name])
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with the file's mode following the umask like any other output
+    (safetensors 0.8 creates its files 0600, unreadable to the group a shared setup relies on)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_weights(path: str | Path, adapter: PIDiffAdapter, k: int, metadata: dict[str, object]) -> None:
     """Write identity k's weights as `pidiff.safetensors` (see Docs/weights-format.md).
 
     Written beside the target and renamed over it, as checkpoints are: a run killed while writing
     leaves the previous file or none, never a truncated one that `--resume` would find.
     """
-    from safetensors.torch import save_file
-
     header = {"format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
               "num_visual_tokens": str(NUM_VISUAL_TOKENS)}
     for key, value in metadata.items():
         header[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
-    save_file(adapter.identity_state_dict(k), str(partial), metadata=header)
+    save_safetensors(adapter.identity_state_dict(k), partial, metadata=header)
     os.replace(partial, path)
 
 

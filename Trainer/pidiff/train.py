@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from pidiff.model import (DEFAULT_INFERENCE_SCALE, PIDiffAdapter, load_weights_metadata, model_fingerprint,
-                          save_weights)
+                          save_safetensors, save_weights)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,9 +215,22 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
         raise FileNotFoundError(f"no encoded shards {pattern} in {encoded_dir}")
     wanted = set(identities) if identities else None
     rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard made with them
     for path in paths:
         shard = read_encoded_shard(path)
         scale = shard.scaling_factor
+        encoders.setdefault((shard.metadata.get("e4e_sha256", ""), shard.metadata.get("vae_sha256", "")), path)
+        if len(encoders) > 1:
+            (first, earlier), (_, later) = list(encoders.items())[:2]
+            raise ValueError(f"{earlier.name} and {later.name} in {encoded_dir} were encoded with different models "
+                             "(e4e_sha256/vae_sha256 differ): their w+ and latents do not share one space; "
+                             "re-encode the split with one e4e and one VAE")
+        finite = (torch.isfinite(shard.w_plus).flatten(1).all(1) & torch.isfinite(shard.latent_mean).flatten(1).all(1)
+                  & torch.isfinite(shard.latent_std).flatten(1).all(1))
+        if not finite.all():
+            bad = [key for key, ok in zip(shard.keys, finite.tolist()) if not ok]
+            raise ValueError(f"{path}: non-finite w+ or latents for {len(bad)} sample(s), e.g. {bad[:3]}; "
+                             "re-encode the shard")
         for i, (key, label) in enumerate(zip(shard.keys, sample_labels(shard, shards_dir))):
             identity = label["identity"]
             if label.get("role", "train") != "train" or (wanted is not None and identity not in wanted):
@@ -358,19 +371,26 @@ class IdentityGroupTrainer:
     def run(self, checkpoint_dir: Path | None, log=print) -> None:
         cfg = self.config
         pending: list[torch.Tensor] = []  # losses stay on the device until logged: no sync per step
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), self.step  # a resumed run times only its own steps
         while self.step < cfg.steps:
             pending.append(self.train_step())
             at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
             at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
             if at_log or at_checkpoint:
-                for k, losses in enumerate(torch.stack(pending).cpu().T.tolist()):
-                    self.losses[k].extend(losses)
+                stacked = torch.stack(pending).cpu()
                 pending.clear()
+                # Checked before any checkpoint or weights are written: a diverged run leaves the
+                # last good checkpoint, never non-finite weights that --resume would keep.
+                if not torch.isfinite(stacked).all():
+                    bad = sorted({self.identities[k] for k in (~torch.isfinite(stacked)).nonzero()[:, 1].tolist()})
+                    raise FloatingPointError(f"training diverged: non-finite loss by step {self.step} for {bad} "
+                                             f"(learning rate {cfg.learning_rate}); nothing written for this group")
+                for k, losses in enumerate(stacked.T.tolist()):
+                    self.losses[k].extend(losses)
             if at_log:
                 elapsed = time.perf_counter() - started
                 mean_loss = sum(losses[-1] for losses in self.losses) / len(self.losses)
-                log(f"step {self.step}/{cfg.steps}  loss {mean_loss:.4f}  {elapsed / self.step:.3f} s/step "
+                log(f"step {self.step}/{cfg.steps}  loss {mean_loss:.4f}  {elapsed / (self.step - first_step):.3f} s/step "
                     f"({len(self.identities)} identities)")
             if at_checkpoint and checkpoint_dir is not None and self.step < cfg.steps:
                 self.save_checkpoint(checkpoint_dir)
@@ -379,14 +399,12 @@ class IdentityGroupTrainer:
     # Checkpoints: weights (safetensors), optimizer, random streams, losses. Resuming from one
     # continues bit-for-bit on the same device.
     def save_checkpoint(self, checkpoint_dir: Path) -> Path:
-        from safetensors.torch import save_file
-
         final = checkpoint_dir / f"step-{self.step:06d}"
         partial = checkpoint_dir / f".step-{self.step:06d}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        save_file({k: v.detach().contiguous() for k, v in self.adapter.state_dict().items()},
-                  str(partial / "adapter.safetensors"))
+        save_safetensors({k: v.detach().contiguous() for k, v in self.adapter.state_dict().items()},
+                         partial / "adapter.safetensors")
         torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
         torch.save([g.get_state() for g in self.generators], partial / "rng.pt")
         state = {"step": self.step, "identities": self.identities, "losses": self.losses,
@@ -418,6 +436,19 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def group_checkpoint_dir(out: Path, group_index: int, group_count: int) -> Path:
     return out / "checkpoints" / (f"group-{group_index:04d}" if group_count > 1 else "")
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """A finished group's checkpoints, and the folders they leave empty; nothing of other groups
+    (a one-group run's folder is OUT/checkpoints itself, which may hold another run's groups)."""
+    for step in [*checkpoint_dir.glob("step-*"), *checkpoint_dir.glob(".step-*.partial")]:
+        shutil.rmtree(step, ignore_errors=True)
+    for folder in (checkpoint_dir, checkpoint_dir.parent):
+        if folder.name in ("checkpoints",) or folder.name.startswith("group-"):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty: other groups' checkpoints
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,6 +506,16 @@ def check_resumable(groups: list[list[str]], output_dirs: dict[str, Path], sampl
 
     Every rank checks every group, so all ranks stop together rather than some training on."""
     out = Path(config.out)
+    formed = {tuple(group) for group in groups}
+    for state_file in sorted((out / "checkpoints").glob("**/step-*/state.json")):
+        try:
+            held = json.loads(state_file.read_text())["identities"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"--resume: checkpoint {state_file.parent} has no readable state.json; remove it") from None
+        if tuple(held) not in formed and set(held) <= set(samples):
+            raise ValueError(f"--resume: checkpoint {state_file.parent} continues the group {held}, which this run "
+                             f"does not form (group size {config.group_size}); resume with --group-size {len(held)}, "
+                             "or remove the checkpoint to start that group again")
     for group_index, group in enumerate(groups):
         for name in group:
             if (path := output_dirs[name] / "pidiff.safetensors").is_file():
@@ -583,21 +624,40 @@ def auto_group_size(config: TrainConfig, device_memory_bytes: int | None) -> int
     return max(1, min(AUTO_GROUP_MAX, fits))
 
 
-def resolve_group_size(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+def resolve_group_size(config: TrainConfig, world_size: int = 1, identities: int | None = None) -> TrainConfig:
     """Replace group_size 0 by auto_group_size; under several ranks the smallest card decides, since
-    every rank must cut the identities into the same groups."""
-    if config.group_size < 0:
-        raise ValueError(f"--group-size must be 0 (auto) or more, not {config.group_size}")
+    every rank must cut the identities into the same groups, and no group is larger than the ranks'
+    fair share of `identities`, so no rank stays idle while another trains a big group."""
     if config.group_size:
         return config
     device = torch.device(config.device)
     memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     size = auto_group_size(config, memory)
+    if identities and world_size > 1:
+        size = max(1, min(size, -(-identities // world_size)))
     if world_size > 1 and torch.distributed.is_initialized():
         agreed = torch.tensor([size], device=device if device.type == "cuda" else "cpu")
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
         size = int(agreed.item())
     return dataclasses.replace(config, group_size=size)
+
+
+def resolved_group_size(config: TrainConfig, out: Path, world_size: int, identities: int, log=print) -> TrainConfig:
+    """`--group-size 0` for this run. A --resume keeps the group size the interrupted run resolved
+    (its train_config.json): checkpoints belong to groups, so another card or rank count must not
+    regroup the identities and orphan them."""
+    saved = out / "train_config.json"
+    if config.resume and saved.is_file():
+        try:
+            size = int(json.loads(saved.read_text()).get("group_size", 0))
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"--resume: {saved} is not a readable run configuration ({error})") from None
+        if size > 0:
+            log(f"group size {size} (auto: the group size of the run being resumed, {saved})")
+            return dataclasses.replace(config, group_size=size)
+    config = resolve_group_size(config, world_size, identities)
+    log(f"group size {config.group_size} (auto, for {config.device})")
+    return config
 
 
 def prepare_frozen_unet(unet, config: TrainConfig):
@@ -616,6 +676,8 @@ def prepare_frozen_unet(unet, config: TrainConfig):
 # A folder name that is safe on every file system: portable characters, at most 100 of them, and
 # no leading '.', so never '.', '..' or a hidden folder.
 SAFE_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+# What the run itself keeps under OUT: an identity of that name gets a hashed folder instead.
+RESERVED_FOLDER_NAMES = ("checkpoints", "train_config.json")
 
 
 def identity_folder(name: str) -> str:
@@ -625,7 +687,7 @@ def identity_folder(name: str) -> str:
     used as it is; any other becomes a readable ASCII slug of it plus '-' and 10 hex digits of its
     SHA-256, so it stays inside OUT and distinct identities never share a folder.
     """
-    if SAFE_FOLDER_NAME.fullmatch(name):
+    if SAFE_FOLDER_NAME.fullmatch(name) and name.casefold() not in RESERVED_FOLDER_NAMES:
         return name
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("._-")[:80] or "identity"
@@ -654,11 +716,12 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
 
     Writes OUT/train_config.json (rank 0), after --resume has checked what it would keep.
     """
-    if not config.group_size:
-        config = resolve_group_size(config, world_size)
-        log(f"group size {config.group_size} (auto, for {config.device})")
     out = Path(config.out)
     names = sorted(samples)
+    if not names:
+        raise ValueError("no identities to train (the shards hold no training samples for this selection)")
+    if not config.group_size:
+        config = resolved_group_size(config, out, world_size, len(names), log)
     if config.identity and names != [config.identity]:
         raise ValueError(f"--identity {config.identity!r}, but the samples are of {names}")
     # The layout follows the command, not the data: a split that happens to hold one identity still
@@ -692,7 +755,7 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
                                                    extra_metadata or {})
         trainer.adapter.uninstall(unet)
         if not config.keep_checkpoints:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            remove_checkpoints(checkpoint_dir)
     return written
 
 
@@ -721,10 +784,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str]) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
+    if args["identity"] is not None and not args["identity"].strip():
+        raise ValueError("--identity needs a name")
+    if args["identities"] is not None and not [name for name in args["identities"].split(",") if name.strip()]:
+        raise ValueError("--identities needs at least one name")
+    if args["split"] is not None and not args["split"].strip():
+        raise ValueError("--split needs a name")
     args["identity"] = args["identity"] or ""
     args["identities"] = args["identity"] or args["identities"] or ""
     args["split"] = args["split"] or ""
-    return TrainConfig(**args)
+    return check_config(TrainConfig(**args))
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Refuses values that cannot mean anything, naming the flag (before anything is loaded or written)."""
+    limits = [("steps", config.steps >= 1, "at least 1"), ("batch-size", config.batch_size >= 1, "at least 1"),
+              ("group-size", config.group_size >= 0, "0 (auto) or more"), ("log-every", config.log_every >= 1, "at least 1"),
+              ("checkpoint-every", config.checkpoint_every >= 0, "0 (none) or more"),
+              ("learning-rate", config.learning_rate > 0, "positive"), ("weight-decay", config.weight_decay >= 0, "0 or more"),
+              ("visual-dropout", 0 <= config.visual_dropout <= 1, "in [0, 1]"),
+              ("text-dropout", 0 <= config.text_dropout <= 1, "in [0, 1]"),
+              ("w-plus-noise", config.w_plus_noise >= 0, "0 or more"), ("placeholder", bool(config.placeholder.strip()), "not empty")]
+    for flag, ok, expected in limits:
+        if not ok:
+            raise ValueError(f"--{flag} must be {expected}, not {getattr(config, flag.replace('-', '_'))!r}")
+    return config
 
 
 def distributed_context(config: TrainConfig) -> tuple[int, int, TrainConfig]:
@@ -746,7 +830,20 @@ def distributed_context(config: TrainConfig) -> tuple[int, int, TrainConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = resolve_device_and_precision(config_from_args(sys.argv[1:] if argv is None else argv))
+    """User errors (flags, missing or broken inputs, --resume refusals) are one line and exit 2; a
+    diverged run is one line and exit 1, its last good checkpoint left in place."""
+    try:
+        return run_training(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OSError) as error:
+        print(f"pidiff train: {error}", file=sys.stderr, flush=True)
+        return 2
+    except FloatingPointError as error:
+        print(f"pidiff train: {error}", file=sys.stderr, flush=True)
+        return 1
+
+
+def run_training(argv: list[str]) -> int:
+    config = resolve_device_and_precision(config_from_args(argv))
     rank, world_size, config = distributed_context(config)
     log = (lambda message: print(f"[rank {rank}] {message}", flush=True)) if world_size > 1 else \
         (lambda message: print(message, flush=True))
@@ -755,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
     # --identity is taken whole: an identity may itself hold a comma.
     wanted = [config.identity] if config.identity else ([name for name in config.identities.split(",") if name] or None)
     samples = load_training_samples(config.encoded, wanted, config.split, config.shards or None)
+    if not samples:
+        raise ValueError(f"no identities with training samples in {config.encoded}"
+                         + (f" for the split {config.split!r}" if config.split else "") + " (only reference samples?)")
     log(f"{len(samples)} identities, {sum(len(s.keys) for s in samples.values())} training samples")
 
     unet = UNet2DConditionModel.from_pretrained(Path(config.sd) / "unet")

@@ -27,6 +27,7 @@ from pidiff.train import (
     IdentitySamples,
     TrainConfig,
     auto_group_size,
+    check_config,
     config_from_args,
     ddpm_noise_levels,
     identity_folder,
@@ -107,7 +108,7 @@ def test_group_size_zero_resolves_before_training_and_is_saved_resolved(unet, tm
     assert resolve_group_size(config(tmp_path, group_size=3)).group_size == 3
     assert resolve_group_size(config(tmp_path)).group_size == 4  # default 0 = auto; 4 on the CPU
     with pytest.raises(ValueError, match="--group-size"):
-        resolve_group_size(config(tmp_path, group_size=-1))
+        check_config(config(tmp_path, group_size=-1))
     messages = []
     samples = [identity_samples(name, 2, seed) for seed, name in enumerate("abcde")]
     train(unet, tmp_path, samples, steps=1, log=messages.append)
@@ -121,8 +122,35 @@ def test_ranks_agree_on_the_smallest_auto_group_size(tmp_path):
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         assert resolve_group_size(config(tmp_path), world_size=2).group_size == 4
+        # No rank idles while another trains a big group: at most the ranks' fair share.
+        assert resolve_group_size(config(tmp_path), world_size=2, identities=3).group_size == 2
+        assert resolve_group_size(config(tmp_path), world_size=2, identities=40).group_size == 4
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_identities_named_like_the_runs_own_files_get_other_folders():
+    for name in ("checkpoints", "train_config.json", "Checkpoints"):
+        assert identity_folder(name).startswith(name.split(".")[0]) and identity_folder(name) != name
+
+
+def test_train_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    encoded = write_encoded_split(tmp_path / "encoded", {"ann_000": ("ann", "train"), "bob_000": ("bob", "reference")})
+    base = ["train", "--encoded", str(encoded), "--sd", str(tmp_path / "no-sd"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    cases = [(["--identities", ","], "--identities needs at least one name"),
+             (["--identity="], "--identity needs a name"),
+             (["--identity", "ann", "--group-size", "-1"], "--group-size must be 0 (auto) or more, not -1"),
+             (["--identity", "ann", "--steps", "0"], "--steps must be at least 1"),
+             (["--identity", "ann", "--log-every", "0"], "--log-every must be at least 1"),
+             (["--identity", "ann", "--visual-dropout", "1.5"], "--visual-dropout must be in [0, 1]"),
+             (["--identity", "zed"], "no training samples"),
+             (["--split", "nosuch"], "no encoded shards nosuch-NNNNNN.safetensors"),
+             (["--identities", "bob"], "no training samples")]
+    for extra, message in cases:
+        assert cli.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("pidiff train: ") and message in err and err.count("\n") == 1, (extra, err)
+    assert not (tmp_path / "out").exists()  # nothing written, not even train_config.json
 
 
 def test_identity_folders_stay_inside_out_and_apart():
@@ -256,6 +284,58 @@ def test_resume_continues_only_from_a_checkpoint_of_the_same_recipe_and_data(une
     trainer.adapter.uninstall(unet)
 
 
+def test_resume_with_auto_group_size_continues_the_interrupted_runs_groups(unet, tmp_path):
+    """Checkpoints belong to groups: a resume whose auto size would regroup the identities (another
+    card, another rank count) keeps the size the interrupted run resolved, and an explicit other
+    size is refused rather than the checkpoints silently dropped."""
+    samples = [identity_samples(name, seed=i) for i, name in enumerate(("ann", "bob", "cat"))]
+    full = train(unet, tmp_path / "full", samples, steps=4, checkpoint_every=2, keep_checkpoints=True, group_size=2)
+    assert (tmp_path / "full" / "checkpoints" / "group-0000" / "step-000002").is_dir()
+
+    def interrupted(name):
+        shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / name / "checkpoints")
+        shutil.copy(tmp_path / "full" / "train_config.json", tmp_path / name / "train_config.json")
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match=r"group-0000.*\['ann', 'bob'\].*does not form \(group size 3\).*--group-size 2"):
+        train(unet, interrupted("explicit"), samples, steps=4, checkpoint_every=2, resume=True, group_size=3)
+    assert (tmp_path / "explicit" / "checkpoints" / "group-0000" / "step-000002").is_dir()  # nothing removed
+
+    messages = []
+    resumed = train(unet, interrupted("auto"), samples, steps=4, checkpoint_every=2, resume=True, log=messages.append)
+    assert any("group size 2 (auto: the group size of the run being resumed" in m for m in messages)
+    assert any("resumed from" in m and "group-0000" in m for m in messages)
+    for name in ("ann", "bob", "cat"):
+        expected, _ = load_weights(full[name])
+        got, _ = load_weights(resumed[name])
+        assert all(torch.equal(got[key], tensor) for key, tensor in expected.items()), name
+
+
+def test_weights_and_checkpoints_follow_the_umask(unet, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        written = train(unet, tmp_path, [identity_samples("ann")], steps=2, checkpoint_every=1, keep_checkpoints=True)
+    finally:
+        os.umask(previous)
+    assert written["ann"].stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "checkpoints" / "step-000001" / "adapter.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_finished_group_removes_only_its_own_checkpoints(unet, tmp_path):
+    other = tmp_path / "checkpoints" / "group-0003" / "step-000002"  # another run's group in the same OUT
+    other.mkdir(parents=True)
+    train(unet, tmp_path, [identity_samples("ann")], steps=2, checkpoint_every=1)
+    assert other.is_dir() and not list((tmp_path / "checkpoints").glob("step-*"))
+
+
+def test_a_diverging_run_stops_with_an_error_and_writes_no_weights(unet, tmp_path):
+    exploding = identity_samples("ann")
+    exploding.latent_mean.mul_(1e38)  # the prediction error overflows fp32
+    with pytest.raises(FloatingPointError, match=r"non-finite loss by step 1 for \['ann'\]"):
+        train(unet, tmp_path, [exploding], steps=3, log_every=1)
+    assert not (tmp_path / "ann" / "pidiff.safetensors").exists()
+
+
 def test_identities_trained_together_match_identities_trained_one_by_one(unet, tmp_path):
     samples = [identity_samples("ann", count=3, seed=1), identity_samples("bob", count=2, seed=2)]
     together = train(unet, tmp_path / "together", samples, steps=3, group_size=2)
@@ -272,14 +352,18 @@ def test_identities_trained_together_match_identities_trained_one_by_one(unet, t
 
 # -- the command, end to end, on `pidiff random-model --tiny` and encoded files --------------------
 
-def write_encoded_shard(path, labels: dict[str, tuple[str, str]], seed: int = 0, source_shard: str = "") -> None:
+def write_encoded_shard(path, labels: dict[str, tuple[str, str]], seed: int = 0, source_shard: str = "",
+                        encoders: tuple[str, str] = ("e4e-0", "vae-0"), nan_row: int | None = None) -> None:
     """An encoded shard in `pidiff encode`'s format; labels: key -> (identity, role)."""
     g = torch.Generator().manual_seed(seed)
     n = len(labels)
     tensors = {"w_plus": torch.randn(n, 18, 512, generator=g),
                "latent_mean": torch.randn(n, 4, LATENT_SIZE, LATENT_SIZE, generator=g) * 5,
                "latent_std": torch.rand(n, 4, LATENT_SIZE, LATENT_SIZE, generator=g)}
-    metadata = {"format": "pidiff-encoded/1", "keys": json.dumps(list(labels)), "scaling_factor": "0.18215"}
+    if nan_row is not None:
+        tensors["latent_mean"][nan_row, 0, 0, 0] = float("nan")
+    metadata = {"format": "pidiff-encoded/1", "keys": json.dumps(list(labels)), "scaling_factor": "0.18215",
+                "e4e_sha256": encoders[0], "vae_sha256": encoders[1]}
     if source_shard:
         metadata["source_shard"] = source_shard
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +376,18 @@ def write_encoded_split(encoded, labels: dict[str, tuple[str, str]]):
     sidecar = {key: {"identity": identity, "role": role} for key, (identity, role) in labels.items()}
     (encoded / "faces-000000.samples.json").write_text(json.dumps(sidecar))
     return encoded
+
+
+def test_shards_with_non_finite_values_or_of_other_encoders_are_refused(tmp_path):
+    write_encoded_shard(tmp_path / "a" / "faces-000000.safetensors", {"ann_000": ("ann", "train")}, nan_row=0)
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: non-finite .*ann_000"):
+        load_training_samples(tmp_path / "a", None, shards_dir=None)
+    write_encoded_shard(tmp_path / "b" / "faces-000000.safetensors", {"ann_000": ("ann", "train")})
+    write_encoded_shard(tmp_path / "b" / "faces-000001.safetensors", {"bob_000": ("bob", "train")}, encoders=("e4e-0", "vae-1"))
+    for name, key, identity in (("faces-000000", "ann_000", "ann"), ("faces-000001", "bob_000", "bob")):
+        (tmp_path / "b" / f"{name}.samples.json").write_text(json.dumps({key: {"identity": identity, "role": "train"}}))
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors and faces-000001\.safetensors .*different models"):
+        load_training_samples(tmp_path / "b", None)
 
 
 def test_split_reads_only_its_own_six_digit_shards(tmp_path):
