@@ -94,6 +94,20 @@ final class FingerprintTests: XCTestCase {
         }
     }
 
+    /// `run`'s select stage keeps an existing split; it names what the file now asks for differently.
+    func testSelectParametersAreComparedWithTheStoredSplits() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("p.yaml")
+        try "run:\n  catalog: c.sqlite\n  stages: [select]\n  select: {name: v1, identities: 4, seed: 2}\n".write(to: file, atomically: true, encoding: .utf8)
+        let select = try XCTUnwrap(try PipelineConfig.load(file).run?.select)
+        let byCLI = "{\"identities\":4,\"images_per_identity\":6,\"reference_images\":1,\"seed\":2}"  // `balance select`
+        XCTAssertEqual(select.differences(fromStored: byCLI), [])
+        let byRun = String(decoding: try JSONEncoder.sorted.encode(select), as: UTF8.self)
+        XCTAssertEqual(select.differences(fromStored: byRun), [])
+        XCTAssertEqual(select.differences(fromStored: byCLI.replacingOccurrences(of: "\"seed\":2", with: "\"seed\":0")), ["seed 0 -> 2"])
+        XCTAssertEqual(select.differences(fromStored: "{}").count, 4)
+    }
+
     func testRunSectionReadsTrainProcessesAndRejectsFewerThanOne() throws {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("p.yaml")

@@ -95,6 +95,11 @@ extension Catalog {
         }
     }
 
+    /// The `parameters` JSON a split was drawn with, or nil when there is no split of that name.
+    public func splitParameters(name: String) throws -> String? {
+        try pool.read { db in try String.fetchOne(db, sql: "SELECT parameters FROM splits WHERE name = ?", arguments: [name]) }
+    }
+
     public func splits() throws -> [SplitSummary] {
         try pool.read { db in
             try Row.fetchAll(db, sql: """

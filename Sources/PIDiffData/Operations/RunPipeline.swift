@@ -27,6 +27,18 @@ public struct RunSpec: Codable, Equatable, Sendable {
                     "select needs identities ≥ 1, images_per_identity ≥ 1 and reference_images ≥ 0")
             }
         }
+
+        /// The drawing parameters in which a stored split (its `parameters` JSON, as `run` or
+        /// `balance select` wrote it) differs from these, as `key stored -> wanted`.
+        public func differences(fromStored parameters: String) -> [String] {
+            let stored = (try? JSONSerialization.jsonObject(with: Data(parameters.utf8))) as? [String: Any] ?? [:]
+            let wanted = ["identities": identities, "images_per_identity": imagesPerIdentity,
+                          "reference_images": referenceImages, "seed": seed]
+            return wanted.keys.sorted().compactMap { key in
+                let before = stored[key] as? Int
+                return before == wanted[key] ? nil : "\(key) \(before.map(String.init) ?? "unrecorded") -> \(wanted[key]!)"
+            }
+        }
     }
     public struct Models: Codable, Equatable, Sendable {
         /// Write tiny random SD1.5/e4e models (`pidiff random-model --tiny`) into the work folder:
@@ -185,8 +197,14 @@ public struct RunPipeline: Sendable {
                 case .select:
                     guard let sel = spec.select else { throw PipelineError.invalid("run.select", "the select stage needs run.select {name, identities}") }
                     let cat = try Catalog(path: catalog)
-                    if try cat.splits().contains(where: { $0.name == sel.name }) {
-                        stageLog.info("split exists; splits are immutable, keeping it", metadata: ["split": "\(sel.name)"])
+                    if let stored = try cat.splitParameters(name: sel.name) {
+                        let differences = sel.differences(fromStored: stored)
+                        if differences.isEmpty {
+                            stageLog.info("split exists; splits are immutable, keeping it", metadata: ["split": "\(sel.name)"])
+                        } else {
+                            stageLog.warning("split exists, drawn with other select parameters; splits are immutable, so it is kept: give select.name a new name to draw another",
+                                             metadata: ["split": "\(sel.name)", "differences": "\(differences.joined(separator: "; "))"])
+                        }
                     } else {
                         let lock = try CatalogLock(catalogPath: catalog)
                         let selection = BalancedSelection.select(try cat.balanceInputs(mapping: config.labels), races: config.labels.raceCategories,
