@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pidiff import __version__, shards
 from pidiff.e4e import E4ECheckpointError, E4EEncoder
+from pidiff.model import save_safetensors
 
 FORMAT = "pidiff-encoded/1"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -333,7 +333,7 @@ def _encode_pending(encoder: ShardEncoder, pending: list[PendingShard], options:
         prefetch_factor=4 if workers > 0 else None,
     )
     with tqdm(total=len(loader.dataset), unit="img", disable=not options.progress, desc="encode") as progress:
-        for shard_numbers, rows, e4e_images, vae_images in loader:
+        for shard_numbers, rows, e4e_images, vae_images in _batches(loader):
             encoded = encoder.encode_batch(e4e_images, vae_images, pad_to=options.batch_size if options.compile else None)
             encoded = dict(zip(("w_plus", "latent_mean", "latent_std"), (t.to("cpu", storage_dtype) for t in encoded)))
             # A batch may straddle a shard boundary: scatter its rows to their shards.
@@ -351,6 +351,27 @@ def _encode_pending(encoder: ShardEncoder, pending: list[PendingShard], options:
             progress.update(len(rows))
 
 
+def _batches(loader):
+    """The loader's batches; a ShardError raised in a worker comes back with its own message.
+
+    DataLoader re-raises a worker's exception as the same type with the message "Caught ShardError
+    in DataLoader worker process N." followed by the worker's traceback, whose last line is
+    "pidiff.shards.ShardError: <message>". That message names the shard and member; the rest is noise.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except shards.ShardError as error:
+            message = str(error)
+            if not message.startswith("Caught ShardError"):
+                raise  # raised in this process (--workers 0): already the original
+            raise shards.ShardError(message.rstrip().splitlines()[-1].partition(": ")[2] or message) from None
+        yield batch
+
+
 def _write_encoded(job: PendingShard, common_metadata: dict[str, str]) -> None:
     metadata = {
         **common_metadata,
@@ -361,7 +382,7 @@ def _write_encoded(job: PendingShard, common_metadata: dict[str, str]) -> None:
     }
     # Write beside the target and rename: a killed run never leaves a file that looks complete.
     partial = job.output.with_name(f".{job.output.name}.partial")
-    save_file(job.tensors, str(partial), metadata=metadata)
+    save_safetensors(job.tensors, partial, metadata=metadata)
     os.replace(partial, job.output)
 
 

@@ -370,6 +370,18 @@ class SampleImage:
     face_found: bool | None = None
 
 
+def open_rgb(path: Path):
+    """The image at `path` as PIL RGB, fully read; a file PIL cannot read (cut short, corrupt, not an
+    image) is a ValueError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError) as error:  # UnidentifiedImageError, "image file is truncated", a broken PNG chunk
+        raise ValueError(f"{path}: not a readable image ({error})") from error
+
+
 def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -458,9 +470,7 @@ def clip_text(prompt: str, placeholder: str, class_text: str) -> str:
 def evaluate(samples: list[SampleImage], references: dict[str, list[Path]], identity_scorer: IdentityScorer | None,
              lpips_metric: LpipsVgg | None, clip_metric: ClipTextScore | None, class_text: str = "person") -> None:
     """Fill each sample's scores ('id', 'lpips', 'clip_t'); a metric without its model is left out."""
-    from PIL import Image
-
-    reference_images = {identity: [Image.open(p).convert("RGB") for p in paths] for identity, paths in references.items()}
+    reference_images = {identity: [open_rgb(p) for p in paths] for identity, paths in references.items()}
     reference_embeddings: dict[str, list[np.ndarray]] = {}
     if identity_scorer is not None:
         for identity, images in reference_images.items():
@@ -470,7 +480,7 @@ def evaluate(samples: list[SampleImage], references: dict[str, list[Path]], iden
                                  f"({', '.join(p.name for p in references[identity])})")
             reference_embeddings[identity] = embeddings
     for sample in samples:
-        image = Image.open(sample.path).convert("RGB")
+        image = open_rgb(sample.path)
         refs = reference_images[sample.identity]
         if identity_scorer is not None:
             embedding = identity_scorer.embed(image)

@@ -290,7 +290,33 @@ def check_options(args) -> None:
         raise ValueError("give --encoded (optionally --key), --wplus or --image with --e4e")
     if args.image and not args.e4e:
         raise ValueError("--image needs --e4e")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
     ddim_timesteps(args.steps)
+    if args.lambda_sweep:
+        style.check_lambda_sweep(args.lambda_sweep)
+    out = Path(args.out)
+    existing = next(path for path in (out, *out.parents) if path.exists())  # here: --out is made only after sampling
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, not a folder")
+
+
+def default_scale(weights: str, metadata: dict[str, str]) -> float:
+    """λ from the weights' metadata (`default_lambda`, a JSON number), 0.4 where it has none."""
+    text = metadata.get("default_lambda", "0.4")
+    try:
+        return float(json.loads(text))
+    except (TypeError, ValueError):  # not JSON, or JSON but not a number
+        raise ValueError(f"{weights}: metadata default_lambda {text!r} is not a number") from None
+
+
+def warn_about_prompts(prompts: list[str], placeholder: str) -> None:
+    """A prompt with neither {} nor the placeholder does not name the identity: its pictures are of
+    the prompt alone, steered only by the face's style attention. Allowed, but likely a mistake."""
+    for prompt in prompts:
+        if "{}" not in prompt and placeholder not in prompt:
+            print(f"pidiff sample: warning: prompt {prompt!r} has neither {{}} nor the placeholder {placeholder!r}; "
+                  "its text does not refer to the identity", file=sys.stderr)
 
 
 def face_w_plus(args, identity: str, device) -> tuple[torch.Tensor, str]:
@@ -348,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
         identity = metadata.get("identity", "")
         placeholder = metadata.get("placeholder", "S*")
-        scale = args.scale if args.scale is not None else float(json.loads(metadata.get("default_lambda", "0.4")))
+        scale = args.scale if args.scale is not None else default_scale(args.weights, metadata)
+        warn_about_prompts(args.prompt, placeholder)
         w_plus, source = face_w_plus(args, identity, device)
         w_plus, style_info = style.style_mixed(w_plus, args)
         prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -104,6 +105,21 @@ def parse_lambdas(spec: str) -> list[float]:
     if not values:
         raise ValueError(f"lambda sweep {spec!r}: no values")
     return values
+
+
+def check_lambda_sweep(values: list[float]) -> None:
+    """Each λ of a sweep once, and a number: the files and grid columns are told apart by λ."""
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise ValueError(f"--lambda-sweep: {value} is not a finite number")
+        if value in values[:i]:
+            raise ValueError(f"--lambda-sweep: λ {lambda_text(value)} is given twice")
+
+
+def lambda_text(scale: float) -> str:
+    """λ in the shortest form that reads back as the same number: 0.4, 1, 0.1234567 (where {:g}
+    would round to 0.123457 and give two λ the same file name)."""
+    return repr(float(scale)).removesuffix(".0")
 
 
 LABEL_HEIGHT = 14  # PIL's bitmap font is 11 px tall
@@ -245,8 +261,9 @@ def sweep_lambdas(args, default: float) -> list[float]:
 
 def save_sample_outputs(out: str | Path, runs: list[tuple[float, torch.Tensor]], prompts: list[str], args, seed: int,
                         weights_metadata: dict[str, str], resolved: dict) -> list[dict]:
-    """Write one PNG per image (NNN.png, or NNN_lambda<λ>.png in a sweep), grid.png (one row per
-    prompt, one column per image; in a sweep one row per image, one column per λ) and the sample.json sidecar. Returns the image entries.
+    """Write one PNG per image (NNN.png, or NNN_lambda<λ>.png in a sweep, λ as `lambda_text` writes it), grid.png
+    (one row per prompt, one column per image; in a sweep one row per image, one column per λ) and the sample.json
+    sidecar. Returns the image entries.
 
     runs: (λ, images [B, 3, H, W] in [0, 1]) for each λ, all from the same seed.
     """
@@ -256,10 +273,10 @@ def save_sample_outputs(out: str | Path, runs: list[tuple[float, torch.Tensor]],
     entries, cells, labels = [], {}, {}
     for scale, images in runs:
         for i, (prompt, image) in enumerate(zip(prompts, images)):
-            name = f"{i:03d}_lambda{scale:g}.png" if sweep else f"{i:03d}.png"
+            name = f"{i:03d}_lambda{lambda_text(scale)}.png" if sweep else f"{i:03d}.png"
             picture = tensor_to_pil(image)
             picture.save(out / name)
-            cells[(i, scale)], labels[(i, scale)] = picture, f"#{i} lambda={scale:g}"
+            cells[(i, scale)], labels[(i, scale)] = picture, f"#{i} lambda={lambda_text(scale)}"
             entries.append({"file": name, "prompt": prompt, "lambda": scale, "batch_index": i})
     scales = [scale for scale, _ in runs]
     order = [(i, scale) for i in range(len(prompts)) for scale in scales]

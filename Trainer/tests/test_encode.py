@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -47,6 +48,9 @@ def test_round_trip_rows_follow_shard_keys_and_match_direct_encoding(tiny_models
     ])
     assert status == 0
 
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "faces-000000.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask  # not safetensors' own 0600
     first = read_encoded_shard(out / "faces-000000.safetensors")
     second = read_encoded_shard(out / "faces-000001.safetensors")
     assert first.keys == ["alice_000", "alice_001", "bob_000"]
@@ -135,6 +139,26 @@ def test_undecodable_image_error_names_shard_and_sample(tiny_models, tmp_path, c
     shard = write_test_shard(tmp_path / "broken-000000.tar", {"erin_000": sample})
     message = _encode_error(tiny_models, shard, tmp_path, capsys)
     assert str(shard) in message and "erin_000.png" in message and "not a decodable image" in message
+
+
+def test_corrupt_png_in_a_worker_is_reported_in_one_line(tiny_models, tmp_path, capsys):
+    # A real shard whose PNG member is damaged in place (its image data overwritten): decoded in a
+    # DataLoader worker, whose error torch re-raises with the worker's whole traceback.
+    shard = make_shard(tmp_path / "damaged-000000.tar", ["hana_000"])
+    with tarfile.open(shard) as archive:
+        member = archive.getmember("hana_000.png")
+    data = bytearray(shard.read_bytes())
+    middle = member.offset_data + member.size // 2
+    data[middle:middle + 64] = b"\xff" * 64
+    shard.write_bytes(bytes(data))
+    status = cli.main([
+        "encode", "--shards", str(shard), "--e4e", str(tiny_models["e4e"]), "--sd", str(tiny_models["sd"]),
+        "--out", str(tmp_path / "encoded"), "--workers", "1", "--no-progress",
+    ])
+    assert status == 1
+    message = capsys.readouterr().err
+    assert message.startswith(f"pidiff encode: error: {shard}: hana_000.png: not a decodable image")
+    assert message.count("\n") == 1 and "Traceback" not in message and "DataLoader" not in message, message
 
 
 def test_sample_without_e4e_image_is_named(tmp_path):

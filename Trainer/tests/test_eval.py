@@ -409,6 +409,30 @@ def test_eval_of_references_without_a_face_is_a_one_line_error(tmp_path, capsys)
     assert error == "pidiff eval: identity ann: no face found in any reference image (blank.png)\n"
 
 
+def test_eval_of_a_truncated_sample_or_reference_image_is_a_one_line_error(tiny_clip, tmp_path, capsys):
+    prompts = read_prompts("paper12")
+    samples, references = tmp_path / "samples" / "ann", tmp_path / "refs" / "ann"
+    samples.mkdir(parents=True), references.mkdir(parents=True)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    noise.save(samples / "000.png")
+    noise.save(references / "ref.png")
+    write_sidecar(samples / "sample.json", {"placeholder": "S*"}, 0, {"identity": "ann"},
+                  [{"file": "000.png", "prompt": prompts[0], "lambda": 0.4}])
+    argv = ["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"), "--prompts", "paper12",
+            "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+
+    for broken in (samples / "000.png", references / "ref.png"):  # a PNG cut short: PIL fails only on decoding
+        whole = broken.read_bytes()
+        broken.write_bytes(whole[: len(whole) // 2])
+        assert cli.main(argv) == 2
+        error = capsys.readouterr().err  # after transformers' progress bar, loading the CLIP model
+        assert error.splitlines()[-1].startswith(f"pidiff eval: {broken}: not a readable image (")
+        assert "Traceback" not in error, error
+        broken.write_bytes(whole)
+
+
 # ----------------------------------------------------------------------------------------------
 def test_eval_without_models_names_each_model_to_supply(tmp_path, capsys):
     (tmp_path / "s" / "ann").mkdir(parents=True)

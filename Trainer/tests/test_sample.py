@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from pidiff import cli
 from pidiff.model import PIDiffAdapter, save_weights
 from pidiff.sample import ddim_step, ddim_timesteps, sd15_alphas_cumprod
+from pidiff.style import read_sidecar
 
 
 # one_cpu_thread (autouse for these tiny-model tests) lives in conftest.py.
@@ -245,6 +246,8 @@ def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_model
     unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
     weights = tmp_path / "pidiff.safetensors"
     save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann"})
+    bad_lambda = tmp_path / "bad-lambda.safetensors"
+    save_weights(bad_lambda, PIDiffAdapter(unet), 0, {"identity": "ann", "default_lambda": "forty"})
     other = tmp_path / "other-base.safetensors"
     save_weights(other, PIDiffAdapter(UNet2DConditionModel(**dict(TINY_SD15_UNET_CONFIG, block_out_channels=(32, 32, 64, 128)))),
                  0, {"identity": "ann"})
@@ -271,4 +274,30 @@ def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_model
     assert "--image needs --e4e" in error_of("--image", str(picture))
     assert "DDIM steps" in error_of("--wplus", str(face), "--steps", "0")
     assert "trained for another base model" in error_of("--wplus", str(face), weights_file=other)
+    for count in ("0", "-2"):
+        assert f"--num-images must be at least 1, got {count}" in error_of("--wplus", str(face), "--num-images", count)
+    # Checked before sampling: the file would otherwise only be found when the outputs are written.
+    assert f"{picture} is a file, not a folder" in error_of("--wplus", str(face), "--out", str(picture))
+    assert f"{picture} is a file, not a folder" in error_of("--wplus", str(face), "--out", str(picture / "run"))
+    assert f"{bad_lambda}: metadata default_lambda 'forty' is not a number" in error_of("--wplus", str(face),
+                                                                                       weights_file=bad_lambda)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_that_does_not_name_the_identity_is_sampled_with_a_warning(tiny_models, tmp_path, capsys):
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*"})
+    face = tmp_path / "face.npy"
+    np.save(face, np.zeros((18, 512), np.float32))
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--wplus", str(face),
+            "--prompt", "a photo of a man", "--prompt", "{} at the beach", "--prompt", "S* reading", "--steps", "1",
+            "--latent-size", "8", "--device", "cpu", "--out", str(tmp_path / "samples")]
+    assert cli.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["pidiff sample: warning: prompt 'a photo of a man' has neither {} nor the placeholder 'S*'; "
+                        "its text does not refer to the identity"]
+    assert len(read_sidecar(tmp_path / "samples" / "sample.json")["images"]) == 3

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pidiff.style import (LABEL_HEIGHT, labelled_grid, load_w_plus, mix_w_plus, model_fingerprints, parse_lambdas,
-                          parse_layers, read_sidecar, write_sidecar)
+from pidiff.style import (LABEL_HEIGHT, check_lambda_sweep, labelled_grid, lambda_text, load_w_plus, mix_w_plus,
+                          model_fingerprints, parse_lambdas, parse_layers, read_sidecar, write_sidecar)
 
 
 def test_parse_layers_reads_ranges_and_single_rows():
@@ -68,6 +68,17 @@ def test_parse_lambdas():
     assert parse_lambdas("0,0.2,0.4,0.6,0.8,1.0") == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     with pytest.raises(ValueError, match="lambda sweep"):
         parse_lambdas("0,x")
+
+
+def test_sweep_lambdas_are_named_in_full_and_each_given_once():
+    assert [lambda_text(v) for v in (0.0, 1.0, 0.4, 0.1234567, 0.1234568, 1e-7)] == [
+        "0", "1", "0.4", "0.1234567", "0.1234568", "1e-07"]  # {:g} gives 0.123457 for both
+    assert all(float(lambda_text(v)) == v for v in (0.1, 1 / 3, 2.5e-12))
+    check_lambda_sweep([0.0, 0.1234567, 0.1234568])
+    with pytest.raises(ValueError, match="λ 0.4 is given twice"):
+        check_lambda_sweep(parse_lambdas("0,0.4,0.40"))
+    with pytest.raises(ValueError, match="nan is not a finite number"):
+        check_lambda_sweep(parse_lambdas("nan,nan"))
 
 
 def test_labelled_grid_has_one_cell_per_image_with_its_label_below():
@@ -168,3 +179,36 @@ def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidec
     assert record["models"]["base_model"] == "cd" * 32 and record["models"]["identity"] == "ann"
     assert [(e["file"], e["lambda"], e["prompt"]) for e in record["images"]] == [
         ("000_lambda0.png", 0.0, "a photo of S*"), ("000_lambda1.png", 1.0, "a photo of S*")]
+
+
+def test_sweep_of_close_lambdas_writes_a_file_per_image_and_rejects_repeated_lambdas(tiny_models, tmp_path, capsys):
+    from diffusers import UNet2DConditionModel
+
+    from pidiff import cli
+    from pidiff.evaluate import collect_samples
+    from pidiff.model import PIDiffAdapter, save_weights
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*"})
+    np.save(tmp_path / "face.npy", np.zeros((18, 512), np.float32))
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--wplus", str(tmp_path / "face.npy"),
+            "--prompt", "a photo of S*", "--steps", "1", "--latent-size", "8", "--device", "cpu"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models run faster on one thread
+    try:
+        assert cli.main(argv + ["--lambda-sweep", "0.4,0.1234567,0.4", "--out", str(tmp_path / "repeated")]) == 2
+        error = capsys.readouterr().err
+        assert error == "pidiff sample: --lambda-sweep: λ 0.4 is given twice\n" and not (tmp_path / "repeated").exists()
+
+        out = tmp_path / "close"
+        assert cli.main(argv + ["--lambda-sweep", "0.4,0.1234567,0.1234568", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    names = ["000_lambda0.4.png", "000_lambda0.1234567.png", "000_lambda0.1234568.png"]
+    assert [(e["file"], e["lambda"]) for e in read_sidecar(out / "sample.json")["images"]] == list(
+        zip(names, [0.4, 0.1234567, 0.1234568]))
+    assert sorted(p.name for p in out.glob("000_*.png")) == sorted(names)
+    # `pidiff eval` finds each image through the sidecar, with its own λ.
+    samples = collect_samples(out, ["a photo of S*"])
+    assert [(s.path.name, s.lam) for s in samples] == list(zip(names, [0.4, 0.1234567, 0.1234568]))
