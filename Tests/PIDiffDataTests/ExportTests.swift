@@ -96,6 +96,25 @@ final class ExportTests: XCTestCase {
         XCTAssertThrowsError(try ShardExporter(catalogPath: catalog.path, split: "../x", outDirectory: a).run())
     }
 
+    /// Splits are immutable: overwriting a selected photo and ingesting again must not mix the new
+    /// photo's crop and landmarks with the old mask, nor break the export.
+    func testExportKeepsTheContentTheSplitRecordedWhenAPhotoIsOverwritten() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["ann", "bob"])
+        let c = try Catalog(path: catalog.path)
+        let before = try c.exportSamples(split: "t")
+        let victim = try XCTUnwrap(before.first), donor = try XCTUnwrap(before.last { $0.sha256 != victim.sha256 })
+        try FileManager.default.removeItem(atPath: victim.path)
+        try FileManager.default.copyItem(atPath: donor.path, toPath: victim.path)
+        _ = try await TestSupport.ingest([dir.appendingPathComponent("m.jsonl")], catalog: catalog)
+        let after = try c.exportSamples(split: "t")
+        XCTAssertEqual(after.map(\.sha256), before.map(\.sha256))
+        XCTAssertEqual(after.map(\.crop512), before.map(\.crop512))
+        XCTAssertEqual(after.map(\.mask512), before.map(\.mask512))
+        XCTAssertEqual(after.map(\.landmarks68), before.map(\.landmarks68))
+        XCTAssertTrue(after.allSatisfy { $0.crop512 != nil && $0.mask512 != nil })
+    }
+
     func testIdentityGroupingKeepsAnIdentityWholeWhenItFitsAShard() {
         let kB = 1000, max = 1000 * kB
         // A: 6 × 100 kB, B: 3 × 150 kB. B does not fit after A but fits alone: it starts shard 1.

@@ -20,7 +20,9 @@ public struct ExportSample: Sendable {
 
 extension Catalog {
     /// The split's photos with their artefacts under the current ingest and mask fingerprints,
-    /// in a stable order (identity, role, path).
+    /// in a stable order (identity, role, path). Faces and masks are those of the content the split
+    /// recorded (`split_items.sha256`), not of whatever the file holds now: a photo overwritten
+    /// after the split was drawn does not change, or break, the split's export.
     public func exportSamples(split: String) throws -> [ExportSample] {
         let items = try splitItems(split)
         guard let fp = try currentIngestFingerprint() else { return [] }
@@ -28,9 +30,9 @@ extension Catalog {
         return try pool.read { db in
             try items.map { item in
                 let face = try Row.fetchOne(db, sql: """
-                    SELECT fa.*, f.caption FROM faces fa JOIN files f ON f.sha256 = fa.sha256
-                    WHERE f.id = ? AND fa.params_fingerprint = ? AND fa.selected
-                    """, arguments: [item.fileID, fp])
+                    SELECT fa.*, (SELECT caption FROM files WHERE id = ?) AS caption FROM faces fa
+                    WHERE fa.sha256 = ? AND fa.params_fingerprint = ? AND fa.selected
+                    """, arguments: [item.fileID, item.sha256, fp])
                 let mask = try Row.fetchOne(db, sql: """
                     SELECT mask512, e4e_input FROM masks WHERE sha256 = ? AND face_fingerprint = ? AND face_index = ? AND mask_fingerprint = ? AND ok
                     """, arguments: [item.sha256, fp, face?["face_index"] as Int? ?? -1, mfp])
