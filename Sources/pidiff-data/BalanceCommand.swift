@@ -82,6 +82,7 @@ struct BalanceSelectCommand: AsyncParsableCommand {
         guard identities >= 1 else { throw ValidationError("--identities must be at least 1") }
         guard imagesPerIdentity >= 1 else { throw ValidationError("--images-per-identity must be at least 1") }
         guard referenceImages >= 0 else { throw ValidationError("--reference-images must be 0 or more") }
+        guard ShardExporter.validName(name) else { throw ValidationError("\(SplitError.invalidName(name))") }
     }
 
     func run() async throws {

@@ -33,6 +33,8 @@ struct CurateRunCommand: AsyncParsableCommand {
     @Flag(name: .customLong("apply-merges"), help: "Record same-person candidates as identity aliases (never rewrites identities).")
     var applyMerges = false
     @Flag(help: "Remove every curation decision and alias, then stop.") var reset = false
+
+    func validate() throws { try validateWorkers(workers) }
     @Flag(help: "Print the run summary as JSON.") var json = false
 
     func run() async throws {

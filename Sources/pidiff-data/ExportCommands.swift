@@ -35,7 +35,9 @@ struct ShardOptions: ParsableArguments {
 
     func exporter(catalog: String, split: String, out: URL) throws -> ShardExporter {
         guard let grouping = ShardExporter.Grouping(rawValue: group) else { throw ValidationError("--group must be identity or mixed") }
-        guard let bytes = Double(maxShardBytes), bytes >= 4096 else { throw ValidationError("--max-shard-bytes must be a number ≥ 4096") }
+        guard let bytes = Double(maxShardBytes), bytes >= 4096, bytes <= 1e15 else {
+            throw ValidationError("--max-shard-bytes must be a number from 4096 to 1e15, not \(maxShardBytes)")
+        }
         var exporter = ShardExporter(catalogPath: catalog, split: split, outDirectory: out)
         exporter.grouping = grouping
         exporter.maxShardBytes = Int(bytes)
@@ -73,7 +75,7 @@ struct EncodeCommand: AsyncParsableCommand {
             driver.extraArguments = extra
             let summary = try driver.run()
             if json { try summary.printJSON(); return }
-            print("encode \(split): \(summary.samples) samples, \(summary.alreadyEncoded) already encoded, \(summary.recorded) newly recorded → \(summary.encodedDirectory)")
+            print("encode \(split): \(summary.samples) samples, \(summary.alreadyEncoded) already encoded, \(summary.recorded) recorded or moved → \(summary.encodedDirectory)")
         } catch { fail(error) }
     }
 }

@@ -43,6 +43,8 @@ struct IngestCommand: AsyncParsableCommand {
     @Flag(help: "Exit non-zero when any item could not be processed.")
     var strict = false
 
+    func validate() throws { try validateWorkers(workers) }
+
     func run() async throws {
         do {
             var config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })

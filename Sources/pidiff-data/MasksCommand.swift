@@ -25,6 +25,8 @@ struct MasksRunCommand: AsyncParsableCommand {
     @Option(help: "Workers (default: one per core).") var workers: Int?
     @Flag(help: "Print the run summary as JSON.") var json = false
 
+    func validate() throws { try validateWorkers(workers) }
+
     func run() async throws {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })

@@ -44,3 +44,11 @@ func fail(_ error: Error) -> Never {
     if case CatalogError.locked = error { Foundation.exit(75) } // EX_TEMPFAIL: another run holds the lock
     Foundation.exit(1)
 }
+
+/// `--workers` of ingest, masks and curate: each worker holds its own models, so an absurd count
+/// exhausts memory before doing anything.
+func validateWorkers(_ workers: Int?) throws {
+    if let workers, !(0...IngestParameters.maxWorkers).contains(workers) {
+        throw ValidationError("--workers must be 0 (one per core) to \(IngestParameters.maxWorkers), not \(workers)")
+    }
+}

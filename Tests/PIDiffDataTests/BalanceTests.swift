@@ -175,6 +175,11 @@ final class BalanceIntegrationTests: XCTestCase {
         let again = try TestSupport.runCLI(["balance", "select", "--catalog", catalogPath.path, "--name", "s1", "--identities", "4"])
         XCTAssertNotEqual(again.status, 0)
         XCTAssertTrue(again.stderr.contains("immutable"), again.stderr)
+        // A name export would refuse is refused here: the split could never be used nor removed.
+        let badName = try TestSupport.runCLI(["balance", "select", "--catalog", catalogPath.path, "--name", "bad name/..", "--identities", "4"])
+        XCTAssertEqual(badName.status, 64, badName.stderr)
+        XCTAssertTrue(badName.stderr.contains("split name \"bad name/..\" must be"), badName.stderr)
+        XCTAssertThrowsError(try catalog.storeSplit(name: "../x", seed: 0, parameters: "{}", selection: SplitSelection(quotas: [], items: [], shortfall: 0)))
         let show = try TestSupport.runCLI(["splits", "show", "s1", "--catalog", catalogPath.path, "--json"])
         let items = try show.stdout.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: String] }
         XCTAssertEqual(items.count, 12)

@@ -240,6 +240,19 @@ final class ExportTests: XCTestCase {
         _ = try half.run()
         XCTAssertEqual(try encodedMetadata("storage_dtype"), fourth.shards.map { _ in "float16" })
 
+        // Smaller shards (and keys) after a re-export: the rows follow the encodings to their new
+        // files instead of naming files that no longer hold them.
+        var resharded = driver
+        resharded.exporter.maxShardBytes = 4096
+        let fifth = try resharded.run()
+        XCTAssertGreaterThan(fifth.shards.count, fourth.shards.count)
+        XCTAssertGreaterThan(fifth.recorded, 0)
+        let model = EncodeDriver.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: try XCTUnwrap(try encodedMetadata("vae_sha256").first ?? nil))
+        let files = try await Catalog(path: catalog.path).pool.read {
+            try Set(String.fetchAll($0, sql: "SELECT encoded_file FROM encodings WHERE model_fingerprint = ?", arguments: [model]))
+        }
+        XCTAssertEqual(files, Set(fifth.shards.map { URL(fileURLWithPath: $0).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors") }))
+
         // Training the split over two launched processes (CPU ranks): each identity trained once.
         let trainOut = dir.appendingPathComponent("train")
         let trained = try TestSupport.runCLI(["train", "--catalog", catalog.path, "--split", "t", "--encoded", first.encodedDirectory,

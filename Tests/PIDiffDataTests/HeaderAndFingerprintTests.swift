@@ -108,6 +108,28 @@ final class FingerprintTests: XCTestCase {
         XCTAssertEqual(select.differences(fromStored: "{}").count, 4)
     }
 
+    func testMeaninglessValuesAreRefusedByTheFileAndTheFlags() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("p.yaml")
+        for (text, name) in [("ingest:\n  max_pixels: 0\n", "ingest.max_pixels"), ("ingest:\n  min_side: -5\n", "ingest.min_side"),
+                             ("ingest:\n  workers: 100000\n", "ingest.workers"), ("ingest:\n  crop_sizes: []\n", "ingest.crop_sizes"),
+                             ("mask:\n  iterations: 0\n", "mask.iterations"), ("mask:\n  min_coverage: 0.9\n", "mask.min_coverage")] {
+            try text.write(to: file, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try PipelineConfig.load(file), text) { XCTAssertTrue("\($0)".contains(name), "\($0)") }
+        }
+        let catalog = dir.appendingPathComponent("c.sqlite").path, empty = dir.appendingPathComponent("empty")
+        try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", empty.path, "--catalog", catalog]).status, 0)  // the commands below need a catalog
+        for arguments in [["ingest", dir.path, "--catalog", catalog, "--workers", "100000"], ["masks", "--catalog", catalog, "--workers=-1"],
+                          ["export", "--catalog", catalog, "--split", "s", "--out", dir.path, "--max-shard-bytes", "inf"],
+                          ["export", "--catalog", catalog, "--split", "s", "--out", dir.path, "--max-shard-bytes", "1e30"]] {
+            let result = try TestSupport.runCLI(arguments)
+            XCTAssertEqual(result.status, 64, "\(arguments): \(result.stderr)")
+            let flag = arguments.last!.hasPrefix("--") ? "--workers" : arguments[arguments.count - 2]
+            XCTAssertTrue(result.stderr.contains("\(flag) must be"), result.stderr)
+        }
+    }
+
     func testRunSectionReadsTrainProcessesAndRejectsFewerThanOne() throws {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("p.yaml")

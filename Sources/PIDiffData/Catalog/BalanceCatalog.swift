@@ -16,8 +16,11 @@ public enum SplitError: Error, CustomStringConvertible {
     case exists(String)
     case missing(String)
     case empty(String, shortfall: Int)
+    case invalidName(String)
     public var description: String {
         switch self {
+        case .invalidName(let n):
+            return "split name \(n.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or - (it names the shard files)"
         case .exists(let n): return "split \(n) already exists; splits are immutable, choose a new name"
         case .missing(let n): return "no split named \(n)"
         case .empty(let n, let shortfall):
@@ -80,6 +83,8 @@ extension Catalog {
     public func storeSplit(name: String, seed: Int, parameters: String, selection: SplitSelection) throws {
         let quotas = String(decoding: try JSONEncoder.sorted.encode(selection.quotas), as: UTF8.self)
         try pool.write { db in
+            // A split that export would refuse could never be used, nor removed (splits are immutable).
+            guard ShardExporter.validName(name) else { throw SplitError.invalidName(name) }
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false { throw SplitError.exists(name) }
             // An empty split would be stored for good (splits are immutable) and reused by every later run.
             guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }

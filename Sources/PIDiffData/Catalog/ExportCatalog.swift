@@ -49,14 +49,19 @@ extension Catalog {
         }
     }
 
-    /// Records which encodings exist, keyed on (source content, preprocessing, models).
+    /// Records which encodings exist, keyed on (source content, preprocessing, models); a row whose
+    /// encoding now sits in another file or under another key (a re-export with other shard sizes
+    /// or grouping) is updated to where it is. Returns how many rows were added or moved.
     public func recordEncodings(_ rows: [(sha256: String, preprocessing: String, model: String, file: String, key: String)]) throws -> Int {
         try pool.write { db in
             var inserted = 0
             for r in rows {
                 try db.execute(sql: """
-                    INSERT OR IGNORE INTO encodings (sha256, preprocessing_fingerprint, model_fingerprint, encoded_file, sample_key, recorded_at)
+                    INSERT INTO encodings (sha256, preprocessing_fingerprint, model_fingerprint, encoded_file, sample_key, recorded_at)
                     VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (sha256, preprocessing_fingerprint, model_fingerprint) DO UPDATE
+                    SET encoded_file = excluded.encoded_file, sample_key = excluded.sample_key, recorded_at = excluded.recorded_at
+                    WHERE encoded_file != excluded.encoded_file OR sample_key != excluded.sample_key
                     """, arguments: [r.sha256, r.preprocessing, r.model, r.file, r.key, ISO8601DateFormatter().string(from: Date())])
                 inserted += db.changesCount
             }

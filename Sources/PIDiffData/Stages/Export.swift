@@ -142,7 +142,7 @@ public struct ShardExporter: Sendable {
         }
     }
 
-    static func validName(_ name: String) -> Bool {
+    public static func validName(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-") }
     }
 

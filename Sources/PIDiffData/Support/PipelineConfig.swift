@@ -74,6 +74,30 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         minSharpness = try c.decodeIfPresent(Double.self, forKey: .minSharpness) ?? d.minSharpness
         workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
         vanished = try c.decodeIfPresent(VanishedPolicy.self, forKey: .vanished) ?? d.vanished
+        try validate()
+    }
+
+    /// The most workers ingest starts: each holds its own detector and landmark model.
+    public static let maxWorkers = 256
+
+    /// Refuses values that cannot mean anything, naming the parameter (a `max_pixels: 0` would
+    /// refuse every photo as a decompression bomb, and change the catalog's fingerprint doing so).
+    public func validate() throws {
+        let checks: [(String, Bool, String)] = [
+            ("upsample", (0...4).contains(upsample), "0…4"), ("detect_max_side", detectMaxSide >= 0, "0 (full size) or more"),
+            ("max_faces_recorded", maxFacesRecorded >= 1, "at least 1"), ("max_pixels", maxPixels >= 1, "at least 1"),
+            ("min_side", minSide >= 1, "at least 1"),
+            ("crop_sizes", !cropSizes.isEmpty && cropSizes.allSatisfy { (16...4096).contains($0) }, "1 or more sizes of 16…4096"),
+            ("min_face_size", minFaceSize >= 0 && minFaceSize.isFinite, "0 or more"),
+            ("max_outside_fraction", (0...1).contains(maxOutsideFraction), "0…1"),
+            ("max_abs_roll_degrees", (0...180).contains(maxAbsRollDegrees), "0…180"),
+            ("max_abs_yaw", maxAbsYaw >= 0 && maxAbsYaw.isFinite, "0 or more"),
+            ("min_sharpness", minSharpness >= 0 && minSharpness.isFinite, "0 or more"),
+            ("workers", (0...Self.maxWorkers).contains(workers), "0 (one per core) to \(Self.maxWorkers)"),
+        ]
+        for (name, ok, expected) in checks where !ok {
+            throw PipelineError.invalid("ingest.\(name)", "must be \(expected)")
+        }
     }
 
     /// The parameters that determine ingest output, as canonical JSON.
@@ -159,6 +183,18 @@ public struct MaskParameters: Codable, Equatable, Sendable {
         onnxMean = try c.decodeIfPresent([Float].self, forKey: .onnxMean) ?? d.onnxMean
         onnxStd = try c.decodeIfPresent([Float].self, forKey: .onnxStd) ?? d.onnxStd
         onnxKeepClasses = try c.decodeIfPresent([Int].self, forKey: .onnxKeepClasses) ?? d.onnxKeepClasses
+        let checks: [(String, Bool, String)] = [
+            ("work_size", (32...1024).contains(workSize), "32…1024"), ("iterations", (1...100).contains(iterations), "1…100"),
+            ("border_fraction", (0..<0.5).contains(borderFraction), "0 to under 0.5"),
+            ("hair_extent", hairExtent > 0 && hairExtent.isFinite, "positive"), ("head_width", headWidth > 0 && headWidth.isFinite, "positive"),
+            ("feather_sigma", featherSigma >= 0 && featherSigma.isFinite, "0 or more"),
+            ("min_coverage", (0...1).contains(minCoverage) && minCoverage <= maxCoverage, "0…1 and at most max_coverage"),
+            ("max_coverage", (0...1).contains(maxCoverage), "0…1"),
+            ("onnx_input_size", (32...2048).contains(onnxInputSize), "32…2048"),
+        ]
+        for (name, ok, expected) in checks where !ok {
+            throw PipelineError.invalid("mask.\(name)", "must be \(expected)")
+        }
     }
 
     /// Everything that changes the masks (the ONNX model enters through its SHA-256).
