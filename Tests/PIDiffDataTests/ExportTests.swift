@@ -55,6 +55,35 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(TrainerProcess(python: "/opt/py").python, "/opt/py")
     }
 
+    /// The trainer must stop on Ctrl-C or a service manager's SIGTERM: it starts with no signal
+    /// blocked even when the thread starting it blocks some, and learns our pid (to end with us).
+    func testTrainerStartsWithSignalsUnblockedAndKnowsItsParent() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let script = dir.appendingPathComponent("fake-python")
+        try """
+            #!/usr/bin/python3
+            import os, sys
+            blocked = next(line for line in open("/proc/self/status") if line.startswith("SigBlk:"))
+            with open(os.path.join(os.path.dirname(sys.argv[0]), "report"), "w") as report:
+                report.write(f"{blocked}parent={os.environ.get('PIDIFF_PARENT_PID')}\\nargs={' '.join(sys.argv[1:])}\\n")
+            sys.exit(3)
+            """.write(to: script, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script.path)
+        var blocked = sigset_t(), previous = sigset_t()
+        sigemptyset(&blocked)
+        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&blocked, signal) }
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        XCTAssertThrowsError(try TrainerProcess(python: script.path).run(["train", "--steps", "1"])) {
+            XCTAssertTrue("\($0)".contains("exit status 3"), "\($0)")
+        }
+        let report = try String(contentsOf: dir.appendingPathComponent("report"), encoding: .utf8)
+        let mask = try XCTUnwrap(report.split(separator: "\n").first?.split(separator: "\t").last.flatMap { UInt64($0, radix: 16) })
+        for signal in [SIGINT, SIGTERM, SIGHUP] { XCTAssertEqual(mask & (1 << UInt64(signal - 1)), 0, "signal \(signal) blocked: \(report)") }
+        XCTAssertTrue(report.contains("parent=\(getpid())"), report)
+        XCTAssertTrue(report.contains("args=-m pidiff.cli train --steps 1"), report)
+    }
+
     func testShardsAreDeterministicReadableAndConfinedWhateverTheNames() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let hostile = ["../../escape", "dots.in.name", "quote'\"name", "名前 ünï"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from typing import NamedTuple
 
@@ -52,7 +54,23 @@ def run_command(name: str, module_name: str, argv: list[str]) -> int:
     return int(result or 0)
 
 
+def stop_with_parent() -> None:
+    """Under pidiff-data (PIDIFF_PARENT_PID), end with it: Linux sends SIGTERM when the parent
+    dies, even by SIGKILL, so a killed pipeline never leaves a GPU job running that a rerun would
+    duplicate. A parent already gone (the variable names another process) ends this one now."""
+    parent = os.environ.pop("PIDIFF_PARENT_PID", "")  # for this process only, not its children
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_with_parent()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv[:1])  # prints help, or the list of valid commands, and exits

@@ -6,7 +6,11 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -232,6 +236,40 @@ def test_a_shard_cut_between_members_or_inside_a_header_is_truncated(two_shards,
 def test_cli_names_a_missing_command_module(capsys):
     assert cli.run_command("sample", "pidiff.module_that_does_not_exist", []) == 2
     assert "pidiff.module_that_does_not_exist" in capsys.readouterr().err
+
+
+def test_a_command_started_by_pidiff_data_ends_with_it(tmp_path):
+    """PIDIFF_PARENT_PID (set by pidiff-data): when that parent dies, even by SIGKILL, the command
+    gets SIGTERM; a parent already gone ends it at once."""
+    command = [sys.executable, "-c", "import sys, time; from pidiff import cli; cli.stop_with_parent(); "
+               "print('started', flush=True); time.sleep(60)"]
+    gone = subprocess.run(command, env={**os.environ, "PIDIFF_PARENT_PID": "1"}, capture_output=True, timeout=60)
+    assert gone.returncode == -signal.SIGTERM and b"started" not in gone.stdout
+
+    # A parent that starts the command with its own pid, then is SIGKILLed.
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"child = subprocess.Popen({command!r}, env={{**os.environ, 'PIDIFF_PARENT_PID': str(os.getpid())}}, stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")])
+    deadline = time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+
+    def alive(pid):
+        try:  # a zombie (dead, not yet reaped by its new parent) counts as ended
+            return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    while alive(child):
+        assert time.time() < deadline, "the command outlived its killed parent"
+        time.sleep(0.05)
 
 
 def test_tar_members_written_for_tests_are_deterministic(tmp_path):

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs the Python side (`pidiff …`) as a subprocess: the contract between the two halves is
 /// files (shards in, safetensors out), so this only builds arguments, streams the child's output
@@ -38,20 +41,51 @@ public struct TrainerProcess: Sendable {
     /// `processes` > 1 starts that many ranks through `accelerate launch` (one per GPU; CPU ranks
     /// over gloo where there is no GPU); `pidiff train` spreads its identity groups over them.
     public func run(_ arguments: [String], processes: Int = 1) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
         let launcher = processes > 1
             ? ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "\(processes)", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no"]
             : []
-        p.arguments = (python == "/usr/bin/env" ? ["python3"] : []) + launcher + ["-m", "pidiff.cli"] + arguments
-        p.standardOutput = FileHandle.standardError
-        p.standardError = FileHandle.standardError
-        do { try p.run() } catch {
-            throw TrainerError.launch(python, error.localizedDescription)
+        // One process: it stops when pidiff-data dies, even by SIGKILL (pidiff.cli asks the kernel
+        // for a signal on its parent's death). Under accelerate the ranks' parent is the launcher.
+        let environment = processes > 1 ? [:] : ["PIDIFF_PARENT_PID": "\(getpid())"]
+        let status = try Self.spawn(python, (python == "/usr/bin/env" ? ["python3"] : []) + launcher + ["-m", "pidiff.cli"] + arguments,
+                                    environment: environment)
+        guard status == 0 else { throw TrainerError.failed(arguments.first ?? "", status) }
+    }
+
+    /// Starts `executable` with its stdout on our stderr, waits for it and returns its exit status
+    /// (128 + N when killed by signal N). posix_spawn with an empty signal mask and default
+    /// handlers: a child started from one of our threads would otherwise inherit that thread's
+    /// blocked SIGINT/SIGTERM/SIGHUP and ignore Ctrl-C and a service manager's stop.
+    static func spawn(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Int32 {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var unblocked = sigset_t(), defaults = sigset_t()
+        sigemptyset(&unblocked)
+        sigemptyset(&defaults)
+        for signal in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigmask(&attributes, &unblocked)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
+
+        let inherited = ProcessInfo.processInfo.environment.filter { environment[$0.key] == nil }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = (inherited.merging(environment) { $1 }).map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid = pid_t()
+        let started = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard started == 0 else { throw TrainerError.launch(executable, String(cString: strerror(started))) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 {
+            guard errno == EINTR else { throw TrainerError.launch(executable, "waitpid: \(String(cString: strerror(errno)))") }
         }
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw TrainerError.failed(arguments.first ?? "", p.terminationStatus) }
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 }
 
