@@ -238,6 +238,22 @@ final class OperationsTests: XCTestCase {
         try assertConsistentAfterFailure(catalogURL)
     }
 
+    /// Masks arrive a few a second: a batch that waited only for 64 of them lost up to half a
+    /// minute of work to a SIGKILL. It is due at 64 items or once its oldest waited 0.25 s.
+    func testCommitBatchIsDueByCountOrByAge() {
+        let start = Date()
+        var batch = CommitBatch<Int>()
+        XCTAssertFalse(batch.add(1, now: start))
+        XCTAssertFalse(batch.add(2, now: start.addingTimeInterval(0.2)))
+        XCTAssertTrue(batch.add(3, now: start.addingTimeInterval(0.3)))
+        XCTAssertEqual(batch.take(), [1, 2, 3])
+        XCTAssertFalse(batch.add(4, now: start.addingTimeInterval(10)))  // the age counts from the new oldest
+        for i in 5..<67 { XCTAssertFalse(batch.add(i, now: start.addingTimeInterval(10))) }
+        XCTAssertTrue(batch.add(67, now: start.addingTimeInterval(10)))
+        XCTAssertEqual(batch.take(), Array(4...67))
+        XCTAssertTrue(batch.items.isEmpty)
+    }
+
     func testACatalogCommitFailureStopsIngestInsteadOfHangingAndMarksTheRunFailed() async throws {
         let dir = try TestSupport.temporaryDirectory()
         let photos = try samplePhotos(in: dir)

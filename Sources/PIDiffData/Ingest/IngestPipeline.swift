@@ -131,18 +131,12 @@ public struct IngestPipeline: Sendable {
         }, consumer: { results in
             // The writer: batches results into transactions and keeps the tallies.
             var tally = Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil)
-            var batch: [WorkerResult] = []
-            var batchStart = Date()
+            var batch = CommitBatch<WorkerResult>()
             for await result in results {
-                if batch.isEmpty { batchStart = Date() }
                 tally.record(result)
-                batch.append(result)
-                if batch.count >= 64 || Date().timeIntervalSince(batchStart) > 0.25 {
-                    try await writer.commit(batch)
-                    batch.removeAll(keepingCapacity: true)
-                }
+                if batch.add(result) { try await writer.commit(batch.take()) }
             }
-            try await writer.commit(batch)
+            try await writer.commit(batch.take())
             tally.progress?.finish(done: tally.done)
             return tally
         })

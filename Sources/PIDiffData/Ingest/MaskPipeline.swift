@@ -77,7 +77,7 @@ public struct MaskPipeline: Sendable {
                 while try await group.next() != nil {}
             }
         }, consumer: { results in
-            var batch: [MaskResult] = []
+            var batch = CommitBatch<MaskResult>()
             var masked = 0, failed = 0, skipped = 0
             var errors: [String] = []
             for await r in results {
@@ -86,10 +86,9 @@ public struct MaskPipeline: Sendable {
                     failed += r.skipped ? 0 : 1
                     if errors.count < 1000 { errors.append("\(r.job.path): \(r.reason ?? "")") }
                 }
-                batch.append(r)
-                if batch.count >= 64 { try await writer.commit(batch); batch.removeAll() }
+                if batch.add(r) { try await writer.commit(batch.take()) }
             }
-            try await writer.commit(batch)
+            try await writer.commit(batch.take())
             return (masked: masked, failed: failed, skipped: skipped, errors: errors)
         })
         let (masked, failed, skipped, errors): (Int, Int, Int, [String])

@@ -1,4 +1,5 @@
 import AsyncAlgorithms
+import Foundation
 
 /// Producers (the scanner and the workers of a stage) send results into one channel; a single
 /// consumer (the catalog writer) reads them. Either side can fail, and neither may leave the
@@ -42,5 +43,28 @@ enum ResultPipe {
             consumed = .failure(error)
         }
         return Outcome(consumed: consumed, produced: await producing.result)
+    }
+}
+
+/// The consumer's results waiting for one catalog transaction: due at 64 of them, or once the
+/// oldest has waited `maxAge` seconds, so a killed run loses at most that much committed work
+/// whatever the stage's pace (ingest makes tens of results a second, masks a few).
+struct CommitBatch<Item> {
+    var limit = 64
+    var maxAge: TimeInterval = 0.25
+    private(set) var items: [Item] = []
+    private var oldest = Date()
+
+    /// Adds `item`; true when the batch should be committed now.
+    mutating func add(_ item: Item, now: Date = Date()) -> Bool {
+        if items.isEmpty { oldest = now }
+        items.append(item)
+        return items.count >= limit || now.timeIntervalSince(oldest) >= maxAge
+    }
+
+    /// The items, leaving the batch empty.
+    mutating func take() -> [Item] {
+        defer { items.removeAll(keepingCapacity: true) }
+        return items
     }
 }
