@@ -109,6 +109,11 @@ final class IngestIntegrationTests: XCTestCase {
         XCTAssertEqual(outcome["loop_a.jpg"]?.1, "symlink loop")
         XCTAssertEqual(outcome["zero.jpg"]?.1, "zero-byte file")
         XCTAssertTrue(summary.problems.contains { $0.contains("dir_loop") && $0.contains("symlink loop") }, "\(summary.problems)")
+        // Names that are not UTF-8 are named (bytes escaped) and skipped, not lost or misreported.
+        for name in ["/caf\\xe9", "/person/bad\\xff\\xfename.jpg"] {
+            XCTAssertTrue(summary.problems.contains { $0.contains(name) && $0.contains("not valid UTF-8") }, "\(name): \(summary.problems)")
+        }
+        XCTAssertFalse(outcome.keys.contains { $0.hasPrefix("bad") }, "\(outcome.keys)")
 
         // The EXIF-rotated copy decodes upright: same face geometry as the plain photo.
         let faces = try catalog.faceReports(selectedOnly: true)

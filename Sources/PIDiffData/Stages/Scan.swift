@@ -101,9 +101,35 @@ public struct Scanner: Sendable {
 
     // MARK: identity folders
 
+    /// A directory's entry names, read as bytes. Foundation decodes names lossily, so a name that is
+    /// not UTF-8 came back altered and then "did not exist"; such entries are returned apart, as
+    /// their byte-escaped names, to be reported rather than silently lost.
+    static func directoryEntries(_ dir: String) throws -> (names: [String], undecodable: [String]) {
+        guard let handle = opendir(dir) else {
+            throw CocoaError(.fileReadNoPermission, userInfo: [NSLocalizedDescriptionKey: String(cString: strerror(errno))])
+        }
+        defer { closedir(handle) }
+        var names: [String] = [], undecodable: [String] = []
+        while let entry = readdir(handle) {
+            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            if bytes == Array(".".utf8) || bytes == Array("..".utf8) { continue }
+            if let name = String(validating: bytes, as: UTF8.self) { names.append(name) } else {
+                undecodable.append(bytes.map { (0x20..<0x7f).contains($0) && $0 != UInt8(ascii: "\\") ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined())
+            }
+        }
+        return (names.sorted(), undecodable.sorted())
+    }
+
+    private func reportUndecodable(_ names: [String], in dir: String, emit: (ScanEvent) async throws -> Void) async throws {
+        for name in names {
+            try await emit(.problem(ScanProblem(location: dir + "/" + name, reason: "name is not valid UTF-8; skipped (rename it)")))
+        }
+    }
+
     private func scanFolders(_ root: String, emit: (ScanEvent) async throws -> Void) async throws {
         let fm = FileManager.default
-        let identities = try fm.contentsOfDirectory(atPath: root).sorted()
+        let (identities, undecodable) = try Self.directoryEntries(root)
+        try await reportUndecodable(undecodable, in: root, emit: emit)
         for name in identities where !name.hasPrefix(".") {
             let dir = root + "/" + name
             var isDir: ObjCBool = false
@@ -132,7 +158,11 @@ public struct Scanner: Sendable {
         }
         defer { visited.remove(id) }
         let entries: [String]
-        do { entries = try FileManager.default.contentsOfDirectory(atPath: dir).sorted() } catch {
+        do {
+            let listed = try Self.directoryEntries(dir)
+            entries = listed.names
+            try await reportUndecodable(listed.undecodable, in: dir, emit: emit)
+        } catch {
             try await emit(.problem(ScanProblem(location: dir, reason: "cannot list directory: \(error.localizedDescription)")))
             return
         }
