@@ -215,6 +215,7 @@ final class IngestIntegrationTests: XCTestCase {
         let second = try await TestSupport.ingest([photos], catalog: catalogPath)
         XCTAssertEqual(second.counts["unchanged"], 7)
         XCTAssertNil(second.counts["analysed"], "nothing decoded on an unchanged re-run")
+        XCTAssertNil(second.replacedFingerprint)
         XCTAssertEqual(try TestSupport.dataDump(catalogPath.path), before)
 
         // Replace one photo with another one's bytes: re-read, content already known → no decode.
@@ -229,5 +230,16 @@ final class IngestIntegrationTests: XCTestCase {
         XCTAssertEqual(third.counts["unchanged"], 5)
         XCTAssertEqual(third.counts["reused"], 1)
         XCTAssertEqual(third.counts["analysed"], 1)
+        XCTAssertNil(third.replacedFingerprint)
+
+        // Other parameters on a part of the sources: the catalog's photos drop out of the usable
+        // set (everything follows the latest parameters), and the run says so.
+        var other = PipelineConfig()
+        other.ingest.minFaceSize = 50
+        let empty = photos.deletingLastPathComponent().appendingPathComponent("empty")
+        try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        let fourth = try await TestSupport.ingest([empty], catalog: catalogPath, config: other)
+        XCTAssertEqual(fourth.replacedFingerprint, third.fingerprint)
+        XCTAssertTrue(fourth.replacementWarning?.contains("ingest every source again") == true)
     }
 }

@@ -15,10 +15,24 @@ public struct IngestSummary: Codable, Sendable {
     /// Seconds spent in each stage, summed over workers.
     public var stageSeconds: [String: Double]
     public var problems: [String]
+    /// The catalog's ingest fingerprint before this run, when this run's differs: export, balance
+    /// and status follow the latest parameters, so photos ingested before are out of the usable set
+    /// until ingested again with these (see `replacementWarning`).
+    public var replacedFingerprint: String?
 
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", status, catalog, dataRoot = "data_root", fingerprint, counts, seconds
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems
+        case replacedFingerprint = "replaced_fingerprint"
+    }
+
+    /// What a user needs to hear when the run changed the catalog's parameters, or nil.
+    public var replacementWarning: String? {
+        replacedFingerprint.map { old in
+            "these ingest parameters (fingerprint \(fingerprint.prefix(12))…) differ from the catalog's until now "
+                + "(\(old.prefix(12))…): balance, export and status now count only photos ingested with them; "
+                + "ingest every source again with these parameters, or run again with the earlier ones"
+        }
     }
     /// Items that could not be processed (unreadable files, undecodable images, bad manifest lines).
     public var errorCount: Int {
@@ -70,6 +84,7 @@ public struct IngestPipeline: Sendable {
         let store = ArtefactStore(root: try catalog.dataRoot(preferred: dataRoot))
         let params = config.ingest
         let fingerprint = try fingerprint()
+        let previous = try catalog.currentIngestFingerprint()
         // Fail fast on unusable models, before any work is queued.
         _ = try faceModel()
 
@@ -162,7 +177,8 @@ public struct IngestPipeline: Sendable {
         return IngestSummary(runID: runID, status: "completed", catalog: catalogPath, dataRoot: store.root.path,
                              fingerprint: fingerprint, counts: counts, seconds: seconds,
                              imagesPerSecond: seconds > 0 ? Double(processed) / seconds : 0,
-                             stageSeconds: tallied.timings.asDictionary, problems: tallied.problems)
+                             stageSeconds: tallied.timings.asDictionary, problems: tallied.problems,
+                             replacedFingerprint: previous.flatMap { $0 == fingerprint ? nil : $0 })
     }
 
     /// Work for one item on a worker: read + hash, then reuse a known result or analyse.

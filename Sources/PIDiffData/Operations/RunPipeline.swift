@@ -173,6 +173,7 @@ public struct RunPipeline: Sendable {
                 case .ingest:
                     let s = try await IngestPipeline(sources: try spec.sources.map(RunSpec.expand), catalogPath: catalog, config: config).run()
                     if s.errorCount > 0 { outcome = .partial }
+                    if let warning = s.replacementWarning { stageLog.warning("\(warning)") }
                     stageLog.info("ingest done", metadata: ["counts": .dictionary(s.counts.mapValues { .stringConvertible($0) })])
                 case .curate:
                     let s = try await CurationPipeline(catalogPath: catalog, config: config).run()
