@@ -34,7 +34,7 @@ struct BalanceReportCommand: AsyncParsableCommand {
             let races = config.labels.raceCategories, ages = config.labels.ageCategories
             let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)
             if let heatmap {
-                try BalanceReport.heatmap(cells, minImages: minImages, target: target).pngData().write(to: URL(fileURLWithPath: heatmap))
+                try OutputPath.write(BalanceReport.heatmap(cells, minImages: minImages, target: target).pngData(), to: URL(fileURLWithPath: heatmap))
             }
             if json {
                 let encoder = JSONEncoder()

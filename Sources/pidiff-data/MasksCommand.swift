@@ -82,8 +82,8 @@ struct MasksReportCommand: AsyncParsableCommand {
                     }
                 }
                 guard !tiles.isEmpty else { throw ValidationError("no masks to show; run pidiff-data masks first") }
-                try NativeImage.contactSheet(tiles, rows: min(rows.count, limit), columns: 3, tileSize: 192)
-                    .pngData().write(to: URL(fileURLWithPath: sheet))
+                try OutputPath.write(NativeImage.contactSheet(tiles, rows: min(rows.count, limit), columns: 3, tileSize: 192).pngData(),
+                                     to: URL(fileURLWithPath: sheet))
             }
             if json { try report.printJSON(); return }
             print("masks: \(report.faces) faces, \(report.ok) ok, \(report.flagged) flagged")

@@ -23,8 +23,11 @@ struct CatalogOptions: ParsableArguments {
     /// new empty catalog.
     func validate() throws {
         guard FileManager.default.fileExists(atPath: catalog) else {
-            throw ValidationError("catalog \(catalog): no such catalog (pidiff-data ingest creates one)")
+            throw ValidationError("catalog \(catalog): no such catalog (pidiff-data ingest or run creates one)")
         }
+        // SQLite takes an empty file for an empty database, and the migrations would make it one.
+        let size = (try? FileManager.default.attributesOfItem(atPath: catalog)[.size] as? Int) ?? nil
+        guard size != 0 else { throw ValidationError("catalog \(catalog): an empty file, not a catalog (pidiff-data ingest creates one)") }
     }
 
     func open() throws -> Catalog { try Catalog(path: catalog) }

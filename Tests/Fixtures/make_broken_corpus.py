@@ -71,6 +71,9 @@ def main() -> None:
     os.symlink("loop_a.jpg", os.path.join(odd, "loop_b.jpg"))
     os.symlink("..", os.path.join(person, "dir_loop"))
 
+    # A photo beside the identity folders: it has no identity.
+    put(out, "loose.jpg", good)
+
     # Names that are not UTF-8 (Latin-1 bytes): an identity folder and a photo.
     os.mkdir(os.path.join(out.encode(), b"caf\xe9"))
     with open(os.path.join(out.encode(), b"caf\xe9", b"photo.jpg"), "wb") as f:

@@ -119,6 +119,12 @@ final class FingerprintTests: XCTestCase {
         }
         let catalog = dir.appendingPathComponent("c.sqlite").path, empty = dir.appendingPathComponent("empty")
         try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: catalog, contents: Data())  // not a catalog: refused, not turned into one
+        let status = try TestSupport.runCLI(["status", "--catalog", catalog])
+        XCTAssertEqual(status.status, 64, status.stderr)
+        XCTAssertTrue(status.stderr.contains("an empty file, not a catalog"), status.stderr)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: catalog)[.size] as? Int, 0)
+        try FileManager.default.removeItem(atPath: catalog)
         XCTAssertEqual(try TestSupport.runCLI(["ingest", empty.path, "--catalog", catalog]).status, 0)  // the commands below need a catalog
         for arguments in [["ingest", dir.path, "--catalog", catalog, "--workers", "100000"], ["masks", "--catalog", catalog, "--workers=-1"],
                           ["export", "--catalog", catalog, "--split", "s", "--out", dir.path, "--max-shard-bytes", "inf"],
@@ -128,6 +134,21 @@ final class FingerprintTests: XCTestCase {
             let flag = arguments.last!.hasPrefix("--") ? "--workers" : arguments[arguments.count - 2]
             XCTAssertTrue(result.stderr.contains("\(flag) must be"), result.stderr)
         }
+    }
+
+    func testOutputPathsNameWhatIsInTheWay() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("a-file")
+        try Data("x".utf8).write(to: file)
+        XCTAssertThrowsError(try OutputPath.prepareFolder(file.appendingPathComponent("sub/out"))) {
+            XCTAssertEqual("\($0)", "cannot write \(file.path)/sub/out: \(file.path) is a file, not a folder")
+        }
+        XCTAssertThrowsError(try OutputPath.write(Data(), to: file.appendingPathComponent("heat.png"))) {
+            XCTAssertTrue("\($0)".contains("is a file, not a folder"), "\($0)")
+        }
+        let nested = dir.appendingPathComponent("new/deeper/heat.png")
+        try OutputPath.write(Data("png".utf8), to: nested)
+        XCTAssertEqual(try Data(contentsOf: nested), Data("png".utf8))
     }
 
     func testRunSectionReadsTrainProcessesAndRejectsFewerThanOne() throws {

@@ -114,6 +114,10 @@ final class IngestIntegrationTests: XCTestCase {
             XCTAssertTrue(summary.problems.contains { $0.contains(name) && $0.contains("not valid UTF-8") }, "\(name): \(summary.problems)")
         }
         XCTAssertFalse(outcome.keys.contains { $0.hasPrefix("bad") }, "\(outcome.keys)")
+        XCTAssertTrue(summary.problems.contains { $0.contains("/loose.jpg") && $0.contains("outside an identity folder") }, "\(summary.problems)")
+        // A photo given as a source is named as such, not as missing.
+        let photoSource = try TestSupport.runCLI(["ingest", corpus.appendingPathComponent("loose.jpg").path, "--catalog", catalogPath.path, "--json"])
+        XCTAssertTrue(photoSource.stdout.contains("a photo is not a source"), photoSource.stdout + photoSource.stderr)
 
         // The EXIF-rotated copy decodes upright: same face geometry as the plain photo.
         let faces = try catalog.faceReports(selectedOnly: true)

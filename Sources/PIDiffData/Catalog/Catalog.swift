@@ -279,11 +279,11 @@ public final class Catalog: Sendable {
 
 public enum CatalogError: Error, CustomStringConvertible {
     case open(String, String)
-    case locked(String)
+    case locked(String, String)  // the catalog, the lock file
     public var description: String {
         switch self {
         case .open(let p, let r): return "catalog \(p): cannot open (\(r))"
-        case .locked(let p): return "catalog \(p) is in use by another pidiff-data run (lock held on \(p).lock)"
+        case .locked(let p, let lock): return "catalog \(p) is in use by another pidiff-data run (lock held on \(lock))"
         }
     }
 }

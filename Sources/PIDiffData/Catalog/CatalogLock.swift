@@ -8,15 +8,16 @@ import Glibc
 public final class CatalogLock {
     private let fd: Int32
 
-    public init(catalogPath: String) throws {
-        let lockPath = catalogPath + ".lock"
+    /// `scope` names a second lock beside the catalog's (`run` → `<catalog>.run.lock`).
+    public init(catalogPath: String, scope: String = "") throws {
+        let lockPath = catalogPath + (scope.isEmpty ? "" : ".\(scope)") + ".lock"
         let dir = URL(fileURLWithPath: lockPath).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CatalogError.open(lockPath, String(cString: strerror(errno))) }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             close(fd)
-            throw CatalogError.locked(catalogPath)
+            throw CatalogError.locked(catalogPath, lockPath)
         }
     }
 

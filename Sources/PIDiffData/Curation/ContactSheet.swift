@@ -27,7 +27,7 @@ public struct ContactSheetWriter {
 
     /// Writes the sheets into `directory`; returns the files written.
     public func write(_ report: CurationReport, to directory: URL) throws -> [URL] {
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try OutputPath.prepareFolder(directory)
         var duplicateRows: [[Cell]] = [], impostorRows: [[Cell]] = [], mergeRows: [[Cell]] = []
         var groups: [Int: [CurationReportLine]] = [:]
         for l in report.lines {

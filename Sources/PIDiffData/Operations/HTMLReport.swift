@@ -35,7 +35,7 @@ public struct HTMLReport: Sendable {
     public func write() throws -> Summary {
         guard FileManager.default.fileExists(atPath: catalogPath) else { throw CatalogError.open(catalogPath, "no such catalog") }
         let catalog = try Catalog(path: catalogPath)
-        try FileManager.default.createDirectory(at: directory.appendingPathComponent("thumbs"), withIntermediateDirectories: true)
+        try OutputPath.prepareFolder(directory.appendingPathComponent("thumbs"))
         let photos = try catalog.reportPhotos()
         var thumbs = ThumbnailWriter(directory: directory)
         let findings = try catalog.latestCurationRun().map { try catalog.curationFindings(runID: $0) } ?? []

@@ -144,7 +144,7 @@ public struct RunPipeline: Sendable {
 
     public func run() async throws -> (Outcome, Report) {
         let catalog = try RunSpec.expand(spec.catalog)
-        let runLock = try CatalogLock(catalogPath: catalog + ".run") // whole-run exclusivity (stages take the catalog lock)
+        let runLock = try CatalogLock(catalogPath: catalog, scope: "run") // whole-run exclusivity (stages take the catalog lock)
         defer { withExtendedLifetime(runLock) {} }
         let runID = UUID().uuidString.lowercased().prefix(12)
         var log = Logger(label: "pidiff-data.run") { JSONLogHandler(label: $0) }

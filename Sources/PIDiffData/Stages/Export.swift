@@ -192,7 +192,7 @@ public struct ShardExporter: Sendable {
             plan[shard].append(m)
         }
 
-        try FileManager.default.createDirectory(at: outDirectory, withIntermediateDirectories: true)
+        try OutputPath.prepareFolder(outDirectory)
         var entries: [ShardEntry] = []
         var written = 0, reused = 0
         for (n, shard) in plan.enumerated() {

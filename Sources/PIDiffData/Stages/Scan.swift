@@ -73,6 +73,9 @@ public struct Scanner: Sendable {
             throw ScanProblem(location: source, reason: "source does not exist")
         }
         if isDir.boolValue { return .folders }
+        if imageExtensions.contains((source as NSString).pathExtension.lowercased()) {
+            throw ScanProblem(location: source, reason: "a photo is not a source: give the folder holding <identity>/ folders of photos, or a JSONL manifest")
+        }
         guard let reader = LineReader(path: source) else {
             throw ScanProblem(location: source, reason: "cannot open source file")
         }
@@ -133,7 +136,12 @@ public struct Scanner: Sendable {
         for name in identities where !name.hasPrefix(".") {
             let dir = root + "/" + name
             var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else { continue }
+            guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                if Scanner.imageExtensions.contains((name as NSString).pathExtension.lowercased()) {
+                    try await emit(.problem(ScanProblem(location: dir, reason: "photo outside an identity folder (no identity); move it into <source>/<identity>/")))
+                }
+                continue
+            }
             // The walk's ancestors, starting with the root: a link back to any of them is a loop.
             var ancestors = Set<DirectoryID>()
             var rootStat = stat()
