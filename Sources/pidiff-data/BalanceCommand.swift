@@ -30,7 +30,15 @@ struct BalanceReportCommand: AsyncParsableCommand {
     func run() async throws {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let inputs = try catalog.open().balanceInputs(mapping: config.labels)
+            let db = try catalog.open()
+            let inputs = try db.balanceInputs(mapping: config.labels)
+            let unmapped = try db.unmappedManifestLabels(mapping: config.labels)
+            if !unmapped.isEmpty {
+                let listed = unmapped.prefix(10).map { "\($0.attribute.rawValue) \($0.value.debugDescription) (\($0.identities) identities, \($0.photos) photos)" }
+                FileHandle.standardError.write(Data(("pidiff-data: warning: manifest labels the `labels:` mapping does not place, counted as unknown: "
+                    + listed.joined(separator: "; ") + (unmapped.count > 10 ? "; … \(unmapped.count - 10) more" : "")
+                    + " (map them in the pipeline file's labels: section)\n").utf8))
+            }
             let races = config.labels.raceCategories, ages = config.labels.ageCategories
             let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)
             if let heatmap {

@@ -134,6 +134,9 @@ final class BalanceIntegrationTests: XCTestCase {
         let out = try TestSupport.runCLI(["balance", "report", "--catalog", catalogPath.path, "--target", "9", "--min-images", "3", "--json",
                                           "--heatmap", dir.appendingPathComponent("h.png").path])
         XCTAssertEqual(out.status, 0, out.stderr)
+        // person6's "Martian" is placed nowhere by the mapping: named, with its counts, not just unknown.
+        XCTAssertTrue(out.stderr.contains("race \"Martian\" (1 identities, 3 photos)"), out.stderr)
+        XCTAssertEqual(try catalog.unmappedManifestLabels(mapping: LabelMapping()), [UnmappedLabel(attribute: .race, value: "Martian", identities: 1, photos: 3)])
         let cells = try JSONDecoder().decode([BalanceCell].self, from: Data(out.stdout.utf8))
         XCTAssertEqual(try ImageHeader.parse(Data(contentsOf: dir.appendingPathComponent("h.png"))).format, .png)
 

@@ -20,7 +20,37 @@ public struct ManualLabel: Sendable, Equatable {
     public var value: String
 }
 
+/// A manifest value that the `labels:` mapping places nowhere (it counts as unknown).
+public struct UnmappedLabel: Sendable, Equatable {
+    public var attribute: LabelAttribute
+    public var value: String
+    public var identities: Int
+    public var photos: Int
+}
+
 extension Catalog {
+    /// Manifest label values of readable photos that `mapping` does not place, most photos first:
+    /// `labels import` refuses such values, but a manifest's only become `unknown` at balance time,
+    /// so they are listed where the balance is reported.
+    public func unmappedManifestLabels(mapping: LabelMapping) throws -> [UnmappedLabel] {
+        try pool.read { db in
+            var seen: [String: (attribute: LabelAttribute, value: String, identities: Set<Int64>, photos: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                SELECT identity_id, race, age, gender FROM files
+                WHERE sha256 IS NOT NULL AND read_error IS NULL AND (race IS NOT NULL OR age IS NOT NULL OR gender IS NOT NULL)
+                """) {
+                for attribute in LabelAttribute.allCases {
+                    guard let raw: String = row[attribute.rawValue], !raw.trimmingCharacters(in: .whitespaces).isEmpty,
+                          mapping.normalise(attribute, raw) == nil else { continue }
+                    let key = "\(attribute.rawValue)\u{0}\(raw)"
+                    seen[key, default: (attribute, raw, [], 0)].photos += 1
+                    if let id: Int64 = row["identity_id"] { seen[key]!.identities.insert(id) }
+                }
+            }
+            return seen.values.map { UnmappedLabel(attribute: $0.attribute, value: $0.value, identities: $0.identities.count, photos: $0.photos) }
+                .sorted { ($0.photos, $1.attribute.rawValue, $1.value) > ($1.photos, $0.attribute.rawValue, $0.value) }
+        }
+    }
     /// Every identity name in the catalog.
     public func identityNames() throws -> [String] {
         try pool.read { try String.fetchAll($0, sql: "SELECT name FROM identities ORDER BY name") }
