@@ -281,6 +281,20 @@ final class ExportTests: XCTestCase {
             try Set(String.fetchAll($0, sql: "SELECT encoded_file FROM encodings WHERE model_fingerprint = ?", arguments: [model]))
         }
         XCTAssertEqual(files, Set(fifth.shards.map { URL(fileURLWithPath: $0).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors") }))
+        // Back to one large shard: its name is reused for other samples, so the encoded file (made
+        // from the small first shard) is not current; it is encoded again and the rows follow.
+        let sixth = try driver.run()
+        XCTAssertEqual(sixth.shards.count, fourth.shards.count)
+        let encodedKeys = try sixth.shards.flatMap { shard -> [String] in
+            let meta = try SafetensorsHeader.metadata(URL(fileURLWithPath: sixth.encodedDirectory).appendingPathComponent(
+                URL(fileURLWithPath: shard).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors")))
+            return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try XCTUnwrap(meta["keys"]).utf8)) as? [String])
+        }
+        XCTAssertEqual(encodedKeys.count, 6)
+        let filesAfter = try await Catalog(path: catalog.path).pool.read {
+            try Set(String.fetchAll($0, sql: "SELECT encoded_file FROM encodings WHERE model_fingerprint = ?", arguments: [model]))
+        }
+        XCTAssertEqual(filesAfter, Set(sixth.shards.map { URL(fileURLWithPath: $0).lastPathComponent.replacingOccurrences(of: ".tar", with: ".safetensors") }))
 
         // Training the split over two launched processes (CPU ranks): each identity trained once.
         let trainOut = dir.appendingPathComponent("train")

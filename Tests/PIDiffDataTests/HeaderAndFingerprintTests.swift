@@ -136,6 +136,29 @@ final class FingerprintTests: XCTestCase {
         }
     }
 
+    /// One content under two keys of a split: one row, stable across runs (not swapping keys).
+    func testEncodingsOfOneContentUnderTwoKeysSettleOnOneRow() throws {
+        let catalog = try Catalog(path: try TestSupport.temporaryDirectory().appendingPathComponent("c.sqlite").path)
+        let rows = [(sha256: "aa", preprocessing: "p", model: "m", file: "s-000000.safetensors", key: "k2"),
+                    (sha256: "aa", preprocessing: "p", model: "m", file: "s-000000.safetensors", key: "k1")]
+        XCTAssertEqual(try catalog.recordEncodings(rows), 1)
+        XCTAssertEqual(try catalog.recordEncodings(rows.reversed()), 0)
+        XCTAssertEqual(try catalog.pool.read { try String.fetchAll($0, sql: "SELECT sample_key FROM encodings") }, ["k1"])
+    }
+
+    /// `verify --repair` reads back what an ingest run recorded, whatever version wrote it.
+    func testRecordedIngestParametersReadLeniently() throws {
+        var parameters = IngestParameters()
+        parameters.minFaceSize = 64
+        var stored = try XCTUnwrap(JSONSerialization.jsonObject(with: JSONEncoder().encode(parameters)) as? [String: Any])
+        stored["channel_capacity"] = 0  // written by earlier versions
+        stored["workers"] = 100_000     // never changed results; out of today's range
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: stored), as: UTF8.self)
+        let read = try IngestParameters.recorded(json)
+        XCTAssertEqual(read.minFaceSize, 64)
+        XCTAssertEqual(Hashing.fingerprint(read.fingerprintPayload), Hashing.fingerprint(parameters.fingerprintPayload))
+    }
+
     func testOutputPathsNameWhatIsInTheWay() throws {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("a-file")

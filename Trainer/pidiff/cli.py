@@ -55,9 +55,11 @@ def run_command(name: str, module_name: str, argv: list[str]) -> int:
 
 
 def stop_with_parent() -> None:
-    """Under pidiff-data (PIDIFF_PARENT_PID), end with it: Linux sends SIGTERM when the parent
-    dies, even by SIGKILL, so a killed pipeline never leaves a GPU job running that a rerun would
-    duplicate. A parent already gone (the variable names another process) ends this one now."""
+    """Under pidiff-data (PIDIFF_PARENT_PID), end with it: Linux sends SIGTERM when the direct
+    parent dies, even by SIGKILL, so a killed pipeline does not leave a GPU job running that a rerun
+    would duplicate. The direct parent may be a wrapper script (`--python wrapper.sh`, `conda run`)
+    between the two; then it is the wrapper's death that counts. A pidiff-data already gone ends
+    this process at once."""
     parent = os.environ.pop("PIDIFF_PARENT_PID", "")  # for this process only, not its children
     if not parent.isdigit() or not sys.platform.startswith("linux"):
         return
@@ -65,8 +67,12 @@ def stop_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != int(parent):
+    try:
+        os.kill(int(parent), 0)  # does pidiff-data still exist? (signal 0 only checks)
+    except ProcessLookupError:
         os.kill(os.getpid(), signal.SIGTERM)
+    except PermissionError:
+        pass  # it exists, as another user: not ours to judge
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,28 +215,25 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
         raise FileNotFoundError(f"no encoded shards {pattern} in {encoded_dir}")
     wanted = set(identities) if identities else None
     rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-    encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard made with them
+    encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard used made with them
     for path in paths:
         shard = read_encoded_shard(path)
         scale = shard.scaling_factor
-        encoders.setdefault((shard.metadata.get("e4e_sha256", ""), shard.metadata.get("vae_sha256", "")), path)
+        taken = [(i, key, label["identity"]) for i, (key, label) in enumerate(zip(shard.keys, sample_labels(shard, shards_dir)))
+                 if label.get("role", "train") == "train" and (wanted is None or label["identity"] in wanted)]
+        if not taken:
+            continue  # only what is trained on is checked: other splits or identities may differ
+        encoders.setdefault((shard.metadata.get("e4e_sha256", "unrecorded"), shard.metadata.get("vae_sha256", "unrecorded")), path)
         if len(encoders) > 1:
-            (first, earlier), (_, later) = list(encoders.items())[:2]
-            raise ValueError(f"{earlier.name} and {later.name} in {encoded_dir} were encoded with different models "
-                             "(e4e_sha256/vae_sha256 differ): their w+ and latents do not share one space; "
-                             "re-encode the split with one e4e and one VAE")
-        finite = (torch.isfinite(shard.w_plus).flatten(1).all(1) & torch.isfinite(shard.latent_mean).flatten(1).all(1)
-                  & torch.isfinite(shard.latent_std).flatten(1).all(1))
-        if not finite.all():
-            bad = [key for key, ok in zip(shard.keys, finite.tolist()) if not ok]
-            raise ValueError(f"{path}: non-finite w+ or latents for {len(bad)} sample(s), e.g. {bad[:3]}; "
-                             "re-encode the shard")
-        for i, (key, label) in enumerate(zip(shard.keys, sample_labels(shard, shards_dir))):
-            identity = label["identity"]
-            if label.get("role", "train") != "train" or (wanted is not None and identity not in wanted):
-                continue
-            rows.setdefault(identity, []).append(
-                (key, shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale))
+            ((e4e_a, vae_a), earlier), ((e4e_b, vae_b), later) = list(encoders.items())[:2]
+            raise ValueError(f"{earlier.name} (e4e {e4e_a[:12]}, VAE {vae_a[:12]}) and {later.name} (e4e {e4e_b[:12]}, "
+                             f"VAE {vae_b[:12]}) in {encoded_dir} were not encoded with the same models: their w+ and "
+                             "latents do not share one space; re-encode them with one e4e and one VAE")
+        for i, key, identity in taken:
+            w, mean, std = shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale
+            if not (torch.isfinite(w).all() and torch.isfinite(mean).all() and torch.isfinite(std).all()):
+                raise ValueError(f"{path}: non-finite w+ or latents for the sample {key!r} of {identity!r}; re-encode the shard")
+            rows.setdefault(identity, []).append((key, w, mean, std))
     if wanted is not None and (missing := sorted(wanted - set(rows))):
         raise ValueError(f"no training samples in {encoded_dir} for identities {missing}")
     samples = {}
@@ -443,12 +440,12 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
     (a one-group run's folder is OUT/checkpoints itself, which may hold another run's groups)."""
     for step in [*checkpoint_dir.glob("step-*"), *checkpoint_dir.glob(".step-*.partial")]:
         shutil.rmtree(step, ignore_errors=True)
-    for folder in (checkpoint_dir, checkpoint_dir.parent):
-        if folder.name in ("checkpoints",) or folder.name.startswith("group-"):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass  # not empty: other groups' checkpoints
+    # Only the group's own folder: OUT/checkpoints itself may be being filled by another rank
+    # (removed at the end of a one-process run, in train_groups).
+    try:
+        checkpoint_dir.rmdir()
+    except OSError:
+        pass  # not empty: other groups' (or other runs') checkpoints
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,8 +487,9 @@ def check_checkpoint_state(path: Path, state: dict, config: TrainConfig, identit
     if state["identities"] != identities:
         differences.append(f"identities {state['identities']} -> {identities}")
     differences += recipe_differences(state.get("config", {}), config)
-    # Checkpoints written before the fingerprints were recorded cannot be checked for their data.
-    if state.get("data_fingerprints", data_fingerprints) != data_fingerprints:
+    # Checkpoints written before the fingerprints were recorded cannot be checked for their data;
+    # those of other identities are not compared sample by sample.
+    if state["identities"] == identities and state.get("data_fingerprints", data_fingerprints) != data_fingerprints:
         changed = [name for name, before, now in zip(identities, state["data_fingerprints"], data_fingerprints)
                    if before != now]
         differences.append(f"data_fingerprints (the training samples of {changed or identities} changed)")
@@ -506,22 +504,33 @@ def check_resumable(groups: list[list[str]], output_dirs: dict[str, Path], sampl
 
     Every rank checks every group, so all ranks stop together rather than some training on."""
     out = Path(config.out)
-    formed = {tuple(group) for group in groups}
+    # Where this run looks for each group's checkpoints: a checkpoint anywhere else would be
+    # silently started over, so it is an error unless its group is already finished.
+    where = {tuple(group): group_checkpoint_dir(out, index, len(groups)) for index, group in enumerate(groups)}
     for state_file in sorted((out / "checkpoints").glob("**/step-*/state.json")):
         try:
-            held = json.loads(state_file.read_text())["identities"]
+            held = tuple(json.loads(state_file.read_text())["identities"])
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"--resume: checkpoint {state_file.parent} has no readable state.json; remove it") from None
-        if tuple(held) not in formed and set(held) <= set(samples):
-            raise ValueError(f"--resume: checkpoint {state_file.parent} continues the group {held}, which this run "
+        if not set(held) <= set(samples) or all((output_dirs[name] / "pidiff.safetensors").is_file() for name in held):
+            continue  # another selection's group, or a finished one kept by --keep-checkpoints
+        if held not in where:
+            raise ValueError(f"--resume: checkpoint {state_file.parent} continues the group {list(held)}, which this run "
                              f"does not form (group size {config.group_size}); resume with --group-size {len(held)}, "
                              "or remove the checkpoint to start that group again")
+        if state_file.parent.parent.resolve() != where[held].resolve():
+            raise ValueError(f"--resume: checkpoint {state_file.parent} continues the group {list(held)}, which this run "
+                             f"would continue from {where[held]} (its groups are numbered differently: another "
+                             "selection of identities); resume with the interrupted run's identities, or move the "
+                             "checkpoint folder there")
     for group_index, group in enumerate(groups):
         for name in group:
             if (path := output_dirs[name] / "pidiff.safetensors").is_file():
                 check_finished_weights(path, samples[name], config, base_fingerprint)
         if (checkpoint := latest_checkpoint(group_checkpoint_dir(out, group_index, len(groups)))) is not None:
             state = json.loads((checkpoint / "state.json").read_text())
+            if tuple(state["identities"]) != tuple(group) and tuple(state["identities"]) not in where:
+                continue  # a finished group's kept checkpoint (checked above), not this group's
             check_checkpoint_state(checkpoint, state, config, group, [samples[name].fingerprint() for name in group])
 
 
@@ -732,7 +741,9 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
         check_resumable(groups, output_dirs, samples, config, base_fingerprint)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        partial = out / ".train_config.json.partial"  # other ranks may be reading the previous one
+        partial.write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        os.replace(partial, out / "train_config.json")
     noise_levels = ddpm_noise_levels(config.sd or None, config.device)
     written = {}
     for group_index, group in list(enumerate(groups))[rank::world_size]:
@@ -744,7 +755,8 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
             continue
         trainer = IdentityGroupTrainer(unet, text_embeddings, [samples[n] for n in group], config,
                                        config.device, noise_levels)
-        if config.resume and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
+        if (config.resume and (checkpoint := latest_checkpoint(checkpoint_dir)) is not None
+                and json.loads((checkpoint / "state.json").read_text())["identities"] == group):
             trainer.load_checkpoint(checkpoint)
             log(f"group {group_index}: resumed from {checkpoint} at step {trainer.step}")
         log(f"group {group_index}: training {', '.join(group)} "
@@ -756,6 +768,11 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
         trainer.adapter.uninstall(unet)
         if not config.keep_checkpoints:
             remove_checkpoints(checkpoint_dir)
+    if world_size == 1 and not config.keep_checkpoints:
+        try:
+            (out / "checkpoints").rmdir()  # left empty by the groups above
+        except OSError:
+            pass  # absent, or holding another run's checkpoints
     return written
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -243,8 +244,15 @@ def test_a_command_started_by_pidiff_data_ends_with_it(tmp_path):
     gets SIGTERM; a parent already gone ends it at once."""
     command = [sys.executable, "-c", "import sys, time; from pidiff import cli; cli.stop_with_parent(); "
                "print('started', flush=True); time.sleep(60)"]
-    gone = subprocess.run(command, env={**os.environ, "PIDIFF_PARENT_PID": "1"}, capture_output=True, timeout=60)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # reaped: its pid names no process now
+    gone = subprocess.run(command, env={**os.environ, "PIDIFF_PARENT_PID": str(finished.pid)}, capture_output=True, timeout=60)
     assert gone.returncode == -signal.SIGTERM and b"started" not in gone.stdout
+    # A wrapper between them that does not exec Python: pidiff-data still exists, so it runs.
+    quick = [*command[:2], command[2].replace("time.sleep(60)", "None")]
+    wrapped = subprocess.run(["/bin/sh", "-c", " ".join(map(shlex.quote, quick)) + "; true"],
+                             env={**os.environ, "PIDIFF_PARENT_PID": str(os.getpid())}, capture_output=True, timeout=60)
+    assert wrapped.returncode == 0 and b"started" in wrapped.stdout, wrapped
 
     # A parent that starts the command with its own pid, then is SIGKILLed.
     pid_file = tmp_path / "child.pid"

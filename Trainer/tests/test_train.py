@@ -321,6 +321,22 @@ def test_weights_and_checkpoints_follow_the_umask(unet, tmp_path):
     assert (tmp_path / "checkpoints" / "step-000001" / "adapter.safetensors").stat().st_mode & 0o777 == 0o644
 
 
+def test_resume_refuses_a_checkpoint_its_groups_would_not_find(unet, tmp_path):
+    """A one-group run's checkpoint sits in OUT/checkpoints; resumed with one more identity, the same
+    group becomes group 0 of 2 and would be looked for in group-0000: refused, not started over.
+    A finished group's kept checkpoints do not stand in the way."""
+    ann_bob = [identity_samples("ann", seed=0), identity_samples("bob", seed=1)]
+    train(unet, tmp_path / "full", ann_bob, steps=4, checkpoint_every=2, keep_checkpoints=True, group_size=2)
+    shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "grown" / "checkpoints")
+    three = [*ann_bob, identity_samples("cat", seed=2)]
+    with pytest.raises(ValueError, match=r"step-000002 continues the group \['ann', 'bob'\].*group-0000"):
+        train(unet, tmp_path / "grown", three, steps=4, checkpoint_every=2, resume=True, group_size=2)
+    # --keep-checkpoints left the finished group's checkpoint in "full": resuming there with another
+    # size is fine, the group is done.
+    written = train(unet, tmp_path / "full", three, steps=4, checkpoint_every=2, resume=True, group_size=3)
+    assert sorted(written) == ["ann", "bob", "cat"]
+
+
 def test_a_finished_group_removes_only_its_own_checkpoints(unet, tmp_path):
     other = tmp_path / "checkpoints" / "group-0003" / "step-000002"  # another run's group in the same OUT
     other.mkdir(parents=True)
@@ -378,16 +394,28 @@ def write_encoded_split(encoded, labels: dict[str, tuple[str, str]]):
     return encoded
 
 
-def test_shards_with_non_finite_values_or_of_other_encoders_are_refused(tmp_path):
-    write_encoded_shard(tmp_path / "a" / "faces-000000.safetensors", {"ann_000": ("ann", "train")}, nan_row=0)
-    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: non-finite .*ann_000"):
-        load_training_samples(tmp_path / "a", None, shards_dir=None)
-    write_encoded_shard(tmp_path / "b" / "faces-000000.safetensors", {"ann_000": ("ann", "train")})
-    write_encoded_shard(tmp_path / "b" / "faces-000001.safetensors", {"bob_000": ("bob", "train")}, encoders=("e4e-0", "vae-1"))
-    for name, key, identity in (("faces-000000", "ann_000", "ann"), ("faces-000001", "bob_000", "bob")):
-        (tmp_path / "b" / f"{name}.samples.json").write_text(json.dumps({key: {"identity": identity, "role": "train"}}))
-    with pytest.raises(ValueError, match=r"faces-000000\.safetensors and faces-000001\.safetensors .*different models"):
+def test_samples_trained_on_must_be_finite_and_of_one_pair_of_encoders(tmp_path):
+    def shard(folder, name, labels, **kwargs):
+        write_encoded_shard(tmp_path / folder / f"{name}.safetensors", labels, **kwargs)
+        sidecar = {key: {"identity": identity, "role": role} for key, (identity, role) in labels.items()}
+        (tmp_path / folder / f"{name}.samples.json").write_text(json.dumps(sidecar))
+
+    labels = {"ann_000": ("ann", "train"), "bob_000": ("bob", "reference")}
+    shard("a", "faces-000000", labels, nan_row=0)
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: non-finite .*'ann_000' of 'ann'"):
+        load_training_samples(tmp_path / "a", None)
+    shard("a2", "faces-000000", labels, nan_row=1)  # a NaN in a held-out reference row is not trained on
+    assert sorted(load_training_samples(tmp_path / "a2", None)) == ["ann"]
+
+    shard("b", "faces-000000", {"ann_000": ("ann", "train")})
+    shard("b", "faces-000001", {"bob_000": ("bob", "train")}, encoders=("e4e-0", "vae-1"))
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors .* and faces-000001\.safetensors .*not encoded with the same models"):
         load_training_samples(tmp_path / "b", None)
+    # Only the shards an identity is trained from are compared: an older split beside it may differ.
+    assert sorted(load_training_samples(tmp_path / "b", ["ann"])) == ["ann"]
+    shard("c", "v1-000000", {"ann_000": ("ann", "train")}, encoders=("e4e-old", "vae-0"))
+    shard("c", "v2-000000", {"ann_001": ("ann", "train")})
+    assert load_training_samples(tmp_path / "c", None, "v2")["ann"].keys == ["ann_001"]
 
 
 def test_split_reads_only_its_own_six_digit_shards(tmp_path):

@@ -53,7 +53,11 @@ extension Catalog {
     /// encoding now sits in another file or under another key (a re-export with other shard sizes
     /// or grouping) is updated to where it is. Returns how many rows were added or moved.
     public func recordEncodings(_ rows: [(sha256: String, preprocessing: String, model: String, file: String, key: String)]) throws -> Int {
-        try pool.write { db in
+        // One row per encoding: a split holding one content twice (two keys) keeps the first key,
+        // rather than the two swapping places on every run.
+        var seen = Set<String>()
+        let rows = rows.sorted { ($0.file, $0.key) < ($1.file, $1.key) }.filter { seen.insert("\($0.sha256) \($0.preprocessing) \($0.model)").inserted }
+        return try pool.write { db in
             var inserted = 0
             for r in rows {
                 try db.execute(sql: """

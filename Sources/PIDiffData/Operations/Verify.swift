@@ -194,7 +194,7 @@ struct ArtefactRepairer {
         guard let json = try catalog.runParameters(command: "ingest", fingerprint: fingerprint) else {
             throw RepairError.cannot("no ingest run recorded under fingerprint \(fingerprint)")
         }
-        let parameters = try JSONDecoder().decode(IngestParameters.self, from: Data(json.utf8))
+        let parameters = try IngestParameters.recorded(json)
         var config = PipelineConfig()
         config.ingest = parameters
         let pipeline = IngestPipeline(sources: [], catalogPath: catalog.path, config: config, models: models)

@@ -191,7 +191,8 @@ public struct EncodeDriver: Sendable {
         let filesCurrent = index.shards.allSatisfy { shard in
             let file = encodedDir.appendingPathComponent(shard.name.replacingOccurrences(of: ".tar", with: ".safetensors"))
             guard let meta = try? SafetensorsHeader.metadata(file) else { return false }
-            return meta["e4e_sha256"] == e4eSHA && meta["vae_sha256"] == vaeSHA
+            // …made from this very tar: a re-export may reuse a shard's name for other samples.
+            return meta["e4e_sha256"] == e4eSHA && meta["vae_sha256"] == vaeSHA && meta["source_sha256"] == shard.sha256
         }
         // Arguments for `pidiff encode` (--force, another storage dtype…) may change the files: let it decide.
         if done == index.samples && filesCurrent && extraArguments.isEmpty {

@@ -77,6 +77,18 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         try validate()
     }
 
+    /// The parameters an ingest run recorded (`runs.parameters`), read back for `verify --repair`.
+    /// Unlike a pipeline file this is lenient: keys of older versions (`channel_capacity`) are
+    /// dropped, and the settings that never changed results (`workers`, `vanished`) are not read.
+    public static func recorded(_ json: String) throws -> IngestParameters {
+        guard let stored = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            throw PipelineError.invalid("recorded ingest parameters", "not a JSON object")
+        }
+        let known = Set(CodingKeys.allCases.map(\.stringValue)).subtracting(["workers", "vanished"])
+        let kept = stored.filter { known.contains($0.key) }
+        return try JSONDecoder().decode(IngestParameters.self, from: JSONSerialization.data(withJSONObject: kept))
+    }
+
     /// The most workers ingest starts: each holds its own detector and landmark model.
     public static let maxWorkers = 256
 
