@@ -29,9 +29,21 @@ enum TestSupport {
         }
     }
 
+    /// Every test's folders live in one folder per test process, removed when the process exits
+    /// (the encode test alone writes ~450 MB); PIDIFF_KEEP_TEST_FILES=1 keeps it for a look.
+    static let scratchRoot: URL = {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("pidiff-tests-\(getpid())")
+        atexit {
+            if ProcessInfo.processInfo.environment["PIDIFF_KEEP_TEST_FILES"] == nil {
+                try? FileManager.default.removeItem(at: TestSupport.scratchRoot)
+            }
+        }
+        return root
+    }()
+
     static func temporaryDirectory(_ name: String = #function) throws -> URL {
         let safe = name.filter { $0.isLetter || $0.isNumber }
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("pidiff-tests-\(safe)-\(UUID().uuidString.prefix(8))")
+        let url = scratchRoot.appendingPathComponent("\(safe)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
     }
