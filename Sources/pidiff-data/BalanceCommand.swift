@@ -35,9 +35,8 @@ struct BalanceReportCommand: AsyncParsableCommand {
             let unmapped = try db.unmappedManifestLabels(mapping: config.labels)
             if !unmapped.isEmpty {
                 let listed = unmapped.prefix(10).map { "\($0.attribute.rawValue) \($0.value.debugDescription) (\($0.identities) identities, \($0.photos) photos)" }
-                FileHandle.standardError.write(Data(("pidiff-data: warning: manifest labels the `labels:` mapping does not place, counted as unknown: "
-                    + listed.joined(separator: "; ") + (unmapped.count > 10 ? "; … \(unmapped.count - 10) more" : "")
-                    + " (map them in the pipeline file's labels: section)\n").utf8))
+                warn("manifest labels the `labels:` mapping does not place, counted as unknown: " + listed.joined(separator: "; ")
+                     + (unmapped.count > 10 ? "; … \(unmapped.count - 10) more" : "") + " (map them in the pipeline file's labels: section)")
             }
             let races = config.labels.raceCategories, ages = config.labels.ageCategories
             let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)

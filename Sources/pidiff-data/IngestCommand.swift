@@ -55,7 +55,7 @@ struct IngestCommand: AsyncParsableCommand {
                 models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
                 dataRoot: dataRoot, showProgress: isatty(STDERR_FILENO) == 1)
             let summary = try await pipeline.run()
-            if let warning = summary.replacementWarning { FileHandle.standardError.write(Data("pidiff-data: warning: \(warning)\n".utf8)) }
+            if let warning = summary.replacementWarning { warn(warning) }
             if json {
                 try summary.printJSON()
             } else {

@@ -41,6 +41,11 @@ extension Encodable {
     }
 }
 
+/// A warning on stderr, one line, as every command words them.
+func warn(_ message: String) {
+    FileHandle.standardError.write(Data("pidiff-data: warning: \(message)\n".utf8))
+}
+
 /// Reports a failure on stderr the way every command does: one line naming the item and reason.
 func fail(_ error: Error) -> Never {
     FileHandle.standardError.write(Data("pidiff-data: error: \(error)\n".utf8))

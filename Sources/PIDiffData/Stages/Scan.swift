@@ -115,9 +115,9 @@ public struct Scanner: Sendable {
         var names: [String] = [], undecodable: [String] = []
         while let entry = readdir(handle) {
             let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
-            if bytes.first == UInt8(ascii: ".") && String(validating: bytes, as: UTF8.self) == nil { continue }  // hidden: skipped like any dot name
             if bytes == Array(".".utf8) || bytes == Array("..".utf8) { continue }
-            if let name = String(validating: bytes, as: UTF8.self) { names.append(name) } else {
+            if let name = String(validating: bytes, as: UTF8.self) { names.append(name) }
+            else if bytes.first != UInt8(ascii: ".") {  // a hidden one is skipped like any dot name
                 undecodable.append(bytes.map { (0x20..<0x7f).contains($0) && $0 != UInt8(ascii: "\\") ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined())
             }
         }

@@ -107,9 +107,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
             ("min_sharpness", minSharpness >= 0 && minSharpness.isFinite, "0 or more"),
             ("workers", (0...Self.maxWorkers).contains(workers), "0 (one per core) to \(Self.maxWorkers)"),
         ]
-        for (name, ok, expected) in checks where !ok {
-            throw PipelineError.invalid("ingest.\(name)", "must be \(expected)")
-        }
+        try refuseOutOfRange("ingest", checks)
     }
 
     /// The parameters that determine ingest output, as canonical JSON.
@@ -204,9 +202,7 @@ public struct MaskParameters: Codable, Equatable, Sendable {
             ("max_coverage", (0...1).contains(maxCoverage), "0…1"),
             ("onnx_input_size", (32...2048).contains(onnxInputSize), "32…2048"),
         ]
-        for (name, ok, expected) in checks where !ok {
-            throw PipelineError.invalid("mask.\(name)", "must be \(expected)")
-        }
+        try refuseOutOfRange("mask", checks)
     }
 
     /// Everything that changes the masks (the ONNX model enters through its SHA-256).
@@ -287,6 +283,14 @@ private struct AnyKey: CodingKey {
     var intValue: Int? { nil }
     init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
+}
+
+/// Throws `PipelineError.invalid` naming `section.key` for the first check that fails; a check is
+/// (key, whether its value is acceptable, what is acceptable).
+func refuseOutOfRange(_ section: String, _ checks: [(String, Bool, String)]) throws {
+    if let (name, _, expected) = checks.first(where: { !$0.1 }) {
+        throw PipelineError.invalid("\(section).\(name)", "must be \(expected)")
+    }
 }
 
 /// Throws `PipelineError.unknownKeys` when the mapping being decoded holds a key `keys` lacks.
