@@ -4,13 +4,16 @@ the face alignment maths, the prompt protocol, and the errors for missing models
 LPIPS runs the real lpips package (its v0.1 linear layers from the wheel) on a VGG16 backbone
 loaded from a file of seeded random weights, since the real torchvision weights cannot be
 downloaded here; CLIP-T runs a tiny random transformers CLIPModel. MTCNN (weights in the
-facenet-pytorch wheel) is real; its photo tests use face_recognition's test photos placed by
-scripts/fetch-assets.sh and are skipped where those are absent.
+facenet-pytorch wheel) is real; its photo tests use face_recognition's test photos that
+scripts/fetch-assets.sh places in $PIDIFF_CACHE (default ~/.cache/pidiff-data). scripts/setup.sh
+installs every package and file these tests use, so a missing one fails the test, naming it.
 """
 
 import copy
 import csv
+import importlib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,9 @@ from pidiff.evaluate import (ARCFACE_TEMPLATE_112, ArcFaceEmbedder, ClipTextScor
                              similarity_transform, summarise, warp_affine)
 from pidiff.style import write_sidecar
 
-PHOTOS = Path.home() / ".cache" / "pidiff-data" / "sample" / "identities" / "obama"
+CACHE = Path(os.environ.get("PIDIFF_CACHE") or Path.home() / ".cache" / "pidiff-data")  # as scripts/fetch-assets.sh
+PHOTOS = CACHE / "sample" / "identities" / "obama"
+MODELS = CACHE / "models"
 VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
                (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -40,16 +45,23 @@ def two_threads():
 
 
 def needs(module: str):
-    """The optional `eval` packages; scripts/setup.sh does not install them yet, so a machine
-    without them skips the tests that run them (and says which package)."""
-    return pytest.importorskip(module, reason=f"{module} not installed (pip install lpips onnxruntime; "
-                                              "pip install --no-deps facenet-pytorch)")
+    """One of the `eval` packages scripts/setup.sh installs (lpips, onnxruntime, dlib-bin,
+    facenet-pytorch): a machine without it fails the tests that run it, naming the package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        pytest.fail(f"{module} is not importable ({error}); scripts/setup.sh installs it", pytrace=False)
+
+
+def cached_file(path: Path) -> Path:
+    """A file scripts/fetch-assets.sh places in $PIDIFF_CACHE: its absence fails the test."""
+    if not path.is_file():
+        pytest.fail(f"{path} absent: scripts/fetch-assets.sh places it (PIDIFF_CACHE={CACHE})", pytrace=False)
+    return path
 
 
 def photo(name: str, size: int = 320) -> Image.Image:
-    path = PHOTOS / name
-    if not path.is_file():
-        pytest.skip(f"{path} absent (scripts/fetch-assets.sh places it)")
+    path = cached_file(PHOTOS / name)
     image = Image.open(path).convert("RGB")
     image.thumbnail((size, size))
     return image
@@ -452,15 +464,9 @@ def test_missing_model_files_are_named(tmp_path):
         LpipsVgg.from_backbone(tmp_path / "vgg16.pth")
 
 
-MODELS = Path.home() / ".cache" / "pidiff-data" / "models"
-
-
 def dlib_descriptor() -> DlibDescriptor:
     needs("dlib")
-    path = MODELS / "dlib_face_recognition_resnet_model_v1.dat"
-    if not path.is_file():
-        pytest.skip(f"{path} absent (scripts/fetch-assets.sh places it)")
-    return DlibDescriptor(path)
+    return DlibDescriptor(cached_file(MODELS / "dlib_face_recognition_resnet_model_v1.dat"))
 
 
 def test_dlib_fallback_without_model_files_names_them(tmp_path):
@@ -473,10 +479,7 @@ def test_dlib_descriptor_tells_the_sample_people_apart():
     """dlib's own rule: descriptors of one person lie within 0.6 (Euclidean) of each other."""
     describe = dlib_descriptor().describe
     obama = [describe(photo(name, size=640)) for name in ("obama.jpg", "obama2.jpg", "obama3.jpg")]
-    biden_path = PHOTOS.parent / "biden" / "biden.jpg"
-    if not biden_path.is_file():
-        pytest.skip(f"{biden_path} absent")
-    biden = describe(Image.open(biden_path))
+    biden = describe(Image.open(cached_file(PHOTOS.parent / "biden" / "biden.jpg")))
     assert all(v is not None and v.shape == (128,) for v in obama + [biden])
     same = [np.linalg.norm(a - b) for i, a in enumerate(obama) for b in obama[i + 1:]]
     assert max(same) < 0.6 and min(np.linalg.norm(v - biden) for v in obama) > 0.6, (same, biden)
