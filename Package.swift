@@ -37,14 +37,34 @@ let package = Package(
                 .linkedLibrary("stdc++"),
             ]
         ),
+        // Layers, each a target so that a dependency pointing up is a build error:
+        // Model (value types, parameters) <- Native (Swift over CFaceNative) and Catalog (GRDB,
+        // all SQL) <- Data (stage transforms, stages, workspace) <- pidiff-data (CLI).
+        .target(
+            name: "PIDiffModel",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .target(
+            name: "PIDiffNative",
+            dependencies: ["CFaceNative", "PIDiffModel"]
+        ),
+        .target(
+            name: "PIDiffCatalog",
+            dependencies: [
+                "PIDiffModel",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
         .target(
             name: "PIDiffData",
             dependencies: [
-                "CFaceNative",
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                "PIDiffModel",
+                "PIDiffNative",
+                "PIDiffCatalog",
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
-                .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -52,12 +72,15 @@ let package = Package(
             name: "pidiff-data",
             dependencies: [
                 "PIDiffData",
+                "PIDiffModel",
+                "PIDiffCatalog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "PIDiffDataTests",
-            dependencies: ["PIDiffData", "CFaceNative"]
+            dependencies: ["PIDiffData", "PIDiffModel", "PIDiffNative", "PIDiffCatalog", "CFaceNative",
+                           .product(name: "GRDB", package: "GRDB.swift")]
         ),
     ],
     cxxLanguageStandard: .cxx17

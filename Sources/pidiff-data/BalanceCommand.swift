@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 struct BalanceCommand: AsyncParsableCommand {
@@ -27,47 +30,18 @@ struct BalanceReportCommand: AsyncParsableCommand {
     @Flag(help: "CSV: one row per cell plus a total.") var csv = false
     @Option(help: "Write a PNG heatmap of identities per race × age.") var heatmap: String?
 
+    func validate() throws {
+        if json && csv { throw ValidationError("choose one of --json and --csv") }
+    }
+
     func run() async throws {
-        do {
-            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let db = try catalog.open()
-            let inputs = try db.balanceInputs(mapping: config.labels)
-            let unmapped = try db.unmappedManifestLabels(mapping: config.labels)
-            if !unmapped.isEmpty {
-                let listed = unmapped.prefix(10).map { "\($0.attribute.rawValue) \($0.value.debugDescription) (\($0.identities) identities, \($0.photos) photos)" }
-                warn("manifest labels the `labels:` mapping does not place, counted as unknown: " + listed.joined(separator: "; ")
-                     + (unmapped.count > 10 ? "; … \(unmapped.count - 10) more" : "") + " (map them in the pipeline file's labels: section)")
-            }
-            let races = config.labels.raceCategories, ages = config.labels.ageCategories
-            let cells = BalanceReport.cells(inputs, races: races, ages: ages, target: target, minImages: minImages, byGender: byGender)
-            if let heatmap {
-                try OutputPath.write(BalanceReport.heatmap(cells, minImages: minImages, target: target).pngData(), to: URL(fileURLWithPath: heatmap))
-            }
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-                print(String(decoding: try encoder.encode(cells), as: UTF8.self))
-            } else if csv {
-                print("race,age,gender,identities,images,pct_all,pct_known,shortfall")
-                for c in cells {
-                    print([c.race, c.age, c.gender, "\(c.identities)", "\(c.images)", String(format: "%.2f", c.pctAll),
-                           c.pctKnown.map { String(format: "%.2f", $0) } ?? "", c.shortfall.map(String.init) ?? ""].joined(separator: ","))
-                }
-            } else {
-                func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
-                    let fill = String(repeating: " ", count: max(0, n - s.count))
-                    return right ? fill + s : s + fill
-                }
-                print(pad("race", 10) + pad("age", 8) + pad("gender", 8) + pad("identities", 11, right: true) + pad("images", 8, right: true)
-                      + pad("% all", 8, right: true) + pad("% known", 9, right: true) + pad("shortfall", 11, right: true))
-                for c in cells {
-                    print(pad(c.race, 10) + pad(c.age, 8) + pad(c.gender, 8) + pad("\(c.identities)", 11, right: true)
-                          + pad("\(c.images)", 8, right: true) + pad(String(format: "%.1f", c.pctAll), 8, right: true)
-                          + pad(c.pctKnown.map { String(format: "%.1f", $0) } ?? "-", 9, right: true)
-                          + pad(c.shortfall.map(String.init) ?? "-", 11, right: true))
-                }
-            }
-        } catch { fail(error) }
+        try await runCommand {
+            let stage = BalanceReportStage(target: target, minImages: minImages, byGender: byGender, heatmap: heatmap.map { URL(fileURLWithPath: $0) })
+            guard csv else { return try await execute(stage, in: try catalog.workspace(pipeline: pipeline), json: json) }
+            let report = try await stage.run(in: try catalog.workspace(pipeline: pipeline))
+            report.warnings.forEach(warn)
+            BalanceReport.csv(report.json as? [BalanceCell] ?? []).forEach { print($0) }
+        }
     }
 }
 
@@ -89,28 +63,15 @@ struct BalanceSelectCommand: AsyncParsableCommand {
         guard identities >= 1 else { throw ValidationError("--identities must be at least 1") }
         guard imagesPerIdentity >= 1 else { throw ValidationError("--images-per-identity must be at least 1") }
         guard referenceImages >= 0 else { throw ValidationError("--reference-images must be 0 or more") }
-        guard ShardExporter.validName(name) else { throw ValidationError("\(SplitError.invalidName(name))") }
+        guard SplitName.isValid(name) else { throw ValidationError("\(SplitError.invalidName(name))") }
     }
 
     func run() async throws {
-        do {
-            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let lock = try CatalogLock(catalogPath: catalog.catalog)
-            let cat = try catalog.open()
-            let selection = BalancedSelection.select(try cat.balanceInputs(mapping: config.labels), races: config.labels.raceCategories,
-                                                     ages: config.labels.ageCategories, count: identities,
-                                                     imagesPerIdentity: imagesPerIdentity, referenceImages: referenceImages, seed: seed)
-            let parameters = "{\"identities\":\(identities),\"images_per_identity\":\(imagesPerIdentity),\"reference_images\":\(referenceImages),\"seed\":\(seed)}"
-            try cat.storeSplit(name: name, seed: seed, parameters: parameters, selection: selection)
-            withExtendedLifetime(lock) {}
-            if json { try selection.quotas.printJSON(); return }
-            print("split \(name): \(Set(selection.items.map(\.identity)).count) identities, \(selection.items.count) photos")
-            for q in selection.quotas {
-                let note = q.selected < q.quota ? " (short by \(q.quota - q.selected))" : q.selected > q.quota ? " (+\(q.selected - q.quota) redistributed)" : ""
-                print("  \(q.race) × \(q.age): \(q.selected) of quota \(q.quota), \(q.available) available\(note)")
-            }
-            if selection.shortfall > 0 { print("  \(selection.shortfall) identities could not be drawn from any cell") }
-        } catch { fail(error) }
+        try await runCommand {
+            let parameters = RunSpec.Select(name: name, identities: identities, imagesPerIdentity: imagesPerIdentity,
+                                            referenceImages: referenceImages, seed: seed)
+            try await execute(SelectStage(parameters), in: try catalog.workspace(pipeline: pipeline), json: json)
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 struct CurateCommand: AsyncParsableCommand {
@@ -44,20 +47,10 @@ struct CurateRunCommand: AsyncParsableCommand {
                 print("removed \(removed.decisions) curation decisions and \(removed.aliases) identity aliases")
                 return
             }
-            var config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            if let workers { config.curate.workers = workers }
-            let summary = try await CurationPipeline(
-                catalogPath: catalog.catalog, config: config, models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
-                applyMerges: applyMerges, showProgress: isatty(STDERR_FILENO) == 1).run()
-            if json { try summary.printJSON(); return }
-            func list(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
-            print(String(format: "curate run %lld: %d files in %.1f s", summary.runID, summary.files, summary.seconds))
-            print("  computed: \(list(summary.computed))")
-            print("  reused:   \(list(summary.reused))")
-            print("  findings: \(list(summary.decisions))" + (applyMerges ? "  aliases recorded: \(summary.aliasesRecorded)" : ""))
-            for problem in summary.problems.prefix(20) { print("  \(problem)") }
-            print("  see: pidiff-data curate report --catalog \(catalog.catalog)")
-        } catch { fail(error) }
+            var workspace = try catalog.workspace(pipeline: pipeline, models: models)
+            if let workers { workspace.config.curate.workers = workers }
+            try await execute(CurateStage(applyMerges: applyMerges), in: workspace, json: json)
+        } catch let exit as ExitCode { throw exit } catch { fail(error) }
     }
 }
 

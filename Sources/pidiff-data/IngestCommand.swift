@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 struct IngestCommand: AsyncParsableCommand {
@@ -46,29 +49,13 @@ struct IngestCommand: AsyncParsableCommand {
     func validate() throws { try validateWorkers(workers) }
 
     func run() async throws {
-        do {
-            var config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            if let detector { config.ingest.detector = detector }
-            if let workers { config.ingest.workers = workers }
-            let pipeline = IngestPipeline(
-                sources: sources, catalogPath: catalog, config: config,
-                models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
-                dataRoot: dataRoot, showProgress: isatty(STDERR_FILENO) == 1)
-            let summary = try await pipeline.run()
-            if let warning = summary.replacementWarning { warn(warning) }
-            if json {
-                try summary.printJSON()
-            } else {
-                let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                print(String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond))
-                for problem in summary.problems.prefix(20) { print("  \(problem)") }
-                if summary.problems.count > 20 { print("  … \(summary.problems.count - 20) more (pidiff-data status)") }
-            }
-            if strict && summary.errorCount > 0 { throw ExitCode(2) }
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            fail(error)
+        try await runCommand {
+            var workspace = Workspace(catalogPath: catalog, config: try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }),
+                                      faceModels: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }), dataRoot: dataRoot,
+                                      showProgress: isatty(STDERR_FILENO) == 1)
+            if let detector { workspace.config.ingest.detector = detector }
+            if let workers { workspace.config.ingest.workers = workers }
+            try await execute(IngestStage(sources: sources), in: workspace, json: json, partialFails: strict)
         }
     }
 }

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 struct MasksCommand: AsyncParsableCommand {
@@ -28,15 +31,9 @@ struct MasksRunCommand: AsyncParsableCommand {
     func validate() throws { try validateWorkers(workers) }
 
     func run() async throws {
-        do {
-            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
-            let summary = try await MaskPipeline(catalogPath: catalog.catalog, parameters: config.mask, workers: workers ?? 0).run()
-            if json { try summary.printJSON(); return }
-            print(String(format: "masks run %lld: %d masked, %d flagged, %.1f s (%.2f masks/s)",
-                         summary.runID, summary.masked, summary.failed, summary.seconds, summary.masksPerSecond)
-                  + (summary.skipped > 0 ? ", \(summary.skipped) skipped (crops unreadable)" : ""))
-            for e in summary.errors.prefix(20) { print("  \(e)") }
-        } catch { fail(error) }
+        try await runCommand {
+            try await execute(MasksStage(workers: workers ?? 0), in: try catalog.workspace(pipeline: pipeline), json: json)
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 @main
@@ -8,7 +11,7 @@ struct PIDiffDataCommand: AsyncParsableCommand {
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
         subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
-                      ExportCommand.self, EncodeCommand.self, TrainCommand.self, RunCommand.self,
+                      ExportCommand.self, EncodeCommand.self, TrainCommand.self, SampleCommand.self, RunCommand.self,
                       StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
                       ReportCommand.self, BenchCommand.self]
     )
@@ -31,6 +34,13 @@ struct CatalogOptions: ParsableArguments {
     }
 
     func open() throws -> Catalog { try Catalog(path: catalog) }
+
+    /// The workspace of a command on this catalog.
+    func workspace(pipeline: String? = nil, work: URL? = nil, python: String? = nil, models: String? = nil) throws -> Workspace {
+        Workspace(catalogPath: catalog, work: work, config: try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }),
+                  faceModels: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
+                  trainer: TrainerProcess(python: python), showProgress: isatty(STDERR_FILENO) == 1)
+    }
 }
 
 extension Encodable {
@@ -39,18 +49,6 @@ extension Encodable {
         encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         print(String(decoding: try encoder.encode(self), as: UTF8.self))
     }
-}
-
-/// A warning on stderr, one line, as every command words them.
-func warn(_ message: String) {
-    FileHandle.standardError.write(Data("pidiff-data: warning: \(message)\n".utf8))
-}
-
-/// Reports a failure on stderr the way every command does: one line naming the item and reason.
-func fail(_ error: Error) -> Never {
-    FileHandle.standardError.write(Data("pidiff-data: error: \(error)\n".utf8))
-    if case CatalogError.locked = error { Foundation.exit(75) } // EX_TEMPFAIL: another run holds the lock
-    Foundation.exit(1)
 }
 
 /// `--workers` of ingest, masks and curate: each worker holds its own models, so an absurd count

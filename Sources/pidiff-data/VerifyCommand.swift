@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import PIDiffData
 
 struct VerifyCommand: AsyncParsableCommand {
@@ -42,6 +45,6 @@ struct VerifyCommand: AsyncParsableCommand {
             for o in report.orphans { print("  orphan: \(o)") }
             for r in report.repairs { print("  \(r.repaired ? "repaired" : "NOT repaired") \(r.path): \(r.detail)") }
         }
-        if !report.clean { throw ExitCode(2) }
+        if !report.clean { throw ExitCode(ExitStatus.partial.rawValue) }
     }
 }

@@ -1,5 +1,8 @@
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// The FFHQ/e4e quad, checked against values computed by hand from the published formula.
 final class AlignmentMathTests: XCTestCase {

@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 final class BalanceLogicTests: XCTestCase {
     static func image(_ i: Int, yaw: Double = 0, size: Double = 400) -> UsableImage {

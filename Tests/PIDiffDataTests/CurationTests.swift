@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// The search structure and distance kernels, against brute force.
 final class CurationSearchTests: XCTestCase {

@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// Shards: deterministic, readable by tarfile and webdataset, safe for any identity name,
 /// resumable after SIGKILL; encodings recorded so a second encode does nothing.

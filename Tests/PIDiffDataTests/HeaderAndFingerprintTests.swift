@@ -1,5 +1,8 @@
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 final class ImageHeaderTests: XCTestCase {
     func testReadsDimensionsOfEveryEncodedFormat() throws {

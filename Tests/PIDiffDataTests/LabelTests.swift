@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 final class LabelMappingTests: XCTestCase {
     func testFreeFormValuesNormaliseAndUnknownsStayUnknown() {

@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// Background removal on the sample photos: GrabCut default, ONNX face parsing, e4e input.
 final class MaskTests: XCTestCase {

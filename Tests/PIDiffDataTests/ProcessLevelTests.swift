@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// Behaviour that only shows across processes: SIGKILL at any point, and the catalog lock.
 final class ProcessLevelTests: XCTestCase {

@@ -1,5 +1,8 @@
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// `pidiff-data run` as cron runs it: twice, concurrently, with JSON-line logs and exit statuses.
 final class RunPipelineTests: XCTestCase {

@@ -1,6 +1,9 @@
 import GRDB
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// Manifests and CrossFaceID JSONL carry identities, captions and labels into the catalog.
 final class SourceKindsTests: XCTestCase {

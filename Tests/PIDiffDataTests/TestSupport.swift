@@ -1,6 +1,9 @@
 import Foundation
 import XCTest
 @testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffNative
+@testable import PIDiffCatalog
 
 /// Paths and helpers shared by the tests. Tests use the real sample photos and models that
 /// scripts/setup.sh puts in the cache; they fail with a pointer to setup when those are missing.

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// `pidiff-data bench ingest`: builds N distinct photos from the sample photos (rescaled,
 /// brightness-shifted, re-encoded at varying JPEG quality, so every file has its own bytes and

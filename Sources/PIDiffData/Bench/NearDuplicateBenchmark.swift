@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// `pidiff-data bench near-dup`: index build + self-join time of `NearDuplicateIndex` on N
 /// 64-bit hashes. A fraction of them are planted near copies of others (0…radius random bit

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// PNG contact sheets of curation findings for human review: `duplicates-NNN.png` (a row per
 /// group: kept photo framed green, duplicates red), `impostors-NNN.png` (the flagged face in red,

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// What the feature stage did: counts of computed and reused features, and the items it could
 /// not process (each "location: reason").

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// The summary of one curate run, as `--json` prints it.
 public struct CurationSummary: Codable, Sendable {
@@ -66,7 +69,7 @@ public struct CurationPipeline: Sendable {
         payload["hash_algorithm"] = ContentHashStage.algorithm
         let fingerprint = Hashing.fingerprint(payload)
         let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(params), as: UTF8.self)
-        let runID = try CatalogWriter.beginRun(catalog, command: "curate", fingerprint: fingerprint, parameters: paramsJSON)
+        let runID = try RunRecorder.begin(catalog, command: "curate", fingerprint: fingerprint, parameters: paramsJSON)
         let writer = CurationWriter(catalog: catalog, runID: runID)
         let workers = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
 

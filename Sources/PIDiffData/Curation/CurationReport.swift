@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// One finding as `pidiff-data curate report --json` prints it (one object per line).
 public struct CurationReportLine: Codable, Sendable, Equatable {

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// Stored features of the files being curated, aligned with the `files` array by index.
 struct CurationFeatures {

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// Within each identity, find the dominant person and flag faces that are someone else.
 ///

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// Which member of a duplicate group is kept: the one with the highest
 /// `resolution × sharpness × frontalness`, where

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// Exact radius search over 64-bit perceptual hashes with multi-index hashing (Norouzi, Punjani
 /// and Fleet, "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012).

@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// One person filed under two identity ids: identities whose reference descriptors (mean of the
 /// dominant person's faces, see IdentityPurity) are within `same_person_threshold` are proposed

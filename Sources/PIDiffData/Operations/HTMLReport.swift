@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// `pidiff-data report --html DIR`: a static site to browse the catalog without a server —
 /// index (counts, last runs, balance heatmap), identities (every photo with its thumbnail and

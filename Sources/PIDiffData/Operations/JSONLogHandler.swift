@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 import Logging
 
 /// swift-log handler writing one JSON object per line to stderr: `ts`, `level`, `label`,

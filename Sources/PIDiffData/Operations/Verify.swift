@@ -1,4 +1,7 @@
 import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
 
 /// What `pidiff-data verify` found.
 public struct VerifyReport: Encodable, Sendable {

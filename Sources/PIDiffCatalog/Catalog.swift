@@ -1,0 +1,290 @@
+import Foundation
+import PIDiffModel
+import GRDB
+
+/// The SQLite catalog: the single source of truth. WAL mode, versioned migrations; all writes go
+/// through `CatalogWriter` (one writer), reads through the pool's readers.
+public final class Catalog: Sendable {
+    let pool: DatabasePool
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        let dir = URL(fileURLWithPath: path).deletingLastPathComponent()
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        config.busyMode = .timeout(30)
+        config.prepareDatabase { db in
+            // NORMAL is durable across application crashes (SIGKILL) in WAL mode; only an OS crash
+            // may roll back the last transactions, never corrupt the file.
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try Catalog.migrator.migrate(pool)
+        } catch {
+            throw CatalogError.open(path, "\(error)")
+        }
+    }
+
+    /// Schema history. Never edit a registered migration: add a new one.
+    package static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-ingest") { db in
+            try db.execute(sql: """
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE runs (
+                    id INTEGER PRIMARY KEY,
+                    command TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+                    started_at TEXT NOT NULL,
+                    ended_at TEXT,
+                    params_fingerprint TEXT NOT NULL,
+                    parameters TEXT NOT NULL,
+                    counts TEXT
+                );
+                CREATE TABLE run_problems (
+                    id INTEGER PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    location TEXT NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                CREATE TABLE sources (
+                    id INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('folders', 'manifest', 'crossfaceid')),
+                    location TEXT NOT NULL UNIQUE,
+                    first_run_id INTEGER REFERENCES runs(id)
+                );
+                CREATE TABLE identities (
+                    id INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE
+                );
+                -- Content facts, keyed by the SHA-256 of the file's bytes.
+                CREATE TABLE images (
+                    sha256 TEXT PRIMARY KEY,
+                    byte_size INTEGER NOT NULL,
+                    format TEXT,
+                    width INTEGER,
+                    height INTEGER
+                );
+                -- One row per path seen; what the path held the last time it was read.
+                CREATE TABLE files (
+                    id INTEGER PRIMARY KEY,
+                    path TEXT NOT NULL UNIQUE,
+                    source_id INTEGER NOT NULL REFERENCES sources(id),
+                    identity_id INTEGER NOT NULL REFERENCES identities(id),
+                    byte_size INTEGER,
+                    mtime_ns INTEGER,
+                    sha256 TEXT REFERENCES images(sha256),
+                    read_error TEXT,
+                    caption TEXT,
+                    race TEXT,
+                    age TEXT,
+                    gender TEXT,
+                    origin TEXT,
+                    hint TEXT,
+                    run_id INTEGER NOT NULL REFERENCES runs(id)
+                );
+                CREATE INDEX files_sha256 ON files(sha256);
+                CREATE INDEX files_identity ON files(identity_id);
+                -- What ingest made of one image content under one parameters fingerprint.
+                CREATE TABLE image_results (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    params_fingerprint TEXT NOT NULL,
+                    outcome TEXT NOT NULL CHECK (outcome IN
+                        ('ok', 'no_face', 'decode_error', 'not_image', 'too_small', 'too_large')),
+                    reason TEXT,
+                    faces_found INTEGER NOT NULL DEFAULT 0,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, params_fingerprint)
+                );
+                CREATE TABLE faces (
+                    id INTEGER PRIMARY KEY,
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    params_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    selected INTEGER NOT NULL,
+                    box_left REAL NOT NULL, box_top REAL NOT NULL, box_right REAL NOT NULL, box_bottom REAL NOT NULL,
+                    det_score REAL NOT NULL,
+                    landmarks68 TEXT NOT NULL,
+                    quad TEXT NOT NULL,
+                    face_size REAL NOT NULL,
+                    sharpness REAL,
+                    roll_degrees REAL NOT NULL,
+                    yaw REAL NOT NULL,
+                    outside_fraction REAL NOT NULL,
+                    padded INTEGER,
+                    quality_ok INTEGER,
+                    quality_reason TEXT,
+                    crop512 TEXT,
+                    crop256 TEXT,
+                    UNIQUE (sha256, params_fingerprint, face_index)
+                );
+                """)
+        }
+        m.registerMigration("v2-curation") { db in
+            try db.execute(sql: """
+                -- Decoded-pixel SHA-256 and whole-image pHash of one image content.
+                CREATE TABLE image_hashes (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    algorithm TEXT NOT NULL,
+                    pixel_sha256 TEXT NOT NULL,
+                    phash INTEGER NOT NULL,
+                    PRIMARY KEY (sha256, algorithm)
+                );
+                -- pHash of an aligned face crop, keyed by the crop's content (its SHA-256).
+                CREATE TABLE crop_hashes (
+                    crop_sha256 TEXT NOT NULL,
+                    algorithm TEXT NOT NULL,
+                    phash INTEGER NOT NULL,
+                    PRIMARY KEY (crop_sha256, algorithm)
+                );
+                -- Identity descriptor (128 little-endian float32) of the face in one aligned crop.
+                CREATE TABLE descriptors (
+                    crop_sha256 TEXT NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    descriptor BLOB NOT NULL,
+                    PRIMARY KEY (crop_sha256, model_fingerprint)
+                );
+                -- What a curate run concluded. Decisions are rows; nothing they name is deleted.
+                CREATE TABLE curation_decisions (
+                    id INTEGER PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    kind TEXT NOT NULL CHECK (kind IN ('exact_duplicate', 'near_duplicate', 'impostor', 'same_person')),
+                    file_id INTEGER REFERENCES files(id),
+                    kept_file_id INTEGER REFERENCES files(id),
+                    identity_id INTEGER REFERENCES identities(id),
+                    other_identity_id INTEGER REFERENCES identities(id),
+                    group_id INTEGER,
+                    score REAL NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                CREATE INDEX curation_decisions_run ON curation_decisions(run_id, kind);
+                -- `curate --apply-merges`: identity_id is another name of canonical_identity_id.
+                CREATE TABLE identity_aliases (
+                    identity_id INTEGER PRIMARY KEY REFERENCES identities(id),
+                    canonical_identity_id INTEGER NOT NULL REFERENCES identities(id),
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    score REAL NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                """)
+        }
+        m.registerMigration("v3-masks") { db in
+            try db.execute(sql: """
+                -- Masks of selected faces, keyed on the face (its image content and ingest
+                -- fingerprint) and the mask parameters fingerprint.
+                CREATE TABLE masks (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    face_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    mask_fingerprint TEXT NOT NULL,
+                    method TEXT NOT NULL,
+                    mask512 TEXT,
+                    mask256 TEXT,
+                    e4e_input TEXT,
+                    coverage REAL,
+                    ok INTEGER NOT NULL,
+                    reason TEXT,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, face_fingerprint, face_index, mask_fingerprint)
+                );
+                """)
+        }
+        m.registerMigration("v4-labels") { db in
+            try db.execute(sql: """
+                -- Manual corrections (labels import): override every other source. `path` empty =
+                -- the whole identity; a path = that photo only (per-image age).
+                CREATE TABLE manual_labels (
+                    identity TEXT NOT NULL,
+                    path TEXT NOT NULL DEFAULT '',
+                    attribute TEXT NOT NULL CHECK (attribute IN ('race', 'age', 'gender')),
+                    value TEXT NOT NULL,
+                    source TEXT NOT NULL,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (identity, path, attribute)
+                );
+                -- FairFace-style classifier probabilities per selected face and model.
+                CREATE TABLE classifier_labels (
+                    sha256 TEXT NOT NULL REFERENCES images(sha256),
+                    face_fingerprint TEXT NOT NULL,
+                    face_index INTEGER NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    race_probs TEXT NOT NULL,
+                    gender_probs TEXT NOT NULL,
+                    age_probs TEXT NOT NULL,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    PRIMARY KEY (sha256, face_fingerprint, face_index, model_fingerprint)
+                );
+                """)
+        }
+        m.registerMigration("v5-splits") { db in
+            try db.execute(sql: """
+                -- Named, immutable draws of identities and photos for training and reference.
+                CREATE TABLE splits (
+                    name TEXT PRIMARY KEY,
+                    run_id INTEGER NOT NULL REFERENCES runs(id),
+                    created_at TEXT NOT NULL,
+                    seed INTEGER NOT NULL,
+                    parameters TEXT NOT NULL,
+                    quotas TEXT NOT NULL
+                );
+                CREATE TABLE split_items (
+                    split_name TEXT NOT NULL REFERENCES splits(name),
+                    file_id INTEGER NOT NULL REFERENCES files(id),
+                    identity TEXT NOT NULL,
+                    role TEXT NOT NULL CHECK (role IN ('train', 'reference')),
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    PRIMARY KEY (split_name, file_id)
+                );
+                CREATE TRIGGER split_items_immutable BEFORE UPDATE ON split_items
+                BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
+                CREATE TRIGGER splits_immutable BEFORE UPDATE ON splits
+                BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
+                """)
+        }
+        m.registerMigration("v6-encodings") { db in
+            try db.execute(sql: """
+                -- Encodings (e4e w+, VAE latents) that exist for a photo: keyed on its content, the
+                -- preprocessing (ingest + mask fingerprints) and the models (SHA-256 of weights).
+                CREATE TABLE encodings (
+                    sha256 TEXT NOT NULL,
+                    preprocessing_fingerprint TEXT NOT NULL,
+                    model_fingerprint TEXT NOT NULL,
+                    encoded_file TEXT NOT NULL,
+                    sample_key TEXT NOT NULL,
+                    recorded_at TEXT NOT NULL,
+                    PRIMARY KEY (sha256, preprocessing_fingerprint, model_fingerprint)
+                );
+                """)
+        }
+        return m
+    }
+
+    /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
+    /// later command finds it. Default: `<catalog>.data` beside the catalog.
+    public func dataRoot(preferred: String? = nil) throws -> URL {
+        if let stored = try pool.read({ try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'data_root'") }) {
+            return URL(fileURLWithPath: stored)
+        }
+        let root = preferred.map { URL(fileURLWithPath: $0).standardizedFileURL }
+            ?? URL(fileURLWithPath: path + ".data").standardizedFileURL
+        try pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES ('data_root', ?)", arguments: [root.path])
+        }
+        return root
+    }
+}
+
+public enum CatalogError: Error, CustomStringConvertible {
+    case open(String, String)
+    case locked(String, String)  // the catalog, the lock file
+    public var description: String {
+        switch self {
+        case .open(let p, let r): return "catalog \(p): cannot open (\(r))"
+        case .locked(let p, let lock): return "catalog \(p) is in use by another pidiff-data run (lock held on \(lock))"
+        }
+    }
+}

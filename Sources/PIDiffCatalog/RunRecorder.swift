@@ -1,0 +1,40 @@
+import Foundation
+import GRDB
+
+/// The `runs` table's one writer: every command that changes the catalog is a run with a status
+/// (running → completed | failed | interrupted), its parameters and its counts. A run still marked
+/// running when the next one begins (under the catalog lock) was killed, and is marked interrupted.
+public enum RunRecorder {
+    public static func begin(_ catalog: Catalog, command: String, fingerprint: String, parameters: String) throws -> Int64 {
+        try catalog.pool.write { db in
+            // A run still marked running while we hold the lock was killed.
+            try db.execute(sql: "UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+            try db.execute(sql: """
+                INSERT INTO runs (command, status, started_at, params_fingerprint, parameters)
+                VALUES (?, 'running', ?, ?, ?)
+                """, arguments: [command, ISO8601DateFormatter().string(from: Date()), fingerprint, parameters])
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// Records a one-shot command (label import, classify, split draw, training) as a completed
+    /// run inside the caller's transaction; returns its id.
+    package static func recordCompleted(_ db: Database, command: String, started: Date = Date(), fingerprint: String,
+                                   parameters: String, counts: String) throws -> Int64 {
+        let f = ISO8601DateFormatter()
+        try db.execute(sql: """
+            INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts)
+            VALUES (?, 'completed', ?, ?, ?, ?, ?)
+            """, arguments: [command, f.string(from: started), f.string(from: Date()), fingerprint, parameters, counts])
+        return db.lastInsertedRowID
+    }
+
+    /// Ends a run begun with `begin`: its final status ("completed", "failed") and counts.
+    public static func finish(_ catalog: Catalog, runID: Int64, status: String, counts: [String: Int]) throws {
+        let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
+        try catalog.pool.write { db in
+            try db.execute(sql: "UPDATE runs SET status = ?, ended_at = ?, counts = ? WHERE id = ?",
+                           arguments: [status, ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import PIDiffModel
+
+/// One step of the pipeline: typed parameters in, a report out, everything else through the
+/// workspace. Commands build a stage from their flags and print its report; `pidiff-data run`
+/// builds the stages a pipeline file lists and runs them in order. Neither knows what a stage does.
+public protocol Stage: Sendable {
+    associatedtype Parameters: Sendable
+    /// The name a pipeline file's `run.stages` and the logs use.
+    static var name: String { get }
+    var parameters: Parameters { get }
+    func run(in workspace: Workspace) async throws -> StageReport
+}
+
+/// A stage that a pipeline file's `run:` section can declare: it knows how to read its parameters
+/// from the file.
+public protocol PipelineStage: Stage {
+    init(pipeline: PipelineConfig, run: RunSpec) throws
+}
+
+/// What a stage did: one summary line and details for people, counts for logs, artefact paths for
+/// the next stage and the user, and the object `--json` prints.
+public struct StageReport: Sendable {
+    /// `partial`: the stage finished but recorded some items as failed (they have reasons).
+    public enum Outcome: String, Codable, Sendable { case success, partial }
+
+    public var stage: String
+    public var outcome: Outcome
+    /// The first line sums the stage up; the others detail it (problems, cells, …).
+    public var lines: [String]
+    /// Said on stderr by commands and as warnings in `run`'s log.
+    public var warnings: [String]
+    public var counts: [String: String]
+    public var artefacts: [String: String]
+    /// What `--json` prints (`nil`: the stage has no JSON form beyond its counts).
+    public var json: (any Encodable & Sendable)?
+
+    public init(stage: String, outcome: Outcome = .success, lines: [String], warnings: [String] = [],
+                counts: [String: String] = [:], artefacts: [String: String] = [:], json: (any Encodable & Sendable)? = nil) {
+        self.stage = stage
+        self.outcome = outcome
+        self.lines = lines
+        self.warnings = warnings
+        self.counts = counts
+        self.artefacts = artefacts
+        self.json = json
+    }
+}
+
+/// Every stage a pipeline file may list, by name; `run` looks stages up here instead of switching
+/// over them.
+public enum StageRegistry {
+    public static let pipelineStages: [any PipelineStage.Type] = [
+        IngestStage.self, CurateStage.self, MasksStage.self, LabelsStage.self, BalanceReportStage.self,
+        SelectStage.self, ExportStage.self, EncodeStage.self, TrainStage.self, SampleStage.self,
+    ]
+
+    public static func stage(named name: String) -> (any PipelineStage.Type)? {
+        pipelineStages.first { $0.name == name }
+    }
+}
+
+/// Counts as log metadata.
+extension Dictionary where Key == String, Value == Int {
+    var asCounts: [String: String] { mapValues(String.init) }
+}
+
+/// Human lines for at most `limit` items, and a last line that says how many were left out.
+func listed(_ items: [String], limit: Int = 20, indent: String = "  ", more: String = "") -> [String] {
+    var lines = items.prefix(limit).map { indent + $0 }
+    if items.count > limit { lines.append("\(indent)… \(items.count - limit) more\(more.isEmpty ? "" : " (\(more))")") }
+    return lines
+}

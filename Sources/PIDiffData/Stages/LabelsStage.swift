@@ -1,0 +1,24 @@
+import Foundation
+import PIDiffModel
+
+/// `labels`: the labels per identity as they resolve now (manual > manifest > classifier). Adding
+/// labels is `labels import` and `labels classify`; this stage changes nothing.
+public struct LabelsStage: PipelineStage {
+    public static let name = "labels"
+    public struct Parameters: Sendable {}
+    public var parameters = Parameters()
+
+    public init() {}
+    public init(pipeline: PipelineConfig, run: RunSpec) throws {}
+
+    public func run(in workspace: Workspace) async throws -> StageReport {
+        let catalog = try workspace.catalog()
+        let labels = try catalog.identityLabels(mapping: workspace.config.labels, classifierFingerprint: try catalog.currentClassifierFingerprint())
+        func f(_ r: ResolvedLabel) -> String { r.provenance.map { "\(r.value) (\($0.rawValue), \(String(format: "%.2f", r.confidence)))" } ?? r.value }
+        let unknownRace = labels.filter { $0.race.value == "unknown" }.count
+        return StageReport(stage: Self.name,
+                           lines: ["labels: \(labels.count) identities, \(unknownRace) with unknown race"]
+                               + labels.map { "  \($0.identity): race \(f($0.race)), age \(f($0.age)), gender \(f($0.gender))" },
+                           counts: ["identities": "\(labels.count)", "unknown_race": "\(unknownRace)"], json: labels)
+    }
+}

@@ -1,0 +1,299 @@
+import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
+
+/// Minimal, deterministic POSIX ustar writer: fixed mtime/uid/gid/mode, so the same members give
+/// byte-identical archives. WebDataset and Python's tarfile both read it. Bytes go to `sink` as
+/// they are made (a file, a hasher): a shard is never held in memory.
+struct TarWriter {
+    let sink: (Data) throws -> Void
+
+    static func memberSize(_ bytes: Int) -> Int { 512 + (bytes + 511) / 512 * 512 }
+    static let trailerSize = 1024
+
+    func add(name: String, contents: Data) throws {
+        let nameBytes = Array(name.utf8)
+        guard nameBytes.count <= 100 else { throw ExportError.invalid("tar member name longer than 100 bytes: \(name)") }
+        var header = [UInt8](repeating: 0, count: 512)
+        func put(_ s: String, at offset: Int) { for (i, b) in s.utf8.enumerated() { header[offset + i] = b } }
+        for (i, b) in nameBytes.enumerated() { header[i] = b }
+        put("0000644", at: 100)
+        put("0000000", at: 108)
+        put("0000000", at: 116)
+        put(String(format: "%011o", contents.count), at: 124)
+        put("00000000000", at: 136)
+        for i in 148..<156 { header[i] = 0x20 } // checksum counts as spaces
+        header[156] = UInt8(ascii: "0")
+        put("ustar", at: 257)
+        put("00", at: 263)
+        let sum = header.reduce(0) { $0 + Int($1) }
+        put(String(format: "%06o", sum), at: 148)
+        header[154] = 0
+        header[155] = 0x20
+        try sink(Data(header))
+        try sink(contents)
+        let pad = (512 - contents.count % 512) % 512
+        if pad > 0 { try sink(Data(count: pad)) }
+    }
+
+    func finish() throws { try sink(Data(count: TarWriter.trailerSize)) }
+}
+
+public enum ExportError: Error, CustomStringConvertible {
+    case invalid(String)
+    case missingArtefact(String)
+    public var description: String {
+        switch self {
+        case .invalid(let s): return "export: \(s)"
+        case .missingArtefact(let s): return "export: \(s)"
+        }
+    }
+}
+
+/// `pidiff-data export`: a split as WebDataset shards `NAME-000000.tar`… plus `NAME.index.json`.
+/// Deterministic (same split → same bytes), atomic (temporary name, fsync, rename), resumable
+/// (complete shards are verified, not rewritten) and confined to the output folder.
+public struct ShardExporter: Sendable {
+    public enum Grouping: String, Codable, Sendable { case identity, mixed }
+
+    public var catalogPath: String
+    public var split: String
+    public var outDirectory: URL
+    public var grouping: Grouping = .identity
+    public var maxShardBytes: Int = 1_000_000_000
+    public var seed: Int = 0
+    public var labelMapping = LabelMapping()
+
+    public init(catalogPath: String, split: String, outDirectory: URL) {
+        self.catalogPath = catalogPath
+        self.split = split
+        self.outDirectory = outDirectory
+    }
+
+    public struct ShardEntry: Codable, Sendable, Equatable {
+        public var name: String
+        public var samples: Int
+        public var bytes: Int
+        public var sha256: String
+    }
+
+    public struct Index: Codable, Sendable {
+        public var split: String
+        public var format = "pidiff-shards/1"
+        public var grouping: String
+        public var samples: Int
+        public var shards: [ShardEntry]
+        public var ingestFingerprint: String
+        public var maskFingerprint: String
+        public var written: Int
+        public var reused: Int
+        /// Sample key → source SHA-256, in shard order (in memory only; the shards' JSON has it).
+        public var sources: [(key: String, sha256: String)] = []
+        enum CodingKeys: String, CodingKey {
+            case split, format, grouping, samples, shards, ingestFingerprint = "ingest_fingerprint", maskFingerprint = "mask_fingerprint"
+            case written, reused
+        }
+    }
+
+    /// A sample key: position, a readable slug of the identity and a hash, with no dots (WebDataset
+    /// splits extensions at the first dot) and nothing a path could use to escape.
+    static func key(index: Int, identity: String, sha256: String) -> String {
+        let slug = String(identity.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) && $0.isASCII ? Character($0) : "_" }.prefix(40))
+        return String(format: "%06d", index) + "_" + slug + "_" + sha256.prefix(12)
+    }
+
+    /// The shard of each member (in order; shard numbers start at 0 and never go back), cutting by
+    /// size. With identity grouping an identity's members stay in one shard: a shard closes before
+    /// an identity that would not fit in what is left but fits in an empty shard, and closes
+    /// mid-identity only when that identity alone is larger than a shard.
+    static func shardPlan(_ members: [(identity: String, bytes: Int)], grouping: Grouping, maxShardBytes: Int) -> [Int] {
+        var identityBytes: [String: Int] = [:]
+        for m in members { identityBytes[m.identity, default: 0] += m.bytes }
+        var shards: [Int] = []
+        var shard = 0, size = TarWriter.trailerSize, inShard = 0
+        for (i, m) in members.enumerated() {
+            var cut = false
+            if inShard > 0 {
+                cut = size + m.bytes > maxShardBytes
+                if grouping == .identity, members[i - 1].identity != m.identity, let whole = identityBytes[m.identity] {
+                    cut = cut || (size + whole > maxShardBytes && TarWriter.trailerSize + whole <= maxShardBytes)
+                }
+            }
+            if cut {
+                shard += 1
+                size = TarWriter.trailerSize
+                inShard = 0
+            }
+            shards.append(shard)
+            size += m.bytes
+            inShard += 1
+        }
+        return shards
+    }
+
+    /// Removes `SPLIT-NNNNNN.EXT` files in `directory` (and an encoded shard's `.samples.json`
+    /// sidecar) whose shard `SPLIT-NNNNNN.tar` is not in `keeping`. Nothing else is touched.
+    public static func removeStaleShards(of split: String, in directory: URL, keeping: Set<String>, ext: String) throws {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
+        let pattern = try NSRegularExpression(pattern: "^" + NSRegularExpression.escapedPattern(for: split) + "-[0-9]{6}\\."
+                                              + NSRegularExpression.escapedPattern(for: ext) + "$")
+        for name in names where pattern.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) != nil {
+            let stem = String(name.dropLast(ext.count + 1))
+            guard !keeping.contains(stem + ".tar") else { continue }
+            try FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(stem + ".samples.json"))
+        }
+    }
+
+    /// One sample as planned: its JSON and the artefacts (relative to the data root) to read when its shard is written.
+    struct Member {
+        var key: String
+        var sha256: String
+        var identity: String
+        var path: String
+        var json: Data
+        var artefacts: [(name: String, relative: String)]
+        var bytes: Int
+    }
+
+    /// The tar of one shard, member by member into `sink`: json, png, e4e.png, mask.png per sample.
+    static func writeTar(_ shard: [Member], store: ArtefactStore, to sink: @escaping (Data) throws -> Void) throws {
+        let tar = TarWriter(sink: sink)
+        for m in shard {
+            try tar.add(name: "\(m.key).json", contents: m.json)
+            for (name, rel) in m.artefacts {
+                let data: Data
+                do { data = try Data(contentsOf: store.url(rel)) } catch {
+                    throw ExportError.missingArtefact("\(m.path): artefact \(store.url(rel).path) unreadable (\(error.localizedDescription)); run pidiff-data verify --repair")
+                }
+                try tar.add(name: name, contents: data)
+            }
+        }
+        try tar.finish()
+    }
+
+    public func run() throws -> Index {
+        guard SplitName.isValid(split) else {
+            throw ExportError.invalid("split name \(split.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or -")
+        }
+        let catalog = try Catalog(path: catalogPath)
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        var samples = try catalog.exportSamples(split: split)
+        guard !samples.isEmpty else { throw ExportError.invalid("split \(split) has no photos") }
+        if grouping == .mixed {
+            samples.sort { BalancedSelection.rank($0.sha256, seed: seed) < BalancedSelection.rank($1.sha256, seed: seed) }
+        }
+        let labels = Dictionary(try catalog.identityLabels(mapping: labelMapping, classifierFingerprint: try catalog.currentClassifierFingerprint()).map { ($0.identity, $0) },
+                                uniquingKeysWith: { first, _ in first }) // see IdentityName
+
+        // Plan every sample's members from the catalog alone (artefact sizes from the file system),
+        // cut shards by size, then build one shard at a time, streaming: memory holds one sample's
+        // files, whatever the split's size.
+        var members: [Member] = []
+        members.reserveCapacity(samples.count)
+        for (i, s) in samples.enumerated() {
+            guard let crop = s.crop512 else { throw ExportError.missingArtefact("\(s.path): no aligned crop under the current ingest parameters") }
+            guard let mask = s.mask512, let e4e = s.e4eInput else {
+                throw ExportError.missingArtefact("\(s.path): no passing mask under the current mask parameters; run pidiff-data masks")
+            }
+            let key = Self.key(index: i, identity: s.identity, sha256: s.sha256)
+            let l = labels[s.identity]
+            let meta: [String: Any] = [
+                "key": key, "identity": s.identity, "role": s.role, "source_path": s.path, "source_sha256": s.sha256,
+                "caption": s.caption ?? NSNull(),
+                "labels": ["race": l?.race.value ?? "unknown", "age": l?.age.value ?? "unknown", "gender": l?.gender.value ?? "unknown"],
+                "landmarks68": s.landmarks68, "quad": s.quad, "quality": s.quality,
+                "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],
+            ]
+            let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
+            let artefacts = [("\(key).png", crop), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]
+            var bytes = TarWriter.memberSize(json.count)
+            for (_, rel) in artefacts {
+                let url = store.url(rel)
+                guard let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size]) as? Int else {
+                    throw ExportError.missingArtefact("\(s.path): artefact \(url.path) is missing; run pidiff-data verify --repair")
+                }
+                bytes += TarWriter.memberSize(size)
+            }
+            members.append(Member(key: key, sha256: s.sha256, identity: s.identity, path: s.path, json: json, artefacts: artefacts, bytes: bytes))
+        }
+        var plan: [[Member]] = []
+        for (m, shard) in zip(members, Self.shardPlan(members.map { ($0.identity, $0.bytes) }, grouping: grouping, maxShardBytes: maxShardBytes)) {
+            if shard == plan.count { plan.append([]) }
+            plan[shard].append(m)
+        }
+
+        try OutputPath.prepareFolder(outDirectory)
+        var entries: [ShardEntry] = []
+        var written = 0, reused = 0
+        for (n, shard) in plan.enumerated() {
+            let name = String(format: "%@-%06d.tar", split, n)
+            let url = outDirectory.appendingPathComponent(name)
+            // Hash the shard as it would be written; an identical file (a complete shard of an
+            // interrupted run, or an unchanged split) is kept, anything else is rewritten.
+            var hasher = SHA256Stream()
+            try Self.writeTar(shard, store: store) { hasher.update($0) }
+            let (sha, size) = hasher.finish()
+            if let existing = try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int, existing == size,
+               (try? Hashing.sha256Hex(fileAt: url)) == sha {
+                reused += 1
+            } else {
+                try AtomicFile.write(to: url) { sink in try Self.writeTar(shard, store: store, to: sink) }
+                written += 1
+            }
+            entries.append(ShardEntry(name: name, samples: shard.count, bytes: size, sha256: sha))
+        }
+        // Shards an earlier export of this split wrote beyond the new plan would be read as part of it.
+        try Self.removeStaleShards(of: split, in: outDirectory, keeping: Set(entries.map(\.name)), ext: "tar")
+        let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
+                          ingestFingerprint: samples[0].faceFingerprint, maskFingerprint: samples[0].maskFingerprint ?? "",
+                          written: written, reused: reused, sources: members.map { ($0.key, $0.sha256) })
+        var stable = index
+        stable.written = 0
+        stable.reused = 0
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        // The index on disk leaves out the run-dependent counts so it is byte-identical too.
+        let json = try JSONSerialization.jsonObject(with: encoder.encode(stable)) as! [String: Any]
+        let trimmed = json.filter { $0.key != "written" && $0.key != "reused" }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: trimmed, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]),
+                             to: outDirectory.appendingPathComponent("\(split).index.json"))
+        return index
+    }
+}
+
+/// Write to a temporary name in the same folder, fsync, rename: readers see the old file or the
+/// whole new one, and a SIGKILL leaves at most a temporary file (removed on the next write).
+enum AtomicFile {
+    static func write(_ data: Data, to url: URL) throws {
+        try write(to: url) { sink in try sink(data) }
+    }
+
+    /// Streams what `produce` hands its sink into the temporary file, then fsyncs and renames.
+    static func write(to url: URL, _ produce: (@escaping (Data) throws -> Void) throws -> Void) throws {
+        let dir = url.deletingLastPathComponent()
+        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp")
+        try? FileManager.default.removeItem(at: tmp)
+        guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
+            throw ExportError.invalid("cannot create \(tmp.path)")
+        }
+        let handle = try FileHandle(forWritingTo: tmp)
+        do {
+            try produce { try handle.write(contentsOf: $0) }
+            try handle.synchronize()
+            try handle.close()
+        } catch let error as ExportError {
+            try? handle.close()
+            try? FileManager.default.removeItem(at: tmp)
+            throw error
+        } catch {
+            try? handle.close()
+            try? FileManager.default.removeItem(at: tmp)
+            throw ExportError.invalid("cannot write \(tmp.path): \(error.localizedDescription)")
+        }
+        guard rename(tmp.path, url.path) == 0 else {
+            throw ExportError.invalid("cannot rename \(tmp.path) to \(url.path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import AsyncAlgorithms
+import Foundation
+import PIDiffModel
+import PIDiffNative
+import PIDiffCatalog
+
+/// `pidiff-data masks`: masks every selected face that has none under the current mask
+/// parameters. Workers (one per core, each with its own parser when ONNX is used) read the crops
+/// from the store, run the mask stage and store mask512/mask256/e4e input content-addressed; one
+/// writer commits.
+public struct MaskPipeline: Sendable {
+    public struct Summary: Codable, Sendable {
+        public var runID: Int64
+        public var fingerprint: String
+        public var masked: Int
+        public var failed: Int
+        /// Faces whose crops could not be read; masked by a later run once they are restored.
+        public var skipped: Int
+        public var errors: [String]
+        public var seconds: Double
+        public var masksPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case runID = "run_id", fingerprint, masked, failed, skipped, errors, seconds, masksPerSecond = "masks_per_second"
+        }
+    }
+
+    public var catalogPath: String
+    public var parameters: MaskParameters
+    public var workers: Int
+
+    public init(catalogPath: String, parameters: MaskParameters, workers: Int = 0) {
+        self.catalogPath = catalogPath
+        self.parameters = parameters
+        self.workers = workers
+    }
+
+    public func fingerprint() throws -> String {
+        var payload = parameters.fingerprintPayload
+        if parameters.method == .onnx, let path = parameters.onnxPath {
+            payload["model.onnx"] = try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: path))
+        }
+        return Hashing.fingerprint(payload)
+    }
+
+    public func run() async throws -> Summary {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: catalogPath)
+        guard let faceFingerprint = try catalog.currentIngestFingerprint() else {
+            throw PipelineError.invalid(catalogPath, "no ingest run yet: run pidiff-data ingest first")
+        }
+        let fingerprint = try fingerprint()
+        let parameters = self.parameters
+        _ = try MaskStage(parameters: parameters) // fail fast on a missing or broken ONNX model
+        let store = ArtefactStore(root: try catalog.dataRoot())
+        let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(parameters), as: UTF8.self)
+        let runID = try RunRecorder.begin(catalog, command: "masks", fingerprint: fingerprint, parameters: paramsJSON)
+        let writer = MaskWriter(catalog: catalog, runID: runID, faceFingerprint: faceFingerprint, maskFingerprint: fingerprint)
+        let jobs = try catalog.pendingMaskJobs(maskFingerprint: fingerprint)
+        let start = Date()
+
+        let work = AsyncChannel<MaskJob>()
+        let results = AsyncChannel<MaskResult>()
+        let workerCount = workers > 0 ? workers : ProcessInfo.processInfo.activeProcessorCount
+        let outcome = await ResultPipe.run(results, producers: {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for job in jobs { await work.send(job) }
+                    work.finish()
+                }
+                for w in 0..<workerCount {
+                    group.addTask(executorPreference: WorkerExecutor(label: "pidiff.masks.worker\(w)")) {
+                        let stage = try MaskStage(parameters: parameters)
+                        for await job in work { await results.send(try Self.process(job, stage: stage, crops: store, output: store)) }
+                    }
+                }
+                // Not waitForAll(): it waits for every child before rethrowing, and after a
+                // worker fails the scanner can wait forever to hand it work. Throwing out of the
+                // body cancels the remaining children instead.
+                while try await group.next() != nil {}
+            }
+        }, consumer: { results in
+            var batch = CommitBatch<MaskResult>()
+            var masked = 0, failed = 0, skipped = 0
+            var errors: [String] = []
+            for await r in results {
+                if r.skipped { skipped += 1 } else { masked += 1 }
+                if !r.ok {
+                    failed += r.skipped ? 0 : 1
+                    if errors.count < 1000 { errors.append("\(r.job.path): \(r.reason ?? "")") }
+                }
+                if batch.add(r) { try await writer.commit(batch.take()) }
+            }
+            try await writer.commit(batch.take())
+            return (masked: masked, failed: failed, skipped: skipped, errors: errors)
+        })
+        let (masked, failed, skipped, errors): (Int, Int, Int, [String])
+        do {
+            (masked, failed, skipped, errors) = try outcome.get()
+        } catch {
+            // The masks finished before the failure are committed; the run is marked failed so
+            // `status` shows why it stopped, and the next run masks the rest.
+            let partial = try? outcome.consumed.get()
+            try? await writer.finish(status: "failed", counts: ["masked": partial?.masked ?? 0, "failed": partial?.failed ?? 0,
+                                                                "skipped": partial?.skipped ?? 0])
+            throw error
+        }
+        try await writer.finish(status: "completed", counts: ["masked": masked, "failed": failed, "skipped": skipped])
+        let seconds = Date().timeIntervalSince(start)
+        return Summary(runID: runID, fingerprint: fingerprint, masked: masked, failed: failed, skipped: skipped, errors: errors,
+                       seconds: seconds, masksPerSecond: seconds > 0 ? Double(masked) / seconds : 0)
+    }
+
+    /// Masks one face: crops are read from `crops`, results stored in `output` (the same store in
+    /// a run; `verify --repair` stores into a scratch folder to compare before installing).
+    static func process(_ job: MaskJob, stage: MaskStage, crops: ArtefactStore, output: ArtefactStore) throws -> MaskResult {
+        let method = stage.parameters.method.rawValue
+        let crop256: NativeImage, crop512: NativeImage
+        do {
+            crop256 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop256)), maxPixels: 1 << 24)
+            crop512 = try NativeImage.decode(Data(contentsOf: crops.url(job.crop512)), maxPixels: 1 << 24)
+        } catch {
+            return MaskResult(job: job, method: method, ok: false,
+                              reason: "aligned crop missing or unreadable (\(error.localizedDescription)); run pidiff-data verify --repair", skipped: true)
+        }
+        do {
+            let out = try stage.run(crop256: crop256, crop512: crop512, landmarks: job.landmarks, quad: job.quad)
+            return MaskResult(job: job, method: method,
+                              mask512: try output.put(out.mask512.pngData(), kind: "masks", ext: "png"),
+                              mask256: try output.put(out.mask256.pngData(), kind: "masks", ext: "png"),
+                              e4eInput: try output.put(out.e4eInput.pngData(), kind: "e4e", ext: "png"),
+                              coverage: out.coverage, ok: out.failure == nil, reason: out.failure)
+        } catch let failure as StoreError {
+            // Not this face's fault: recording it as a failed mask would keep the face from being
+            // masked again under this fingerprint once the data root works (see IngestError).
+            throw failure
+        } catch {
+            return MaskResult(job: job, method: method, ok: false, reason: "mask failed: \(error)")
+        }
+    }
+}

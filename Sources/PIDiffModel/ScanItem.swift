@@ -1,0 +1,65 @@
+import Foundation
+
+/// Kinds of photo collections ingest reads.
+public enum SourceKind: String, Codable, Sendable {
+    /// `root/<identity>/**/*.{jpg,jpeg,png,webp,bmp}`
+    case folders
+    /// JSONL lines `{identity, path, caption?, race?, age?, gender?, source?}` (Manifests/manifest.schema.json)
+    case manifest
+    /// CrossFaceID training JSONL: `image_file`, `additional_feature`, `bbox`, `landmarks`, …
+    case crossfaceid
+}
+
+/// Labels as a source states them, before normalisation.
+public struct RawLabels: Codable, Equatable, Sendable {
+    public var race: String?
+    public var age: String?
+    public var gender: String?
+    package init(race: String? = nil, age: String? = nil, gender: String? = nil) {
+        self.race = race
+        self.age = age
+        self.gender = gender
+    }
+}
+
+/// One photo found by the scan stage.
+public struct ScanItem: Sendable {
+    public var path: String
+    public var identity: String
+    public var sourceKind: SourceKind
+    public var sourceLocation: String
+    public var caption: String?
+    public var labels = RawLabels()
+    public var origin: String?
+    /// Source-provided hints (CrossFaceID bbox and 5 landmarks) as JSON, kept for later stages.
+    public var hint: String?
+
+    public init(path: String, identity: String, sourceKind: SourceKind, sourceLocation: String) {
+        self.path = path
+        self.identity = IdentityName.normalized(identity)
+        self.sourceKind = sourceKind
+        self.sourceLocation = sourceLocation
+    }
+}
+
+/// Identity names as stored: Unicode NFC. Swift compares strings by canonical equivalence but
+/// SQLite compares bytes, so "José" typed precomposed in one manifest and decomposed in a folder
+/// name would otherwise become two identities that Swift code then cannot tell apart.
+public enum IdentityName {
+    public static func normalized(_ name: String) -> String { name.precomposedStringWithCanonicalMapping }
+}
+
+/// Something the scan could not turn into an item (bad manifest line, symlink loop…).
+public struct ScanProblem: Sendable, Error {
+    public var location: String
+    public var reason: String
+    package init(location: String, reason: String) {
+        self.location = location
+        self.reason = reason
+    }
+}
+
+public enum ScanEvent: Sendable {
+    case item(ScanItem)
+    case problem(ScanProblem)
+}
