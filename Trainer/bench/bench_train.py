@@ -11,7 +11,7 @@ same under autocast, K identities sharing one UNet pass for each K in --k, and w
 compiled run at --compile-k. An out-of-memory configuration is reported as such and skipped.
 Prints a line per configuration, then one JSON line with every figure.
 
-Imports only torch, diffusers and safetensors (through pidiff.model / pidiff.train).
+Imports only torch, diffusers and safetensors (through pidiff.model, pidiff.data and pidiff.train).
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Trainer/, for `pidiff`
 
 from pidiff.model import SD15_UNET_CONFIG, TINY_SD15_UNET_CONFIG  # noqa: E402
+from pidiff.data import IdentitySamples  # noqa: E402
 from pidiff.train import (  # noqa: E402
     IdentityGroupTrainer,
-    IdentitySamples,
     TrainConfig,
-    ddpm_noise_levels,
     prepare_frozen_unet,
     resolve_device_and_precision,
 )
@@ -64,8 +63,7 @@ def time_configuration(unet, text_embeddings, k: int, config: TrainConfig, laten
               "compile": config.compile, "gradient_checkpointing": config.gradient_checkpointing}
     trainer = None
     try:
-        trainer = IdentityGroupTrainer(unet, text_embeddings, samples, config, device,
-                                       ddpm_noise_levels(None, device))
+        trainer = IdentityGroupTrainer(unet, text_embeddings, samples, config)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()

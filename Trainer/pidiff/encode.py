@@ -6,10 +6,16 @@ order (the contract is Docs/encoded-format.md):
     w_plus       [N, 18, 512]    e4e code of `<key>.e4e.png` (latent_avg included)
     latent_mean  [N, 4, 64, 64]  SD VAE posterior mean of `<key>.png` (unscaled)
     latent_std   [N, 4, 64, 64]  SD VAE posterior std; the trainer samples z = mean + std * eps
-    metadata     keys (JSON list), model fingerprints, scaling factor, dtypes, random-weights flag
+    metadata     keys (JSON list), samples (each key's identity, role and labels, from `<key>.json`),
+                 model fingerprints, scaling factor, dtypes, random-weights flag
+
+The output carries everything `pidiff train` and `pidiff sample` need: they read the encoded folder
+alone, never the shards.
 
 Outputs are content-addressed: a shard is skipped when its output already records the same
-shard SHA-256, model fingerprints and storage dtype, and re-encoded when any of them changed.
+format, shard SHA-256, model fingerprints and storage dtype, and re-encoded when any of them
+changed. File digests are remembered in OUT/.pidiff-encode-digests.json by path, size, mtime,
+ctime and inode, so a run that finds everything up to date reads only file headers and stats.
 
 On CUDA both encoders run in bf16 (e4e under autocast with channels_last, the VAE with bf16
 weights), with the w+ sums, latent_avg and the posterior's exp(logvar / 2) in float32. Images
@@ -23,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +40,9 @@ from pidiff import __version__, shards
 from pidiff.e4e import E4ECheckpointError, E4EEncoder
 from pidiff.model import save_safetensors
 
-FORMAT = "pidiff-encoded/1"
+FORMAT = "pidiff-encoded/2"
+ROLES = ("train", "reference")
+DIGEST_CACHE_NAME = ".pidiff-encode-digests.json"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # diffusers' DiagonalGaussianDistribution clamps logvar to this range before exp.
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -63,14 +72,71 @@ def vae_weight_files(sd_path: Path) -> list[Path]:
     return files
 
 
-def vae_fingerprint(sd_path: Path) -> str:
+class DigestCache:
+    """SHA-256 of files, remembered by (size, mtime, ctime, inode, device), as git's index does.
+
+    Rewriting a file changes its ctime, which no tool can set back, so a remembered digest is only
+    used for the very file it was computed from. A file changed less than RACY_NS before it was
+    hashed is not remembered: file times advance in clock ticks (up to 10 ms), and a second change
+    within the same tick would leave the times as they were. Kept as JSON in the output folder; a
+    cache that cannot be read or written only costs the hashing.
+    """
+
+    RACY_NS = 50_000_000
+
+    def __init__(self, path: Path, trusted: bool = True):
+        self.path, self.changed = path, False
+        self.entries: dict[str, dict] = {}
+        if trusted:
+            try:
+                entries = json.loads(path.read_text())
+                self.entries = entries if isinstance(entries, dict) else {}
+            except (OSError, ValueError):
+                pass
+
+    @staticmethod
+    def _stamp(stat: os.stat_result) -> list[int]:
+        return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+    def sha256(self, file: Path) -> str:
+        key = str(Path(file).resolve())
+        now, stat = time.time_ns(), os.stat(key)
+        stamp = self._stamp(stat)
+        entry = self.entries.get(key)
+        if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        digest = file_sha256(Path(key))  # a change while hashing changes the ctime after `stamp`: not reused
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < now - self.RACY_NS:
+            self.entries[key], self.changed = {"stat": stamp, "sha256": digest}, True
+        return digest
+
+    def save(self) -> None:
+        """Write the entries whose files are still as hashed (others could never be used again)."""
+        def current(key: str, entry) -> bool:
+            try:
+                return isinstance(entry, dict) and entry.get("stat") == self._stamp(os.stat(key))
+            except OSError:
+                return False
+
+        kept = {key: entry for key, entry in self.entries.items() if current(key, entry)}
+        if not self.changed and kept == self.entries:
+            return
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            partial.write_text(json.dumps(kept, indent=1, sort_keys=True))
+            os.replace(partial, self.path)
+        except OSError:
+            pass
+
+
+def vae_fingerprint(sd_path: Path, sha256=file_sha256) -> str:
     """SHA-256 of the VAE weight file (or, for several files, of their names and digests)."""
     files = vae_weight_files(sd_path)
     if len(files) == 1:
-        return file_sha256(files[0])
+        return sha256(files[0])
     combined = hashlib.sha256()
     for file in files:
-        combined.update(f"{file.name}:{file_sha256(file)}\n".encode())
+        combined.update(f"{file.name}:{sha256(file)}\n".encode())
     return combined.hexdigest()
 
 
@@ -231,6 +297,30 @@ def output_path_for(shard: Path, out_dir: Path) -> Path:
     return out_dir / (shard.name.removesuffix(".tar") + ".safetensors")
 
 
+def sample_record(fields: dict) -> dict:
+    """One entry of the `samples` metadata: the identity, role and labels of a sample's `<key>.json`
+    (or of an encoded file's own entry). A missing role is `train`, missing labels are {}."""
+    identity, role, labels = fields.get("identity"), fields.get("role", "train"), fields.get("labels", {})
+    if not isinstance(identity, str) or not identity:
+        raise ValueError(f"no identity (found {identity!r})")
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if not isinstance(labels, dict):
+        raise ValueError(f"labels must be a JSON object, found {labels!r}")
+    return {"identity": identity, "role": role, "labels": labels}
+
+
+def shard_sample_records(index: shards.ShardIndex) -> list[dict]:
+    """The `samples` metadata of a shard, in row order, from its `<key>.json` members."""
+    records = []
+    for key, fields in shards.read_sample_json(index).items():
+        try:
+            records.append(sample_record(fields))
+        except ValueError as error:
+            raise shards.ShardError(f"{index.path}: {key}.{shards.SAMPLE_JSON_EXTENSION}: {error}") from None
+    return records
+
+
 def read_metadata(path: Path) -> dict[str, str] | None:
     """The header metadata of an encoded file, or None when absent or unreadable."""
     try:
@@ -260,21 +350,27 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
         raise shards.ShardError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fingerprints = {
-        "format": FORMAT,
-        "e4e_sha256": file_sha256(Path(e4e_path)),
-        "vae_sha256": vae_fingerprint(Path(sd_path)),
-        "storage_dtype": options.storage_dtype,
-    }
-    results: dict[Path, EncodeResult] = {}
-    pending: list[PendingShard] = []
-    for shard, output in zip(shard_paths, outputs):
-        source_sha256 = file_sha256(shard)
-        if not options.force and is_cache_hit(output, {**fingerprints, "source_sha256": source_sha256}):
-            results[shard] = EncodeResult(shard, output, len(json.loads(read_metadata(output)["keys"])), cached=True)
-            continue
-        # Index every stale shard before loading models, so a broken shard fails fast.
-        pending.append(PendingShard(shard, output, source_sha256, shards.index_shard(shard)))
+    digests = DigestCache(out_dir / DIGEST_CACHE_NAME, trusted=not options.force)  # --force hashes afresh
+    try:
+        fingerprints = {
+            "format": FORMAT,
+            "e4e_sha256": digests.sha256(Path(e4e_path)),
+            "vae_sha256": vae_fingerprint(Path(sd_path), digests.sha256),
+            "storage_dtype": options.storage_dtype,
+        }
+        results: dict[Path, EncodeResult] = {}
+        pending: list[PendingShard] = []
+        for shard, output in zip(shard_paths, outputs):
+            source_sha256 = digests.sha256(shard)
+            if not options.force and is_cache_hit(output, {**fingerprints, "source_sha256": source_sha256}):
+                results[shard] = EncodeResult(shard, output, len(json.loads(read_metadata(output)["keys"])), cached=True)
+                continue
+            # Index every stale shard and read its samples' identities before loading models, so a
+            # broken shard fails fast.
+            index = shards.index_shard(shard)
+            pending.append(PendingShard(shard, output, source_sha256, index, shard_sample_records(index)))
+    finally:
+        digests.save()
 
     if pending:
         device = resolve_device(options.device)
@@ -314,6 +410,7 @@ class PendingShard:
     output: Path
     source_sha256: str
     index: shards.ShardIndex
+    samples: list[dict]  # the `samples` metadata, aligned with index.keys
     tensors: dict[str, torch.Tensor] | None = None
     rows_done: int = 0
 
@@ -378,6 +475,7 @@ def _write_encoded(job: PendingShard, common_metadata: dict[str, str]) -> None:
         "source_shard": job.shard.name,
         "source_sha256": job.source_sha256,
         "keys": json.dumps(job.index.keys),
+        "samples": json.dumps(job.samples, sort_keys=True),
         "count": str(len(job.index)),
     }
     # Write beside the target and rename: a killed run never leaves a file that looks complete.
@@ -396,6 +494,7 @@ class EncodedShard:
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
     metadata: dict[str, str]
+    samples: list[dict]  # per row: {"identity", "role" ("train" | "reference"), "labels"}
 
     @property
     def scaling_factor(self) -> float:
@@ -403,20 +502,32 @@ class EncodedShard:
 
 
 def read_encoded_shard(path: str | Path) -> EncodedShard:
-    """Load an encoded shard, checking its format and that keys and rows agree."""
+    """Load an encoded shard, checking its format, that keys, samples and rows agree, and that every
+    sample has an identity and a role."""
     path = Path(path)
     metadata = read_metadata(path) if path.is_file() else None
     if metadata is None:
         raise EncodeError(f"{path}: not a readable safetensors file")
-    if metadata.get("format") != FORMAT:
-        raise EncodeError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    found = metadata.get("format")
+    if found != FORMAT:
+        if isinstance(found, str) and found.startswith("pidiff-encoded/"):
+            raise EncodeError(f"{path}: written in the older format {found}, without each sample's identity and role; "
+                              "re-run `pidiff encode` (or `pidiff-data encode`) to re-encode it")
+        raise EncodeError(f"{path}: format is {found!r}, expected {FORMAT!r}")
+    try:
+        keys, samples = json.loads(metadata["keys"]), json.loads(metadata["samples"])
+        if not isinstance(samples, list) or len(samples) != len(keys):
+            raise ValueError(f"samples holds {len(samples) if isinstance(samples, list) else 'no list'} "
+                             f"entries for {len(keys)} keys")
+        samples = [sample_record(entry if isinstance(entry, dict) else {}) for entry in samples]
+    except (KeyError, ValueError) as error:
+        raise EncodeError(f"{path}: unreadable keys/samples metadata ({error}); re-encode it with `pidiff encode`") from None
     with safe_open(str(path), framework="pt") as file:
         tensors = {name: file.get_tensor(name) for name in ("w_plus", "latent_mean", "latent_std")}
-    keys = json.loads(metadata["keys"])
     for name, tensor in tensors.items():
         if tensor.shape[0] != len(keys):
             raise EncodeError(f"{path}: {name} has {tensor.shape[0]} rows for {len(keys)} keys")
-    return EncodedShard(path, keys, tensors["w_plus"], tensors["latent_mean"], tensors["latent_std"], metadata)
+    return EncodedShard(path, keys, tensors["w_plus"], tensors["latent_mean"], tensors["latent_std"], metadata, samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--storage-dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="dtype of the stored tensors")
-    parser.add_argument("--force", action="store_true", help="re-encode even when an up-to-date output exists")
+    parser.add_argument("--force", action="store_true",
+                        help="re-encode even when an up-to-date output exists (and hash every file afresh)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both encoders (pays off for many shards)")
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile mode with --compile: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
@@ -465,9 +577,17 @@ def main(argv: list[str] | None = None) -> int:
     except (shards.ShardError, EncodeError, E4ECheckpointError) as error:
         print(f"pidiff encode: error: {error}", file=sys.stderr)
         return 1
-    encoded = [r for r in results if not r.cached]
-    print(
-        f"{len(encoded)} shard(s) encoded ({sum(r.count for r in encoded)} samples), "
-        f"{len(results) - len(encoded)} already up to date, in {args.out}"
-    )
+    print(summary_line(results, args.out))
     return 0
+
+
+def summary_line(results: list[EncodeResult], out: Path) -> str:
+    """What a run did, in one line, e.g. "pidiff encode: 1 shard encoded (3 samples), 2 shards reused
+    (up to date, 5 samples) in enc/"."""
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    encoded = [r for r in results if not r.cached]
+    reused = [r for r in results if r.cached]
+    return (f"pidiff encode: {count(len(encoded), 'shard')} encoded ({count(sum(r.count for r in encoded), 'sample')}), "
+            f"{count(len(reused), 'shard')} reused (up to date, {count(sum(r.count for r in reused), 'sample')}) in {out}")

@@ -4,13 +4,14 @@
         --prompt "a photo of S* reading in the library" --num-images 4 --out samples/
 
 The face comes as a w+ code: by default the identity's first reference sample in the encoded
-shards (`--encoded`, labels as for training), or a named sample (`--key`), or a w+ code given
+shards (`--encoded`: their files name each sample's identity and role), or a named sample (`--key`), or a w+ code given
 directly (`--wplus FACE.safetensors|.pt|.npy`, [18, 512] or [1, 18, 512]), or an aligned 256×256
 face image encoded with e4e (`--image FACE.png --e4e e4e_ffhq_encode.pt`).
 
 Guidance follows the paper: the unconditional branch gets the empty prompt AND the unconditional
 visual input F(zeros); the conditional branch gets the prompt and F(w+), with λ (default: the
-weights' default_lambda, 0.4) weighting the style attention. DDIM, 50 steps, η = 0.
+weights' default_lambda, 0.4) weighting the style attention. DDIM, 50 steps, η = 0, on the
+schedule of --sd (pidiff.schedule, the one training noises with).
 
 On CUDA the UNet runs in bf16 and each DDIM step (CFG, UNet, scheduler) is a replayed CUDA graph
 (one capture per batch shape), which removes the per-kernel launch cost that dominates at batch 1;
@@ -27,32 +28,9 @@ from pathlib import Path
 import torch
 
 from pidiff import style
+from pidiff.data import encode_prompts, reference_w_plus
 from pidiff.model import PIDiffAdapter, model_fingerprint
-
-NUM_TRAIN_TIMESTEPS = 1000
-
-
-def ddim_timesteps(steps: int, train_steps: int = NUM_TRAIN_TIMESTEPS, offset: int = 1) -> list[int]:
-    """SD1.5's DDIM schedule ("leading" spacing, steps_offset 1): 981, 961, …, 1 for 50 steps."""
-    if not 1 <= steps <= train_steps:  # 0 would divide by zero; more than 1000 would repeat timesteps
-        raise ValueError(f"DDIM steps must be from 1 to {train_steps}, got {steps}")
-    stride = train_steps // steps
-    return [i * stride + offset for i in range(steps)][::-1]
-
-
-def sd15_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012,
-                        train_steps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, train_steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor) -> torch.Tensor:
-    """DDIM with η = 0: predict x0 from ε, then move to the previous timestep along the same ε.
-
-    After the last step SD1.5 uses ᾱ_0 as the "previous" ᾱ (set_alpha_to_one=False).
-    """
-    x0 = (latents - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-    return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
+from pidiff.schedule import SD15, Schedule, ddim_step
 
 
 class DenoisingLoop:
@@ -128,17 +106,20 @@ class PIDiffSampler:
     """DDIM with classifier-free guidance on a UNet carrying a one-identity PIDiff adapter.
 
     use_cuda_graphs (default: on CUDA) runs the denoising loop as a replayed CUDA graph of one
-    step (`DenoisingLoop`), one capture per (shape, λ, guidance, steps). compile=True puts
+    step (`DenoisingLoop`), one capture per (shape, λ, guidance, steps). `schedule`: the DDPM
+    schedule of the base model (SD1.5's by default). compile=True puts
     `torch.compile` (fixed shapes) under it: fused norms and pointwise ops in the UNet; the first
     call of each shape pays the compilation. compile_vae does the same for the VAE decoder.
     """
 
     def __init__(self, unet, vae, adapter: PIDiffAdapter, use_cuda_graphs: bool | None = None,
-                 compile: bool = False, compile_mode: str = "default", compile_vae: bool = False):
+                 compile: bool = False, compile_mode: str = "default", compile_vae: bool = False,
+                 schedule: Schedule = SD15):
         self.unet, self.vae, self.adapter = unet, vae, adapter
         self.device = next(unet.parameters()).device
         self.dtype = unet.dtype
-        self.alphas_cumprod = sd15_alphas_cumprod().to(self.device)
+        self.schedule = schedule
+        self.alphas_cumprod = schedule.alphas_cumprod().to(self.device)
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         if compile or compile_vae:
             import torch._inductor.config as inductor_config
@@ -192,7 +173,7 @@ class PIDiffSampler:
         latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator,
                               device=generator.device if generator is not None else self.device)
         latents = latents.to(self.device, torch.float32)
-        timesteps = ddim_timesteps(steps)
+        timesteps = self.schedule.ddim_timesteps(steps)
         guidance = float(guidance)
         if static_loop if static_loop is not None else self.use_cuda_graphs:
             latents = self._loop(latents, context, timesteps, guidance, capture=self.use_cuda_graphs)(latents, context)
@@ -212,27 +193,6 @@ class PIDiffSampler:
 
 # ----------------------------------------------------------------------------------------------
 # The command.
-def w_plus_from_encoded(encoded_dir: str, identity: str, key: str | None, shards_dir: str | None) -> tuple[torch.Tensor, str]:
-    """w+ [18, 512] of sample `key`, or of the identity's first reference (else train) sample."""
-    from pidiff.encode import read_encoded_shard
-    from pidiff.train import sample_labels
-
-    candidates = []
-    for path in sorted(Path(encoded_dir).glob("*.safetensors")):
-        shard = read_encoded_shard(path)
-        if key is not None:
-            if key in shard.keys:
-                return shard.w_plus[shard.keys.index(key)].float(), key
-            continue
-        for i, (sample_key, label) in enumerate(zip(shard.keys, sample_labels(shard, shards_dir))):
-            if label["identity"] == identity:
-                candidates.append((label.get("role", "train") != "reference", sample_key, shard.w_plus[i].float()))
-    if not candidates:
-        raise ValueError(f"no sample {key!r} in {encoded_dir}" if key else f"no sample of {identity!r} in {encoded_dir}")
-    _, chosen_key, w = min(candidates, key=lambda c: (c[0], c[1]))
-    return w, chosen_key
-
-
 def w_plus_from_image(image_path: str, e4e_path: str, device) -> torch.Tensor:
     """e4e w+ of an aligned face image (as exported in `<key>.e4e.png`), resized to 256×256."""
     import numpy as np
@@ -263,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     face = parser.add_argument_group("the face (one of)")
     face.add_argument("--encoded", help="encoded shards: the identity's first reference sample (or --key)")
     face.add_argument("--key", help="with --encoded: this sample's w+")
-    face.add_argument("--shards", help="with --encoded: source WebDataset shards, for identity labels")
+    face.add_argument("--shards", help="ignored: the encoded files carry each sample's identity and role")
     face.add_argument("--wplus", help="the face as a w+ code: .safetensors/.pt/.npy holding [18,512] or [1,18,512]")
     face.add_argument("--image", help="aligned face image (256x256 e4e input); needs --e4e")
     face.add_argument("--e4e", help="e4e checkpoint for --image")
@@ -282,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_options(args) -> None:
+def check_options(args, schedule: Schedule) -> None:
     """The options that must go together (or be in range), checked before any model is loaded."""
     if sum(bool(x) for x in (args.encoded, args.wplus, args.image)) > 1:
         raise ValueError("give only one of --encoded, --wplus and --image")
@@ -292,7 +252,7 @@ def check_options(args) -> None:
         raise ValueError("--image needs --e4e")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
-    ddim_timesteps(args.steps)
+    schedule.ddim_timesteps(args.steps)
     if args.lambda_sweep:
         style.check_lambda_sweep(args.lambda_sweep)
     out = Path(args.out)
@@ -328,7 +288,7 @@ def face_w_plus(args, identity: str, device) -> tuple[torch.Tensor, str]:
             raise ValueError(f"--wplus: {error}") from error
     if args.image:
         return w_plus_from_image(args.image, args.e4e, device), args.image
-    return w_plus_from_encoded(args.encoded, identity, args.key, args.shards)
+    return reference_w_plus(args.encoded, identity, args.key)
 
 
 def base_model_note(unet, args) -> str:
@@ -354,9 +314,10 @@ def base_model_note(unet, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.shards is not None:
+        print("pidiff sample: --shards is ignored: the encoded files carry each sample's identity and role",
+              file=sys.stderr)
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from pidiff.train import encode_prompts
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -366,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     # diffusers cannot find; pidiff's own errors (E4ECheckpointError, ShardError, EncodeError) are
     # ValueErrors. Sampling itself stays outside: an error there is a bug and keeps its traceback.
     try:
-        check_options(args)
+        schedule = Schedule.from_sd(args.sd)
+        check_options(args, schedule)
         unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet")
         base_note = base_model_note(unet, args) # before the cast: training hashed the stored float32 weights
         unet = unet.to(device, dtype).eval().requires_grad_(False)
@@ -385,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     adapter.to(device).eval().requires_grad_(False)
     adapter.install(unet)
-    sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile)
+    sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile, schedule=schedule)
     runs = []
     for scale in style.sweep_lambdas(args, scale):  # every λ from the same seed: they differ only in λ
         generator = torch.Generator(device).manual_seed(args.seed)

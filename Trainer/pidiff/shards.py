@@ -5,7 +5,7 @@ A shard is a plain tar `NAME-000000.tar`. A sample's files share a key without d
     <key>.png        512x512 RGB aligned crop           (VAE input)
     <key>.e4e.png    256x256 RGB, white background      (e4e input)
     <key>.mask.png   the background mask
-    <key>.json       per-sample metadata
+    <key>.json       per-sample metadata (identity, role, labels, ...; read by `pidiff encode`)
 
 WebDataset splits a member name at the first dot of its base name, so `<key>.e4e.png` has the
 extension `e4e.png`; we group members by exactly that rule.
@@ -33,7 +33,8 @@ VAE_IMAGE_EXTENSION = "png"
 E4E_IMAGE_EXTENSION = "e4e.png"
 VAE_IMAGE_SIZE = 512
 E4E_IMAGE_SIZE = 256
-REQUIRED_EXTENSIONS = (VAE_IMAGE_EXTENSION, E4E_IMAGE_EXTENSION)
+SAMPLE_JSON_EXTENSION = "json"
+REQUIRED_EXTENSIONS = (VAE_IMAGE_EXTENSION, E4E_IMAGE_EXTENSION, SAMPLE_JSON_EXTENSION)
 
 
 class ShardError(ValueError):
@@ -115,6 +116,27 @@ def index_shard(path: str | Path, required_extensions: tuple[str, ...] = REQUIRE
     if not index.keys:
         raise ShardError(f"{path}: shard holds no samples")
     return index
+
+
+def read_sample_json(index: ShardIndex) -> dict[str, dict]:
+    """{key: the parsed `<key>.json`} for every sample of an indexed shard, in shard order."""
+    parsed = {}
+    with open(index.path, "rb") as f:
+        for key in index.keys:
+            member = index.members[key][SAMPLE_JSON_EXTENSION]
+            f.seek(member.offset)
+            data = f.read(member.size)
+            where = f"{index.path}: {key}.{SAMPLE_JSON_EXTENSION}"
+            if len(data) != member.size:
+                raise ShardError(f"{where}: truncated")
+            try:
+                value = json.loads(data)
+            except ValueError as error:  # also bytes that are not UTF-8
+                raise ShardError(f"{where}: not readable JSON ({error})") from None
+            if not isinstance(value, dict):
+                raise ShardError(f"{where}: expected a JSON object, found {type(value).__name__}")
+            parsed[key] = value
+    return parsed
 
 
 def decode_rgb_png(data: bytes, expected_size: int, where: str) -> torch.Tensor:
@@ -246,9 +268,10 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_face_sample(seed: int) -> dict[str, bytes]:
+def synthetic_face_sample(seed: int, identity: str = "synthetic", role: str = "train") -> dict[str, bytes]:
     """A deterministic stand-in sample with the exporter's file set (smooth colour fields, not
-    faces), for tests and `random-model` demos where no real data exists."""
+    faces; the JSON carries the identity, role and labels as the exporter writes them), for tests
+    and `random-model` demos where no real data exists."""
     import numpy as np
     from PIL import Image
 
@@ -264,5 +287,7 @@ def synthetic_face_sample(seed: int) -> dict[str, bytes]:
         VAE_IMAGE_EXTENSION: png_bytes(smooth_image(VAE_IMAGE_SIZE)),
         E4E_IMAGE_EXTENSION: png_bytes(smooth_image(E4E_IMAGE_SIZE)),
         "mask.png": png_bytes(mask),
-        "json": json.dumps({"seed": seed, "synthetic": True}).encode(),
+        "json": json.dumps({"identity": identity, "role": role, "seed": seed, "synthetic": True,
+                            "labels": {"race": "unknown", "age": "unknown", "gender": "unknown"}},
+                           sort_keys=True).encode(),
     }

@@ -1,4 +1,5 @@
-"""`pidiff encode`: round trip, routing of images to encoders, caching, and shard errors."""
+"""`pidiff encode`: round trip, routing of images to encoders, each sample's identity, role and
+labels carried into the output, caching (cheap when up to date), and shard errors."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from PIL import Image
 from conftest import make_shard
 from pidiff import cli
 from pidiff.e4e import load_e4e
+from pidiff import encode
 from pidiff.encode import (
+    DIGEST_CACHE_NAME,
     EncodeOptions,
     ShardEncoder,
     encode_shards,
@@ -72,6 +75,11 @@ def test_round_trip_rows_follow_shard_keys_and_match_direct_encoding(tiny_models
     assert metadata["random_weights"] == "e4e,sd"
     assert first.scaling_factor == 0.18215
     assert metadata["storage_dtype"] == "float32"
+    assert metadata["format"] == "pidiff-encoded/2"
+    unknown = {"race": "unknown", "age": "unknown", "gender": "unknown"}
+    assert json.loads(metadata["samples"]) == [{"identity": "alice", "role": "train", "labels": unknown}] * 2 + \
+        [{"identity": "bob", "role": "train", "labels": unknown}]
+    assert second.samples == [{"identity": "carol", "role": "train", "labels": unknown}] * 2
 
     # Row 1 of shard 0 is alice_001: e4e saw <key>.e4e.png, the VAE saw <key>.png.
     sample = synthetic_face_sample(1)
@@ -119,6 +127,122 @@ def test_second_run_hits_the_cache_and_changed_inputs_or_models_miss(tiny_models
     assert [r.cached for r in run(e4e=other_e4e, storage_dtype="float16")] == [False, False]
     assert read_encoded_shard(out / "faces-000000.safetensors").w_plus.dtype == torch.float16
     assert [r.cached for r in run(e4e=other_e4e, storage_dtype="float16", force=True)] == [False, False]
+
+
+def test_each_samples_identity_role_and_labels_come_from_its_json(tiny_models, tmp_path):
+    samples = {}
+    for i, (key, fields) in enumerate({
+            "ann_000": {"identity": "Ann Lee", "role": "train", "labels": {"race": "asian", "age": "21-50", "gender": "female"},
+                        "caption": "not carried"},
+            "ann_001": {"identity": "Ann Lee", "role": "reference", "labels": {"race": "asian", "age": "21-50", "gender": "female"}},
+            "zoë_000": {"identity": "Zoë/2", "labels": {}}}.items()):  # no role: train
+        samples[key] = {**synthetic_face_sample(i), "json": json.dumps(fields).encode()}
+    shard = write_test_shard(tmp_path / "faces-000000.tar", samples)
+    (result,) = encode_shards([shard], tiny_models["e4e"], tiny_models["sd"], tmp_path / "encoded", QUIET)
+    encoded = read_encoded_shard(result.output)
+    assert encoded.keys == ["ann_000", "ann_001", "zoë_000"]
+    assert encoded.samples == [
+        {"identity": "Ann Lee", "role": "train", "labels": {"race": "asian", "age": "21-50", "gender": "female"}},
+        {"identity": "Ann Lee", "role": "reference", "labels": {"race": "asian", "age": "21-50", "gender": "female"}},
+        {"identity": "Zoë/2", "role": "train", "labels": {}}]
+    assert json.loads(encoded.metadata["samples"]) == encoded.samples  # plain JSON in the header, for any reader
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"role": "train"}, "zed_000.json: no identity"),
+    ({"identity": "", "role": "train"}, "zed_000.json: no identity"),
+    ({"identity": "zed", "role": "holdout"}, "zed_000.json: role 'holdout' is not one of train, reference"),
+    ({"identity": "zed", "labels": ["white"]}, "zed_000.json: labels must be a JSON object"),
+    ([1, 2], "zed_000.json: expected a JSON object"),
+    (None, "sample 'zed_000' lacks .json"),
+])
+def test_a_sample_without_identity_or_role_is_refused_before_models_load(tiny_models, tmp_path, capsys, monkeypatch,
+                                                                         fields, message):
+    sample = synthetic_face_sample(0)
+    if fields is None:
+        del sample["json"]
+    else:
+        sample["json"] = json.dumps(fields).encode()
+    shard = write_test_shard(tmp_path / "faces-000000.tar", {"zed_000": sample})
+    monkeypatch.setattr("pidiff.e4e.load_e4e", lambda *a: pytest.fail("models loaded for a shard that cannot be encoded"))
+    error = _encode_error(tiny_models, shard, tmp_path, capsys)
+    assert error.startswith(f"pidiff encode: error: {shard}") and message in error and error.count("\n") == 1, error
+
+
+def test_an_output_of_the_older_format_is_stale_and_re_encoded(tiny_models, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shard = make_shard(tmp_path / "faces-000000.tar", ["ann_000", "ann_001"])
+    out = tmp_path / "encoded"
+    (result,) = encode_shards([shard], tiny_models["e4e"], tiny_models["sd"], out, QUIET)
+    with safe_open(str(result.output), framework="pt") as f:  # the same file as /1 wrote it: no samples
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    del metadata["samples"]
+    save_file(tensors, str(result.output), metadata={**metadata, "format": "pidiff-encoded/1"})
+    with pytest.raises(ValueError, match="older format pidiff-encoded/1"):
+        read_encoded_shard(result.output)
+
+    (again,) = encode_shards([shard], tiny_models["e4e"], tiny_models["sd"], out, QUIET)
+    assert not again.cached
+    assert read_encoded_shard(result.output).samples[1] == {"identity": "ann", "role": "train",
+                                                            "labels": {"race": "unknown", "age": "unknown", "gender": "unknown"}}
+
+
+def test_an_up_to_date_run_hashes_and_loads_nothing_and_says_so_in_one_line(tiny_models, tmp_path, capsys, monkeypatch):
+    """pidiff-data calls `pidiff encode` every time: finding everything up to date costs file stats
+    and headers, not hashing gigabytes of models and shards, nor loading the models."""
+    shards_ = [make_shard(tmp_path / "faces-000000.tar", ["ann_000", "ann_001"]),
+               make_shard(tmp_path / "faces-000001.tar", ["bob_000"], seed=4)]
+    time.sleep(0.1)  # files changed within DigestCache.RACY_NS of their hashing are not remembered
+    argv = ["encode", "--shards", str(tmp_path / "faces-{000000..000001}.tar"), "--e4e", str(tiny_models["e4e"]),
+            "--sd", str(tiny_models["sd"]), "--out", str(tmp_path / "encoded"), "--workers", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"pidiff encode: 2 shards encoded (3 samples), 0 shards reused (up to date, 0 samples) in {tmp_path / 'encoded'}")
+    assert (tmp_path / "encoded" / DIGEST_CACHE_NAME).is_file()
+
+    hashed = []
+    real_sha256 = encode.file_sha256
+    monkeypatch.setattr(encode, "file_sha256", lambda path, *a: hashed.append(path.name) or real_sha256(path, *a))
+    monkeypatch.setattr("pidiff.e4e.load_e4e", lambda *a: pytest.fail("models loaded for an up-to-date run"))
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == (
+        f"pidiff encode: 0 shards encoded (0 samples), 2 shards reused (up to date, 3 samples) in {tmp_path / 'encoded'}\n")
+    assert hashed == []
+
+    # A rewritten shard is hashed again (and, as its content changed, re-encoded); the rest is not.
+    monkeypatch.undo()
+    monkeypatch.setattr(encode, "file_sha256", lambda path, *a: hashed.append(path.name) or real_sha256(path, *a))
+    make_shard(shards_[1], ["bob_000", "bob_001"], seed=9)
+    assert cli.main(argv) == 0
+    assert hashed == ["faces-000001.tar"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"pidiff encode: 1 shard encoded (2 samples), 1 shard reused (up to date, 2 samples) in {tmp_path / 'encoded'}")
+    # --force trusts no remembered digest.
+    hashed.clear()
+    assert cli.main(argv + ["--force"]) == 0
+    assert sorted(hashed) == sorted(["e4e.pt", "diffusion_pytorch_model.safetensors", "faces-000000.tar", "faces-000001.tar"])
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_hashed_again(tmp_path):
+    """The digest cache also compares ctime and inode, which a rewrite changes whatever it does to mtime."""
+    file = tmp_path / "model.pt"
+    file.write_bytes(b"a" * 100)
+    just_written = encode.DigestCache(tmp_path / DIGEST_CACHE_NAME)
+    just_written.sha256(file)
+    assert just_written.entries == {}  # racy: it may change again within the same timestamp tick
+    time.sleep(0.1)
+    cache = encode.DigestCache(tmp_path / DIGEST_CACHE_NAME)
+    first = cache.sha256(file)
+    cache.save()
+    assert list(encode.DigestCache(tmp_path / DIGEST_CACHE_NAME).entries) == [str(file.resolve())]
+    stat = file.stat()
+    file.write_bytes(b"b" * 100)
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file.stat().st_size == stat.st_size and file.stat().st_mtime_ns == stat.st_mtime_ns
+    reread = encode.DigestCache(tmp_path / DIGEST_CACHE_NAME)
+    assert reread.sha256(file) == hashlib.sha256(b"b" * 100).hexdigest() != first
 
 
 def _encode_error(tiny_models, shard, tmp_path, capsys) -> str:
@@ -286,3 +410,4 @@ def test_tar_members_written_for_tests_are_deterministic(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     with tarfile.open(a) as archive:
         assert archive.getnames() == ["k_000.png", "k_000.e4e.png", "k_000.mask.png", "k_000.json"]
+        assert json.load(archive.extractfile("k_000.json"))["identity"] == "k"

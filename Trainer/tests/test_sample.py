@@ -1,45 +1,21 @@
-"""The sampler: SD1.5's DDIM schedule and step, and `pidiff sample` end to end on a tiny model."""
+"""The sampler: its denoising loop (eager, static buffers, CUDA-graph capture) and `pidiff sample`
+end to end on a tiny model. The DDIM schedule and step themselves: test_schedule.py."""
 
 import contextlib
 import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
-from safetensors.torch import save_file
 
+from conftest import write_encoded_shard
 from pidiff import cli
 from pidiff.model import PIDiffAdapter, save_weights
-from pidiff.sample import ddim_step, ddim_timesteps, sd15_alphas_cumprod
+from pidiff.schedule import SD15
 from pidiff.style import read_sidecar
 
 
 # one_cpu_thread (autouse for these tiny-model tests) lives in conftest.py.
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def sd15_ddim() -> DDIMScheduler:
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
-
-
-def test_ddim_schedule_and_step_match_diffusers_for_sd15():
-    scheduler = sd15_ddim()
-    for steps in (50, 30):
-        scheduler.set_timesteps(steps)
-        assert ddim_timesteps(steps) == scheduler.timesteps.tolist()
-
-    scheduler.set_timesteps(50)
-    alphas = sd15_alphas_cumprod()
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
-    timesteps = ddim_timesteps(50)
-    for i in (0, 25, 49):  # first, middle and last step (which lands on ᾱ_0)
-        eps = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
-        expected = scheduler.step(eps, timesteps[i], latents).prev_sample
-        previous = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else alphas[0]
-        # diffusers keeps ᾱ in float32, hence the float32-level tolerance
-        torch.testing.assert_close(ddim_step(latents, eps, alphas[timesteps[i]], previous), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_path):
@@ -49,19 +25,14 @@ def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_pat
     weights = tmp_path / "pidiff.safetensors"
     save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*", "default_lambda": 0.4})
     encoded = tmp_path / "encoded"
-    encoded.mkdir()
-    keys = ["ann_000", "ann_001", "bob_000"]
-    save_file({"w_plus": torch.randn(3, 18, 512), "latent_mean": torch.zeros(3, 4, 8, 8), "latent_std": torch.ones(3, 4, 8, 8)},
-              str(encoded / "faces-000000.safetensors"),
-              metadata={"format": "pidiff-encoded/1", "keys": json.dumps(keys), "scaling_factor": "0.18215"})
-    labels = {"ann_000": {"identity": "ann", "role": "train"}, "ann_001": {"identity": "ann", "role": "reference"},
-              "bob_000": {"identity": "bob", "role": "train"}}
-    (encoded / "faces-000000.samples.json").write_text(json.dumps(labels))
+    write_encoded_shard(encoded / "faces-000000.safetensors",
+                        {"ann_000": ("ann", "train"), "ann_001": ("ann", "reference"), "bob_000": ("bob", "train")})
 
     argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--encoded", str(encoded),
             "--prompt", "a photo of S*", "--prompt", "S* at the beach", "--num-images", "2", "--steps", "2",
             "--latent-size", "8", "--device", "cpu", "--out", str(tmp_path / "samples")]
     assert cli.main(argv) == 0
+    assert read_sidecar(tmp_path / "samples" / "sample.json")["parameters"]["face_source"] == "ann_001"  # the reference
     pngs = sorted((tmp_path / "samples").glob("[0-9]*.png"))
     assert [p.name for p in pngs] == ["000.png", "001.png", "002.png", "003.png"]
     assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / "sample.json").is_file()
@@ -230,10 +201,10 @@ def test_graph_capture_path_matches_the_eager_loop_for_any_step_count(cuda_graph
 
 
 def test_ddim_step_count_out_of_range_is_a_value_error():
-    assert ddim_timesteps(1) == [1]
+    assert SD15.ddim_timesteps(1) == [1]
     for steps in (0, 1001):
         with pytest.raises(ValueError, match="DDIM steps must be from 1 to 1000"):
-            ddim_timesteps(steps)
+            SD15.ddim_timesteps(steps)
 
 
 def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_models, tmp_path, capsys):
@@ -301,3 +272,21 @@ def test_a_prompt_that_does_not_name_the_identity_is_sampled_with_a_warning(tiny
     assert warnings == ["pidiff sample: warning: prompt 'a photo of a man' has neither {} nor the placeholder 'S*'; "
                         "its text does not refer to the identity"]
     assert len(read_sidecar(tmp_path / "samples" / "sample.json")["images"]) == 3
+
+
+def test_shards_is_accepted_and_ignored_with_one_line(tiny_models, tmp_path, capsys):
+    """The Swift side still passes --shards: accepted, unused, said so once on stderr."""
+    from diffusers import UNet2DConditionModel
+
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")), 0,
+                 {"identity": "ann", "placeholder": "S*"})
+    encoded = tmp_path / "encoded"
+    write_encoded_shard(encoded / "faces-000000.safetensors", {"ann_000": ("ann", "reference")})
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--encoded", str(encoded),
+            "--shards", str(tmp_path / "no-such-folder"), "--prompt", "S*", "--steps", "1", "--latent-size", "8",
+            "--device", "cpu", "--out", str(tmp_path / "samples")]
+    assert cli.main(argv) == 0
+    # stderr also holds diffusers' logging: the command's own lines start with its name.
+    mentions = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pidiff sample:")]
+    assert mentions == ["pidiff sample: --shards is ignored: the encoded files carry each sample's identity and role"]

@@ -143,7 +143,8 @@ def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidec
     encoded.mkdir()
     save_file({"w_plus": identity[None], "latent_mean": torch.zeros(1, 4, 8, 8), "latent_std": torch.ones(1, 4, 8, 8)},
               str(encoded / "faces-000000.safetensors"),
-              metadata={"format": "pidiff-encoded/1", "keys": json.dumps(["ann_000"]), "scaling_factor": "0.18215"})
+              metadata={"format": "pidiff-encoded/2", "keys": json.dumps(["ann_000"]), "scaling_factor": "0.18215",
+                        "samples": json.dumps([{"identity": "ann", "role": "reference", "labels": {}}])})
 
     def sample(out, *extra):
         argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--encoded", str(encoded),

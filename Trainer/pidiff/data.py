@@ -1,0 +1,173 @@
+"""What `pidiff train` and `pidiff sample` read: the encoded folder and the prompts.
+
+The encoded shards of `pidiff encode` (Docs/encoded-format.md) carry each sample's w+, VAE latent
+distribution, identity, role ("train" | "reference") and labels, so the encoded folder is all
+training and sampling need; nothing here opens the source shards. Training takes an identity's
+"train" samples; sampling takes its first "reference" sample as the face.
+
+Prompts: a finite template set with the placeholder filled in, embedded once by the CLIP text
+encoder (the last hidden state, as SD1.5 uses), so neither command runs the text encoder per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pidiff.encode import EncodedShard, read_encoded_shard
+
+# Prompt templates ("{}" = placeholder), in the style of Textual Inversion's small template set.
+DEFAULT_TEMPLATES = (
+    "a photo of {}",
+    "a cropped photo of {}",
+    "a close-up photo of {}",
+    "a good photo of {}",
+    "a bright photo of {}",
+    "a dark photo of {}",
+    "a clean photo of {}",
+    "a nice photo of {}",
+    "a portrait of {}",
+    "a photo of the face of {}",
+    "a blurry photo of {}",
+    "a rendition of {}",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoded samples.
+@dataclass
+class IdentitySamples:
+    """One identity's training samples, rows in key order."""
+    identity: str
+    keys: list[str]
+    w_plus: torch.Tensor       # [N, 18, 512]
+    latent_mean: torch.Tensor  # [N, 4, h, w], already multiplied by the VAE scaling factor
+    latent_std: torch.Tensor   # [N, 4, h, w], idem
+    _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def to(self, device) -> "IdentitySamples":
+        return dataclasses.replace(self, w_plus=self.w_plus.to(device), latent_mean=self.latent_mean.to(device),
+                                   latent_std=self.latent_std.to(device))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the identity, keys and tensors trained on; hashed once per object (the
+        --resume checks and the trainer all ask for it)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps([self.identity, self.keys]).encode())
+            for tensor in (self.w_plus, self.latent_mean, self.latent_std):
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def split_shard_paths(encoded_dir: str | Path, split: str = "") -> list[Path]:
+    """The encoded shards of `split`, NAME-NNNNNN.safetensors (six digits), or every shard without a split.
+
+    Matched on the whole file name rather than globbed: split names may hold '-', and `v1-*` would
+    also take the shards of a split `v1-small`.
+    """
+    paths = sorted(Path(encoded_dir).glob("*.safetensors"))
+    if not split:
+        return paths
+    shard_name = re.compile(re.escape(split) + r"-[0-9]{6}\.safetensors")
+    return [path for path in paths if shard_name.fullmatch(path.name)]
+
+
+def read_encoded_split(encoded_dir: str | Path, split: str = "") -> Iterator[EncodedShard]:
+    """The encoded shards of `split` (or of the folder), read and checked one at a time, so only one
+    shard's tensors are in memory; a split without shards is an error."""
+    paths = split_shard_paths(encoded_dir, split)
+    if not paths:
+        pattern = f"{split}-NNNNNN.safetensors" if split else "*.safetensors"
+        raise FileNotFoundError(f"no encoded shards {pattern} in {encoded_dir}")
+    return (read_encoded_shard(path) for path in paths)
+
+
+def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
+                          split: str = "") -> dict[str, IdentitySamples]:
+    """Training samples (role "train") per identity, from the encoded shards in `encoded_dir`.
+
+    Only the shards holding samples to train on are checked for non-finite values and for one pair
+    of encoders (e4e, VAE): other splits or identities in the folder may differ. Latent mean/std are
+    stored unscaled; they are multiplied here by the shard's VAE scaling factor (0.18215 for SD1.5),
+    as SD's training does with sampled latents.
+    """
+    wanted = set(identities) if identities else None
+    rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard used made with them
+    for shard in read_encoded_split(encoded_dir, split):
+        taken = [(i, key, sample["identity"]) for i, (key, sample) in enumerate(zip(shard.keys, shard.samples))
+                 if sample["role"] == "train" and (wanted is None or sample["identity"] in wanted)]
+        if not taken:
+            continue
+        encoders.setdefault((shard.metadata.get("e4e_sha256", "unrecorded"), shard.metadata.get("vae_sha256", "unrecorded")),
+                            shard.path)
+        if len(encoders) > 1:
+            ((e4e_a, vae_a), earlier), ((e4e_b, vae_b), later) = list(encoders.items())[:2]
+            raise ValueError(f"{earlier.name} (e4e {e4e_a[:12]}, VAE {vae_a[:12]}) and {later.name} (e4e {e4e_b[:12]}, "
+                             f"VAE {vae_b[:12]}) in {encoded_dir} were not encoded with the same models: their w+ and "
+                             "latents do not share one space; re-encode them with one e4e and one VAE")
+        scale = shard.scaling_factor
+        for i, key, identity in taken:
+            w, mean, std = shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale
+            if not (torch.isfinite(w).all() and torch.isfinite(mean).all() and torch.isfinite(std).all()):
+                raise ValueError(f"{shard.path}: non-finite w+ or latents for the sample {key!r} of {identity!r}; "
+                                 "re-encode the shard")
+            rows.setdefault(identity, []).append((key, w, mean, std))
+    if wanted is not None and (missing := sorted(wanted - set(rows))):
+        raise ValueError(f"no training samples in {encoded_dir} for identities {missing}")
+    samples = {}
+    for identity in sorted(rows):
+        keys, w, mean, std = zip(*sorted(rows[identity], key=lambda row: row[0]))
+        samples[identity] = IdentitySamples(identity, list(keys), torch.stack(w), torch.stack(mean), torch.stack(std))
+    return samples
+
+
+def reference_w_plus(encoded_dir: str | Path, identity: str, key: str | None = None) -> tuple[torch.Tensor, str]:
+    """w+ [18, 512] and key of sample `key`, or else of the identity's first reference sample (by key),
+    or, when it has none, of its first train sample."""
+    candidates = []
+    for shard in read_encoded_split(encoded_dir):
+        if key is not None:
+            if key in shard.keys:
+                return shard.w_plus[shard.keys.index(key)].float(), key
+            continue
+        for i, (sample_key, sample) in enumerate(zip(shard.keys, shard.samples)):
+            if sample["identity"] == identity:
+                candidates.append((sample["role"] != "reference", sample_key, shard.w_plus[i].float()))
+    if not candidates:
+        raise ValueError(f"no sample {key!r} in {encoded_dir}" if key else f"no sample of {identity!r} in {encoded_dir}")
+    _, chosen_key, w = min(candidates, key=lambda c: (c[0], c[1]))
+    return w, chosen_key
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts.
+def prompt_texts(templates_file: str, placeholder: str) -> list[str]:
+    """The templates (DEFAULT_TEMPLATES, or one per line of `templates_file`) with the placeholder
+    filled in; the empty prompt comes last."""
+    templates = DEFAULT_TEMPLATES
+    if templates_file:
+        templates = [line.strip() for line in Path(templates_file).read_text().splitlines() if line.strip()]
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError(f"{templates_file}: every template needs a '{{}}' for the placeholder")
+    return [t.format(placeholder) for t in templates] + [""]
+
+
+@torch.no_grad()
+def encode_prompts(sd_path: str | Path, prompts: list[str], device) -> torch.Tensor:
+    """CLIP text-encoder embeddings [P, 77, D] (last hidden state, as SD1.5 uses), computed once."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(Path(sd_path) / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(Path(sd_path) / "text_encoder").to(device).eval()
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(tokens)[0].float()
