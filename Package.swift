@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(
             name: "PIDiffDataTests",
             dependencies: ["PIDiffData", "PIDiffModel", "PIDiffNative", "PIDiffCatalog", "CFaceNative",
-                           .product(name: "GRDB", package: "GRDB.swift")]
+                           .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Yams", package: "Yams")]
         ),
     ],
     cxxLanguageStandard: .cxx17

@@ -1,4 +1,4 @@
-// FFHQ / e4e face alignment (see Docs/architecture.md and shared DESIGN.md §4).
+// FFHQ / e4e face alignment (see Docs/architecture.md, "Alignment").
 //
 // e4e's align_face works in four steps on a PIL image; we reproduce each with OpenCV so that,
 // for the same landmarks, our 256 crop matches e4e's to well above 30 dB PSNR:

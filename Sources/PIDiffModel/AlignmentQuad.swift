@@ -9,7 +9,7 @@ public struct AlignmentQuad: Codable, Equatable, Sendable {
     public var side: Double { (corners[3] - corners[0]).length }
     package var flattened: [Double] { corners.flatMap { [$0.x, $0.y] } }
 
-    /// FFHQ alignment from 68 landmarks, as in e4e's `align_face` (shared DESIGN.md §4).
+    /// FFHQ alignment from 68 landmarks, as in e4e's `align_face` (Docs/architecture.md, "Alignment").
     public init(landmarks lm: Landmarks68) {
         let eyeLeft = Point.mean(lm.eyeLeft)
         let eyeRight = Point.mean(lm.eyeRight)

@@ -173,7 +173,7 @@ final class ExportTests: XCTestCase {
         // Encodings of those shards, and another split's files, which must survive.
         let encoded = dir.appendingPathComponent("encoded")
         try FileManager.default.createDirectory(at: encoded, withIntermediateDirectories: true)
-        for name in ["t-000005.safetensors", "t-000005.samples.json", "t2-000007.safetensors"] {
+        for name in ["t-000005.safetensors", "t2-000007.safetensors"] {
             try Data("x".utf8).write(to: encoded.appendingPathComponent(name))
         }
         try Data("x".utf8).write(to: out.appendingPathComponent("t2-000009.tar"))
@@ -316,5 +316,37 @@ final class ExportTests: XCTestCase {
         }
         XCTAssertEqual(runs.count, 1)
         XCTAssertTrue(runs.first?.contains("\"processes\":2") == true, "\(runs)")
+    }
+}
+
+extension ExportTests {
+    /// encode (and a repeated export) keep an export whose plan is unchanged and whose shards
+    /// still match the index, without reading the artefacts again; other options rewrite it.
+    func testAnUpToDateExportIsKeptWithoutReadingArtefacts() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
+        let out = dir.appendingPathComponent("shards")
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: out)
+        let first = try exporter.run()
+        XCTAssertEqual(first.written, first.shards.count)
+        let before = try Data(contentsOf: out.appendingPathComponent(first.shards[0].name))
+        // Same size, other bytes: an export that read the crop would write a different shard.
+        let crop = try XCTUnwrap(try Catalog(path: catalog.path).exportSamples(split: "t").first?.crop512)
+        let cropURL = ArtefactStore(root: try Catalog(path: catalog.path).dataRoot()).url(crop)
+        let original = try Data(contentsOf: cropURL)
+        try Data(repeating: 7, count: original.count).write(to: cropURL)
+        let second = try exporter.run()
+        XCTAssertEqual(second.reused, first.shards.count)
+        XCTAssertEqual(second.written, 0)
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(first.shards[0].name)), before)
+        try original.write(to: cropURL)
+        // A shard that no longer matches its index entry is rebuilt.
+        try Data("garbage".utf8).write(to: out.appendingPathComponent(first.shards[0].name))
+        XCTAssertEqual(try exporter.run().written, 1)
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent(first.shards[0].name)), before)
+        // Other options, other plan: rewritten.
+        exporter.grouping = .mixed
+        exporter.seed = 3
+        XCTAssertEqual(try exporter.run().written, first.shards.count)
     }
 }

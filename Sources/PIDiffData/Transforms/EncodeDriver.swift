@@ -2,10 +2,11 @@ import Foundation
 import PIDiffModel
 import PIDiffCatalog
 
-/// `pidiff-data encode`: export the split if needed, run `pidiff encode`, record every encoding in
-/// the catalog keyed on (source SHA-256, preprocessing fingerprint, model fingerprint). A second
-/// run finds everything recorded and encodes nothing; a changed model or input re-encodes exactly
-/// what depends on it (the Python side also skips shards whose inputs and models are unchanged).
+/// `pidiff-data encode`: export the split unless the export is up to date, run `pidiff encode`
+/// (which reuses every encoded shard whose inputs and models are unchanged: the model
+/// fingerprints are computed on the Python side only), then record every encoding in the catalog
+/// keyed on (source SHA-256, preprocessing fingerprint, model fingerprint), read from the files'
+/// metadata.
 public struct EncodeDriver: Sendable {
     public var catalogPath: String
     public var split: String
@@ -30,18 +31,6 @@ public struct EncodeDriver: Sendable {
         self.exporter = ShardExporter(catalogPath: catalogPath, split: split, outDirectory: outDirectory.appendingPathComponent("shards"))
     }
 
-    /// The Python side's VAE fingerprint rule: one weight file → its SHA-256; several → SHA-256 of
-    /// their `name:sha256` lines.
-    static func vaeFingerprint(sd: String) throws -> String {
-        let dir = URL(fileURLWithPath: sd).appendingPathComponent("vae")
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
-            .filter { $0.hasSuffix(".safetensors") || $0.hasSuffix(".bin") }.sorted()
-        guard !files.isEmpty else { throw TrainerError.output("\(dir.path): no VAE weights (.safetensors or .bin)") }
-        let digests = try files.map { try Hashing.sha256Hex(fileAt: dir.appendingPathComponent($0)) }
-        if files.count == 1 { return digests[0] }
-        return Hashing.sha256Hex(Data(zip(files, digests).map { "\($0):\($1)\n" }.joined().utf8))
-    }
-
     static func modelFingerprint(e4eSHA: String, vaeSHA: String) -> String { Hashing.fingerprint(["e4e": e4eSHA, "vae": vaeSHA]) }
 
     public struct Summary: Codable, Sendable {
@@ -60,32 +49,18 @@ public struct EncodeDriver: Sendable {
         guard exporter.outDirectory.standardizedFileURL.path == shardDir.standardizedFileURL.path, exporter.split == split else {
             throw TrainerError.output("encode: the exporter must write split \(split) into \(shardDir.path)")
         }
+        // An up-to-date export (same plan, shards verified against the index) is kept as it is.
         let index = try exporter.run()
         // Encodings of shards the split no longer has (it now fits in fewer) would be trained on.
         try ShardExporter.removeStaleShards(of: split, in: encodedDir, keeping: Set(index.shards.map(\.name)), ext: "safetensors")
-        let catalog = try Catalog(path: catalogPath)
-        let sourceOfKey = Dictionary(uniqueKeysWithValues: index.sources.map { ($0.key, $0.sha256) })
-        let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
-        let e4eSHA = try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: e4e)), vaeSHA = try Self.vaeFingerprint(sd: sd)
-        let model = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
-        let keys = index.sources.map { (sha256: $0.sha256, preprocessing: preprocessing) }
-        let done = try catalog.encodedCount(keys, model: model)
         let shardPaths = index.shards.map { shardDir.appendingPathComponent($0.name).path }
-        // The catalog remembers every model a sample was encoded with, but the folder holds one
-        // encoding per shard: skip only when the files there are this model's too.
-        let filesCurrent = index.shards.allSatisfy { shard in
-            let file = encodedDir.appendingPathComponent(shard.name.replacingOccurrences(of: ".tar", with: ".safetensors"))
-            guard let meta = try? SafetensorsHeader.metadata(file) else { return false }
-            // …made from this very tar: a re-export may reuse a shard's name for other samples.
-            return meta["e4e_sha256"] == e4eSHA && meta["vae_sha256"] == vaeSHA && meta["source_sha256"] == shard.sha256
-        }
-        // Arguments for `pidiff encode` (--force, another storage dtype…) may change the files: let it decide.
-        if done == index.samples && filesCurrent && extraArguments.isEmpty {
-            return Summary(samples: index.samples, alreadyEncoded: done, recorded: 0, shards: shardPaths, encodedDirectory: encodedDir.path)
-        }
+        // `pidiff encode` decides what is up to date (it alone hashes the models) and reuses it.
         try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)
 
         // Record what the Python side wrote, from its own metadata.
+        let catalog = try Catalog(path: catalogPath)
+        let sourceOfKey = Dictionary(uniqueKeysWithValues: index.sources.map { ($0.key, $0.sha256) })
+        let preprocessing = Hashing.fingerprint(["ingest": index.ingestFingerprint, "mask": index.maskFingerprint])
         var rows: [(sha256: String, preprocessing: String, model: String, file: String, key: String)] = []
         for shard in index.shards {
             let file = encodedDir.appendingPathComponent(shard.name.replacingOccurrences(of: ".tar", with: ".safetensors"))
@@ -94,13 +69,20 @@ public struct EncodeDriver: Sendable {
                   let keys = try JSONSerialization.jsonObject(with: Data(keysJSON.utf8)) as? [String] else {
                 throw TrainerError.output("\(file.path): metadata lacks keys/e4e_sha256/vae_sha256")
             }
-            let m = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
+            guard meta["source_sha256"] == shard.sha256 else {
+                throw TrainerError.output("\(file.path): encodes another version of \(shard.name) (source_sha256 differs); run encode again")
+            }
+            let model = Self.modelFingerprint(e4eSHA: e4eSHA, vaeSHA: vaeSHA)
             for key in keys {
                 guard let sha256 = sourceOfKey[key] else { throw TrainerError.output("\(file.path): unknown sample key \(key)") }
-                rows.append((sha256, preprocessing, m, file.lastPathComponent, key))
+                rows.append((sha256, preprocessing, model, file.lastPathComponent, key))
             }
         }
+        let alreadyRecorded = try Dictionary(grouping: rows, by: \.model).reduce(0) { n, group in
+            n + (try catalog.encodedCount(group.value.map { (sha256: $0.sha256, preprocessing: $0.preprocessing) }, model: group.key))
+        }
         let recorded = try catalog.recordEncodings(rows)
-        return Summary(samples: index.samples, alreadyEncoded: done, recorded: recorded, shards: shardPaths, encodedDirectory: encodedDir.path)
+        return Summary(samples: index.samples, alreadyEncoded: alreadyRecorded, recorded: recorded, shards: shardPaths,
+                       encodedDirectory: encodedDir.path)
     }
 }

@@ -76,6 +76,11 @@ public struct ShardExporter: Sendable {
         public var samples: Int
         public var bytes: Int
         public var sha256: String
+        /// SHA-256 of what the shard is made from (keys, sample JSON, artefact names, which are
+        /// content addresses): an export whose plan gives the same value, and whose file still has
+        /// `bytes` and `sha256`, keeps the shard without reading any artefact.
+        public var inputsSHA256: String?
+        enum CodingKeys: String, CodingKey { case name, samples, bytes, sha256, inputsSHA256 = "inputs_sha256" }
     }
 
     public struct Index: Codable, Sendable {
@@ -132,8 +137,7 @@ public struct ShardExporter: Sendable {
         return shards
     }
 
-    /// Removes `SPLIT-NNNNNN.EXT` files in `directory` (and an encoded shard's `.samples.json`
-    /// sidecar) whose shard `SPLIT-NNNNNN.tar` is not in `keeping`. Nothing else is touched.
+    /// Removes `SPLIT-NNNNNN.EXT` files in `directory` whose shard `SPLIT-NNNNNN.tar` is not in `keeping`. Nothing else is touched.
     public static func removeStaleShards(of split: String, in directory: URL, keeping: Set<String>, ext: String) throws {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory.path) else { return }
         let pattern = try NSRegularExpression(pattern: "^" + NSRegularExpression.escapedPattern(for: split) + "-[0-9]{6}\\."
@@ -142,7 +146,6 @@ public struct ShardExporter: Sendable {
             let stem = String(name.dropLast(ext.count + 1))
             guard !keeping.contains(stem + ".tar") else { continue }
             try FileManager.default.removeItem(at: directory.appendingPathComponent(name))
-            try? FileManager.default.removeItem(at: directory.appendingPathComponent(stem + ".samples.json"))
         }
     }
 
@@ -155,6 +158,27 @@ public struct ShardExporter: Sendable {
         var json: Data
         var artefacts: [(name: String, relative: String)]
         var bytes: Int
+    }
+
+    /// What a shard is made from, as one digest: each member's key, JSON and artefact names.
+    static func inputsDigest(_ shard: [Member]) -> String {
+        var hasher = SHA256Stream()
+        hasher.update(Data("pidiff-shards/1\n".utf8))
+        for m in shard {
+            hasher.update(Data("\(m.key)\n".utf8))
+            hasher.update(m.json)
+            for (name, rel) in m.artefacts { hasher.update(Data("\n\(name) \(rel)".utf8)) }
+            hasher.update(Data("\n".utf8))
+        }
+        return hasher.finish().sha256
+    }
+
+    /// The shards the split's index in `directory` lists, by name (none when there is no readable index).
+    static func previousEntries(of split: String, in directory: URL) -> [String: ShardEntry] {
+        struct Listed: Decodable { var shards: [ShardEntry] }
+        guard let data = try? Data(contentsOf: directory.appendingPathComponent("\(split).index.json")),
+              let listed = try? JSONDecoder().decode(Listed.self, from: data) else { return [:] }
+        return Dictionary(listed.shards.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// The tar of one shard, member by member into `sink`: json, png, e4e.png, mask.png per sample.
@@ -225,13 +249,24 @@ public struct ShardExporter: Sendable {
         }
 
         try OutputPath.prepareFolder(outDirectory)
+        let previous = Self.previousEntries(of: split, in: outDirectory)
         var entries: [ShardEntry] = []
         var written = 0, reused = 0
         for (n, shard) in plan.enumerated() {
             let name = String(format: "%@-%06d.tar", split, n)
             let url = outDirectory.appendingPathComponent(name)
+            let inputs = Self.inputsDigest(shard)
+            // Up to date: the index already describes this shard from these inputs, and the file
+            // still is what the index says.
+            if let known = previous[name], known.inputsSHA256 == inputs,
+               (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) == known.bytes,
+               (try? Hashing.sha256Hex(fileAt: url)) == known.sha256 {
+                reused += 1
+                entries.append(known)
+                continue
+            }
             // Hash the shard as it would be written; an identical file (a complete shard of an
-            // interrupted run, or an unchanged split) is kept, anything else is rewritten.
+            // interrupted run) is kept, anything else is rewritten.
             var hasher = SHA256Stream()
             try Self.writeTar(shard, store: store) { hasher.update($0) }
             let (sha, size) = hasher.finish()
@@ -242,7 +277,7 @@ public struct ShardExporter: Sendable {
                 try AtomicFile.write(to: url) { sink in try Self.writeTar(shard, store: store, to: sink) }
                 written += 1
             }
-            entries.append(ShardEntry(name: name, samples: shard.count, bytes: size, sha256: sha))
+            entries.append(ShardEntry(name: name, samples: shard.count, bytes: size, sha256: sha, inputsSHA256: inputs))
         }
         // Shards an earlier export of this split wrote beyond the new plan would be read as part of it.
         try Self.removeStaleShards(of: split, in: outDirectory, keeping: Set(entries.map(\.name)), ext: "tar")

@@ -1,4 +1,3 @@
-import AsyncAlgorithms
 import Foundation
 import PIDiffModel
 import PIDiffNative
@@ -98,68 +97,44 @@ public struct IngestPipeline: Sendable {
         let total = showProgress ? try await countItems() : 0
         let start = Date()
 
-        let work = AsyncChannel<ScanItem>()
-        let results = AsyncChannel<IngestResult>()
         let scanner = Scanner(crossFaceID: config.crossfaceid)
         let sources = self.sources
-
         let ledger = ScanLedger()
-        let outcome = await ResultPipe.run(results, producers: {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                // Scanner + incremental check.
-                group.addTask {
-                    let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
-                    for source in sources {
-                        do {
-                            try await scanner.scan(source) { event in
-                                try Task.checkCancellation() // the writer failed: stop walking
-                                switch event {
-                                case .problem(let p): await results.send(.problem(p))
-                                case .item(let item):
-                                    if let conflict = await ledger.saw(item) {
-                                        if case .some(let p) = conflict { await results.send(.problem(p)) }
-                                    } else if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
-                                }
+        let outcome = await WorkerPipeline.run(
+            label: "ingest", workers: workerCount,
+            feed: { work, results in
+                // Scanner + incremental check: unchanged items and scan problems go straight to the writer.
+                let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                for source in sources {
+                    do {
+                        try await scanner.scan(source) { event in
+                            try Task.checkCancellation() // the writer failed: stop walking
+                            switch event {
+                            case .problem(let p): await results.send(.problem(p))
+                            case .item(let item):
+                                if let conflict = await ledger.saw(item) {
+                                    if case .some(let p) = conflict { await results.send(.problem(p)) }
+                                } else if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
                             }
-                            await ledger.completed(source)
-                        } catch let problem as ScanProblem {
-                            await results.send(.problem(problem))
                         }
-                    }
-                    work.finish()
-                }
-                // Workers, each on its own thread with its own models.
-                for w in 0..<workerCount {
-                    let executor = WorkerExecutor(label: "pidiff.ingest.worker\(w)")
-                    group.addTask(executorPreference: executor) {
-                        let model = try self.faceModel()
-                        let analyzer = FaceAnalyzer(model: model, parameters: params, store: store)
-                        let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
-                        for await item in work {
-                            await results.send(try Self.process(item, analyzer: analyzer, known: known))
-                        }
+                        await ledger.completed(source)
+                    } catch let problem as ScanProblem {
+                        await results.send(.problem(problem))
                     }
                 }
-                // Not waitForAll(): it waits for every child before rethrowing, and after a
-                // worker fails the scanner can wait forever to hand it work. Throwing out of the
-                // body cancels the remaining children instead.
-                while try await group.next() != nil {}
-            }
-        }, consumer: { results in
-            // The writer: batches results into transactions and keeps the tallies.
-            var tally = Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil)
-            var batch = CommitBatch<IngestResult>()
-            for await result in results {
-                tally.record(result)
-                if batch.add(result) { try await writer.commit(batch.take()) }
-            }
-            try await writer.commit(batch.take())
-            tally.progress?.finish(done: tally.done)
-            return tally
-        })
-        let tallied: Tally
+            },
+            makeWorker: {
+                let analyzer = FaceAnalyzer(model: try self.faceModel(), parameters: params, store: store)
+                let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
+                return { item in try Self.process(item, analyzer: analyzer, known: known) }
+            },
+            tally: Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil),
+            record: { tally, result in tally.record(result) },
+            commit: { batch in try await writer.commit(batch) })
+        var tallied: Tally
         do {
             tallied = try outcome.get()
+            tallied.progress?.finish(done: tallied.done)
         } catch {
             // What finished before the failure is committed (each finished result is whole: its
             // crops were stored first); the run is marked failed so `status` shows why it stopped.

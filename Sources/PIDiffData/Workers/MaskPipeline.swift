@@ -1,4 +1,3 @@
-import AsyncAlgorithms
 import Foundation
 import PIDiffModel
 import PIDiffNative
@@ -59,44 +58,27 @@ public struct MaskPipeline: Sendable {
         let jobs = try catalog.pendingMaskJobs(maskFingerprint: fingerprint)
         let start = Date()
 
-        let work = AsyncChannel<MaskJob>()
-        let results = AsyncChannel<MaskResult>()
-        let workerCount = workers > 0 ? workers : ProcessInfo.processInfo.activeProcessorCount
-        let outcome = await ResultPipe.run(results, producers: {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for job in jobs { await work.send(job) }
-                    work.finish()
-                }
-                for w in 0..<workerCount {
-                    group.addTask(executorPreference: WorkerExecutor(label: "pidiff.masks.worker\(w)")) {
-                        let stage = try MaskStage(parameters: parameters)
-                        for await job in work { await results.send(try Self.process(job, stage: stage, crops: store, output: store)) }
-                    }
-                }
-                // Not waitForAll(): it waits for every child before rethrowing, and after a
-                // worker fails the scanner can wait forever to hand it work. Throwing out of the
-                // body cancels the remaining children instead.
-                while try await group.next() != nil {}
-            }
-        }, consumer: { results in
-            var batch = CommitBatch<MaskResult>()
-            var masked = 0, failed = 0, skipped = 0
-            var errors: [String] = []
-            for await r in results {
-                if r.skipped { skipped += 1 } else { masked += 1 }
+        struct Tally: Sendable { var masked = 0, failed = 0, skipped = 0; var errors: [String] = [] }
+        let outcome = await WorkerPipeline.run(
+            label: "masks", workers: workers,
+            feed: { work, _ in for job in jobs { await work.send(job) } },
+            makeWorker: {
+                let stage = try MaskStage(parameters: parameters)
+                return { job in try Self.process(job, stage: stage, crops: store, output: store) }
+            },
+            tally: Tally(),
+            record: { tally, r in
+                if r.skipped { tally.skipped += 1 } else { tally.masked += 1 }
                 if !r.ok {
-                    failed += r.skipped ? 0 : 1
-                    if errors.count < 1000 { errors.append("\(r.job.path): \(r.reason ?? "")") }
+                    tally.failed += r.skipped ? 0 : 1
+                    if tally.errors.count < 1000 { tally.errors.append("\(r.job.path): \(r.reason ?? "")") }
                 }
-                if batch.add(r) { try await writer.commit(batch.take()) }
-            }
-            try await writer.commit(batch.take())
-            return (masked: masked, failed: failed, skipped: skipped, errors: errors)
-        })
+            },
+            commit: { batch in try await writer.commit(batch) })
         let (masked, failed, skipped, errors): (Int, Int, Int, [String])
         do {
-            (masked, failed, skipped, errors) = try outcome.get()
+            let tally = try outcome.get()
+            (masked, failed, skipped, errors) = (tally.masked, tally.failed, tally.skipped, tally.errors)
         } catch {
             // The masks finished before the failure are committed; the run is marked failed so
             // `status` shows why it stopped, and the next run masks the rest.

@@ -46,48 +46,8 @@ public struct IngestParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    package enum CodingKeys: String, CodingKey, CaseIterable {
-        case detector, upsample, detectMaxSide = "detect_max_side", detectCascade = "detect_cascade", facePolicy = "face_policy"
-        case maxFacesRecorded = "max_faces_recorded", maxPixels = "max_pixels", minSide = "min_side"
-        case cropSizes = "crop_sizes", minFaceSize = "min_face_size", maxOutsideFraction = "max_outside_fraction"
-        case maxAbsRollDegrees = "max_abs_roll_degrees", maxAbsYaw = "max_abs_yaw", minSharpness = "min_sharpness"
-        case workers, vanished
-    }
-
-    public init(from decoder: Decoder) throws {
-        try refuseUnknownKeys(decoder, CodingKeys.self)
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = IngestParameters()
-        detector = try c.decodeIfPresent(DetectorKind.self, forKey: .detector) ?? d.detector
-        upsample = try c.decodeIfPresent(Int.self, forKey: .upsample) ?? d.upsample
-        detectMaxSide = try c.decodeIfPresent(Int.self, forKey: .detectMaxSide) ?? d.detectMaxSide
-        detectCascade = try c.decodeIfPresent(Bool.self, forKey: .detectCascade) ?? d.detectCascade
-        facePolicy = try c.decodeIfPresent(FacePolicy.self, forKey: .facePolicy) ?? d.facePolicy
-        maxFacesRecorded = try c.decodeIfPresent(Int.self, forKey: .maxFacesRecorded) ?? d.maxFacesRecorded
-        maxPixels = try c.decodeIfPresent(Int.self, forKey: .maxPixels) ?? d.maxPixels
-        minSide = try c.decodeIfPresent(Int.self, forKey: .minSide) ?? d.minSide
-        cropSizes = try c.decodeIfPresent([Int].self, forKey: .cropSizes) ?? d.cropSizes
-        minFaceSize = try c.decodeIfPresent(Double.self, forKey: .minFaceSize) ?? d.minFaceSize
-        maxOutsideFraction = try c.decodeIfPresent(Double.self, forKey: .maxOutsideFraction) ?? d.maxOutsideFraction
-        maxAbsRollDegrees = try c.decodeIfPresent(Double.self, forKey: .maxAbsRollDegrees) ?? d.maxAbsRollDegrees
-        maxAbsYaw = try c.decodeIfPresent(Double.self, forKey: .maxAbsYaw) ?? d.maxAbsYaw
-        minSharpness = try c.decodeIfPresent(Double.self, forKey: .minSharpness) ?? d.minSharpness
-        workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
-        vanished = try c.decodeIfPresent(VanishedPolicy.self, forKey: .vanished) ?? d.vanished
-        try validate()
-    }
-
-    /// The parameters an ingest run recorded (`runs.parameters`), read back for `verify --repair`.
-    /// Unlike a pipeline file this is lenient: keys of older versions (`channel_capacity`) are
-    /// dropped, and the settings that never changed results (`workers`, `vanished`) are not read.
-    public static func recorded(_ json: String) throws -> IngestParameters {
-        guard let stored = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
-            throw PipelineError.invalid("recorded ingest parameters", "not a JSON object")
-        }
-        let known = Set(CodingKeys.allCases.map(\.stringValue)).subtracting(["workers", "vanished"])
-        let kept = stored.filter { known.contains($0.key) }
-        return try JSONDecoder().decode(IngestParameters.self, from: JSONSerialization.data(withJSONObject: kept))
-    }
+    public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
     /// The most workers ingest starts: each holds its own detector and landmark model.
     public static let maxWorkers = 256
@@ -109,34 +69,54 @@ public struct IngestParameters: Codable, Equatable, Sendable {
         ]
         try refuseOutOfRange("ingest", checks)
     }
-
-    /// The parameters that determine ingest output, as canonical JSON.
-    package var fingerprintPayload: [String: String] {
-        [
-            "detector": detector.rawValue, "upsample": "\(upsample)", "detect_max_side": "\(detectMaxSide)",
-            "detect_cascade": "\(detectCascade)",
-            "face_policy": facePolicy.rawValue, "max_faces_recorded": "\(maxFacesRecorded)",
-            "max_pixels": "\(maxPixels)", "min_side": "\(minSide)",
-            "crop_sizes": cropSizes.map(String.init).joined(separator: ","),
-            "min_face_size": "\(minFaceSize)", "max_outside_fraction": "\(maxOutsideFraction)",
-            "max_abs_roll_degrees": "\(maxAbsRollDegrees)", "max_abs_yaw": "\(maxAbsYaw)",
-            "min_sharpness": "\(minSharpness)",
-            // Bump when the alignment or quality code changes what it produces.
-            "algorithm_version": "ingest-1",
-        ]
-    }
 }
+
+extension IngestParameters: ParameterSection {
+    public static let section = "ingest"
+    // Bump when the alignment or quality code changes what it produces.
+    public static let algorithmVersion = "ingest-1"
+    public static let fields: [ParameterField<IngestParameters>] = [
+        .field(\.detector, "detector", "hog (fast, frontal) | mmod (dlib CNN, slower, more poses)"),
+        .field(\.upsample, "upsample", "detector pyramid upsampling: 1 finds faces down to ~40 px"),
+        .field(\.detectMaxSide, "detect_max_side", "detect on a copy shrunk to this longer side; landmarks use full size"),
+        .field(\.detectCascade, "detect_cascade", "first pass without upsampling; the upsampled pass only when it finds no face"),
+        .field(\.facePolicy, "face_policy", "largest | central | best_score: which face a multi-face photo contributes"),
+        .field(\.maxFacesRecorded, "max_faces_recorded", "every detected face up to this many is recorded with landmarks"),
+        .field(\.maxPixels, "max_pixels", "refuse larger images from the header (decompression bombs)"),
+        .field(\.minSide, "min_side", "refuse smaller images"),
+        .field(\.cropSizes, "crop_sizes", "512 for Stable Diffusion, 256 for e4e"),
+        .field(\.minFaceSize, "min_face_size", "quality gate: quad side in source pixels"),
+        .field(\.maxOutsideFraction, "max_outside_fraction", "quality gate: share of the quad outside the photo (padded)"),
+        .field(\.maxAbsRollDegrees, "max_abs_roll_degrees", "quality gate: in-plane rotation of the eye line"),
+        .field(\.maxAbsYaw, "max_abs_yaw", "quality gate: yaw proxy in [-1, 1], 0 = frontal"),
+        .field(\.minSharpness, "min_sharpness", "variance of Laplacian on the 256 crop; 0 disables the gate"),
+        .field(\.workers, "workers", "0 = one per core (not fingerprinted)", fingerprint: .never),
+        .field(\.vanished, "vanished", "mark | keep: photos a completed scan no longer finds (Docs/cron.md; not fingerprinted)",
+               fingerprint: .never),
+    ]
+}
+
+extension DetectorKind: ParameterValue {}
+extension FacePolicy: ParameterValue {}
+extension IngestParameters.VanishedPolicy: ParameterValue {}
+extension MaskParameters.Method: ParameterValue {}
 
 /// CrossFaceID JSONL options.
 public struct CrossFaceIDParameters: Codable, Equatable, Sendable {
     /// JSON field holding the identity; nil takes the image's parent folder name.
     public var identityField: String?
     public init() {}
-    package enum CodingKeys: String, CodingKey, CaseIterable { case identityField = "identity_field" }
-    public init(from decoder: Decoder) throws {
-        try refuseUnknownKeys(decoder, CodingKeys.self)
-        identityField = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(String.self, forKey: .identityField)
-    }
+    public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
+}
+
+extension CrossFaceIDParameters: ParameterSection {
+    public static let section = "crossfaceid"
+    public static let algorithmVersion = "crossfaceid-1"
+    public static let fields: [ParameterField<CrossFaceIDParameters>] = [
+        .field(\.identityField, "identity_field", "JSON field naming the identity; without it, the image's parent folder", fingerprint: .never),
+    ]
+    public func validate() throws {}
 }
 
 /// Parameters of the mask stage (background removal before e4e).
@@ -167,32 +147,10 @@ public struct MaskParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    package enum CodingKeys: String, CodingKey, CaseIterable {
-        case method, workSize = "work_size", iterations, borderFraction = "border_fraction", hairExtent = "hair_extent"
-        case headWidth = "head_width", includeNeck = "include_neck", featherSigma = "feather_sigma"
-        case minCoverage = "min_coverage", maxCoverage = "max_coverage", onnxPath = "onnx_path"
-        case onnxInputSize = "onnx_input_size", onnxMean = "onnx_mean", onnxStd = "onnx_std", onnxKeepClasses = "onnx_keep_classes"
-    }
+    public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
-    public init(from decoder: Decoder) throws {
-        try refuseUnknownKeys(decoder, CodingKeys.self)
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = MaskParameters()
-        method = try c.decodeIfPresent(Method.self, forKey: .method) ?? d.method
-        workSize = try c.decodeIfPresent(Int.self, forKey: .workSize) ?? d.workSize
-        iterations = try c.decodeIfPresent(Int.self, forKey: .iterations) ?? d.iterations
-        borderFraction = try c.decodeIfPresent(Double.self, forKey: .borderFraction) ?? d.borderFraction
-        hairExtent = try c.decodeIfPresent(Double.self, forKey: .hairExtent) ?? d.hairExtent
-        headWidth = try c.decodeIfPresent(Double.self, forKey: .headWidth) ?? d.headWidth
-        includeNeck = try c.decodeIfPresent(Bool.self, forKey: .includeNeck) ?? d.includeNeck
-        featherSigma = try c.decodeIfPresent(Double.self, forKey: .featherSigma) ?? d.featherSigma
-        minCoverage = try c.decodeIfPresent(Double.self, forKey: .minCoverage) ?? d.minCoverage
-        maxCoverage = try c.decodeIfPresent(Double.self, forKey: .maxCoverage) ?? d.maxCoverage
-        onnxPath = try c.decodeIfPresent(String.self, forKey: .onnxPath)
-        onnxInputSize = try c.decodeIfPresent(Int.self, forKey: .onnxInputSize) ?? d.onnxInputSize
-        onnxMean = try c.decodeIfPresent([Float].self, forKey: .onnxMean) ?? d.onnxMean
-        onnxStd = try c.decodeIfPresent([Float].self, forKey: .onnxStd) ?? d.onnxStd
-        onnxKeepClasses = try c.decodeIfPresent([Int].self, forKey: .onnxKeepClasses) ?? d.onnxKeepClasses
+    public func validate() throws {
         let checks: [(String, Bool, String)] = [
             ("work_size", (32...1024).contains(workSize), "32…1024"), ("iterations", (1...100).contains(iterations), "1…100"),
             ("border_fraction", (0..<0.5).contains(borderFraction), "0 to under 0.5"),
@@ -204,23 +162,29 @@ public struct MaskParameters: Codable, Equatable, Sendable {
         ]
         try refuseOutOfRange("mask", checks)
     }
+}
 
-    /// Everything that changes the masks (the ONNX model enters through its SHA-256).
-    package var fingerprintPayload: [String: String] {
-        var p: [String: String] = [
-            "method": method.rawValue, "work_size": "\(workSize)", "iterations": "\(iterations)",
-            "border_fraction": "\(borderFraction)", "hair_extent": "\(hairExtent)", "head_width": "\(headWidth)",
-            "include_neck": "\(includeNeck)", "feather_sigma": "\(featherSigma)",
-            "min_coverage": "\(minCoverage)", "max_coverage": "\(maxCoverage)", "algorithm_version": "mask-1",
-        ]
-        if method == .onnx {
-            p["onnx_input_size"] = "\(onnxInputSize)"
-            p["onnx_mean"] = onnxMean.map { "\($0)" }.joined(separator: ",")
-            p["onnx_std"] = onnxStd.map { "\($0)" }.joined(separator: ",")
-            p["onnx_keep_classes"] = onnxKeepClasses.map(String.init).joined(separator: ",")
-        }
-        return p
-    }
+extension MaskParameters: ParameterSection {
+    public static let section = "mask"
+    public static let algorithmVersion = "mask-1"
+    private static let onnxOnly = Fingerprinting<MaskParameters>.when { $0.method == .onnx }
+    public static let fields: [ParameterField<MaskParameters>] = [
+        .field(\.method, "method", "grabcut (no model file) | onnx (face-parsing network, BiSeNet-style 19 classes)"),
+        .field(\.workSize, "work_size", "GrabCut runs on the 256 crop; the 512 mask is its upscaled, re-feathered copy"),
+        .field(\.iterations, "iterations", "GrabCut iterations"),
+        .field(\.borderFraction, "border_fraction", "crop border band marked sure background"),
+        .field(\.hairExtent, "hair_extent", "probable-foreground head reaches this many eye-to-chin lengths above the eyes"),
+        .field(\.headWidth, "head_width", "head half-width in jaw half-widths"),
+        .field(\.includeNeck, "include_neck", "true keeps neck and collar as probable foreground"),
+        .field(\.featherSigma, "feather_sigma", "edge feather, pixels at 256"),
+        .field(\.minCoverage, "min_coverage", "masks covering less/more of the 256 crop are flagged"),
+        .field(\.maxCoverage, "max_coverage"),
+        .field(\.onnxPath, "onnx_path", "face-parsing model (method: onnx); it enters the fingerprint by its SHA-256", fingerprint: .never),
+        .field(\.onnxInputSize, "onnx_input_size", fingerprint: onnxOnly, commentedOut: true),
+        .field(\.onnxMean, "onnx_mean", fingerprint: onnxOnly, commentedOut: true),
+        .field(\.onnxStd, "onnx_std", fingerprint: onnxOnly, commentedOut: true),
+        .field(\.onnxKeepClasses, "onnx_keep_classes", "parsing classes kept as the person (17 = hair)", fingerprint: onnxOnly, commentedOut: true),
+    ]
 }
 
 /// A pipeline file (YAML, under Pipelines/). Every section and key is checked: an unknown one (a
@@ -302,5 +266,45 @@ func refuseUnknownKeys<Keys: CodingKey & CaseIterable>(_ decoder: Decoder, _ key
             if let index = key.intValue { path += "[\(index)]" } else { path += (path.isEmpty ? "" : ".") + key.stringValue }
         }
         throw PipelineError.unknownKeys(place, unknown.sorted(), known)
+    }
+}
+
+extension PipelineConfig {
+    /// `Pipelines/default.yaml`: every section with every parameter at its default, from the
+    /// parameter structs (a test keeps the file equal to this).
+    public static func defaultYAML() -> String {
+        let header = """
+            # Default pipeline: stage parameters for pidiff-data. Every value shown is the built-in default;
+            # delete a line to keep the default, change it to override. Output-affecting parameters are part
+            # of the parameters fingerprint, so changing one re-derives exactly what depends on it. Unknown
+            # sections and keys are refused with an error naming them. Generated from the parameter structs:
+            # `pidiff-data pipeline defaults > Pipelines/default.yaml`.
+            """
+        let sections = [IngestParameters.defaultYAML(), CrossFaceIDParameters.defaultYAML(), MaskParameters.defaultYAML(),
+                        LabelMapping().yamlLines(), CurationParameters.defaultYAML()]
+        return header + "\n" + sections.map { $0.joined(separator: "\n") }.joined(separator: "\n\n") + "\n"
+    }
+}
+
+extension LabelMapping {
+    /// The `labels:` section with these values.
+    public func yamlLines() -> [String] {
+        func quoted(_ s: String) -> String {
+            s.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } && !["true", "false", "null", "yes", "no", "y", "n"].contains(s.lowercased())
+                ? s : "\"" + s.replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        }
+        func map(_ d: [String: String]) -> String {
+            "{" + d.sorted { $0.key < $1.key }.map { "\(quoted($0.key)): \(quoted($0.value))" }.joined(separator: ", ") + "}"
+        }
+        return ["labels:",
+                "  # Free-form manifest values → the balance grid's categories (case-insensitive); unmapped → unknown.",
+                "  race: \(map(race))",
+                "  gender: \(map(gender))",
+                "  age_brackets:            # an age in years falls in the last bracket it reaches"]
+            + ageBrackets.map { "    - {name: \(quoted($0.name)), from: \($0.from)}" }
+            + ["  # FairFace's 7 races (White, Black, Latino_Hispanic, East Asian, Southeast Asian, Indian, Middle Eastern):",
+               "  fairface_race: [\(fairfaceRace.map(quoted).joined(separator: ", "))]",
+               "  age_names: \(map(ageNames))            # free-form age strings naming a bracket directly, e.g. {adult: \"21-50\"}",
+               "  min_classifier_confidence: \(minClassifierConfidence)"]
     }
 }

@@ -20,22 +20,8 @@ public struct CurationParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    package enum CodingKeys: String, CodingKey, CaseIterable {
-        case hammingRadius = "hamming_radius", descriptorGuard = "descriptor_guard"
-        case impostorThreshold = "impostor_threshold", samePersonThreshold = "same_person_threshold", workers
-    }
-
-    public init(from decoder: Decoder) throws {
-        try refuseUnknownKeys(decoder, CodingKeys.self)
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = CurationParameters()
-        hammingRadius = try c.decodeIfPresent(Int.self, forKey: .hammingRadius) ?? d.hammingRadius
-        descriptorGuard = try c.decodeIfPresent(Double.self, forKey: .descriptorGuard) ?? d.descriptorGuard
-        impostorThreshold = try c.decodeIfPresent(Double.self, forKey: .impostorThreshold) ?? d.impostorThreshold
-        samePersonThreshold = try c.decodeIfPresent(Double.self, forKey: .samePersonThreshold) ?? d.samePersonThreshold
-        workers = try c.decodeIfPresent(Int.self, forKey: .workers) ?? d.workers
-        try validate()
-    }
+    public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
     /// Refuses values that cannot mean anything, naming the parameter.
     public func validate() throws {
@@ -47,13 +33,17 @@ public struct CurationParameters: Codable, Equatable, Sendable {
             throw PipelineError.invalid("curate.\(name)", "\(v) must be a positive distance")
         }
     }
+}
 
-    package var fingerprintPayload: [String: String] {
-        [
-            "hamming_radius": "\(hammingRadius)", "descriptor_guard": "\(descriptorGuard)",
-            "impostor_threshold": "\(impostorThreshold)", "same_person_threshold": "\(samePersonThreshold)",
-            // Bump when grouping, keep policy or purity logic changes what they conclude.
-            "algorithm_version": "curate-1",
-        ]
-    }
+extension CurationParameters: ParameterSection {
+    public static let section = "curate"
+    // Bump when grouping, keep policy or purity logic changes what they conclude.
+    public static let algorithmVersion = "curate-1"
+    public static let fields: [ParameterField<CurationParameters>] = [
+        .field(\.hammingRadius, "hamming_radius", "near-duplicate candidates: pHash (aligned face or whole image) within this many bits of 64"),
+        .field(\.descriptorGuard, "descriptor_guard", "…and, where both have a face, identity descriptors within this distance"),
+        .field(\.impostorThreshold, "impostor_threshold", "a face further than this from its identity's dominant person is an impostor"),
+        .field(\.samePersonThreshold, "same_person_threshold", "identities whose reference descriptors are this close are proposed for merging"),
+        .field(\.workers, "workers", "0 = one per core (not fingerprinted)", fingerprint: .never),
+    ]
 }
