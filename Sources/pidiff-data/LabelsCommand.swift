@@ -49,17 +49,9 @@ struct LabelsImportCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let text: String
-            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
-                throw InputFileError(file: file, problems: ["cannot read it (\(error.localizedDescription))"])
-            }
             let mapping = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }).labels
-            let lock = try CatalogLock(catalogPath: catalog.catalog)
-            let cat = try catalog.open()
-            let labels = try ManualLabelCSV.parse(text, file: file, mapping: mapping, knownIdentities: Set(try cat.identityNames()))
-            _ = try cat.importManualLabels(labels, source: URL(fileURLWithPath: file).lastPathComponent)
-            withExtendedLifetime(lock) {}
-            print("imported \(labels.count) manual labels from \(file)")
+            let count = try ManualLabelCSV.importFile(file, catalogPath: catalog.catalog, mapping: mapping)
+            print("imported \(count) manual labels from \(file)")
         } catch { fail(error) }
     }
 }

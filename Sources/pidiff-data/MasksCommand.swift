@@ -48,47 +48,21 @@ struct MasksReportCommand: AsyncParsableCommand {
     @Option(help: "At most this many faces on the sheet.") var limit = 48
     @Flag(help: "Print JSON (statistics and one entry per face).") var json = false
 
-    struct Report: Codable {
-        var faces: Int
-        var ok: Int
-        var flagged: Int
-        var coverage: [String: Double]
-        var entries: [MaskReportRow]
-    }
-
     func run() async throws {
         do {
-            let rows = try catalog.open().maskReport()
-            let cov = rows.compactMap(\.coverage).sorted()
-            var stats: [String: Double] = [:]
-            if !cov.isEmpty {
-                stats = ["min": cov.first!, "max": cov.last!, "mean": cov.reduce(0, +) / Double(cov.count), "median": cov[cov.count / 2]]
-            }
-            let report = Report(faces: rows.count, ok: rows.filter(\.ok).count, flagged: rows.filter { !$0.ok }.count, coverage: stats, entries: rows)
+            let report = try MaskReport(catalog: catalog.open())
             if let sheet {
-                // A row per face: crop | mask | e4e input, framed green (ok) or red (flagged).
-                var tiles: [ContactSheetTile] = []
-                for (index, row) in rows.prefix(limit).enumerated() {
-                    let frame: (UInt8, UInt8, UInt8) = row.ok ? (60, 180, 60) : (50, 50, 220)
-                    let captions = [URL(fileURLWithPath: row.path).lastPathComponent,
-                                    row.coverage.map { String(format: "coverage %.2f", $0) } ?? (row.reason ?? "no mask"), "e4e input"]
-                    for (column, path) in [row.crop256, row.mask256, row.e4eInput].enumerated() {
-                        guard let path, let data = FileManager.default.contents(atPath: path) else { continue }
-                        tiles.append(ContactSheetTile(image: try NativeImage.decode(data, maxPixels: 1 << 24), row: index,
-                                                      column: column, frameBGR: frame, caption: captions[column]))
-                    }
-                }
-                guard !tiles.isEmpty else { throw ValidationError("no masks to show; run pidiff-data masks first") }
-                try OutputPath.write(NativeImage.contactSheet(tiles, rows: min(rows.count, limit), columns: 3, tileSize: 192).pngData(),
-                                     to: URL(fileURLWithPath: sheet))
+                guard report.faces > 0 else { throw ValidationError("no masks to show; run pidiff-data masks first") }
+                try report.writeSheet(to: URL(fileURLWithPath: sheet), limit: limit)
             }
+            let stats = report.coverage
             if json { try report.printJSON(); return }
             print("masks: \(report.faces) faces, \(report.ok) ok, \(report.flagged) flagged")
             if !stats.isEmpty {
                 print(String(format: "coverage of the 256 crop: min %.2f  median %.2f  mean %.2f  max %.2f",
                              stats["min"]!, stats["median"]!, stats["mean"]!, stats["max"]!))
             }
-            for row in rows where !row.ok { print("  flagged \(row.path): \(row.reason ?? "")") }
+            for row in report.entries where !row.ok { print("  flagged \(row.path): \(row.reason ?? "")") }
             if let sheet { print("contact sheet: \(sheet)") }
         } catch let e as ValidationError { throw e } catch { fail(error) }
     }

@@ -1,4 +1,5 @@
 import XCTest
+import Yams
 @testable import PIDiffData
 @testable import PIDiffModel
 @testable import PIDiffNative
@@ -78,5 +79,50 @@ final class RunPipelineTests: XCTestCase {
         let bad = dir.appendingPathComponent("bad.yaml")
         try "run:\n  catalog: \(dir.path)/c.sqlite\n  stages: [export]\n".write(to: bad, atomically: true, encoding: .utf8)
         XCTAssertEqual(try TestSupport.runCLI(["run", "--pipeline", bad.path]).status, 1)
+    }
+}
+
+/// Every stage a pipeline file may name is a registered Stage, and commands share one exit-status map.
+final class StageRegistryTests: XCTestCase {
+    func testEveryRunStageNameIsARegisteredStage() {
+        XCTAssertEqual(StageRegistry.pipelineStages.map { $0.name }, RunSpec.Stage.allCases.map(\.rawValue))
+        for name in RunSpec.Stage.allCases.map(\.rawValue) { XCTAssertNotNil(StageRegistry.stage(named: name), name) }
+    }
+
+    func testAStageNeedingARunSectionItLacksNamesTheKey() throws {
+        let spec = try YAMLDecoderForTests.run("catalog: /tmp/x.sqlite\nstages: [export]\n")
+        XCTAssertThrowsError(try ExportStage(pipeline: PipelineConfig(), run: spec)) { error in
+            XCTAssertTrue("\(error)".contains("run.select"), "\(error)")
+        }
+    }
+
+    func testCommandsAgreeOnExitStatuses() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        // Usage: a catalog that does not exist, for any command that reads one.
+        for command in [["status"], ["export", "--split", "v1", "--out", dir.path], ["sample", "--weights", dir.path, "--encoded", dir.path,
+                                                                                  "--sd", dir.path, "--out", dir.path]] {
+            let r = try TestSupport.runCLI(command + ["--catalog", dir.appendingPathComponent("none.sqlite").path])
+            XCTAssertEqual(r.status, 64, "\(command): \(r.stderr)")
+        }
+        // Locked: another run holds the catalog.
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try Catalog(path: catalog.path)
+        let lock = try CatalogLock(catalogPath: catalog.path)
+        let locked = try TestSupport.runCLI(["masks", "--catalog", catalog.path])
+        XCTAssertEqual(locked.status, 75, locked.stderr)
+        withExtendedLifetime(lock) {}
+        // Failure: sample with no trained identity is one line naming the folder.
+        let empty = dir.appendingPathComponent("weights")
+        try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+        let none = try TestSupport.runCLI(["sample", "--catalog", catalog.path, "--weights", empty.path, "--encoded", dir.path,
+                                           "--sd", dir.path, "--out", dir.appendingPathComponent("samples").path])
+        XCTAssertEqual(none.status, 1, none.stderr)
+        XCTAssertTrue(none.stderr.contains(empty.path) && none.stderr.split(separator: "\n").count == 1, none.stderr)
+    }
+}
+
+enum YAMLDecoderForTests {
+    static func run(_ yaml: String) throws -> RunSpec {
+        try YAMLDecoder().decode(PipelineConfig.self, from: "run:\n" + yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n")).run!
     }
 }

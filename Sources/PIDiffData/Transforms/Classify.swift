@@ -51,6 +51,21 @@ public struct InputFileError: Error, CustomStringConvertible {
 
 /// `labels import FILE.csv`: header with `identity` and any of `race`, `age`, `gender`, `path`.
 public enum ManualLabelCSV {
+    /// `labels import FILE`: reads and checks the file against the mapping and the catalog's
+    /// identities, then stores the labels under the catalog lock. Returns how many were imported.
+    public static func importFile(_ file: String, catalogPath: String, mapping: LabelMapping) throws -> Int {
+        let text: String
+        do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+            throw InputFileError(file: file, problems: ["cannot read it (\(error.localizedDescription))"])
+        }
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: catalogPath)
+        let labels = try parse(text, file: file, mapping: mapping, knownIdentities: Set(try catalog.identityNames()))
+        _ = try catalog.importManualLabels(labels, source: URL(fileURLWithPath: file).lastPathComponent)
+        return labels.count
+    }
+
     /// Parses and checks the file: each value must mean something under `mapping` (or be
     /// `unknown`, to clear a wrong label on purpose), and with `knownIdentities` each identity
     /// must be in the catalog. A typo would otherwise be stored as a manual "unknown" that
