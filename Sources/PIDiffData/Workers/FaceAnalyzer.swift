@@ -15,6 +15,8 @@ final class FaceAnalyzer {
     let model: FaceModel
     let parameters: IngestParameters
     let store: ArtefactStore
+    /// Crop this face (index among the detected faces, largest first) instead of the policy's pick.
+    var faceIndex: Int?
 
     init(model: FaceModel, parameters: IngestParameters, store: ArtefactStore) {
         self.model = model
@@ -43,7 +45,8 @@ final class FaceAnalyzer {
         let (boxes, total) = try measure(&t.detect) { try DetectStage.boxes(image, model: model, parameters: parameters) }
         result.facesFound = total
         let faces = try measure(&t.landmarks) { try DetectStage.landmarks(image, boxes: boxes, model: model) }
-        guard let chosen = DetectStage.select(faces, policy: parameters.facePolicy, width: image.width, height: image.height) else {
+        guard let chosen = faceIndex.flatMap({ faces.indices.contains($0) ? $0 : nil })
+                ?? (faceIndex == nil ? DetectStage.select(faces, policy: parameters.facePolicy, width: image.width, height: image.height) : nil) else {
             result.outcome = .noFace
             result.reason = "no face detected (\(parameters.detector.rawValue), upsample \(parameters.upsample))"
             return result
