@@ -89,7 +89,7 @@ extension Catalog {
         }
     }
 
-    public func storeSplit(name: String, seed: Int, parameters: String, selection: SplitSelection) throws {
+    public func storeSplit(name: String, seed: Int, parameters: String, selection: SplitSelection, command: String = "balance select") throws {
         let quotas = String(decoding: try JSONEncoder.sorted.encode(selection.quotas), as: UTF8.self)
         try pool.write { db in
             // A split that export would refuse could never be used, nor removed (splits are immutable).
@@ -98,7 +98,7 @@ extension Catalog {
             // An empty split would be stored for good (splits are immutable) and reused by every later run.
             guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }
             let now = ISO8601DateFormatter().string(from: Date())
-            let run = try RunRecorder.recordCompleted(db, command: "balance select", fingerprint: "", parameters: parameters,
+            let run = try RunRecorder.recordCompleted(db, command: command, fingerprint: "", parameters: parameters,
                                                            counts: "{\"items\":\(selection.items.count)}")
             try db.execute(sql: "INSERT INTO splits (name, run_id, created_at, seed, parameters, quotas) VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [name, run, now, seed, parameters, quotas])

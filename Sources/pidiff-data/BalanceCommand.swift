@@ -78,7 +78,7 @@ struct BalanceSelectCommand: AsyncParsableCommand {
 struct SplitsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splits", abstract: "List stored splits, or show one.",
-        subcommands: [SplitsListCommand.self, SplitsShowCommand.self], defaultSubcommand: SplitsListCommand.self)
+        subcommands: [SplitsListCommand.self, SplitsShowCommand.self, SplitsCreateCommand.self], defaultSubcommand: SplitsListCommand.self)
 }
 
 struct SplitsListCommand: AsyncParsableCommand {
@@ -110,5 +110,40 @@ struct SplitsShowCommand: AsyncParsableCommand {
                 }
             }
         } catch { fail(error) }
+    }
+}
+
+struct SplitsCreateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "A split of named identities, no demographic labels needed: the same photo picks and exclusions as balance select.",
+        discussion: """
+            Per identity: the best photo is held out as the reference, the training photos are the best then the most
+            varied of the rest. An unknown identity, or one with too few usable photos, is an error naming it and the counts.
+            Example: pidiff-data splits create friends --identities obama,alex,jon --catalog data/catalog.sqlite
+            """)
+    @Argument(help: "Name of the new split (splits are immutable).") var name: String
+    @Option(help: "Comma-separated identity names.") var identities: String
+    @Option(name: .customLong("images-per-identity"), help: "Training photos per identity.") var imagesPerIdentity = 6
+    @Option(name: .customLong("reference-images"), help: "Reference photos held out per identity.") var referenceImages = 1
+    @Option(help: "Pipeline file (its `labels:` mapping, for the usable-photo rules).") var pipeline: String?
+    @OptionGroup var catalog: CatalogOptions
+    @Flag(help: "Print the chosen photos as JSON.") var json = false
+
+    func validate() throws {
+        guard imagesPerIdentity >= 1 else { throw ValidationError("--images-per-identity must be at least 1") }
+        guard referenceImages >= 0 else { throw ValidationError("--reference-images must be 0 or more") }
+        guard SplitName.isValid(name) else { throw ValidationError("\(SplitError.invalidName(name))") }
+        guard !names.isEmpty else { throw ValidationError("--identities names no identity") }
+    }
+
+    var names: [String] { identities.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+
+    func run() async throws {
+        try await runCommand {
+            let parameters = NamedSplitStage.Parameters(name: name, identities: names, imagesPerIdentity: imagesPerIdentity,
+                                                        referenceImages: referenceImages)
+            try await execute(NamedSplitStage(parameters), in: try catalog.workspace(pipeline: pipeline), json: json)
+        }
     }
 }

@@ -91,12 +91,18 @@ final class BalanceLogicTests: XCTestCase {
             .items.isEmpty)
     }
 
-    func testTrainingPhotosAreBestThenVaried() {
-        // Photo 0 is best; 1 is nearly identical in pose to 0; 2 is a different pose, slightly worse.
-        let imgs = [Self.image(0, yaw: 0, size: 500), Self.image(1, yaw: 0.01, size: 490), Self.image(2, yaw: 0.4, size: 470), Self.image(3, yaw: 0, size: 100)]
+    func testTheReferenceIsTheBestPhotoAndTrainingPhotosAreBestThenVaried() {
+        // Photo 0 is best (the reference); 1 is next best; 4 is nearly identical in pose to 1;
+        // 2 is a different pose, slightly worse; 3 is small.
+        let imgs = [Self.image(0, yaw: 0, size: 510), Self.image(1, yaw: 0, size: 500), Self.image(4, yaw: 0.01, size: 490),
+                    Self.image(2, yaw: 0.4, size: 470), Self.image(3, yaw: 0, size: 100)]
         let (train, ref) = BalancedSelection.pickImages(imgs, train: 2, reference: 1)
-        XCTAssertEqual(train.map(\.fileID), [0, 2])
-        XCTAssertEqual(ref.map(\.fileID), [1])
+        XCTAssertEqual(ref.map(\.fileID), [0])
+        XCTAssertEqual(train.map(\.fileID), [1, 2])
+        // Exactly enough photos: the worst is trained on, never held out as the reference.
+        let (train7, ref7) = BalancedSelection.pickImages(imgs, train: 4, reference: 1)
+        XCTAssertEqual(ref7.map(\.fileID), [0])
+        XCTAssertTrue(train7.map(\.fileID).contains(3))
     }
 }
 
@@ -195,5 +201,36 @@ final class BalanceIntegrationTests: XCTestCase {
         for key in ["identity", "role", "path", "sha256"] { XCTAssertNotNil(items.first?[key]) }
         let list = try TestSupport.runCLI(["splits", "--catalog", catalogPath.path])
         XCTAssertTrue(list.stdout.contains("s1"), list.stdout)
+    }
+}
+
+/// `splits create`: named people, no labels; unknown names and short identities are named with counts.
+final class NamedSplitTests: XCTestCase {
+    func testNamedPeopleSplitUsesThePickerAndNamesWhatIsMissing() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalog)
+        _ = try await MaskPipeline(catalogPath: catalog.path, parameters: MaskParameters()).run()
+        let usable = try Catalog(path: catalog.path).usableImages()
+        let obama = try XCTUnwrap(usable["obama"]).count
+        XCTAssertGreaterThanOrEqual(obama, 3)
+
+        let made = try TestSupport.runCLI(["splits", "create", "friends", "--identities", "obama", "--images-per-identity", "\(obama - 1)",
+                                           "--reference-images", "1", "--catalog", catalog.path, "--json"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let items = try Catalog(path: catalog.path).splitItems("friends")
+        XCTAssertEqual(items.filter { $0.role == "train" }.count, obama - 1)
+        // The reference is the identity's best photo by the selection's quality measure.
+        let best = try XCTUnwrap(usable["obama"]?.max { $0.quality < $1.quality })
+        XCTAssertEqual(items.filter { $0.role == "reference" }.map(\.sha256), [best.sha256])
+
+        let unknown = try TestSupport.runCLI(["splits", "create", "x", "--identities", "obama,nobody", "--catalog", catalog.path])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("nobody") && !unknown.stderr.contains("obama,"), unknown.stderr)
+        let short = try TestSupport.runCLI(["splits", "create", "y", "--identities", "obama,biden", "--catalog", catalog.path])
+        XCTAssertEqual(short.status, 1)
+        XCTAssertTrue(short.stderr.contains("biden has \(usable["biden"]?.count ?? 0)") && short.stderr.contains("needed 7"), short.stderr)
+        XCTAssertEqual(try Catalog(path: catalog.path).splits().map(\.name), ["friends"], "a refused split stores nothing")
     }
 }

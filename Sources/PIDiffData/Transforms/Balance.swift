@@ -90,11 +90,16 @@ public enum BalancedSelection {
         return SplitSelection(quotas: quotas, items: items, shortfall: missing)
     }
 
-    /// Training photos: the best one, then greedily the photo farthest (in pose: yaw, roll) from
-    /// those already taken, weighted by quality, so the set is good and varied. References: the
-    /// best of the rest (a clean photo to condition on at inference). Deterministic.
+    /// References first: the best photos by quality (resolution × sharpness × frontalness), the
+    /// clean face `pidiff sample` conditions on and evaluation compares against. Training photos
+    /// from the rest: the best one, then greedily the photo farthest (in pose: yaw, roll, scale)
+    /// from those already taken, weighted by quality, so the set is good and varied.
+    /// Deterministic. (Held out last, the reference would be whatever the varied picks left: with
+    /// 7 photos for 6 + 1, the worst one.)
     public static func pickImages(_ images: [UsableImage], train: Int, reference: Int) -> (train: [UsableImage], reference: [UsableImage]) {
         var rest = images.sorted { $0.quality > $1.quality || ($0.quality == $1.quality && $0.sha256 < $1.sha256) }
+        let references = Array(rest.prefix(reference))
+        rest.removeFirst(references.count)
         var chosen: [UsableImage] = []
         func distance(_ a: UsableImage, _ b: UsableImage) -> Double {
             let dy = a.yaw - b.yaw, dr = (a.rollDegrees - b.rollDegrees) / 45
@@ -113,7 +118,46 @@ public enum BalancedSelection {
             }!
             chosen.append(rest.remove(at: best))
         }
-        return (chosen, Array(rest.prefix(reference)))
+        return (chosen, references)
+    }
+}
+
+/// A split of named people, for personalising a few known identities: no demographic labels
+/// needed, the same photo picks and exclusions (duplicates, impostors, failed quality gates and
+/// masks) as balanced selection.
+public enum NamedSelection {
+    public enum Problem: Error, CustomStringConvertible, Equatable {
+        case unknown([String], known: Int)
+        case tooFew([(identity: String, usable: Int)], needed: Int)
+        public static func == (a: Problem, b: Problem) -> Bool { a.description == b.description }
+        public var description: String {
+            switch self {
+            case .unknown(let names, let known):
+                return "no usable photos of identit\(names.count == 1 ? "y" : "ies") \(names.joined(separator: ", ")) in the catalog "
+                    + "(\(known) identities have usable photos; pidiff-data balance report lists them)"
+            case .tooFew(let short, let needed):
+                return "too few usable photos (needed \(needed) each): "
+                    + short.map { "\($0.identity) has \($0.usable)" }.joined(separator: ", ")
+                    + " (photos left out: duplicates, impostors, failed quality gates or masks; see pidiff-data curate report and masks report)"
+            }
+        }
+    }
+
+    public static func select(_ identities: [BalanceIdentity], names: [String], imagesPerIdentity: Int, referenceImages: Int) throws -> SplitSelection {
+        let byName = Dictionary(identities.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let wanted = names.map(IdentityName.normalized)
+        let unknown = wanted.filter { byName[$0] == nil }
+        guard unknown.isEmpty else { throw Problem.unknown(unknown, known: identities.count) }
+        let needed = imagesPerIdentity + referenceImages
+        let short = wanted.compactMap { name in byName[name]!.images.count < needed ? (name, byName[name]!.images.count) : nil }
+        guard short.isEmpty else { throw Problem.tooFew(short, needed: needed) }
+        var items: [SplitSelection.Item] = []
+        for name in wanted {
+            let (train, reference) = BalancedSelection.pickImages(byName[name]!.images, train: imagesPerIdentity, reference: referenceImages)
+            items += train.map { .init(identity: name, role: "train", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+            items += reference.map { .init(identity: name, role: "reference", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+        }
+        return SplitSelection(quotas: [], items: items, shortfall: 0)
     }
 }
 
