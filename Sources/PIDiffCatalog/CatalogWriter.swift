@@ -27,7 +27,7 @@ package actor CatalogWriter {
     /// a split that holds them still exports). A manifest defines its photos, so a path it no
     /// longer lists is marked; a folder's file only once it is gone from disk (a folder the scan
     /// could not read must not empty the dataset). Returns how many were marked.
-    package func markVanished(sources: [(location: String, kind: SourceKind)], seen: Set<String>) throws -> Int {
+    package func markVanished(sources: [(location: String, kind: SourceKind)], seen: Set<PathKey>) throws -> Int {
         try catalog.pool.write { [runID] db in
             var marked = 0
             for source in sources {
@@ -37,7 +37,7 @@ package actor CatalogWriter {
                     """, arguments: [source.location])
                 for row in rows {
                     let path: String = row["path"]
-                    if seen.contains(path) || (source.kind == .folders && FileManager.default.fileExists(atPath: path)) { continue }
+                    if seen.contains(PathKey(path)) || (source.kind == .folders && FileManager.default.fileExists(atPath: path)) { continue }
                     let reason = source.kind == .folders ? "vanished: no longer in \(source.location)"
                                                          : "vanished: no longer listed in \(source.location)"
                     try db.execute(sql: "UPDATE files SET read_error = ?, run_id = ? WHERE id = ?", arguments: [reason, runID, row["id"] as Int64])
@@ -70,6 +70,11 @@ package actor CatalogWriter {
                                         runID: runID, sources: &sources, identities: &identities)
                 case .analysed(let item, let info, let analysis, _):
                     try Self.insertAnalysis(db, analysis, fingerprint: fingerprint, runID: runID)
+                    if analysis.outcome != .ok && analysis.outcome != .noFace {
+                        // Undecodable, not an image, too small or too large: a problem of this run, listed by `status --problems`.
+                        try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
+                                       arguments: [runID, item.path, "\(analysis.outcome.rawValue): \(analysis.reason ?? "")"])
+                    }
                     try Self.upsertFile(db, item, sha: info.sha256, byteSize: info.byteSize, mtimeNs: info.mtimeNs, readError: nil,
                                         runID: runID, sources: &sources, identities: &identities)
                 }

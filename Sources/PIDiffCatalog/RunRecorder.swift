@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 
 /// The `runs` table's one writer: every command that changes the catalog is a run with a status
 /// (running → completed | failed | interrupted), its parameters and its counts. A run still marked
@@ -13,7 +14,30 @@ public enum RunRecorder {
                 INSERT INTO runs (command, status, started_at, params_fingerprint, parameters)
                 VALUES (?, 'running', ?, ?, ?)
                 """, arguments: [command, ISO8601DateFormatter().string(from: Date()), fingerprint, parameters])
-            return db.lastInsertedRowID
+            let id = db.lastInsertedRowID
+            active.withLock { runs in runs[id] = catalog.path }
+            return id
+        }
+    }
+
+    /// Runs this process began and has not finished: what a SIGTERM or SIGINT must mark.
+    private static let active = Mutex<[Int64: String]>([:])
+
+    /// Marks every run this process began and has not finished as interrupted (its end time
+    /// set), for a process about to exit on a signal. What the run committed stays.
+    public static func markActiveRunsInterrupted() {
+        let runs: [Int64: String] = active.withLock { runs in
+            let taken = runs
+            runs.removeAll()
+            return taken
+        }
+        let now = ISO8601DateFormatter().string(from: Date())
+        for (id, path) in runs {
+            guard let catalog = try? Catalog(path: path) else { continue }
+            _ = try? catalog.pool.write { db in
+                try db.execute(sql: "UPDATE runs SET status = 'interrupted', ended_at = ? WHERE id = ? AND status = 'running'",
+                               arguments: [now, id])
+            }
         }
     }
 
@@ -31,6 +55,7 @@ public enum RunRecorder {
 
     /// Ends a run begun with `begin`: its final status ("completed", "failed") and counts.
     public static func finish(_ catalog: Catalog, runID: Int64, status: String, counts: [String: Int]) throws {
+        _ = active.withLock { $0.removeValue(forKey: runID) }
         let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
         try catalog.pool.write { db in
             try db.execute(sql: "UPDATE runs SET status = ?, ended_at = ?, counts = ? WHERE id = ?",

@@ -62,4 +62,14 @@ public struct ScanProblem: Sendable, Error {
 public enum ScanEvent: Sendable {
     case item(ScanItem)
     case problem(ScanProblem)
+    /// A folder the scan does not enter on purpose (the catalog's own data or outputs), and why.
+    case skipped(ScanProblem)
+}
+
+/// A path as the file system and SQLite see it: its bytes. Swift's `String` equality is canonical
+/// equivalence, so NFC `Café` and NFD `Café` are equal as Strings but are two different files:
+/// sets and dictionaries of paths key on this instead.
+public struct PathKey: Hashable, Sendable {
+    public let bytes: [UInt8]
+    public init(_ path: String) { bytes = Array(path.utf8) }
 }

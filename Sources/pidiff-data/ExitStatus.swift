@@ -21,13 +21,13 @@ enum ExitStatus: Int32 {
 
 /// A warning on stderr, one line, as every command words them.
 func warn(_ message: String) {
-    FileHandle.standardError.write(Data("pidiff-data: warning: \(message)\n".utf8))
+    FileHandle.standardError.write(Data("pidiff-data: warning: \(Terminal.escaped(message))\n".utf8))
 }
 
 /// Reports a failure on stderr the way every command does: one line naming the item and reason,
 /// then exits with the status that error maps to.
 func fail(_ error: Error) -> Never {
-    FileHandle.standardError.write(Data("pidiff-data: error: \(error)\n".utf8))
+    FileHandle.standardError.write(Data("pidiff-data: error: \(Terminal.escaped("\(error)"))\n".utf8))
     Foundation.exit(ExitStatus(for: error).rawValue)
 }
 
@@ -38,13 +38,14 @@ func runCommand(_ body: () async throws -> Void) async throws {
 }
 
 /// Runs one stage for a command and prints its report: warnings on stderr, then its lines, or
-/// `--json`. A partial outcome exits 3 when `partialFails` (`--strict`, or commands whose partial
-/// result needs attention).
+/// `--json`. A failed outcome exits 1 after the report; a partial one exits 3 when `partialFails`
+/// (`--strict`, or commands whose partial result needs attention).
 func execute<S: Stage>(_ stage: S, in workspace: Workspace, json: Bool, partialFails: Bool = false) async throws {
     try await runCommand {
         let report = try await stage.run(in: workspace)
         for warning in report.warnings { warn(warning) }
         if json, let value = report.json { try AnyEncodable(value).printJSON() } else { report.lines.forEach { print($0) } }
+        if report.outcome == .failed { throw ExitCode(ExitStatus.failure.rawValue) }
         if partialFails && report.outcome == .partial { throw ExitCode(ExitStatus.partial.rawValue) }
     }
 }

@@ -36,8 +36,8 @@ struct FaceCommand: AsyncParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let results = try preparation.run(photos: photos, out: URL(fileURLWithPath: out)) { result in
-                if let error = result.error { FileHandle.standardError.write(Data("pidiff-data: \(result.photo): \(error)\n".utf8)) }
-                if json, let line = try? encoder.encode(result) { print(String(decoding: line, as: UTF8.self)) }
+                if let error = result.error { FileHandle.standardError.write(Data((Terminal.escaped("pidiff-data: \(result.photo): \(error)") + "\n").utf8)) }
+                if json, let line = try? encoder.encode(result) { Swift.print(String(decoding: line, as: UTF8.self)) }
                 else if result.ok { print("\(result.photo) → \(out)/\(result.e4eInput ?? "")") }
             }
             if results.contains(where: { !$0.ok }) { throw ExitCode(ExitStatus.partial.rawValue) }

@@ -23,7 +23,9 @@ struct IngestCommand: AsyncParsableCommand {
     @Argument(help: "Photo sources: identity-folder roots, JSONL manifests or CrossFaceID JSONL files.")
     var sources: [String]
 
-    @Option(help: "Path of the SQLite catalog (created if missing).") var catalog: String
+    @Option(name: .customLong("catalog"), help: "Path of the SQLite catalog (created if missing; default: $PIDIFF_CATALOG).")
+    var catalogFlag: String?
+    var catalog: String { catalogFlag ?? CatalogOptions.environmentCatalog ?? "" }
 
     @Option(help: "Pipeline file (YAML) with stage parameters; defaults apply where it is silent.")
     var pipeline: String?
@@ -46,7 +48,10 @@ struct IngestCommand: AsyncParsableCommand {
     @Flag(help: "Exit non-zero when any item could not be processed.")
     var strict = false
 
-    func validate() throws { try validateWorkers(workers) }
+    func validate() throws {
+        try validateWorkers(workers)
+        guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
+    }
 
     func run() async throws {
         try await runCommand {

@@ -14,9 +14,17 @@ struct StatusCommand: AsyncParsableCommand {
     @OptionGroup var catalog: CatalogOptions
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "How many recent runs to show.") var runs = 5
+    @Flag(help: "List every problem of the latest run of each command (one per line; with --json, one JSON object per line).")
+    var problems = false
 
     func run() async throws {
         do {
+            if problems {
+                for p in try catalog.open().latestProblems() {
+                    if json { try p.printJSON(pretty: false) } else { print("\(p.command) run \(p.runID)\t\(p.location)\t\(p.reason)") }
+                }
+                return
+            }
             let status = try catalog.open().status(lastRuns: runs)
             if json { try status.printJSON(); return }
             print("catalog \(catalog.catalog)")

@@ -15,16 +15,62 @@ struct PIDiffDataCommand: AsyncParsableCommand {
                       StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
                       ReportCommand.self, FaceCommand.self, PipelineFileCommand.self, BenchCommand.self]
     )
+
+    static func main() async {
+        SignalHandling.install()
+        do {
+            var command = try parseAsRoot()
+            if var command = command as? AsyncParsableCommand { try await command.run() } else { try command.run() }
+        } catch {
+            hintTrainerFlags(error)
+            exit(withError: error)
+        }
+    }
+
+    /// `pidiff-data train --steps 600` is refused as an unknown option: say that the trainer's
+    /// own flags go after `--`.
+    static func hintTrainerFlags(_ error: Error) {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        guard let command = arguments.first, ["train", "encode", "sample"].contains(command), !arguments.contains("--"),
+              fullMessage(for: error).contains("Unknown option") else { return }
+        FileHandle.standardError.write(Data("pidiff-data: hint: flags of `pidiff \(command)` go after `--`, e.g. pidiff-data \(command) … -- --steps 600\n".utf8))
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP end the process the way the shell expects (status 128 + signal),
+/// after marking the runs it began as interrupted: a service manager's stop or a Ctrl-C must not
+/// leave a run "running" until the next command happens to notice.
+enum SignalHandling {
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    static func install() {
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal(sig, SIG_IGN) // delivered to the dispatch source instead of killing the process at once
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "pidiff-data.signal"))
+            source.setEventHandler {
+                RunRecorder.markActiveRunsInterrupted()
+                FileHandle.standardError.write(Data("pidiff-data: stopped by signal \(sig); the run is recorded as interrupted and the next run continues it\n".utf8))
+                _exit(128 + sig) // no atexit handlers or destructors: the workers are still running native code
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
 }
 
 /// Options shared by every command that opens a catalog.
 struct CatalogOptions: ParsableArguments {
-    @Option(name: .long, help: "Path of the SQLite catalog (ingest creates it).")
-    var catalog: String
+    @Option(name: .customLong("catalog"), help: "Path of the SQLite catalog (default: $PIDIFF_CATALOG; ingest creates it).")
+    var catalogFlag: String?
+
+    /// `--catalog`, else `$PIDIFF_CATALOG`.
+    var catalog: String { catalogFlag ?? Self.environmentCatalog ?? "" }
+    static var environmentCatalog: String? { ProcessInfo.processInfo.environment["PIDIFF_CATALOG"].flatMap { $0.isEmpty ? nil : $0 } }
 
     /// Only ingest creates a catalog: for every other command a mistyped path is an error, not a
     /// new empty catalog.
     func validate() throws {
+        guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
         guard FileManager.default.fileExists(atPath: catalog) else {
             throw ValidationError("catalog \(catalog): no such catalog (pidiff-data ingest or run creates one)")
         }
@@ -47,7 +93,31 @@ extension Encodable {
     func printJSON(pretty: Bool = true) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try encoder.encode(self), as: UTF8.self))
+        Swift.print(String(decoding: try encoder.encode(self), as: UTF8.self)) // JSON escapes control characters itself
+    }
+}
+
+/// Human output: names and paths come from photo collections and manifests, and a control
+/// character in one (an escape sequence, a newline) must not reach the terminal raw. Every
+/// `print` of the CLI goes through here; JSON and YAML, which escape their own strings, use
+/// `Swift.print`.
+func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
+    Swift.print(items.map { Terminal.escaped("\($0)") }.joined(separator: separator), terminator: terminator)
+}
+
+enum Terminal {
+    /// `s` with every control character (C0, DEL, C1) written as `\u{…}`; tabs kept.
+    static func escaped(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: isControl) else { return s }
+        var out = ""
+        for scalar in s.unicodeScalars {
+            if isControl(scalar) { out += "\\u{" + String(scalar.value, radix: 16) + "}" } else { out.unicodeScalars.append(scalar) }
+        }
+        return out
+    }
+
+    private static func isControl(_ c: Unicode.Scalar) -> Bool {
+        (c.value < 0x20 && c != "\t") || (0x7f...0x9f).contains(c.value)
     }
 }
 

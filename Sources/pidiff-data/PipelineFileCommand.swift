@@ -14,7 +14,7 @@ struct PipelineDefaultsCommand: AsyncParsableCommand {
         commandName: "defaults",
         abstract: "Print every stage parameter at its default, with help (this is Pipelines/default.yaml).",
         discussion: "Example: pidiff-data pipeline defaults > my-pipeline.yaml")
-    func run() async throws { print(PipelineConfig.defaultYAML(), terminator: "") }
+    func run() async throws { Swift.print(PipelineConfig.defaultYAML(), terminator: "") }
 }
 
 struct PipelineCheckCommand: AsyncParsableCommand {

@@ -52,6 +52,33 @@ final class ProcessLevelTests: XCTestCase {
         XCTAssertEqual(statuses, ["interrupted", "interrupted", "completed"])
     }
 
+    func testSigtermAndSigintRecordTheRunAsInterruptedAndTheNextRunFinishes() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = try corpus(dir, count: 24)
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        for sig in [SIGTERM, SIGINT] {
+            let p = Process()
+            p.executableURL = TestSupport.cli
+            p.arguments = ["ingest", photos.path, "--catalog", catalog.path]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            let before = filesCommitted(catalog.path)
+            try p.run()
+            let deadline = Date().addingTimeInterval(60)
+            while p.isRunning && filesCommitted(catalog.path) <= before && Date() < deadline { usleep(20_000) }
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 128 + sig, "exit status after signal \(sig)")
+            let last = try Catalog(path: catalog.path).pool.read { try Row.fetchOne($0, sql: "SELECT status, ended_at FROM runs ORDER BY id DESC LIMIT 1") }
+            XCTAssertEqual(last?["status"] as String?, "interrupted", "signal \(sig)")
+            XCTAssertNotNil(last?["ended_at"] as String?)
+        }
+        let resumed = try TestSupport.runCLI(["ingest", photos.path, "--catalog", catalog.path])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(filesCommitted(catalog.path), 24)
+    }
+
     func testSecondConcurrentIngestExitsWithAClearMessage() throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()

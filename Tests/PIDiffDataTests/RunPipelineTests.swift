@@ -126,3 +126,74 @@ enum YAMLDecoderForTests {
         try YAMLDecoder().decode(PipelineConfig.self, from: "run:\n" + yaml.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n")).run!
     }
 }
+
+/// The demo flow through `run`, ingest to sample with tiny random models: every stage wired by
+/// the registry, the trainer reading the encoded folder alone, stderr JSON lines only.
+final class RunFlowTests: XCTestCase {
+    func testTheWholeFlowRunsAndStderrStaysJSONLines() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let pipeline = dir.appendingPathComponent("flow.yaml")
+        var demo = try String(contentsOf: TestSupport.repoRoot.appendingPathComponent("Pipelines/demo.yaml"), encoding: .utf8)
+        demo = demo.replacingOccurrences(of: "${PIDIFF_OUT}", with: dir.path)
+        try demo.write(to: pipeline, atomically: true, encoding: .utf8)
+        let r = try TestSupport.run(TestSupport.cli.path, ["run", "--pipeline", pipeline.path, "--json"],
+                                    environment: ["PIDIFF_PYTHON": TestSupport.python])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stderr.split(separator: "\n")
+        let logs = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(logs.count, lines.count, "every stderr line is JSON: \(lines.filter { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) == nil }.prefix(3))")
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let artefacts = try XCTUnwrap(report["artefacts"] as? [String: String])
+        for stage in ["encode", "train", "sample"] {
+            let log = try XCTUnwrap(artefacts["\(stage)_log"], "\(stage) names its trainer log")
+            XCTAssertFalse(try String(contentsOfFile: log, encoding: .utf8).isEmpty, log)
+        }
+        // Train and sample found everything in the encoded folder: no shards were passed to them.
+        let samples = dir.appendingPathComponent("sample-work/samples")
+        let pictures = FileManager.default.enumerator(atPath: samples.path)?.allObjects.compactMap { $0 as? String }.filter { $0.hasSuffix(".png") } ?? []
+        XCTAssertFalse(pictures.isEmpty)
+        XCTAssertFalse(try String(contentsOfFile: artefacts["train_log"]!, encoding: .utf8).contains("--shards"))
+    }
+}
+
+/// What the command line does around the stages: names escaped on the terminal, the catalog from
+/// the environment, a hint for trainer flags given before `--`.
+final class CommandLineTests: XCTestCase {
+    func testControlCharactersInNamesAreEscapedOnTheTerminalButExactInJSON() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let hostile = "evil\u{1b}[31mred\u{07}"
+        let person = dir.appendingPathComponent("photos/\(hostile)")
+        try FileManager.default.createDirectory(at: person, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: TestSupport.obama, to: person.appendingPathComponent("a.jpg"))
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([dir.appendingPathComponent("photos")], catalog: catalog)
+        _ = try await MaskPipeline(catalogPath: catalog.path, parameters: MaskParameters()).run()
+        let human = try TestSupport.runCLI(["masks", "report", "--catalog", catalog.path, "--json"])
+        XCTAssertTrue(human.stdout.contains("\\u001b[31mred\\u0007"), "JSON escapes them itself: \(human.stdout.prefix(300))")
+        let status = try TestSupport.runCLI(["labels", "show", "--catalog", catalog.path])
+        XCTAssertFalse(status.stdout.contains("\u{1b}") || status.stdout.contains("\u{07}"), status.stdout)
+        XCTAssertTrue(status.stdout.contains("evil\\u{1b}[31mred\\u{7}"), status.stdout)
+    }
+
+    func testTheCatalogCanComeFromTheEnvironment() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try Catalog(path: catalog.path)
+        let r = try TestSupport.run(TestSupport.cli.path, ["status", "--json"], environment: ["PIDIFF_CATALOG": catalog.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let none = try TestSupport.run(TestSupport.cli.path, ["status"], environment: ["PIDIFF_CATALOG": ""])
+        XCTAssertEqual(none.status, 64)
+        XCTAssertTrue(none.stderr.contains("PIDIFF_CATALOG"), none.stderr)
+    }
+
+    func testTrainerFlagsBeforeTheSeparatorGetAHint() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try Catalog(path: catalog.path)
+        let r = try TestSupport.runCLI(["train", "--catalog", catalog.path, "--split", "s", "--encoded", "e", "--sd", "sd", "--out", "o", "--steps", "600"])
+        XCTAssertEqual(r.status, 64)
+        XCTAssertTrue(r.stderr.contains("go after `--`"), r.stderr)
+    }
+}

@@ -39,6 +39,7 @@ public struct HTMLReport: Sendable {
         guard FileManager.default.fileExists(atPath: catalogPath) else { throw CatalogError.open(catalogPath, "no such catalog") }
         let catalog = try Catalog(path: catalogPath)
         try OutputPath.prepareFolder(directory.appendingPathComponent("thumbs"))
+        try OutputPath.markAsOutput(directory)
         let photos = try catalog.reportPhotos()
         var thumbs = ThumbnailWriter(directory: directory)
         let findings = try catalog.latestCurationRun().map { try catalog.curationFindings(runID: $0) } ?? []

@@ -56,10 +56,20 @@ public struct RunPipeline: Sendable {
             let t0 = Date()
             do {
                 guard let type = StageRegistry.stage(named: name) else { throw PipelineError.invalid("run.stages", "unknown stage \(name)") }
-                let report = try await type.init(pipeline: config, run: spec).run(in: workspace)
+                // Trainer output (progress bars, library warnings) goes to a log file per stage,
+                // named in the log: stderr stays JSON lines.
+                var stageWorkspace = workspace
+                let trainerLog = workspace.work.appendingPathComponent("logs/\(runID)-\(name).log")
+                stageWorkspace.trainer.logFile = trainerLog
+                let report = try await type.init(pipeline: config, run: spec).run(in: stageWorkspace)
+                if FileManager.default.fileExists(atPath: trainerLog.path) {
+                    stageLog.info("trainer output", metadata: ["log": "\(trainerLog.path)"])
+                    artefacts["\(name)_log"] = trainerLog.path
+                }
                 for warning in report.warnings { stageLog.warning("\(warning)") }
                 stageLog.info("\(report.lines.first ?? name)", metadata: ["counts": .dictionary(report.counts.mapValues { .string($0) })])
                 artefacts.merge(report.artefacts) { $1 }
+                if report.outcome == .failed { return finish(failed: name, PipelineError.invalid("run.sources", report.warnings.joined(separator: "; "))) }
                 if report.outcome == .partial { outcome = .partial }
                 stages.append(StageResult(stage: name, result: String(format: "ok %.1fs", Date().timeIntervalSince(t0))))
             } catch let error as CatalogError {

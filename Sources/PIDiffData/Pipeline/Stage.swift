@@ -22,7 +22,9 @@ public protocol PipelineStage: Stage {
 /// the next stage and the user, and the object `--json` prints.
 public struct StageReport: Sendable {
     /// `partial`: the stage finished but recorded some items as failed (they have reasons).
-    public enum Outcome: String, Codable, Sendable { case success, partial }
+    /// `failed`: it finished what it could, but part of its input was refused as a whole (a
+    /// source that is neither a folder nor a manifest): commands exit 1, `run` stops there.
+    public enum Outcome: String, Codable, Sendable { case success, partial, failed }
 
     public var stage: String
     public var outcome: Outcome

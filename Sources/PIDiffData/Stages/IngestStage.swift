@@ -22,9 +22,13 @@ public struct IngestStage: PipelineStage {
             models: workspace.faceModels, dataRoot: workspace.dataRoot, showProgress: workspace.showProgress).run()
         let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let head = String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond)
-        return StageReport(stage: Self.name, outcome: summary.errorCount > 0 ? .partial : .success,
-                           lines: [head] + listed(summary.problems, more: "pidiff-data status"),
-                           warnings: summary.replacementWarning.map { [$0] } ?? [],
+        var lines = [head] + summary.problems.prefix(20).map { "  \($0)" }
+        if summary.problemCount > 20 { lines.append("  … \(summary.problemCount - 20) more problems (pidiff-data status --problems lists them all)") }
+        let outcome: StageReport.Outcome = !summary.rejectedSources.isEmpty ? .failed : summary.errorCount > 0 ? .partial : .success
+        return StageReport(stage: Self.name, outcome: outcome, lines: lines,
+                           warnings: (summary.replacementWarning.map { [$0] } ?? [])
+                               + summary.skippedFolders.map { "not scanned: \($0)" }
+                               + summary.rejectedSources.map { "source rejected: \($0)" },
                            counts: summary.counts.asCounts, artefacts: ["catalog": workspace.catalogPath, "data_root": summary.dataRoot],
                            json: summary)
     }

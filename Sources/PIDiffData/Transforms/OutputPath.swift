@@ -29,6 +29,14 @@ public enum OutputPath {
         }
     }
 
+    /// Marks `folder` as a pidiff-data output (`Scanner.outputMarker`), so an ingest of a folder
+    /// that contains it does not take its images for photos.
+    public static func markAsOutput(_ folder: URL) throws {
+        let marker = folder.appendingPathComponent(Scanner.outputMarker)
+        guard !FileManager.default.fileExists(atPath: marker.path) else { return }
+        try write(Data("written by pidiff-data; ingest does not scan this folder\n".utf8), to: marker)
+    }
+
     /// Writes `data` to `file`, creating its folder first.
     public static func write(_ data: Data, to file: URL) throws {
         try prepareFolder(file.deletingLastPathComponent())

@@ -9,9 +9,24 @@ public struct Scanner: Sendable {
     public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "webp", "bmp"]
 
     public var crossFaceID: CrossFaceIDParameters
+    /// Folders never entered, with the reason (the catalog's data root and work folder): a catalog
+    /// kept inside the photo folder it ingests would otherwise ingest its own crops, growing on
+    /// every run. Folders holding an `outputMarker` file (reports, shards, samples) are skipped too.
+    public var skipping: [String: String]
 
-    public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters()) {
+    /// The file pidiff-data writes into every output folder it creates.
+    public static let outputMarker = ".pidiff-output"
+
+    public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters(), skipping: [String: String] = [:]) {
         self.crossFaceID = crossFaceID
+        self.skipping = Dictionary(skipping.map { (URL(fileURLWithPath: $0.key).standardizedFileURL.path, $0.value) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Why the scan does not enter `dir`, or nil.
+    func skipReason(_ dir: String) -> String? {
+        if let reason = skipping[URL(fileURLWithPath: dir).standardizedFileURL.path] { return reason }
+        if FileManager.default.fileExists(atPath: dir + "/" + Scanner.outputMarker) { return "a pidiff-data output folder (it holds \(Scanner.outputMarker))" }
+        return nil
     }
 
     /// Decides what a source path is.
@@ -27,9 +42,16 @@ public struct Scanner: Sendable {
         guard let reader = LineReader(path: source) else {
             throw ScanProblem(location: source, reason: "cannot open source file")
         }
-        while let line = reader.next() {
+        while let next = reader.next() {
+            guard case .text(let line) = next else {
+                throw ScanProblem(location: source, reason: "first line is longer than \(LineReader.defaultMaxLineBytes >> 20) MiB; "
+                                  + "expected a JSONL manifest (one JSON object per line)")
+            }
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty { continue }
+            if trimmed.hasPrefix("[") {
+                throw ScanProblem(location: source, reason: "a JSON array, not JSON lines: write one JSON object per line (JSONL)")
+            }
             guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
                 throw ScanProblem(location: source, reason: "first line is not a JSON object; expected a JSONL manifest")
             }
@@ -91,6 +113,10 @@ public struct Scanner: Sendable {
                 }
                 continue
             }
+            if let reason = skipReason(dir) {
+                try await emit(.skipped(ScanProblem(location: dir, reason: reason)))
+                continue
+            }
             // The walk's ancestors, starting with the root: a link back to any of them is a loop.
             var ancestors = Set<DirectoryID>()
             var rootStat = stat()
@@ -137,6 +163,10 @@ public struct Scanner: Sendable {
                 continue
             }
             if (est.st_mode & S_IFMT) == S_IFDIR {
+                if let reason = skipReason(path) {
+                    try await emit(.skipped(ScanProblem(location: path, reason: reason)))
+                    continue
+                }
                 try await walk(path, identity: identity, root: root, visited: &visited, emit: emit)
             } else if Scanner.imageExtensions.contains((entry as NSString).pathExtension.lowercased()) {
                 try await emit(.item(ScanItem(path: path, identity: identity, sourceKind: .folders, sourceLocation: root)))
@@ -153,8 +183,13 @@ public struct Scanner: Sendable {
             return
         }
         var number = 0
-        while let line = reader.next() {
+        while let next = reader.next() {
             number += 1
+            guard case .text(let line) = next else {
+                try await emit(.problem(ScanProblem(location: "\(path):\(number)",
+                                                    reason: "line longer than \(LineReader.defaultMaxLineBytes >> 20) MiB; skipped")))
+                continue
+            }
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty { continue }
             guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
@@ -224,32 +259,77 @@ public struct Scanner: Sendable {
     }
 }
 
-/// Reads a text file line by line in 64 KiB chunks.
+/// Reads a text file line by line in 64 KiB chunks. Each byte is searched for a newline once
+/// (a long line costs linear time, not a rescan per chunk), and a line longer than `maxLineBytes`
+/// is skipped without being held whole: it comes back as `.tooLong`.
 final class LineReader {
+    enum Line: Equatable {
+        case text(String)
+        /// A line over the limit (its length so far, at least `maxLineBytes + 1`), skipped.
+        case tooLong(Int)
+    }
+
+    static let defaultMaxLineBytes = 1 << 20
     private let handle: FileHandle
-    private var buffer = Data()
+    private let maxLineBytes: Int
+    private var buffer = [UInt8]()
+    /// Where the current line starts in `buffer`, and how far it has been searched for a newline.
+    private var start = 0
+    private var searched = 0
     private var eof = false
 
-    init?(path: String) {
+    init?(path: String, maxLineBytes: Int = LineReader.defaultMaxLineBytes) {
         guard let h = FileHandle(forReadingAtPath: path) else { return nil }
         handle = h
+        self.maxLineBytes = maxLineBytes
     }
     deinit { try? handle.close() }
 
-    func next() -> String? {
+    func next() -> Line? {
         while true {
-            if let nl = buffer.firstIndex(of: 0x0A) {
-                let line = buffer[buffer.startIndex..<nl]
-                buffer.removeSubrange(buffer.startIndex...nl)
-                return String(decoding: line, as: UTF8.self)
+            if let nl = buffer[searched...].firstIndex(of: 0x0A) {
+                defer { start = nl + 1; searched = start }
+                if nl - start > maxLineBytes { return .tooLong(nl - start) }
+                return .text(String(decoding: buffer[start..<nl], as: UTF8.self))
             }
+            searched = buffer.count
+            if buffer.count - start > maxLineBytes { return skipLongLine() }
             if eof {
-                guard !buffer.isEmpty else { return nil }
-                defer { buffer.removeAll() }
-                return String(decoding: buffer, as: UTF8.self)
+                guard start < buffer.count else { return nil }
+                defer { buffer.removeAll(); start = 0; searched = 0 }
+                return .text(String(decoding: buffer[start...], as: UTF8.self))
             }
-            let chunk = (try? handle.read(upToCount: 64 * 1024)) ?? nil
-            if let chunk, !chunk.isEmpty { buffer.append(chunk) } else { eof = true }
+            refill()
         }
+    }
+
+    /// Reads on to the end of the current line, dropping what it reads.
+    private func skipLongLine() -> Line {
+        var length = buffer.count - start
+        while true {
+            if let nl = buffer[searched...].firstIndex(of: 0x0A) {
+                length += nl - searched
+                start = nl + 1
+                searched = start
+                return .tooLong(length)
+            }
+            length += buffer.count - searched
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+            searched = 0
+            if eof { return .tooLong(length) }
+            refill()
+        }
+    }
+
+    private func refill() {
+        // Drop consumed bytes once they are the larger part, so the buffer stays about one line.
+        if start > 0 && start >= buffer.count / 2 {
+            buffer.removeSubrange(0..<start)
+            searched -= start
+            start = 0
+        }
+        let chunk = (try? handle.read(upToCount: 64 * 1024)) ?? nil
+        if let chunk, !chunk.isEmpty { buffer.append(contentsOf: chunk) } else { eof = true }
     }
 }

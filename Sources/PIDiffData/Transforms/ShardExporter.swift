@@ -249,6 +249,7 @@ public struct ShardExporter: Sendable {
         }
 
         try OutputPath.prepareFolder(outDirectory)
+        try OutputPath.markAsOutput(outDirectory)
         let previous = Self.previousEntries(of: split, in: outDirectory)
         var entries: [ShardEntry] = []
         var written = 0, reused = 0

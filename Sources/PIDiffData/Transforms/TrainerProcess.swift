@@ -11,6 +11,9 @@ import Glibc
 /// and reports its exit status.
 public struct TrainerProcess: Sendable {
     public var python: String
+    /// Where the trainer's output goes (appended); nil: straight through to our stderr. `run`
+    /// sets one per stage, so its stderr stays JSON lines only.
+    public var logFile: URL?
 
     /// `python`, else `$PIDIFF_PYTHON`, else `.venv/bin/python` in the working directory, else the
     /// `.venv/bin/python` of the repository this executable was built in (found by walking up from
@@ -52,15 +55,15 @@ public struct TrainerProcess: Sendable {
         // for a signal on its parent's death). Under accelerate the ranks' parent is the launcher.
         let environment = processes > 1 ? [:] : ["PIDIFF_PARENT_PID": "\(getpid())"]
         let status = try Self.spawn(python, (python == "/usr/bin/env" ? ["python3"] : []) + launcher + ["-m", "pidiff.cli"] + arguments,
-                                    environment: environment)
-        guard status == 0 else { throw TrainerError.failed(arguments.first ?? "", status) }
+                                    environment: environment, logFile: logFile)
+        guard status == 0 else { throw TrainerError.failed(arguments.first ?? "", status, log: logFile?.path) }
     }
 
     /// Starts `executable` with its stdout on our stderr, waits for it and returns its exit status
     /// (128 + N when killed by signal N). posix_spawn with an empty signal mask and default
     /// handlers: a child started from one of our threads would otherwise inherit that thread's
     /// blocked SIGINT/SIGTERM/SIGHUP and ignore Ctrl-C and a service manager's stop.
-    static func spawn(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Int32 {
+    static func spawn(_ executable: String, _ arguments: [String], environment: [String: String] = [:], logFile: URL? = nil) throws -> Int32 {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -74,7 +77,13 @@ public struct TrainerProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
+        if let logFile {
+            try OutputPath.prepareFolder(logFile.deletingLastPathComponent())
+            posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, logFile.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO)
+        }
 
         let inherited = ProcessInfo.processInfo.environment.filter { environment[$0.key] == nil }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
@@ -94,12 +103,13 @@ public struct TrainerProcess: Sendable {
 
 public enum TrainerError: Error, CustomStringConvertible {
     case launch(String, String)
-    case failed(String, Int32)
+    case failed(String, Int32, log: String?)
     case output(String)
     public var description: String {
         switch self {
         case .launch(let py, let why): return "cannot start the trainer with \(py): \(why) (set PIDIFF_PYTHON or --python)"
-        case .failed(let cmd, let code): return "pidiff \(cmd) failed with exit status \(code) (its messages are above)"
+        case .failed(let cmd, let code, let log):
+            return "pidiff \(cmd) failed with exit status \(code) (its messages are " + (log.map { "in \($0)" } ?? "above") + ")"
         case .output(let s): return s
         }
     }

@@ -15,7 +15,15 @@ public struct IngestSummary: Codable, Sendable {
     public var imagesPerSecond: Double
     /// Seconds spent in each stage, summed over workers.
     public var stageSeconds: [String: Double]
+    /// The first `problemsListed` problems of this run (all of them are in `run_problems`:
+    /// `pidiff-data status`); `problemCount` counts them all.
     public var problems: [String]
+    public var problemCount: Int
+    public static let problemsListed = 1000
+    /// Sources rejected as a whole ("path: reason"): the run's exit status is a failure.
+    public var rejectedSources: [String]
+    /// Folders not entered on purpose ("path: reason"): the catalog's own data and outputs.
+    public var skippedFolders: [String]
     /// The catalog's ingest fingerprint before this run, when this run's differs: export, balance
     /// and status follow the latest parameters, so photos ingested before are out of the usable set
     /// until ingested again with these (see `replacementWarning`).
@@ -23,7 +31,8 @@ public struct IngestSummary: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", status, catalog, dataRoot = "data_root", fingerprint, counts, seconds
-        case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems
+        case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems, problemCount = "problem_count"
+        case rejectedSources = "rejected_sources", skippedFolders = "skipped_folders"
         case replacedFingerprint = "replaced_fingerprint"
     }
 
@@ -97,7 +106,8 @@ public struct IngestPipeline: Sendable {
         let total = showProgress ? try await countItems() : 0
         let start = Date()
 
-        let scanner = Scanner(crossFaceID: config.crossfaceid)
+        let scanner = Scanner(crossFaceID: config.crossfaceid, skipping: [store.root.path: "the catalog's data root",
+                                                                          catalogPath + ".work": "the catalog's work folder"])
         let sources = self.sources
         let ledger = ScanLedger()
         let outcome = await WorkerPipeline.run(
@@ -111,6 +121,7 @@ public struct IngestPipeline: Sendable {
                             try Task.checkCancellation() // the writer failed: stop walking
                             switch event {
                             case .problem(let p): await results.send(.problem(p))
+                            case .skipped(let p): await ledger.skipped(p)
                             case .item(let item):
                                 if let conflict = await ledger.saw(item) {
                                     if case .some(let p) = conflict { await results.send(.problem(p)) }
@@ -119,6 +130,7 @@ public struct IngestPipeline: Sendable {
                         }
                         await ledger.completed(source)
                     } catch let problem as ScanProblem {
+                        await ledger.rejected(problem)
                         await results.send(.problem(problem))
                     }
                 }
@@ -154,7 +166,8 @@ public struct IngestPipeline: Sendable {
         return IngestSummary(runID: runID, status: "completed", catalog: catalogPath, dataRoot: store.root.path,
                              fingerprint: fingerprint, counts: counts, seconds: seconds,
                              imagesPerSecond: seconds > 0 ? Double(processed) / seconds : 0,
-                             stageSeconds: tallied.timings.asDictionary, problems: tallied.problems,
+                             stageSeconds: tallied.timings.asDictionary, problems: tallied.problems, problemCount: tallied.problemCount,
+                             rejectedSources: await ledger.rejectedSources, skippedFolders: await ledger.skippedFolders,
                              replacedFingerprint: previous.flatMap { $0 == fingerprint ? nil : $0 })
     }
 
@@ -227,17 +240,26 @@ struct IncrementalCheck: Sendable {
 /// Counts by outcome, stage timings and the progress line, kept by the writer task.
 /// What this run's scan saw: every item's path (once), and the sources scanned to the end.
 actor ScanLedger {
-    private var identityOf: [String: (identity: String, location: String)] = [:]
+    // Keyed by bytes: two paths that differ only in Unicode normalisation are two files.
+    private var identityOf: [PathKey: (identity: String, location: String)] = [:]
     private(set) var completedSources: [(location: String, kind: SourceKind)] = []
+    /// Sources rejected as a whole (not a folder or a manifest, unreadable), with the reason.
+    private(set) var rejectedSources: [String] = []
 
-    var seenPaths: Set<String> { Set(identityOf.keys) }
+    var seenPaths: Set<PathKey> { Set(identityOf.keys) }
+
+    func rejected(_ problem: ScanProblem) { rejectedSources.append("\(problem.location): \(problem.reason)") }
+
+    /// Folders not entered on purpose, as "path: reason".
+    private(set) var skippedFolders: [String] = []
+    func skipped(_ problem: ScanProblem) { skippedFolders.append("\(problem.location): \(problem.reason)") }
 
     /// nil for a path seen for the first time. A path listed again: `.some(nil)` when it says the
     /// same identity (nothing to do twice), `.some(problem)` when it names another one (the first
     /// listing is kept, and the run says so rather than filing the photo by list order).
     func saw(_ item: ScanItem) -> ScanProblem?? {
-        guard let first = identityOf[item.path] else {
-            identityOf[item.path] = (item.identity, item.sourceLocation)
+        guard let first = identityOf[PathKey(item.path)] else {
+            identityOf[PathKey(item.path)] = (item.identity, item.sourceLocation)
             return nil
         }
         if first.identity == item.identity { return .some(nil) }
@@ -256,7 +278,9 @@ struct Tally {
     var done = 0
     var counts: [String: Int] = [:]
     var timings = StageTimings()
+    /// The first `IngestSummary.problemsListed` problems, and how many there were in all.
     var problems: [String] = []
+    var problemCount = 0
     var progress: ProgressLine?
 
     mutating func record(_ result: IngestResult) {
@@ -285,7 +309,8 @@ struct Tally {
     }
 
     private mutating func note(_ line: String) {
-        if problems.count < 1000 { problems.append(line) }
+        problemCount += 1
+        if problems.count < IngestSummary.problemsListed { problems.append(line) }
     }
 }
 
