@@ -281,10 +281,12 @@ public final class Catalog: Sendable {
 public enum CatalogError: Error, CustomStringConvertible {
     case open(String, String)
     case locked(String, String)  // the catalog, the lock file
+    case outputLocked(String, String)  // the output folder, the lock file
     public var description: String {
         switch self {
         case .open(let p, let r): return "catalog \(p): cannot open (\(r))"
         case .locked(let p, let lock): return "catalog \(p) is in use by another pidiff-data run (lock held on \(lock))"
+        case .outputLocked(let p, let lock): return "output folder \(p) is in use by another pidiff-data run (lock held on \(lock))"
         }
     }
 }

@@ -39,6 +39,14 @@ public struct CatalogBackup: Sendable {
         guard !FileManager.default.fileExists(atPath: destination) else {
             throw BackupError.failed(destination, "already exists; choose a new name (backups are never overwritten)")
         }
+        // SQLite and the lock treat these names as the catalog's own: a backup there would be
+        // deleted as a leftover journal, or read as the live catalog's write-ahead log.
+        let own = CatalogLock.resolved(catalogPath)
+        let resolvedTarget = CatalogLock.resolved(destination)
+        if let suffix = ["", "-journal", "-wal", "-shm", ".lock", ".run.lock"].first(where: { own + $0 == resolvedTarget }) {
+            throw BackupError.failed(destination, suffix.isEmpty ? "is the catalog itself"
+                                     : "is the catalog's own \(suffix) file, which SQLite or the lock would overwrite or delete; choose another name")
+        }
         let start = Date()
         let catalog = try Catalog(path: catalogPath)
         let target = URL(fileURLWithPath: destination)

@@ -12,7 +12,7 @@ enum ExitStatus: Int32 {
 
     init(for error: Error) {
         switch error {
-        case CatalogError.locked: self = .locked
+        case CatalogError.locked, CatalogError.outputLocked: self = .locked
         case is ValidationError: self = .usage
         default: self = .failure
         }

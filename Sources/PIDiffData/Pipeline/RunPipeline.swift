@@ -73,7 +73,7 @@ public struct RunPipeline: Sendable {
                 if report.outcome == .partial { outcome = .partial }
                 stages.append(StageResult(stage: name, result: String(format: "ok %.1fs", Date().timeIntervalSince(t0))))
             } catch let error as CatalogError {
-                guard case .locked = error else { return finish(failed: name, error) }
+                switch error { case .locked, .outputLocked: break; default: return finish(failed: name, error) }
                 stages.append(StageResult(stage: name, result: "not run: \(error)"))
                 stageLog.warning("catalog busy; stopping here, the next run continues", metadata: ["error": "\(error)"])
                 log.info("run finished", metadata: ["outcome": "busy"])
