@@ -8,12 +8,11 @@ public enum RunRecorder {
     public static func begin(_ catalog: Catalog, command: String, fingerprint: String, parameters: String) throws -> Int64 {
         try catalog.pool.write { db in
             // A run still marked running while we hold the lock was killed.
-            try db.execute(sql: "UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
-            try db.execute(sql: """
-                INSERT INTO runs (command, status, started_at, params_fingerprint, parameters)
-                VALUES (?, 'running', ?, ?, ?)
-                """, arguments: [command, ISO8601DateFormatter().string(from: Date()), fingerprint, parameters])
-            return db.lastInsertedRowID
+            _ = try RunRecord.filter(RunRecord.Columns.status == "running").updateAll(db, RunRecord.Columns.status.set(to: "interrupted"))
+            var run = RunRecord(command: command, status: "running", startedAt: ISO8601DateFormatter().string(from: Date()),
+                                paramsFingerprint: fingerprint, parameters: parameters)
+            try run.insert(db)
+            return run.id!
         }
     }
 
@@ -22,19 +21,21 @@ public enum RunRecorder {
     package static func recordCompleted(_ db: Database, command: String, started: Date = Date(), fingerprint: String,
                                    parameters: String, counts: String) throws -> Int64 {
         let f = ISO8601DateFormatter()
-        try db.execute(sql: """
-            INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts)
-            VALUES (?, 'completed', ?, ?, ?, ?, ?)
-            """, arguments: [command, f.string(from: started), f.string(from: Date()), fingerprint, parameters, counts])
-        return db.lastInsertedRowID
+        var run = RunRecord(command: command, status: "completed", startedAt: f.string(from: started), endedAt: f.string(from: Date()),
+                            paramsFingerprint: fingerprint, parameters: parameters, counts: counts)
+        try run.insert(db)
+        return run.id!
     }
 
     /// Ends a run begun with `begin`: its final status ("completed", "failed") and counts.
     public static func finish(_ catalog: Catalog, runID: Int64, status: String, counts: [String: Int]) throws {
         let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
         try catalog.pool.write { db in
-            try db.execute(sql: "UPDATE runs SET status = ?, ended_at = ?, counts = ? WHERE id = ?",
-                           arguments: [status, ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
+            _ = try RunRecord.filter(key: runID).updateAll(db, [
+                RunRecord.Columns.status.set(to: status),
+                RunRecord.Columns.endedAt.set(to: ISO8601DateFormatter().string(from: Date())),
+                RunRecord.Columns.counts.set(to: String(decoding: data, as: UTF8.self)),
+            ])
         }
     }
 }
