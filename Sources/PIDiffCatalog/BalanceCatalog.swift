@@ -48,32 +48,48 @@ extension Catalog {
         guard let fp = try currentIngestFingerprint() else { return [:] }
         let mfp = try currentMaskFingerprint()
         return try pool.read { db in
-            let curateRun = try Int64.fetchOne(db, sql: "SELECT id FROM runs WHERE command = 'curate' AND status = 'completed' ORDER BY id DESC LIMIT 1")
-            let rows = try Row.fetchAll(db, sql: """
+            let curateRun = try RunRecord.latest("curate", status: "completed").fetchOne(db)?.id
+            let rows = try UsableRow.fetchAll(db, sql: """
                 SELECT f.id, f.path, f.sha256, COALESCE(c.name, i.name) AS identity,
                        fa.face_size, COALESCE(fa.sharpness, 0) AS sharpness, fa.yaw, fa.roll_degrees
                 FROM files f
                 JOIN identities i ON i.id = f.identity_id
                 LEFT JOIN identity_aliases a ON a.identity_id = i.id
                 LEFT JOIN identities c ON c.id = a.canonical_identity_id
-                JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ? AND r.outcome = 'ok'
+                JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = :ingest AND r.outcome = 'ok'
                 JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = r.params_fingerprint AND fa.selected AND fa.quality_ok
                 WHERE f.read_error IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = ? AND d.file_id = f.id
+                  AND NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = :curateRun AND d.file_id = f.id
                                   AND d.kind IN ('exact_duplicate', 'near_duplicate', 'impostor'))
-                  AND (? IS NULL OR EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
-                                            AND m.face_index = fa.face_index AND m.mask_fingerprint = ? AND m.ok))
+                  AND (:masks IS NULL OR EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
+                                                 AND m.face_index = fa.face_index AND m.mask_fingerprint = :masks AND m.ok))
                 ORDER BY identity, f.path
-                """, arguments: [fp, curateRun, mfp, mfp])
+                """, arguments: ["ingest": fp, "curateRun": curateRun, "masks": mfp])
             var out: [String: [UsableImage]] = [:]
             var seen: [String: Set<String>] = [:]
             for row in rows {
-                let identity: String = row["identity"], sha: String = row["sha256"]
-                guard seen[identity, default: []].insert(sha).inserted else { continue }
-                out[identity, default: []].append(UsableImage(fileID: row["id"], path: row["path"], sha256: sha, faceSize: row["face_size"],
-                                                              sharpness: row["sharpness"], yaw: row["yaw"], rollDegrees: row["roll_degrees"]))
+                guard seen[row.identity, default: []].insert(row.image.sha256).inserted else { continue }
+                out[row.identity, default: []].append(row.image)
             }
             return out
+        }
+    }
+
+    /// A usable photo and the (canonical) identity it counts under.
+    private struct UsableRow: Decodable, FetchableRecord {
+        var id: Int64
+        var path: String
+        var sha256: String
+        var identity: String
+        var faceSize: Double
+        var sharpness: Double
+        var yaw: Double
+        var rollDegrees: Double
+        enum CodingKeys: String, CodingKey {
+            case id, path, sha256, identity, faceSize = "face_size", sharpness, yaw, rollDegrees = "roll_degrees"
+        }
+        var image: UsableImage {
+            UsableImage(fileID: id, path: path, sha256: sha256, faceSize: faceSize, sharpness: sharpness, yaw: yaw, rollDegrees: rollDegrees)
         }
     }
 
@@ -94,43 +110,53 @@ extension Catalog {
         try pool.write { db in
             // A split that export would refuse could never be used, nor removed (splits are immutable).
             guard SplitName.isValid(name) else { throw SplitError.invalidName(name) }
-            if try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false { throw SplitError.exists(name) }
+            if try SplitRecord.exists(db, key: name) { throw SplitError.exists(name) }
             // An empty split would be stored for good (splits are immutable) and reused by every later run.
             guard !selection.items.isEmpty else { throw SplitError.empty(name, shortfall: selection.shortfall) }
             let now = ISO8601DateFormatter().string(from: Date())
             let run = try RunRecorder.recordCompleted(db, command: command, fingerprint: "", parameters: parameters,
                                                            counts: "{\"items\":\(selection.items.count)}")
-            try db.execute(sql: "INSERT INTO splits (name, run_id, created_at, seed, parameters, quotas) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [name, run, now, seed, parameters, quotas])
+            try SplitRecord(name: name, runID: run, createdAt: now, seed: seed, parameters: parameters, quotas: quotas).insert(db)
             for item in selection.items {
-                try db.execute(sql: "INSERT INTO split_items (split_name, file_id, identity, role, path, sha256) VALUES (?, ?, ?, ?, ?, ?)",
-                               arguments: [name, item.fileID, item.identity, item.role, item.path, item.sha256])
+                try SplitItemRecord(item, split: name).insert(db)
             }
         }
     }
 
     /// The `parameters` JSON a split was drawn with, or nil when there is no split of that name.
     public func splitParameters(name: String) throws -> String? {
-        try pool.read { db in try String.fetchOne(db, sql: "SELECT parameters FROM splits WHERE name = ?", arguments: [name]) }
+        try pool.read { db in try SplitRecord.fetchOne(db, key: name)?.parameters }
     }
 
     public func splits() throws -> [SplitSummary] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try SplitCounts.fetchAll(db, sql: """
                 SELECT s.name, s.created_at, s.seed, COUNT(DISTINCT i.identity) AS identities,
                        SUM(i.role = 'train') AS train, SUM(i.role = 'reference') AS reference
                 FROM splits s LEFT JOIN split_items i ON i.split_name = s.name GROUP BY s.name ORDER BY s.created_at, s.name
-                """).map { SplitSummary(name: $0["name"], createdAt: $0["created_at"], seed: $0["seed"], identities: $0["identities"],
-                                        train: $0["train"] ?? 0, reference: $0["reference"] ?? 0) }
+                """).map { SplitSummary(name: $0.name, createdAt: $0.createdAt, seed: $0.seed, identities: $0.identities,
+                                        train: $0.train ?? 0, reference: $0.reference ?? 0) }
         }
+    }
+
+    /// A split's counts; the sums are NULL for a split without items.
+    private struct SplitCounts: Decodable, FetchableRecord {
+        var name: String
+        var createdAt: String
+        var seed: Int
+        var identities: Int
+        var train: Int?
+        var reference: Int?
+        enum CodingKeys: String, CodingKey { case name, createdAt = "created_at", seed, identities, train, reference }
     }
 
     public func splitItems(_ name: String) throws -> [SplitSelection.Item] {
         try pool.read { db in
-            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM splits WHERE name = ?", arguments: [name]) ?? false else { throw SplitError.missing(name) }
-            return try Row.fetchAll(db, sql: "SELECT * FROM split_items WHERE split_name = ? ORDER BY identity, role DESC, path", arguments: [name]).map {
-                SplitSelection.Item(identity: $0["identity"], role: $0["role"], path: $0["path"], sha256: $0["sha256"], fileID: $0["file_id"])
-            }
+            guard try SplitRecord.exists(db, key: name) else { throw SplitError.missing(name) }
+            typealias Columns = SplitItemRecord.Columns
+            return try SplitItemRecord.filter(Columns.splitName == name)
+                .order(Columns.identity, Columns.role.desc, Columns.path)
+                .fetchAll(db).map(\.item)
         }
     }
 }

@@ -266,14 +266,13 @@ public final class Catalog: Sendable {
     /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
     /// later command finds it. Default: `<catalog>.data` beside the catalog.
     public func dataRoot(preferred: String? = nil) throws -> URL {
-        if let stored = try pool.read({ try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'data_root'") }) {
-            return URL(fileURLWithPath: stored)
+        if let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) {
+            return URL(fileURLWithPath: stored.value)
         }
         let root = preferred.map { URL(fileURLWithPath: $0).standardizedFileURL }
             ?? URL(fileURLWithPath: path + ".data").standardizedFileURL
-        try pool.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO meta (key, value) VALUES ('data_root', ?)", arguments: [root.path])
-        }
+        // A root already recorded (by a command that got here first) stays.
+        try pool.write { db in try MetaRecord(key: "data_root", value: root.path).insert(db, onConflict: .ignore) }
         return root
     }
 }

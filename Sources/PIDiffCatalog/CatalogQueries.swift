@@ -118,39 +118,42 @@ extension Catalog {
                 SELECT params_fingerprint FROM runs r WHERE command = 'ingest' AND status = 'completed'
                   AND EXISTS (SELECT 1 FROM image_results x WHERE x.params_fingerprint = r.params_fingerprint)
                 ORDER BY id DESC LIMIT 1
-                """) ?? String.fetchOne(db, sql: "SELECT params_fingerprint FROM runs WHERE command = 'ingest' ORDER BY id DESC LIMIT 1")
+                """) ?? RunRecord.latest("ingest").fetchOne(db)?.paramsFingerprint
         }
     }
 
     public func status(lastRuns: Int = 5) throws -> CatalogStatus {
         let fp = try currentIngestFingerprint()
         return try pool.read { db in
-            var outcomes: [String: Int] = [:]
             // Outcome per file path, by the result of its current content under the fingerprint.
-            let rows = try Row.fetchAll(db, sql: """
+            let outcomes = try OutcomeCount.fetchAll(db, sql: """
                 SELECT CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
                        COUNT(*) AS n
                 FROM files f LEFT JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ?
                 GROUP BY 1
                 """, arguments: [fp])
-            for row in rows { outcomes[row["outcome"]] = row["n"] }
-            let runs = try Row.fetchAll(db, sql: "SELECT * FROM runs ORDER BY id DESC LIMIT ?", arguments: [lastRuns]).map { row in
-                CatalogStatus.Run(id: row["id"], command: row["command"], status: row["status"], startedAt: row["started_at"],
-                                  endedAt: row["ended_at"],
-                                  counts: (row["counts"] as String?).flatMap { try? JSONDecoder().decode([String: Int].self, from: Data($0.utf8)) })
+            let runs = try RunRecord.order(RunRecord.Columns.id.desc).limit(lastRuns).fetchAll(db).map { run in
+                CatalogStatus.Run(id: run.id!, command: run.command, status: run.status, startedAt: run.startedAt,
+                                  endedAt: run.endedAt, counts: run.countsByName)
             }
+            let faces = FaceRecord.filter(FaceRecord.Columns.paramsFingerprint == fp)
             return CatalogStatus(
                 fingerprint: fp,
-                files: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM files") ?? 0,
-                identities: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM identities") ?? 0,
-                images: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM images") ?? 0,
-                unreadable: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM files WHERE read_error IS NOT NULL") ?? 0,
-                outcomes: outcomes,
-                faces: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM faces WHERE params_fingerprint = ?", arguments: [fp]) ?? 0,
-                selectedFaces: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM faces WHERE params_fingerprint = ? AND selected", arguments: [fp]) ?? 0,
-                qualityPassed: try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM faces WHERE params_fingerprint = ? AND quality_ok", arguments: [fp]) ?? 0,
+                files: try FileRecord.fetchCount(db),
+                identities: try IdentityRecord.fetchCount(db),
+                images: try ImageRecord.fetchCount(db),
+                unreadable: try FileRecord.filter(FileRecord.Columns.readError != nil).fetchCount(db),
+                outcomes: Dictionary(outcomes.map { ($0.outcome, $0.n) }, uniquingKeysWith: { _, last in last }),
+                faces: try faces.fetchCount(db),
+                selectedFaces: try faces.filter(FaceRecord.Columns.selected).fetchCount(db),
+                qualityPassed: try faces.filter(FaceRecord.Columns.qualityOK).fetchCount(db),
                 runs: runs)
         }
+    }
+
+    private struct OutcomeCount: Decodable, FetchableRecord {
+        var outcome: String
+        var n: Int
     }
 
     /// Every face of every file under the current fingerprint, in path then face order.
@@ -159,7 +162,7 @@ extension Catalog {
         let root = try dataRoot()
         let masks = try maskPaths()
         return try pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try FaceReportRow.fetchAll(db, sql: """
                 SELECT f.path, i.name AS identity, fa.*, r.outcome
                 FROM files f
                 JOIN identities i ON i.id = f.identity_id
@@ -168,21 +171,27 @@ extension Catalog {
                 WHERE (? = 0 OR fa.selected)
                 ORDER BY f.path, fa.face_index
                 """, arguments: [fp, selectedOnly]).map { row in
-                func decode(_ s: String) -> [[Double]] { (try? JSONDecoder().decode([[Double]].self, from: Data(s.utf8))) ?? [] }
-                let crop512: String? = row["crop512"], crop256: String? = row["crop256"]
-                let mask = masks["\(row["sha256"] as String)/\(row["face_index"] as Int)"]
+                let face = row.face
+                let mask = masks["\(face.sha256)/\(face.faceIndex)"]
                 return FaceReport(
-                    path: row["path"], identity: row["identity"], sha256: row["sha256"], faceIndex: row["face_index"],
-                    selected: row["selected"],
-                    bbox: [row["box_left"], row["box_top"], row["box_right"], row["box_bottom"]], detScore: row["det_score"],
-                    landmarks68: decode(row["landmarks68"]),
-                    crop512: crop512.map { root.appendingPathComponent($0).path },
-                    crop256: crop256.map { root.appendingPathComponent($0).path },
-                    faceSize: row["face_size"], sharpness: row["sharpness"], rollDegrees: row["roll_degrees"], yaw: row["yaw"],
-                    outsideFraction: row["outside_fraction"], padded: row["padded"], qualityOK: row["quality_ok"],
-                    qualityReason: row["quality_reason"], outcome: row["outcome"],
+                    path: row.path, identity: row.identity, sha256: face.sha256, faceIndex: face.faceIndex, selected: face.selected,
+                    bbox: face.bbox, detScore: face.detScore, landmarks68: face.landmarks68.pairs,
+                    crop512: face.crop512.map { root.appendingPathComponent($0).path },
+                    crop256: face.crop256.map { root.appendingPathComponent($0).path },
+                    faceSize: face.faceSize, sharpness: face.sharpness, rollDegrees: face.rollDegrees, yaw: face.yaw,
+                    outsideFraction: face.outsideFraction, padded: face.padded, qualityOK: face.qualityOK,
+                    qualityReason: face.qualityReason, outcome: row.outcome,
                     mask512: mask?.mask512, mask256: mask?.mask256, e4eInput: mask?.e4eInput)
             }
         }
+    }
+
+    /// A face with the file path and identity it is reported under.
+    private struct FaceReportRow: Decodable, FetchableRecord {
+        var path: String
+        var identity: String
+        var outcome: String
+        /// Decoded from the row's `faces` columns.
+        var face: FaceRecord
     }
 }

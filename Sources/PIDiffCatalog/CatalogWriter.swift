@@ -31,17 +31,19 @@ package actor CatalogWriter {
         try catalog.pool.write { [runID] db in
             var marked = 0
             for source in sources {
-                let rows = try Row.fetchAll(db, sql: """
-                    SELECT f.id, f.path FROM files f JOIN sources s ON s.id = f.source_id
+                let files = try FileRecord.fetchAll(db, sql: """
+                    SELECT f.* FROM files f JOIN sources s ON s.id = f.source_id
                     WHERE s.location = ? AND f.read_error IS NULL
                     """, arguments: [source.location])
-                for row in rows {
-                    let path: String = row["path"]
-                    if seen.contains(PathKey(path)) || (source.kind == .folders && FileManager.default.fileExists(atPath: path)) { continue }
+                for var file in files {
+                    if seen.contains(PathKey(file.path)) || (source.kind == .folders && FileManager.default.fileExists(atPath: file.path)) { continue }
                     let reason = source.kind == .folders ? "vanished: no longer in \(source.location)"
                                                          : "vanished: no longer listed in \(source.location)"
-                    try db.execute(sql: "UPDATE files SET read_error = ?, run_id = ? WHERE id = ?", arguments: [reason, runID, row["id"] as Int64])
-                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)", arguments: [runID, path, reason])
+                    try file.updateChanges(db) {
+                        $0.readError = reason
+                        $0.runID = runID
+                    }
+                    try RunProblemRecord(runID: runID, location: file.path, reason: reason).insert(db)
                     marked += 1
                 }
             }
@@ -58,11 +60,9 @@ package actor CatalogWriter {
                 case .unchanged:
                     continue
                 case .problem(let p):
-                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                   arguments: [runID, p.location, p.reason])
+                    try RunProblemRecord(runID: runID, location: p.location, reason: p.reason).insert(db)
                 case .unreadable(let item, let stat, let reason):
-                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                   arguments: [runID, item.path, reason])
+                    try RunProblemRecord(runID: runID, location: item.path, reason: reason).insert(db)
                     try Self.upsertFile(db, item, sha: nil, byteSize: stat?.byteSize, mtimeNs: stat?.mtimeNs, readError: reason,
                                         runID: runID, sources: &sources, identities: &identities)
                 case .reused(let item, let info):
@@ -72,8 +72,7 @@ package actor CatalogWriter {
                     try Self.insertAnalysis(db, analysis, fingerprint: fingerprint, runID: runID)
                     if analysis.outcome != .ok && analysis.outcome != .noFace {
                         // Undecodable, not an image, too small or too large: a problem of this run, listed by `status --problems`.
-                        try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                       arguments: [runID, item.path, "\(analysis.outcome.rawValue): \(analysis.reason ?? "")"])
+                        try RunProblemRecord(runID: runID, location: item.path, reason: "\(analysis.outcome.rawValue): \(analysis.reason ?? "")").insert(db)
                     }
                     try Self.upsertFile(db, item, sha: info.sha256, byteSize: info.byteSize, mtimeNs: info.mtimeNs, readError: nil,
                                         runID: runID, sources: &sources, identities: &identities)
@@ -84,60 +83,43 @@ package actor CatalogWriter {
         identityIDs = identities
     }
 
-    private static func id(_ db: Database, _ cache: inout [String: Int64], insert: String, select: String, _ args: StatementArguments, key: String) throws -> Int64 {
+    /// The id of the row `key` names, inserted the first time it is seen; cached for the run.
+    private static func id<R: PersistableRecord & FetchableRecord>(
+        _ db: Database, _ cache: inout [String: Int64], key: String, insert record: R, existing: QueryInterfaceRequest<R>,
+        id: (R) -> Int64?
+    ) throws -> Int64 {
         if let id = cache[key] { return id }
-        try db.execute(sql: insert, arguments: args)
-        let id = try Int64.fetchOne(db, sql: select, arguments: [key])!
-        cache[key] = id
-        return id
+        try record.insert(db, onConflict: .ignore)
+        let found = try existing.fetchOne(db).flatMap(id)!
+        cache[key] = found
+        return found
     }
 
     private static func upsertFile(_ db: Database, _ item: ScanItem, sha: String?, byteSize: Int?, mtimeNs: Int64?, readError: String?,
                                    runID: Int64, sources: inout [String: Int64], identities: inout [String: Int64]) throws {
-        let sourceID = try id(db, &sources, insert: "INSERT OR IGNORE INTO sources (kind, location, first_run_id) VALUES (?, ?, ?)",
-                              select: "SELECT id FROM sources WHERE location = ?",
-                              [item.sourceKind.rawValue, item.sourceLocation, runID], key: item.sourceLocation)
-        let identityID = try id(db, &identities, insert: "INSERT OR IGNORE INTO identities (name) VALUES (?)",
-                                select: "SELECT id FROM identities WHERE name = ?", [item.identity], key: item.identity)
-        try db.execute(sql: """
-            INSERT INTO files (path, source_id, identity_id, byte_size, mtime_ns, sha256, read_error,
-                               caption, race, age, gender, origin, hint, run_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(path) DO UPDATE SET
-                source_id = excluded.source_id, identity_id = excluded.identity_id, byte_size = excluded.byte_size,
-                mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, read_error = excluded.read_error,
-                caption = excluded.caption, race = excluded.race, age = excluded.age, gender = excluded.gender,
-                origin = excluded.origin, hint = excluded.hint, run_id = excluded.run_id
-            """, arguments: [item.path, sourceID, identityID, byteSize, mtimeNs, sha, readError,
-                             item.caption, item.labels.race, item.labels.age, item.labels.gender, item.origin, item.hint, runID])
-    }
-
-    private static func json<T: Encodable>(_ value: T) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try encoder.encode(value), as: UTF8.self)
+        let sourceID = try id(db, &sources, key: item.sourceLocation,
+                              insert: SourceRecord(kind: item.sourceKind, location: item.sourceLocation, firstRunID: runID),
+                              existing: SourceRecord.filter(SourceRecord.Columns.location == item.sourceLocation), id: \.id)
+        let identityID = try id(db, &identities, key: item.identity, insert: IdentityRecord(name: item.identity),
+                                existing: IdentityRecord.filter(IdentityRecord.Columns.name == item.identity), id: \.id)
+        // The path is the only unique key besides the (NULL, so never conflicting) id: a path seen
+        // before keeps its id and takes every other column from this read.
+        try FileRecord(path: item.path, sourceID: sourceID, identityID: identityID, byteSize: byteSize, mtimeNs: mtimeNs, sha256: sha,
+                       readError: readError, caption: item.caption, race: item.labels.race, age: item.labels.age,
+                       gender: item.labels.gender, origin: item.origin, hint: item.hint, runID: runID)
+            .upsert(db)
     }
 
     private static func insertAnalysis(_ db: Database, _ a: ImageAnalysis, fingerprint: String, runID: Int64) throws {
-        try db.execute(sql: "INSERT OR IGNORE INTO images (sha256, byte_size, format, width, height) VALUES (?, ?, ?, ?, ?)",
-                       arguments: [a.sha256, a.byteSize, a.format, a.width, a.height])
-        try db.execute(sql: """
-            INSERT OR IGNORE INTO image_results (sha256, params_fingerprint, outcome, reason, faces_found, run_id)
-            VALUES (?, ?, ?, ?, ?, ?)
-            """, arguments: [a.sha256, fingerprint, a.outcome.rawValue, a.reason, a.facesFound, runID])
+        // Content facts and results under a fingerprint are written once; a later run that
+        // analyses the same content again keeps the first.
+        try ImageRecord(sha256: a.sha256, byteSize: a.byteSize, format: a.format, width: a.width, height: a.height)
+            .insert(db, onConflict: .ignore)
+        try ImageResultRecord(sha256: a.sha256, paramsFingerprint: fingerprint, outcome: a.outcome, reason: a.reason,
+                              facesFound: a.facesFound, runID: runID)
+            .insert(db, onConflict: .ignore)
         for f in a.faces {
-            let landmarks = try json(f.landmarks.points.map { [$0.x, $0.y] })
-            let quad = try json(f.quad.corners.map { [$0.x, $0.y] })
-            try db.execute(sql: """
-                INSERT OR IGNORE INTO faces (sha256, params_fingerprint, face_index, selected,
-                    box_left, box_top, box_right, box_bottom, det_score, landmarks68, quad,
-                    face_size, sharpness, roll_degrees, yaw, outside_fraction, padded, quality_ok, quality_reason,
-                    crop512, crop256)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [a.sha256, fingerprint, f.index, f.selected, f.box.left, f.box.top, f.box.right, f.box.bottom,
-                                 f.box.score, landmarks, quad, f.quality.faceSize, f.quality.sharpness, f.quality.rollDegrees,
-                                 f.quality.yaw, f.quality.outsideFraction, f.padded, f.quality.passed, f.quality.reason,
-                                 f.crops[512], f.crops[256]])
+            try FaceRecord(f, sha256: a.sha256, fingerprint: fingerprint).insert(db, onConflict: .ignore)
         }
     }
 }

@@ -8,7 +8,7 @@ extension Catalog {
     /// aligned crops, in path order.
     package func curationInputs(ingestFingerprint fp: String) throws -> [CurationFile] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try CurationInputRow.fetchAll(db, sql: """
                 SELECT f.id, f.path, f.identity_id, i.name, f.sha256, im.width, im.height, f.byte_size, f.mtime_ns,
                        fa.landmarks68, fa.quad, fa.face_size, fa.sharpness, fa.yaw, fa.crop512, fa.crop256
                 FROM files f
@@ -18,35 +18,53 @@ extension Catalog {
                 LEFT JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = r.params_fingerprint AND fa.selected
                 WHERE f.read_error IS NULL AND r.outcome IN ('ok', 'no_face')
                 ORDER BY f.path
-                """, arguments: [fp]).map { row in
-                var face: CurationFile.Face?
-                let crop512: String? = row["crop512"], crop256: String? = row["crop256"]
-                if let lmJSON: String = row["landmarks68"], let quadJSON: String = row["quad"],
-                   let descriptorCrop = crop512 ?? crop256, let hashCrop = crop256 ?? crop512 {
-                    let lm = try JSONDecoder().decode([[Double]].self, from: Data(lmJSON.utf8))
-                    let quad = try JSONDecoder().decode([[Double]].self, from: Data(quadJSON.utf8))
-                    if lm.count == 68, quad.count == 4 {
-                        face = CurationFile.Face(
-                            landmarks: Landmarks68(points: lm.map { Point(x: $0[0], y: $0[1]) }),
-                            quad: AlignmentQuad(corners: quad.map { Point(x: $0[0], y: $0[1]) }),
-                            faceSize: row["face_size"], sharpness: row["sharpness"], yaw: row["yaw"],
-                            descriptorCrop: descriptorCrop, hashCrop: hashCrop)
-                    }
-                }
-                return CurationFile(fileID: row["id"], path: row["path"], identityID: row["identity_id"], identity: row["name"],
-                                    sha256: row["sha256"], width: row["width"] ?? 0, height: row["height"] ?? 0, face: face,
-                                    byteSize: row["byte_size"], mtimeNs: row["mtime_ns"])
+                """, arguments: [fp]).map(\.file)
+        }
+    }
+
+    /// A file with its selected face's columns (all NULL when it has none).
+    private struct CurationInputRow: Decodable, FetchableRecord {
+        var id: Int64
+        var path: String
+        var identityID: Int64
+        var name: String
+        var sha256: String
+        var width: Int?
+        var height: Int?
+        var byteSize: Int?
+        var mtimeNs: Int64?
+        var landmarks68: PointList?
+        var quad: PointList?
+        var faceSize: Double?
+        var sharpness: Double?
+        var yaw: Double?
+        var crop512: String?
+        var crop256: String?
+
+        enum CodingKeys: String, CodingKey {
+            case id, path, identityID = "identity_id", name, sha256, width, height, byteSize = "byte_size", mtimeNs = "mtime_ns"
+            case landmarks68, quad, faceSize = "face_size", sharpness, yaw, crop512, crop256
+        }
+
+        var file: CurationFile {
+            var face: CurationFile.Face?
+            if let landmarks68, let quad, landmarks68.points.count == 68, quad.points.count == 4, let faceSize, let yaw,
+               let descriptorCrop = crop512 ?? crop256, let hashCrop = crop256 ?? crop512 {
+                face = CurationFile.Face(landmarks: Landmarks68(points: landmarks68.points), quad: AlignmentQuad(corners: quad.points),
+                                         faceSize: faceSize, sharpness: sharpness, yaw: yaw,
+                                         descriptorCrop: descriptorCrop, hashCrop: hashCrop)
             }
+            return CurationFile(fileID: id, path: path, identityID: identityID, identity: name, sha256: sha256,
+                                width: width ?? 0, height: height ?? 0, face: face, byteSize: byteSize, mtimeNs: mtimeNs)
         }
     }
 
     package func storedImageHashes(algorithm: String) throws -> [String: ImageHashes] {
         try pool.read { db in
             var out: [String: ImageHashes] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT sha256, pixel_sha256, phash FROM image_hashes WHERE algorithm = ?",
-                                           arguments: [algorithm])
-            while let row = try rows.next() {
-                out[row["sha256"]] = ImageHashes(pixelSHA256: row["pixel_sha256"], phash: UInt64(bitPattern: row["phash"]))
+            let hashes = try ImageHashRecord.filter(ImageHashRecord.Columns.algorithm == algorithm).fetchCursor(db)
+            while let h = try hashes.next() {
+                out[h.sha256] = ImageHashes(pixelSHA256: h.pixelSHA256, phash: UInt64(bitPattern: h.phash))
             }
             return out
         }
@@ -55,8 +73,8 @@ extension Catalog {
     package func storedCropHashes(algorithm: String) throws -> [String: UInt64] {
         try pool.read { db in
             var out: [String: UInt64] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT crop_sha256, phash FROM crop_hashes WHERE algorithm = ?", arguments: [algorithm])
-            while let row = try rows.next() { out[row["crop_sha256"]] = UInt64(bitPattern: row["phash"]) }
+            let hashes = try CropHashRecord.filter(CropHashRecord.Columns.algorithm == algorithm).fetchCursor(db)
+            while let h = try hashes.next() { out[h.cropSHA256] = UInt64(bitPattern: h.phash) }
             return out
         }
     }
@@ -64,12 +82,8 @@ extension Catalog {
     package func storedDescriptors(modelFingerprint: String) throws -> [String: FaceDescriptor] {
         try pool.read { db in
             var out: [String: FaceDescriptor] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT crop_sha256, descriptor FROM descriptors WHERE model_fingerprint = ?",
-                                           arguments: [modelFingerprint])
-            while let row = try rows.next() {
-                let blob: Data = row["descriptor"]
-                out[row["crop_sha256"]] = DescriptorBlob.decode(blob)
-            }
+            let descriptors = try DescriptorRecord.filter(DescriptorRecord.Columns.modelFingerprint == modelFingerprint).fetchCursor(db)
+            while let d = try descriptors.next() { out[d.cropSHA256] = DescriptorBlob.decode(d.descriptor) }
             return out
         }
     }
@@ -77,14 +91,14 @@ extension Catalog {
     /// The most recent completed curate run, if any.
     public func latestCurationRun() throws -> Int64? {
         try pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT id FROM runs WHERE command = 'curate' AND status = 'completed' ORDER BY id DESC LIMIT 1")
+            try RunRecord.latest("curate", status: "completed").fetchOne(db)?.id
         }
     }
 
     /// The decisions of one curate run with the paths and identity names they refer to.
     public func curationFindings(runID: Int64) throws -> [CurationFinding] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try FindingRow.fetchAll(db, sql: """
                 SELECT d.kind, d.group_id, d.score, d.reason,
                        f.path AS path, k.path AS kept_path, i.name AS identity, o.name AS other_identity,
                        d.identity_id, d.other_identity_id
@@ -95,11 +109,25 @@ extension Catalog {
                 LEFT JOIN identities o ON o.id = d.other_identity_id
                 WHERE d.run_id = ?
                 ORDER BY d.kind, d.group_id, f.path, i.name, o.name
-                """, arguments: [runID]).map { row in
-                CurationFinding(kind: CurationDecision.Kind(rawValue: row["kind"])!, path: row["path"], keptPath: row["kept_path"],
-                                identity: row["identity"], otherIdentity: row["other_identity"], groupID: row["group_id"],
-                                score: row["score"], reason: row["reason"])
+                """, arguments: [runID]).map {
+                CurationFinding(kind: $0.kind, path: $0.path, keptPath: $0.keptPath, identity: $0.identity,
+                                otherIdentity: $0.otherIdentity, groupID: $0.groupID, score: $0.score, reason: $0.reason)
             }
+        }
+    }
+
+    /// A decision with the paths and names its ids refer to.
+    private struct FindingRow: Decodable, FetchableRecord {
+        var kind: CurationDecision.Kind
+        var groupID: Int?
+        var score: Double
+        var reason: String
+        var path: String?
+        var keptPath: String?
+        var identity: String?
+        var otherIdentity: String?
+        enum CodingKeys: String, CodingKey {
+            case kind, groupID = "group_id", score, reason, path, keptPath = "kept_path", identity, otherIdentity = "other_identity"
         }
     }
 
@@ -107,26 +135,36 @@ extension Catalog {
     public func identityAliases() throws -> [String: String] {
         try pool.read { db in
             var out: [String: String] = [:]
-            for row in try Row.fetchAll(db, sql: """
+            for pair in try AliasNames.fetchAll(db, sql: """
                 SELECT a.name AS alias, c.name AS canonical FROM identity_aliases x
                 JOIN identities a ON a.id = x.identity_id JOIN identities c ON c.id = x.canonical_identity_id
-                """) { out[row["alias"]] = row["canonical"] }
+                """) { out[pair.alias] = pair.canonical }
             return out
         }
+    }
+
+    private struct AliasNames: Decodable, FetchableRecord {
+        var alias: String
+        var canonical: String
     }
 
     /// Paths of the readable files of each named identity, in path order.
     public func filePaths(identities names: Set<String>) throws -> [String: [String]] {
         try pool.read { db in
             var out: [String: [String]] = [:]
-            for row in try Row.fetchAll(db, sql: """
+            for file in try IdentityPath.fetchAll(db, sql: """
                 SELECT i.name, f.path FROM files f JOIN identities i ON i.id = f.identity_id
                 WHERE f.read_error IS NULL ORDER BY f.path
-                """) where names.contains(row["name"]) {
-                out[row["name"], default: []].append(row["path"])
+                """) where names.contains(file.name) {
+                out[file.name, default: []].append(file.path)
             }
             return out
         }
+    }
+
+    private struct IdentityPath: Decodable, FetchableRecord {
+        var name: String
+        var path: String
     }
 
     /// For review sheets: each file path → the absolute path of its selected face's 256 crop
@@ -136,15 +174,20 @@ extension Catalog {
         let root = try dataRoot()
         return try pool.read { db in
             var out: [String: String] = [:]
-            for row in try Row.fetchAll(db, sql: """
+            for crop in try PathCrop.fetchAll(db, sql: """
                 SELECT f.path, fa.crop256 FROM files f
                 JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = ? AND fa.selected
                 WHERE fa.crop256 IS NOT NULL
                 """, arguments: [fp]) {
-                out[row["path"]] = root.appendingPathComponent(row["crop256"] as String).path
+                out[crop.path] = root.appendingPathComponent(crop.crop256).path
             }
             return out
         }
+    }
+
+    private struct PathCrop: Decodable, FetchableRecord {
+        var path: String
+        var crop256: String
     }
 }
 
@@ -201,20 +244,20 @@ package actor CurationWriter {
     package func storeFeatures(images: [(String, ImageHashes)], crops: [(String, UInt64)], descriptors: [(String, FaceDescriptor)],
                        problems: [(String, String)], hashAlgorithm: String, descriptorFingerprint: String) throws {
         try catalog.pool.write { [runID] db in
+            // Stored features are facts about content: computing one again replaces it.
             for (sha, h) in images {
-                try db.execute(sql: "INSERT OR REPLACE INTO image_hashes (sha256, algorithm, pixel_sha256, phash) VALUES (?, ?, ?, ?)",
-                               arguments: [sha, hashAlgorithm, h.pixelSHA256, Int64(bitPattern: h.phash)])
+                try ImageHashRecord(sha256: sha, algorithm: hashAlgorithm, pixelSHA256: h.pixelSHA256, phash: Int64(bitPattern: h.phash))
+                    .insert(db, onConflict: .replace)
             }
             for (sha, h) in crops {
-                try db.execute(sql: "INSERT OR REPLACE INTO crop_hashes (crop_sha256, algorithm, phash) VALUES (?, ?, ?)",
-                               arguments: [sha, hashAlgorithm, Int64(bitPattern: h)])
+                try CropHashRecord(cropSHA256: sha, algorithm: hashAlgorithm, phash: Int64(bitPattern: h)).insert(db, onConflict: .replace)
             }
             for (sha, d) in descriptors {
-                try db.execute(sql: "INSERT OR REPLACE INTO descriptors (crop_sha256, model_fingerprint, descriptor) VALUES (?, ?, ?)",
-                               arguments: [sha, descriptorFingerprint, DescriptorBlob.encode(d)])
+                try DescriptorRecord(cropSHA256: sha, modelFingerprint: descriptorFingerprint, descriptor: DescriptorBlob.encode(d))
+                    .insert(db, onConflict: .replace)
             }
             for (location, reason) in problems {
-                try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)", arguments: [runID, location, reason])
+                try RunProblemRecord(runID: runID, location: location, reason: reason).insert(db)
             }
         }
     }
@@ -222,18 +265,13 @@ package actor CurationWriter {
     package func recordDecisions(_ decisions: [CurationDecision], aliases: [IdentityAlias]) throws {
         try catalog.pool.write { [runID] db in
             for d in decisions {
-                try db.execute(sql: """
-                    INSERT INTO curation_decisions (run_id, kind, file_id, kept_file_id, identity_id, other_identity_id, group_id, score, reason)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [runID, d.kind.rawValue, d.fileID, d.keptFileID, d.identityID, d.otherIdentityID, d.groupID,
-                                     d.score, d.reason])
+                try CurationDecisionRecord(d, runID: runID).insert(db)
             }
             // An alias already recorded stays as it was: applying merges never rewrites history.
             for a in aliases {
-                try db.execute(sql: """
-                    INSERT OR IGNORE INTO identity_aliases (identity_id, canonical_identity_id, run_id, score, reason)
-                    VALUES (?, ?, ?, ?, ?)
-                    """, arguments: [a.identityID, a.canonicalIdentityID, runID, a.score, a.reason])
+                try IdentityAliasRecord(identityID: a.identityID, canonicalIdentityID: a.canonicalIdentityID, runID: runID,
+                                        score: a.score, reason: a.reason)
+                    .insert(db, onConflict: .ignore)
             }
         }
     }
@@ -246,10 +284,7 @@ package actor CurationWriter {
     /// hashes and descriptors stay (they are facts about content, not decisions).
     package static func reset(_ catalog: Catalog) throws -> (decisions: Int, aliases: Int) {
         try catalog.pool.write { db in
-            try db.execute(sql: "DELETE FROM curation_decisions")
-            let decisions = db.changesCount
-            try db.execute(sql: "DELETE FROM identity_aliases")
-            return (decisions, db.changesCount)
+            (try CurationDecisionRecord.deleteAll(db), try IdentityAliasRecord.deleteAll(db))
         }
     }
 }

@@ -45,22 +45,21 @@ extension Catalog {
         let mfp = try currentMaskFingerprint()
         return try pool.read { db in
             try items.map { item in
-                let face = try Row.fetchOne(db, sql: """
-                    SELECT fa.*, (SELECT caption FROM files WHERE id = ?) AS caption FROM faces fa
-                    WHERE fa.sha256 = ? AND fa.params_fingerprint = ? AND fa.selected
-                    """, arguments: [item.fileID, item.sha256, fp])
-                let mask = try Row.fetchOne(db, sql: """
-                    SELECT mask512, e4e_input FROM masks WHERE sha256 = ? AND face_fingerprint = ? AND face_index = ? AND mask_fingerprint = ? AND ok
-                    """, arguments: [item.sha256, fp, face?["face_index"] as Int? ?? -1, mfp])
-                func decode(_ s: String?) -> [[Double]] { s.flatMap { try? JSONDecoder().decode([[Double]].self, from: Data($0.utf8)) } ?? [] }
-                var quality: [String: Double] = [:]
-                for key in ["face_size", "sharpness", "roll_degrees", "yaw", "outside_fraction"] {
-                    if let v = face?[key] as Double? { quality[key] = v }
-                }
+                let face = try FaceRecord
+                    .filter(FaceRecord.Columns.sha256 == item.sha256 && FaceRecord.Columns.paramsFingerprint == fp && FaceRecord.Columns.selected)
+                    .fetchOne(db)
+                // A mask counts only when it passed; there is none to look for without a face or a masks run.
+                let mask = try face.flatMap { face in
+                    try mfp.flatMap { mfp in
+                        try MaskRecord.fetchOne(db, key: MaskRecord.key(sha256: item.sha256, faceFingerprint: fp, faceIndex: face.faceIndex,
+                                                                        maskFingerprint: mfp))
+                    }
+                }.flatMap { $0.ok ? $0 : nil }
+                let caption = try face == nil ? nil : FileRecord.fetchOne(db, key: item.fileID)?.caption
                 return ExportSample(identity: item.identity, role: item.role, path: item.path, sha256: item.sha256,
-                                    caption: face?["caption"], crop512: face?["crop512"], mask512: mask?["mask512"],
-                                    e4eInput: mask?["e4e_input"], landmarks68: decode(face?["landmarks68"]), quad: decode(face?["quad"]),
-                                    quality: quality, faceFingerprint: fp, maskFingerprint: mfp)
+                                    caption: caption, crop512: face?.crop512, mask512: mask?.mask512, e4eInput: mask?.e4eInput,
+                                    landmarks68: face?.landmarks68.pairs ?? [], quad: face?.quad.pairs ?? [],
+                                    quality: face?.qualityMeasures ?? [:], faceFingerprint: fp, maskFingerprint: mfp)
             }
         }
     }
@@ -76,14 +75,13 @@ extension Catalog {
         return try pool.write { db in
             var inserted = 0
             for r in rows {
-                try db.execute(sql: """
-                    INSERT INTO encodings (sha256, preprocessing_fingerprint, model_fingerprint, encoded_file, sample_key, recorded_at)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (sha256, preprocessing_fingerprint, model_fingerprint) DO UPDATE
-                    SET encoded_file = excluded.encoded_file, sample_key = excluded.sample_key, recorded_at = excluded.recorded_at
-                    WHERE encoded_file != excluded.encoded_file OR sample_key != excluded.sample_key
-                    """, arguments: [r.sha256, r.preprocessing, r.model, r.file, r.key, ISO8601DateFormatter().string(from: Date())])
-                inserted += db.changesCount
+                // An encoding already recorded where it is stays as it is (its recorded_at too).
+                if let existing = try EncodingRecord.fetchOne(db, key: EncodingRecord.key(sha256: r.sha256, preprocessing: r.preprocessing, model: r.model)),
+                   existing.encodedFile == r.file, existing.sampleKey == r.key { continue }
+                try EncodingRecord(sha256: r.sha256, preprocessingFingerprint: r.preprocessing, modelFingerprint: r.model, encodedFile: r.file,
+                                   sampleKey: r.key, recordedAt: ISO8601DateFormatter().string(from: Date()))
+                    .upsert(db)
+                inserted += 1
             }
             return inserted
         }
@@ -93,8 +91,7 @@ extension Catalog {
     public func encodedCount(_ keys: [(sha256: String, preprocessing: String)], model: String) throws -> Int {
         try pool.read { db in
             try keys.reduce(0) { n, k in
-                n + ((try Bool.fetchOne(db, sql: "SELECT 1 FROM encodings WHERE sha256 = ? AND preprocessing_fingerprint = ? AND model_fingerprint = ?",
-                                        arguments: [k.sha256, k.preprocessing, model]) ?? false) ? 1 : 0)
+                n + (try EncodingRecord.exists(db, key: EncodingRecord.key(sha256: k.sha256, preprocessing: k.preprocessing, model: model)) ? 1 : 0)
             }
         }
     }

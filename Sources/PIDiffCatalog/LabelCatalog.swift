@@ -55,16 +55,16 @@ extension Catalog {
     public func unmappedManifestLabels(mapping: LabelMapping) throws -> [UnmappedLabel] {
         try pool.read { db in
             var seen: [String: (attribute: LabelAttribute, value: String, identities: Set<Int64>, photos: Int)] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT identity_id, race, age, gender FROM files
-                WHERE sha256 IS NOT NULL AND read_error IS NULL AND (race IS NOT NULL OR age IS NOT NULL OR gender IS NOT NULL)
-                """) {
+            typealias Columns = FileRecord.Columns
+            let labelled = FileRecord.filter(Columns.sha256 != nil && Columns.readError == nil
+                                             && (Columns.race != nil || Columns.age != nil || Columns.gender != nil))
+            for file in try labelled.fetchAll(db) {
                 for attribute in LabelAttribute.allCases {
-                    guard let raw: String = row[attribute.rawValue], !raw.trimmingCharacters(in: .whitespaces).isEmpty,
+                    guard let raw = file.label(attribute), !raw.trimmingCharacters(in: .whitespaces).isEmpty,
                           mapping.normalise(attribute, raw) == nil else { continue }
                     let key = "\(attribute.rawValue)\u{0}\(raw)"
                     seen[key, default: (attribute, raw, [], 0)].photos += 1
-                    if let id: Int64 = row["identity_id"] { seen[key]!.identities.insert(id) }
+                    seen[key]!.identities.insert(file.identityID)
                 }
             }
             return seen.values.map { UnmappedLabel(attribute: $0.attribute, value: $0.value, identities: $0.identities.count, photos: $0.photos) }
@@ -82,8 +82,9 @@ extension Catalog {
             let run = try RunRecorder.recordCompleted(db, command: "labels import", fingerprint: "",
                                                            parameters: "{\"source\":\"\(source)\"}", counts: "{\"labels\":\(labels.count)}")
             for l in labels {
-                try db.execute(sql: "INSERT OR REPLACE INTO manual_labels (identity, path, attribute, value, source, run_id) VALUES (?, ?, ?, ?, ?, ?)",
-                               arguments: [l.identity, l.path, l.attribute.rawValue, l.value, source, run])
+                try ManualLabelRecord(identity: l.identity, path: l.path, attribute: l.attribute.rawValue, value: l.value, source: source,
+                                      runID: run)
+                    .insert(db, onConflict: .replace)
             }
             return run
         }
@@ -97,43 +98,41 @@ extension Catalog {
             var imageAge: [String: [String: String]] = [:]
             let identities = try String.fetchAll(db, sql: "SELECT name FROM identities ORDER BY name")
             // Manifest labels of readable files.
-            for row in try Row.fetchAll(db, sql: """
-                SELECT i.name, f.path, f.race, f.age, f.gender FROM files f JOIN identities i ON i.id = f.identity_id
+            for file in try NamedFile.fetchAll(db, sql: """
+                SELECT i.name, f.* FROM files f JOIN identities i ON i.id = f.identity_id
                 WHERE f.sha256 IS NOT NULL AND f.read_error IS NULL
                 """) {
-                let name: String = row["name"]
                 for attr in LabelAttribute.allCases {
-                    if let v = mapping.normalise(attr, row[attr.rawValue]) {
-                        obs[name, default: []].append(LabelObservation(attribute: attr, value: v, provenance: .manifest, confidence: 1))
-                        if attr == .age { imageAge[name, default: [:]][row["path"]] = v }
+                    if let v = mapping.normalise(attr, file.file.label(attr)) {
+                        obs[file.name, default: []].append(LabelObservation(attribute: attr, value: v, provenance: .manifest, confidence: 1))
+                        if attr == .age { imageAge[file.name, default: [:]][file.file.path] = v }
                     }
                 }
             }
             // Classifier probabilities of selected faces.
             if let fp, let cfp = classifierFingerprint {
-                for row in try Row.fetchAll(db, sql: """
+                for row in try ClassifiedPhoto.fetchAll(db, sql: """
                     SELECT DISTINCT i.name, f.path, c.race_probs, c.gender_probs, c.age_probs FROM classifier_labels c
                     JOIN faces fa ON fa.sha256 = c.sha256 AND fa.params_fingerprint = c.face_fingerprint AND fa.face_index = c.face_index AND fa.selected
                     JOIN files f ON f.sha256 = c.sha256 JOIN identities i ON i.id = f.identity_id
                     WHERE c.face_fingerprint = ? AND c.model_fingerprint = ?
                     """, arguments: [fp, cfp]) {
-                    let name: String = row["name"]
-                    func probs(_ key: String) -> [Double] { (try? JSONDecoder().decode([Double].self, from: Data((row[key] as String).utf8))) ?? [] }
-                    for o in FairFace.observations(race: probs("race_probs"), gender: probs("gender_probs"), age: probs("age_probs"), mapping: mapping) {
-                        obs[name, default: []].append(o)
-                        if o.attribute == .age, imageAge[name]?[row["path"]] == nil { imageAge[name, default: [:]][row["path"]] = o.value }
+                    let probs = ClassifierLabelRecord.probabilities
+                    for o in FairFace.observations(race: probs(row.raceProbs), gender: probs(row.genderProbs), age: probs(row.ageProbs),
+                                                   mapping: mapping) {
+                        obs[row.name, default: []].append(o)
+                        if o.attribute == .age, imageAge[row.name]?[row.path] == nil { imageAge[row.name, default: [:]][row.path] = o.value }
                     }
                 }
             }
             // Manual corrections.
-            for row in try Row.fetchAll(db, sql: "SELECT identity, path, attribute, value FROM manual_labels") {
-                let name: String = row["identity"], path: String = row["path"]
-                guard let attr = LabelAttribute(rawValue: row["attribute"]) else { continue }
-                let value = mapping.normalise(attr, row["value"]) ?? "unknown"
-                if path.isEmpty {
-                    obs[name, default: []].append(LabelObservation(attribute: attr, value: value, provenance: .manual, confidence: 1))
+            for label in try ManualLabelRecord.fetchAll(db) {
+                guard let attr = LabelAttribute(rawValue: label.attribute) else { continue }
+                let value = mapping.normalise(attr, label.value) ?? "unknown"
+                if label.path.isEmpty {
+                    obs[label.identity, default: []].append(LabelObservation(attribute: attr, value: value, provenance: .manual, confidence: 1))
                 } else if attr == .age {
-                    imageAge[name, default: [:]][path] = value
+                    imageAge[label.identity, default: [:]][label.path] = value
                 }
             }
             return identities.map { name in
@@ -146,16 +145,33 @@ extension Catalog {
         }
     }
 
+    /// A file with its identity's name.
+    private struct NamedFile: Decodable, FetchableRecord {
+        var name: String
+        /// Decoded from the row's `files` columns.
+        var file: FileRecord
+    }
+
+    /// One photo's classifier probabilities (JSON arrays, see `ClassifierLabelRecord`).
+    private struct ClassifiedPhoto: Decodable, FetchableRecord {
+        var name: String
+        var path: String
+        var raceProbs: String
+        var genderProbs: String
+        var ageProbs: String
+        enum CodingKeys: String, CodingKey { case name, path, raceProbs = "race_probs", genderProbs = "gender_probs", ageProbs = "age_probs" }
+    }
+
     /// Selected faces with a 256 crop that have no classifier result under `modelFingerprint`.
     package func pendingClassifierFaces(modelFingerprint: String) throws -> [(sha256: String, faceIndex: Int, crop256: String)] {
         guard let fp = try currentIngestFingerprint() else { return [] }
         return try pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT sha256, face_index, crop256 FROM faces fa WHERE params_fingerprint = ? AND selected AND crop256 IS NOT NULL
+            try FaceRecord.fetchAll(db, sql: """
+                SELECT * FROM faces fa WHERE params_fingerprint = ? AND selected AND crop256 IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM classifier_labels c WHERE c.sha256 = fa.sha256 AND c.face_fingerprint = fa.params_fingerprint
                                   AND c.face_index = fa.face_index AND c.model_fingerprint = ?)
                 ORDER BY sha256
-                """, arguments: [fp, modelFingerprint]).map { ($0["sha256"], $0["face_index"], $0["crop256"]) }
+                """, arguments: [fp, modelFingerprint]).compactMap { face in face.crop256.map { (face.sha256, face.faceIndex, $0) } }
         }
     }
 
@@ -165,18 +181,17 @@ extension Catalog {
         try pool.write { db in
             let run = try RunRecorder.recordCompleted(db, command: "labels classify", fingerprint: modelFingerprint,
                                                            parameters: "{}", counts: "{\"faces\":\(results.count)}")
-            func json(_ v: [Double]) -> String { "[" + v.map { String(format: "%.6f", $0) }.joined(separator: ",") + "]" }
+            let json = ClassifierLabelRecord.json
             for r in results {
-                try db.execute(sql: """
-                    INSERT OR REPLACE INTO classifier_labels (sha256, face_fingerprint, face_index, model_fingerprint, race_probs, gender_probs, age_probs, run_id)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [r.sha256, fp, r.faceIndex, modelFingerprint, json(r.race), json(r.gender), json(r.age), run])
+                try ClassifierLabelRecord(sha256: r.sha256, faceFingerprint: fp, faceIndex: r.faceIndex, modelFingerprint: modelFingerprint,
+                                          raceProbs: json(r.race), genderProbs: json(r.gender), ageProbs: json(r.age), runID: run)
+                    .insert(db, onConflict: .replace)
             }
         }
     }
 
     /// Model fingerprint of the latest classifier run, if any.
     public func currentClassifierFingerprint() throws -> String? {
-        try pool.read { try String.fetchOne($0, sql: "SELECT params_fingerprint FROM runs WHERE command = 'labels classify' ORDER BY id DESC LIMIT 1") }
+        try pool.read { try RunRecord.latest("labels classify").fetchOne($0)?.paramsFingerprint }
     }
 }

@@ -3,12 +3,21 @@ import PIDiffModel
 import GRDB
 
 extension MaskJob {
-    package init(row: Row) {
-        let lm = (try? JSONDecoder().decode([[Double]].self, from: Data((row["landmarks68"] as String).utf8))) ?? []
-        let q = (try? JSONDecoder().decode([[Double]].self, from: Data((row["quad"] as String).utf8))) ?? []
-        self.init(sha256: row["sha256"], faceIndex: row["face_index"], path: row["path"] ?? row["sha256"], crop512: row["crop512"], crop256: row["crop256"],
-                  landmarks: lm.map { Point(x: $0[0], y: $0[1]) }, quad: AlignmentQuad(corners: q.map { Point(x: $0[0], y: $0[1]) }))
+    /// The job of a selected face with both crops; nil for a row without them (or without a
+    /// four-corner quad), which has nothing to mask.
+    init?(face: FaceRecord, path: String?) {
+        guard let crop512 = face.crop512, let crop256 = face.crop256, let quad = face.alignmentQuad else { return nil }
+        self.init(sha256: face.sha256, faceIndex: face.faceIndex, path: path ?? face.sha256, crop512: crop512, crop256: crop256,
+                  landmarks: face.landmarks68.points, quad: quad)
     }
+}
+
+/// A face with a photo that holds its content (the first by path), for messages.
+private struct FaceWithPath: Decodable, FetchableRecord {
+    /// Decoded from the row's `faces` columns.
+    var face: FaceRecord
+    var path: String?
+    var job: MaskJob? { MaskJob(face: face, path: path) }
 }
 
 /// One face's mask as reports show it.
@@ -39,31 +48,29 @@ extension Catalog {
     package func pendingMaskJobs(maskFingerprint: String) throws -> [MaskJob] {
         guard let fp = try currentIngestFingerprint() else { return [] }
         return try pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT fa.sha256, fa.face_index, fa.crop512, fa.crop256, fa.landmarks68, fa.quad,
-                       (SELECT MIN(f.path) FROM files f WHERE f.sha256 = fa.sha256) AS path FROM faces fa
+            try FaceWithPath.fetchAll(db, sql: """
+                SELECT fa.*, (SELECT MIN(f.path) FROM files f WHERE f.sha256 = fa.sha256) AS path FROM faces fa
                 WHERE fa.params_fingerprint = ? AND fa.selected AND fa.crop512 IS NOT NULL AND fa.crop256 IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
                                   AND m.face_index = fa.face_index AND m.mask_fingerprint = ?)
                 ORDER BY fa.sha256, fa.face_index
-                """, arguments: [fp, maskFingerprint]).map(MaskJob.init(row:))
+                """, arguments: [fp, maskFingerprint]).compactMap(\.job)
         }
     }
 
     /// The mask job of one selected face with crops under `faceFingerprint` (`verify --repair`).
     package func maskJob(sha256: String, faceFingerprint: String, faceIndex: Int) throws -> MaskJob? {
         try pool.read { db in
-            try Row.fetchOne(db, sql: """
-                SELECT sha256, face_index, crop512, crop256, landmarks68, quad,
-                       (SELECT MIN(f.path) FROM files f WHERE f.sha256 = faces.sha256) AS path FROM faces
+            try FaceWithPath.fetchOne(db, sql: """
+                SELECT faces.*, (SELECT MIN(f.path) FROM files f WHERE f.sha256 = faces.sha256) AS path FROM faces
                 WHERE sha256 = ? AND params_fingerprint = ? AND face_index = ? AND crop512 IS NOT NULL AND crop256 IS NOT NULL
-                """, arguments: [sha256, faceFingerprint, faceIndex]).map(MaskJob.init(row:))
+                """, arguments: [sha256, faceFingerprint, faceIndex])?.job
         }
     }
 
     /// Fingerprint of the most recent mask run.
     public func currentMaskFingerprint() throws -> String? {
-        try pool.read { try String.fetchOne($0, sql: "SELECT params_fingerprint FROM runs WHERE command = 'masks' ORDER BY id DESC LIMIT 1") }
+        try pool.read { try RunRecord.latest("masks").fetchOne($0)?.paramsFingerprint }
     }
 
     /// Masks of every selected face (one row per file path), under the current fingerprints.
@@ -72,8 +79,8 @@ extension Catalog {
         let mfp = try currentMaskFingerprint()
         let root = try dataRoot()
         return try pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT f.path, i.name AS identity, fa.crop256, m.mask256, m.e4e_input, m.coverage, m.ok, m.reason
+            try MaskReportQueryRow.fetchAll(db, sql: """
+                SELECT f.path, i.name AS identity, fa.crop256, m.*
                 FROM files f JOIN identities i ON i.id = f.identity_id
                 JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = ? AND fa.selected AND fa.crop256 IS NOT NULL
                 JOIN masks m ON m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
@@ -81,11 +88,20 @@ extension Catalog {
                 ORDER BY f.path
                 """, arguments: [fp, mfp]).map { row in
                 func abs(_ s: String?) -> String? { s.map { root.appendingPathComponent($0).path } }
-                return MaskReportRow(path: row["path"], identity: row["identity"], crop256: abs(row["crop256"])!,
-                                     mask256: abs(row["mask256"]), e4eInput: abs(row["e4e_input"]), coverage: row["coverage"],
-                                     ok: row["ok"], reason: row["reason"])
+                let mask = row.mask
+                return MaskReportRow(path: row.path, identity: row.identity, crop256: root.appendingPathComponent(row.crop256).path,
+                                     mask256: abs(mask.mask256), e4eInput: abs(mask.e4eInput), coverage: mask.coverage,
+                                     ok: mask.ok, reason: mask.reason)
             }
         }
+    }
+
+    private struct MaskReportQueryRow: Decodable, FetchableRecord {
+        var path: String
+        var identity: String
+        var crop256: String
+        /// Decoded from the row's `masks` columns.
+        var mask: MaskRecord
     }
 
     /// Mask paths per face for `faces --json`, keyed by "sha256/face_index".
@@ -94,10 +110,10 @@ extension Catalog {
         let root = try dataRoot()
         return try pool.read { db in
             var out: [String: (String?, String?, String?)] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT sha256, face_index, mask512, mask256, e4e_input FROM masks WHERE face_fingerprint = ? AND mask_fingerprint = ?",
-                                        arguments: [fp, mfp]) {
+            let masks = MaskRecord.filter(MaskRecord.Columns.faceFingerprint == fp && MaskRecord.Columns.maskFingerprint == mfp)
+            for mask in try masks.fetchAll(db) {
                 func abs(_ s: String?) -> String? { s.map { root.appendingPathComponent($0).path } }
-                out["\(row["sha256"] as String)/\(row["face_index"] as Int)"] = (abs(row["mask512"]), abs(row["mask256"]), abs(row["e4e_input"]))
+                out["\(mask.sha256)/\(mask.faceIndex)"] = (abs(mask.mask512), abs(mask.mask256), abs(mask.e4eInput))
             }
             return out
         }
@@ -123,19 +139,17 @@ package actor MaskWriter {
         try catalog.pool.write { [runID, faceFingerprint, maskFingerprint] db in
             for r in batch {
                 if r.skipped {
-                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                   arguments: [runID, r.job.path, r.reason ?? "skipped"])
+                    try RunProblemRecord(runID: runID, location: r.job.path, reason: r.reason ?? "skipped").insert(db)
                     continue
                 }
-                try db.execute(sql: """
-                    INSERT OR REPLACE INTO masks (sha256, face_fingerprint, face_index, mask_fingerprint, method,
-                        mask512, mask256, e4e_input, coverage, ok, reason, run_id)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [r.job.sha256, faceFingerprint, r.job.faceIndex, maskFingerprint, r.method,
-                                     r.mask512, r.mask256, r.e4eInput, r.coverage, r.ok, r.reason, runID])
+                // One row per face and mask fingerprint: writing it again replaces it.
+                try MaskRecord(sha256: r.job.sha256, faceFingerprint: faceFingerprint, faceIndex: r.job.faceIndex,
+                               maskFingerprint: maskFingerprint, method: r.method, mask512: r.mask512, mask256: r.mask256,
+                               e4eInput: r.e4eInput, coverage: r.coverage, ok: r.ok, reason: r.reason, runID: runID)
+                    .insert(db, onConflict: .replace)
                 if !r.ok, let reason = r.reason {
-                    try db.execute(sql: "INSERT INTO run_problems (run_id, location, reason) VALUES (?, ?, ?)",
-                                   arguments: [runID, r.job.path + (r.job.faceIndex > 0 ? " (face \(r.job.faceIndex))" : ""), reason])
+                    try RunProblemRecord(runID: runID, location: r.job.path + (r.job.faceIndex > 0 ? " (face \(r.job.faceIndex))" : ""),
+                                         reason: reason).insert(db)
                 }
             }
         }

@@ -30,8 +30,8 @@ extension Catalog {
         let fp = try currentIngestFingerprint()
         let root = try dataRoot()
         return try pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT f.path, i.name AS identity, f.read_error,
+            try ReportRow.fetchAll(db, sql: """
+                SELECT f.path, i.name AS identity,
                        CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
                        COALESCE(f.read_error, r.reason) AS reason, fa.crop256, fa.quality_ok, fa.quality_reason
                 FROM files f
@@ -40,10 +40,23 @@ extension Catalog {
                 LEFT JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = r.params_fingerprint AND fa.selected
                 ORDER BY i.name, f.path
                 """, arguments: [fp]).map { row in
-                ReportPhoto(path: row["path"], identity: row["identity"], outcome: row["outcome"], reason: row["reason"],
-                            crop256: (row["crop256"] as String?).map { root.appendingPathComponent($0).path },
-                            qualityOK: row["quality_ok"], qualityReason: row["quality_reason"])
+                ReportPhoto(path: row.path, identity: row.identity, outcome: row.outcome, reason: row.reason,
+                            crop256: row.crop256.map { root.appendingPathComponent($0).path },
+                            qualityOK: row.qualityOK, qualityReason: row.qualityReason)
             }
+        }
+    }
+
+    private struct ReportRow: Decodable, FetchableRecord {
+        var path: String
+        var identity: String
+        var outcome: String
+        var reason: String?
+        var crop256: String?
+        var qualityOK: Bool?
+        var qualityReason: String?
+        enum CodingKeys: String, CodingKey {
+            case path, identity, outcome, reason, crop256, qualityOK = "quality_ok", qualityReason = "quality_reason"
         }
     }
 }

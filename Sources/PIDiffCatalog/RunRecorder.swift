@@ -9,12 +9,11 @@ public enum RunRecorder {
     public static func begin(_ catalog: Catalog, command: String, fingerprint: String, parameters: String) throws -> Int64 {
         try catalog.pool.write { db in
             // A run still marked running while we hold the lock was killed.
-            try db.execute(sql: "UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
-            try db.execute(sql: """
-                INSERT INTO runs (command, status, started_at, params_fingerprint, parameters)
-                VALUES (?, 'running', ?, ?, ?)
-                """, arguments: [command, ISO8601DateFormatter().string(from: Date()), fingerprint, parameters])
-            let id = db.lastInsertedRowID
+            _ = try RunRecord.filter(RunRecord.Columns.status == "running").updateAll(db, RunRecord.Columns.status.set(to: "interrupted"))
+            var run = RunRecord(command: command, status: "running", startedAt: ISO8601DateFormatter().string(from: Date()),
+                                paramsFingerprint: fingerprint, parameters: parameters)
+            try run.insert(db)
+            let id = run.id!
             active.withLock { runs in runs[id] = catalog.path }
             return id
         }
@@ -35,8 +34,8 @@ public enum RunRecorder {
         for (id, path) in runs {
             guard let catalog = try? Catalog(path: path) else { continue }
             _ = try? catalog.pool.write { db in
-                try db.execute(sql: "UPDATE runs SET status = 'interrupted', ended_at = ? WHERE id = ? AND status = 'running'",
-                               arguments: [now, id])
+                try RunRecord.filter(key: id).filter(RunRecord.Columns.status == "running")
+                    .updateAll(db, [RunRecord.Columns.status.set(to: "interrupted"), RunRecord.Columns.endedAt.set(to: now)])
             }
         }
     }
@@ -46,11 +45,10 @@ public enum RunRecorder {
     package static func recordCompleted(_ db: Database, command: String, started: Date = Date(), fingerprint: String,
                                    parameters: String, counts: String) throws -> Int64 {
         let f = ISO8601DateFormatter()
-        try db.execute(sql: """
-            INSERT INTO runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts)
-            VALUES (?, 'completed', ?, ?, ?, ?, ?)
-            """, arguments: [command, f.string(from: started), f.string(from: Date()), fingerprint, parameters, counts])
-        return db.lastInsertedRowID
+        var run = RunRecord(command: command, status: "completed", startedAt: f.string(from: started), endedAt: f.string(from: Date()),
+                            paramsFingerprint: fingerprint, parameters: parameters, counts: counts)
+        try run.insert(db)
+        return run.id!
     }
 
     /// Ends a run begun with `begin`: its final status ("completed", "failed") and counts.
@@ -58,8 +56,11 @@ public enum RunRecorder {
         _ = active.withLock { $0.removeValue(forKey: runID) }
         let data = try JSONSerialization.data(withJSONObject: counts, options: [.sortedKeys])
         try catalog.pool.write { db in
-            try db.execute(sql: "UPDATE runs SET status = ?, ended_at = ?, counts = ? WHERE id = ?",
-                           arguments: [status, ISO8601DateFormatter().string(from: Date()), String(decoding: data, as: UTF8.self), runID])
+            _ = try RunRecord.filter(key: runID).updateAll(db, [
+                RunRecord.Columns.status.set(to: status),
+                RunRecord.Columns.endedAt.set(to: ISO8601DateFormatter().string(from: Date())),
+                RunRecord.Columns.counts.set(to: String(decoding: data, as: UTF8.self)),
+            ])
         }
     }
 }

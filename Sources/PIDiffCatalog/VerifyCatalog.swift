@@ -41,9 +41,8 @@ extension Catalog {
     /// `PRAGMA foreign_key_check`: one line per row whose reference has no parent.
     public func foreignKeyProblems() throws -> [String] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: "PRAGMA foreign_key_check").map { row in
-                let rowid: Int64? = row["rowid"]
-                return "\(row["table"] as String) row \(rowid.map(String.init) ?? "?") references a missing \(row["parent"] as String) row"
+            try Array(db.foreignKeyViolations()).map { v in
+                "\(v.originTable) row \(v.originRowID.map(String.init) ?? "?") references a missing \(v.destinationTable) row"
             }
         }
     }
@@ -51,7 +50,7 @@ extension Catalog {
     /// Every artefact path the catalog refers to (crops of faces, masks and e4e inputs).
     public func artefactReferences() throws -> [ArtefactReference] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try ReferenceRow.fetchAll(db, sql: """
                 SELECT crop512 AS path, 'faces.crop512' AS col, sha256, params_fingerprint AS ffp, face_index, NULL AS mfp
                   FROM faces WHERE crop512 IS NOT NULL
                 UNION ALL SELECT crop256, 'faces.crop256', sha256, params_fingerprint, face_index, NULL FROM faces WHERE crop256 IS NOT NULL
@@ -60,17 +59,26 @@ extension Catalog {
                 UNION ALL SELECT e4e_input, 'masks.e4e_input', sha256, face_fingerprint, face_index, mask_fingerprint FROM masks WHERE e4e_input IS NOT NULL
                 ORDER BY 1, 2
                 """).map {
-                ArtefactReference(path: $0["path"], column: $0["col"], sha256: $0["sha256"], faceFingerprint: $0["ffp"],
-                                  faceIndex: $0["face_index"], maskFingerprint: $0["mfp"])
+                ArtefactReference(path: $0.path, column: $0.col, sha256: $0.sha256, faceFingerprint: $0.ffp, faceIndex: $0.faceIndex,
+                                  maskFingerprint: $0.mfp)
             }
         }
+    }
+
+    private struct ReferenceRow: Decodable, FetchableRecord {
+        var path: String
+        var col: String
+        var sha256: String
+        var ffp: String
+        var faceIndex: Int
+        var mfp: String?
+        enum CodingKeys: String, CodingKey { case path, col, sha256, ffp, faceIndex = "face_index", mfp }
     }
 
     /// The parameters JSON a `command` run recorded under `fingerprint` (the latest such run).
     package func runParameters(command: String, fingerprint: String) throws -> String? {
         try pool.read { db in
-            try String.fetchOne(db, sql: "SELECT parameters FROM runs WHERE command = ? AND params_fingerprint = ? ORDER BY id DESC LIMIT 1",
-                                arguments: [command, fingerprint])
+            try RunRecord.latest(command).filter(RunRecord.Columns.paramsFingerprint == fingerprint).fetchOne(db)?.parameters
         }
     }
 
