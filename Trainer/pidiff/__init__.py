@@ -10,6 +10,7 @@ Modules, one per stage (import them directly; this package imports nothing heavy
     data          the encoded folder (samples per identity, the reference face) and prompts
     train, runs   the trainer's core; run folders, group sizes, checkpoints, --resume, ranks
     sample, style the sampler; style mixing and sample outputs
+    wplus         `pidiff wplus`: a face's w+ from any photo (via `pidiff-data face`) or a prepared e4e input
     evaluate      `pidiff eval`
     cli           the `pidiff` command
 """

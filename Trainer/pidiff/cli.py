@@ -25,6 +25,7 @@ COMMANDS = {
     "random-model": Command("pidiff.random_model", "write random-weight SD1.5 (diffusers layout) and e4e (official layout) models"),
     "train": Command("pidiff.train", "fine-tune the PIDiff mapper and style cross-attention on encoded shards"),
     "sample": Command("pidiff.sample", "generate images of an identity from trained PIDiff weights"),
+    "wplus": Command("pidiff.wplus", "the e4e w+ code of a face, from any photo (via pidiff-data face) or a prepared e4e input"),
     "eval": Command("pidiff.evaluate", "score generated images: ID (ArcFace), LPIPS (VGG), CLIP-T, per identity and overall"),
 }
 

@@ -94,15 +94,18 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
                           split: str = "") -> dict[str, IdentitySamples]:
     """Training samples (role "train") per identity, from the encoded shards in `encoded_dir`.
 
-    Only the shards holding samples to train on are checked for non-finite values and for one pair
-    of encoders (e4e, VAE): other splits or identities in the folder may differ. Latent mean/std are
+    Every shard read is checked whole (`read_encoded_shard`: dtypes, shapes, finite values, keys unique
+    here across shards too); only the shards holding samples to train on are checked for one pair of
+    encoders (e4e, VAE): other splits or identities in the folder may have been encoded otherwise. Latent mean/std are
     stored unscaled; they are multiplied here by the shard's VAE scaling factor (0.18215 for SD1.5),
     as SD's training does with sampled latents.
     """
     wanted = set(identities) if identities else None
     rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
     encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard used made with them
+    seen: dict[str, Path] = {}  # key → the shard it was first read from
     for shard in read_encoded_split(encoded_dir, split):
+        check_keys_unique(shard, seen)
         taken = [(i, key, sample["identity"]) for i, (key, sample) in enumerate(zip(shard.keys, shard.samples))
                  if sample["role"] == "train" and (wanted is None or sample["identity"] in wanted)]
         if not taken:
@@ -116,10 +119,8 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
                              "latents do not share one space; re-encode them with one e4e and one VAE")
         scale = shard.scaling_factor
         for i, key, identity in taken:
+            # read_encoded_shard has checked dtypes, shapes, finiteness and the std's range.
             w, mean, std = shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale
-            if not (torch.isfinite(w).all() and torch.isfinite(mean).all() and torch.isfinite(std).all()):
-                raise ValueError(f"{shard.path}: non-finite w+ or latents for the sample {key!r} of {identity!r}; "
-                                 "re-encode the shard")
             rows.setdefault(identity, []).append((key, w, mean, std))
     if wanted is not None and (missing := sorted(wanted - set(rows))):
         raise ValueError(f"no training samples in {encoded_dir} for identities {missing}")
@@ -130,22 +131,61 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
     return samples
 
 
-def reference_w_plus(encoded_dir: str | Path, identity: str, key: str | None = None) -> tuple[torch.Tensor, str]:
-    """w+ [18, 512] and key of sample `key`, or else of the identity's first reference sample (by key),
-    or, when it has none, of its first train sample."""
+def check_keys_unique(shard: EncodedShard, seen: dict[str, Path]) -> None:
+    """A sample key names one sample: the same key in two encoded files of one read is an error
+    naming both (within a file, `read_encoded_shard` already refuses it)."""
+    for key in shard.keys:
+        earlier = seen.setdefault(key, shard.path)
+        if earlier != shard.path:
+            raise ValueError(f"{shard.path}: the key {key!r} is also in {earlier}; a key must name one sample "
+                             "(were two splits encoded into one folder under the same key?)")
+
+
+@dataclass
+class ReferenceFace:
+    """The face `pidiff sample` conditions on when given an encoded folder, and why this one."""
+    w_plus: torch.Tensor  # [18, 512]
+    key: str
+    role: str             # "reference" | "train"
+    choice: str           # "--key" | "split reference" | "first train sample"
+    reason: str           # one sentence for the sidecar
+
+
+def reference_face(encoded_dir: str | Path, identity: str, key: str | None = None) -> ReferenceFace:
+    """Sample `key`, or else the identity's split reference (its first `reference` sample by key: the
+    photo `pidiff-data` held out of training), or, when it has none, its first `train` sample by key.
+
+    The encoded files carry each sample's identity, role and labels but not its photo quality, so the
+    choice is by role; which photo the split holds out as reference is `pidiff-data`'s choice.
+    """
     candidates = []
+    seen: dict[str, Path] = {}
     for shard in read_encoded_split(encoded_dir):
-        if key is not None:
-            if key in shard.keys:
-                return shard.w_plus[shard.keys.index(key)].float(), key
-            continue
+        check_keys_unique(shard, seen)
         for i, (sample_key, sample) in enumerate(zip(shard.keys, shard.samples)):
-            if sample["identity"] == identity:
-                candidates.append((sample["role"] != "reference", sample_key, shard.w_plus[i].float()))
+            if sample_key == key if key is not None else sample["identity"] == identity:
+                candidates.append((sample["role"] != "reference", sample_key, sample, shard.w_plus[i].float()))
     if not candidates:
         raise ValueError(f"no sample {key!r} in {encoded_dir}" if key else f"no sample of {identity!r} in {encoded_dir}")
-    _, chosen_key, w = min(candidates, key=lambda c: (c[0], c[1]))
-    return w, chosen_key
+    _, chosen_key, sample, w = min(candidates, key=lambda c: (c[0], c[1]))
+    role = sample["role"]
+    if key is not None:
+        owner = sample["identity"]
+        return ReferenceFace(w, chosen_key, role, "--key",
+                             f"the sample named by --key ({role} sample of {owner!r})")
+    count = sum(1 for c in candidates if not c[0])
+    if role == "reference":
+        return ReferenceFace(w, chosen_key, role, "split reference",
+                             f"the split's held-out reference photo of {identity!r}"
+                             + (f" (the first by key of its {count} reference samples)" if count > 1 else ""))
+    return ReferenceFace(w, chosen_key, role, "first train sample",
+                         f"{identity!r} has no reference sample in {encoded_dir}: its first train sample by key")
+
+
+def reference_w_plus(encoded_dir: str | Path, identity: str, key: str | None = None) -> tuple[torch.Tensor, str]:
+    """w+ [18, 512] and key of `reference_face`'s choice."""
+    face = reference_face(encoded_dir, identity, key)
+    return face.w_plus, face.key
 
 
 # ----------------------------------------------------------------------------------------------

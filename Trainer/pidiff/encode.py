@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from pidiff import __version__, shards
 from pidiff.e4e import E4ECheckpointError, E4EEncoder
@@ -477,6 +478,7 @@ def _write_encoded(job: PendingShard, common_metadata: dict[str, str]) -> None:
         "keys": json.dumps(job.index.keys),
         "samples": json.dumps(job.samples, sort_keys=True),
         "count": str(len(job.index)),
+        "latent_size": str(job.tensors["latent_mean"].shape[-1]),
     }
     # Write beside the target and rename: a killed run never leaves a file that looks complete.
     partial = job.output.with_name(f".{job.output.name}.partial")
@@ -501,9 +503,78 @@ class EncodedShard:
         return float(self.metadata["scaling_factor"])
 
 
+W_PLUS_ROW_SHAPE = (18, 512)
+LATENT_CHANNELS = 4
+# SD1.5's VAE at 512x512: 64x64 latents. Files may say otherwise in their `latent_size` metadata.
+DEFAULT_LATENT_SIZE = 64
+# The largest std the writer can produce: exp(0.5 * the top of LOGVAR_RANGE), with room for rounding
+# in a 16-bit storage dtype.
+LATENT_STD_MAX = math.exp(0.5 * LOGVAR_RANGE[1]) * 1.01
+REENCODE = "re-encode it with `pidiff encode` (or `pidiff-data encode`)"
+
+
+def _metadata_number(path: Path, metadata: dict[str, str], name: str, parse, default=None):
+    text = metadata.get(name)
+    if text is None:
+        if default is None:
+            raise EncodeError(f"{path}: no {name} in its metadata; {REENCODE}")
+        return default
+    try:
+        value = parse(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise EncodeError(f"{path}: metadata {name} {text!r} is not a positive number; {REENCODE}")
+    return value
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_encoded_tensors(path: Path, keys: list[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Dtypes, shapes and values of an encoded file's tensors, as `pidiff encode` writes them.
+
+    Every problem is an EncodeError naming the file, the tensor and, for values, the sample key:
+    a tampered or foreign file must not train on truncated integers, a wrong latent size or an
+    impossible (negative) std.
+    """
+    n = len(keys)
+    latent_size = _metadata_number(path, metadata, "latent_size", int, DEFAULT_LATENT_SIZE)
+    expected = {"w_plus": (n, *W_PLUS_ROW_SHAPE),
+                "latent_mean": (n, LATENT_CHANNELS, latent_size, latent_size),
+                "latent_std": (n, LATENT_CHANNELS, latent_size, latent_size)}
+    storage = metadata.get("storage_dtype")
+    if storage is not None and storage not in STORAGE_DTYPES:
+        raise EncodeError(f"{path}: metadata storage_dtype {storage!r} is not one of {', '.join(STORAGE_DTYPES)}; {REENCODE}")
+    for name, tensor in tensors.items():
+        if tensor.dtype not in STORAGE_DTYPES.values():
+            raise EncodeError(f"{path}: {name} is {str(tensor.dtype).removeprefix('torch.')}, expected a floating-point "
+                              f"dtype ({', '.join(STORAGE_DTYPES)}); {REENCODE}")
+        if storage is not None and tensor.dtype != STORAGE_DTYPES[storage]:
+            raise EncodeError(f"{path}: {name} is {str(tensor.dtype).removeprefix('torch.')} but the file's storage_dtype "
+                              f"is {storage}; {REENCODE}")
+        if tuple(tensor.shape) != expected[name]:
+            rows = "" if tensor.ndim and tensor.shape[0] == n else f" ({n} keys)"
+            raise EncodeError(f"{path}: {name} has shape {_shape_text(tensor.shape)}, expected {_shape_text(expected[name])}"
+                              f"{rows}; {REENCODE}")
+    for name, tensor in tensors.items():
+        bad = ~torch.isfinite(tensor).reshape(n, -1).all(dim=1)
+        if bad.any():
+            raise EncodeError(f"{path}: {name} of the sample {keys[int(bad.nonzero()[0])]!r} holds non-finite values; {REENCODE}")
+    std = tensors["latent_std"].float().reshape(n, -1)
+    for bad, what in ((std.lt(0).any(dim=1), "negative values"),
+                      (std.gt(LATENT_STD_MAX).any(dim=1), f"values above {LATENT_STD_MAX / 1.01:.0f} (exp(½·20), the largest std a VAE log-variance gives)")):
+        if bad.any():
+            raise EncodeError(f"{path}: latent_std of the sample {keys[int(bad.nonzero()[0])]!r} holds {what}; {REENCODE}")
+
+
 def read_encoded_shard(path: str | Path) -> EncodedShard:
-    """Load an encoded shard, checking its format, that keys, samples and rows agree, and that every
-    sample has an identity and a role."""
+    """Load an encoded shard and check it is what `pidiff encode` writes: its format; keys unique
+    non-empty strings; samples, count and every tensor agreeing with the keys; each sample with an
+    identity and a role; the scaling factor a positive number; the tensors of a floating-point
+    storage dtype, of shapes [N, 18, 512] and [N, 4, S, S] (S = `latent_size`, 64), finite, and the
+    std non-negative (`check_encoded_tensors`). Every problem is one EncodeError naming the file."""
     path = Path(path)
     metadata = read_metadata(path) if path.is_file() else None
     if metadata is None:
@@ -516,17 +587,33 @@ def read_encoded_shard(path: str | Path) -> EncodedShard:
         raise EncodeError(f"{path}: format is {found!r}, expected {FORMAT!r}")
     try:
         keys, samples = json.loads(metadata["keys"]), json.loads(metadata["samples"])
+        if not isinstance(keys, list) or not all(isinstance(key, str) and key for key in keys):
+            raise ValueError("keys is not a list of non-empty strings")
         if not isinstance(samples, list) or len(samples) != len(keys):
             raise ValueError(f"samples holds {len(samples) if isinstance(samples, list) else 'no list'} "
                              f"entries for {len(keys)} keys")
         samples = [sample_record(entry if isinstance(entry, dict) else {}) for entry in samples]
     except (KeyError, ValueError) as error:
         raise EncodeError(f"{path}: unreadable keys/samples metadata ({error}); re-encode it with `pidiff encode`") from None
-    with safe_open(str(path), framework="pt") as file:
-        tensors = {name: file.get_tensor(name) for name in ("w_plus", "latent_mean", "latent_std")}
-    for name, tensor in tensors.items():
-        if tensor.shape[0] != len(keys):
-            raise EncodeError(f"{path}: {name} has {tensor.shape[0]} rows for {len(keys)} keys")
+    first_row: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        if key in first_row:
+            raise EncodeError(f"{path}: the key {key!r} is given twice (rows {first_row[key]} and {row}); every row needs "
+                              f"its own sample; {REENCODE}")
+        first_row[key] = row
+    if "count" in metadata and metadata["count"] != str(len(keys)):
+        raise EncodeError(f"{path}: metadata count {metadata['count']!r} but {len(keys)} keys; {REENCODE}")
+    _metadata_number(path, metadata, "scaling_factor", float)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            names = set(file.keys())
+            missing = [name for name in ("w_plus", "latent_mean", "latent_std") if name not in names]
+            if missing:
+                raise EncodeError(f"{path}: no {' or '.join(missing)} tensor; {REENCODE}")
+            tensors = {name: file.get_tensor(name) for name in ("w_plus", "latent_mean", "latent_std")}
+    except (SafetensorError, OSError, RuntimeError) as error:  # a header that lies about the data after it
+        raise EncodeError(f"{path}: not a readable safetensors file ({error}); {REENCODE}") from None
+    check_encoded_tensors(path, keys, tensors, metadata)
     return EncodedShard(path, keys, tensors["w_plus"], tensors["latent_mean"], tensors["latent_std"], metadata, samples)
 
 

@@ -3,15 +3,22 @@
     pidiff sample --sd SD15 --weights OUT/pidiff.safetensors --encoded ENC \\
         --prompt "a photo of S* reading in the library" --num-images 4 --out samples/
 
-The face comes as a w+ code: by default the identity's first reference sample in the encoded
-shards (`--encoded`: their files name each sample's identity and role), or a named sample (`--key`), or a w+ code given
-directly (`--wplus FACE.safetensors|.pt|.npy`, [18, 512] or [1, 18, 512]), or an aligned 256×256
-face image encoded with e4e (`--image FACE.png --e4e e4e_ffhq_encode.pt`).
+The face comes as a w+ code: by default the identity's split reference in the encoded shards
+(`--encoded`: their files name each sample's identity and role; the first `reference` sample by key,
+else the first `train` sample), or a named sample (`--key`), or a w+ code given directly
+(`--wplus FACE.safetensors|.pt|.npy`, [18, 512] or [1, 18, 512], e.g. from `pidiff wplus`), or any
+photo (`--photo PHOTO --e4e e4e_ffhq_encode.pt`: `pidiff-data face` aligns, crops and removes the
+background, e4e encodes), or an already prepared 256×256 e4e input (`--image FACE.e4e.png --e4e …`).
+The sidecar says which face conditioned the pictures and why.
 
-Guidance follows the paper: the unconditional branch gets the empty prompt AND the unconditional
-visual input F(zeros); the conditional branch gets the prompt and F(w+), with λ (default: the
-weights' default_lambda, 0.4) weighting the style attention. DDIM, 50 steps, η = 0, on the
-schedule of --sd (pidiff.schedule, the one training noises with).
+Classifier-free guidance: the conditional branch gets the prompt and F(w+), with λ (default: the
+weights' default_lambda, 0.4) weighting the style attention; the unconditional branch gets the
+negative prompt (default "") and the unconditional visual input F(zeros). The paper states no
+guidance scale and no negative prompt: 7.5 and "" + F(zeros) are this project's defaults.
+DDIM, 50 steps, η = 0, on the schedule of --sd (pidiff.schedule, the one training noises with).
+
+Images are made --batch-size at a time and each is written as soon as it is decoded, so memory does
+not grow with --num-images; image i starts from the same noise whatever the batch size.
 
 On CUDA the UNet runs in bf16 and each DDIM step (CFG, UNet, scheduler) is a replayed CUDA graph
 (one capture per batch shape), which removes the per-kernel launch cost that dominates at batch 1;
@@ -22,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pidiff import style
-from pidiff.data import encode_prompts, reference_w_plus
+from pidiff import style, wplus
+from pidiff.data import encode_prompts, reference_face
 from pidiff.model import PIDiffAdapter, model_fingerprint
 from pidiff.schedule import SD15, Schedule, ddim_step
 
@@ -159,19 +169,26 @@ class PIDiffSampler:
     @torch.no_grad()
     def __call__(self, prompt_embeddings: torch.Tensor, empty_embedding: torch.Tensor, w_plus: torch.Tensor,
                  steps: int = 50, guidance: float = 7.5, scale: float = 0.4, generator: torch.Generator | None = None,
-                 latent_size: int = 64, decode: bool = True, static_loop: bool | None = None) -> torch.Tensor:
+                 latent_size: int = 64, decode: bool = True, static_loop: bool | None = None,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] (or latents, with decode=False) for B prompts and w+ codes.
 
-        static_loop (default: with CUDA graphs) runs the loop on `DenoisingLoop`'s static buffers.
+        empty_embedding: the unconditional text (the negative prompt's embedding, "" by default); the
+        unconditional visual input is F(zeros). noise: the initial latents [B, 4, S, S] (else drawn
+        from `generator`). static_loop (default: with CUDA graphs) runs the loop on `DenoisingLoop`'s
+        static buffers.
         """
         batch = prompt_embeddings.shape[0]
         self.adapter.set_scale(scale)
         text = torch.cat([empty_embedding.expand(batch, -1, -1), prompt_embeddings]).to(self.device, self.dtype)
         w = w_plus.to(self.device, torch.float32)
-        context = self.adapter.context(text, torch.cat([torch.zeros_like(w), w]))  # uncond: "" and F(zeros)
+        context = self.adapter.context(text, torch.cat([torch.zeros_like(w), w]))  # uncond: negative text and F(zeros)
 
-        latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator,
-                              device=generator.device if generator is not None else self.device)
+        if noise is not None:
+            latents = noise
+        else:
+            latents = torch.randn((batch, 4, latent_size, latent_size), generator=generator,
+                                  device=generator.device if generator is not None else self.device)
         latents = latents.to(self.device, torch.float32)
         timesteps = self.schedule.ddim_timesteps(steps)
         guidance = float(guidance)
@@ -193,43 +210,44 @@ class PIDiffSampler:
 
 # ----------------------------------------------------------------------------------------------
 # The command.
-def w_plus_from_image(image_path: str, e4e_path: str, device) -> torch.Tensor:
-    """e4e w+ of an aligned face image (as exported in `<key>.e4e.png`), resized to 256×256."""
-    import numpy as np
-    from PIL import Image
-
-    from pidiff.e4e import load_e4e
-
-    try:
-        image = Image.open(image_path).convert("RGB").resize((256, 256), Image.BICUBIC)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--image {image_path}: not found") from None
-    except OSError as error:  # PIL's UnidentifiedImageError, a cut-off file
-        raise ValueError(f"--image {image_path}: not a readable image ({error})") from error
-    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-    encoder = load_e4e(e4e_path).to(device).eval()
-    with torch.no_grad():
-        return encoder(x.to(device))[0].float().cpu()
+GUIDANCE_DEFAULT = 7.5
+NEGATIVE_PROMPT_DEFAULT = ""
+DEFAULTS_NOTE = ('the paper states no guidance scale and no negative prompt; 7.5 and "" + F(zeros) are this '
+                 "project's defaults")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pidiff sample", description=__doc__.split("\n\n")[0],
                                      epilog='example: pidiff sample --sd sd15/ --weights run/pidiff.safetensors '
-                                            '--encoded enc/ --prompt "a photo of S* on the beach" --out samples/')
+                                            '--encoded enc/ --prompt "a photo of S* on the beach" --out samples/; '
+                                            'from a new photo: ... --photo me.jpg --e4e e4e_ffhq_encode.pt')
     parser.add_argument("--sd", required=True, help="Stable Diffusion 1.5 folder, diffusers layout")
     parser.add_argument("--weights", required=True, help="pidiff.safetensors written by `pidiff train`")
     parser.add_argument("--prompt", action="append", required=True, help="repeatable; {} or the placeholder names the identity")
     parser.add_argument("--out", required=True, help="output folder for PNGs")
     face = parser.add_argument_group("the face (one of)")
-    face.add_argument("--encoded", help="encoded shards: the identity's first reference sample (or --key)")
+    face.add_argument("--encoded", help="encoded shards: the identity's split reference (its first reference sample "
+                                        "by key, else its first train sample), or --key")
     face.add_argument("--key", help="with --encoded: this sample's w+")
     face.add_argument("--shards", help="ignored: the encoded files carry each sample's identity and role")
-    face.add_argument("--wplus", help="the face as a w+ code: .safetensors/.pt/.npy holding [18,512] or [1,18,512]")
-    face.add_argument("--image", help="aligned face image (256x256 e4e input); needs --e4e")
-    face.add_argument("--e4e", help="e4e checkpoint for --image")
+    face.add_argument("--wplus", help="the face as a w+ code: `pidiff wplus` output, or .safetensors/.pt/.npy holding "
+                                      "[18,512] or [1,18,512]")
+    face.add_argument("--photo", metavar="PHOTO", help="any photo of the person: pidiff-data face aligns, crops and removes "
+                                                       "the background (its files are kept in OUT/face/); needs --e4e")
+    face.add_argument("--image", help="an already prepared 256x256 e4e input (NAME.e4e.png of pidiff-data face or a "
+                                      "shard); anything else is refused: use --photo; needs --e4e")
+    face.add_argument("--e4e", help="e4e checkpoint for --photo, --image and --style-photo")
+    wplus.add_face_options(parser, "--photo and --style-photo")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images denoised together (default 4); each is written as it finishes, so memory does not "
+                             "grow with --num-images, and image i is the same whatever the batch size")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=GUIDANCE_DEFAULT,
+                        help="classifier-free guidance scale (default 7.5: this project's choice; the paper states none)")
+    parser.add_argument("--negative-prompt", default=NEGATIVE_PROMPT_DEFAULT, metavar="TEXT",
+                        help='text of the unconditional branch (default "": this project\'s choice, the paper states no '
+                             "negative prompt); its visual input stays F(zeros)")
     parser.add_argument("--lambda", dest="scale", type=float, default=None, help="style weight λ (default: from the weights, 0.4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -238,20 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latent-size", type=int, default=64, help="64 for 512x512 images")
     parser.add_argument("--skip-base-check", action="store_true",
                         help="do not hash --sd's UNet to compare it with the weights' base model (saves a few seconds)")
-    style.add_sample_arguments(parser)  # --style-wplus, --style-layers, --lambda-sweep
+    style.add_sample_arguments(parser)  # --style-wplus, --style-photo, --style-layers, --lambda-sweep
     return parser
 
 
 def check_options(args, schedule: Schedule) -> None:
     """The options that must go together (or be in range), checked before any model is loaded."""
-    if sum(bool(x) for x in (args.encoded, args.wplus, args.image)) > 1:
-        raise ValueError("give only one of --encoded, --wplus and --image")
-    if not (args.encoded or args.wplus or args.image):
-        raise ValueError("give --encoded (optionally --key), --wplus or --image with --e4e")
-    if args.image and not args.e4e:
-        raise ValueError("--image needs --e4e")
+    given = [name for name, value in (("--encoded", args.encoded), ("--wplus", args.wplus), ("--photo", args.photo),
+                                      ("--image", args.image)) if value]
+    if len(given) > 1:
+        raise ValueError(f"give only one of --encoded, --wplus, --photo and --image (got {' and '.join(given)})")
+    if not given:
+        raise ValueError("give the face: --encoded (optionally --key), --wplus, --photo with --e4e or --image with --e4e")
+    if args.key and not args.encoded:
+        raise ValueError("--key names a sample of --encoded")
+    for option, value in (("--photo", args.photo), ("--image", args.image), ("--style-photo", args.style_photo)):
+        if value and not args.e4e:
+            raise ValueError(f"{option} needs --e4e (the e4e checkpoint that encodes the face)")
+    if not (args.photo or args.style_photo):
+        for option, value in (("--face-index", args.face_index is not None), ("--largest", args.largest),
+                              ("--face-pipeline", args.face_pipeline), ("--face-models", args.face_models)):
+            if value:
+                raise ValueError(f"{option} prepares a photo: it goes with --photo or --style-photo")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     schedule.ddim_timesteps(args.steps)
     if args.lambda_sweep:
         style.check_lambda_sweep(args.lambda_sweep)
@@ -279,16 +309,93 @@ def warn_about_prompts(prompts: list[str], placeholder: str) -> None:
                   "its text does not refer to the identity", file=sys.stderr)
 
 
-def face_w_plus(args, identity: str, device) -> tuple[torch.Tensor, str]:
-    """The identity's w+ [18, 512] from --wplus, --image or --encoded, and where it came from."""
+@dataclass
+class Face:
+    """The face that conditions the pictures, and what the sidecar says about it."""
+    w_plus: torch.Tensor  # [18, 512]
+    source: str           # the sample key or the file given
+    choice: str           # --key | split reference | first train sample | --wplus | --photo | --image
+    reason: str
+    details: dict = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # prepared files to keep in OUT/<folder>/
+    folder: str = "face"
+
+
+class E4E:
+    """The e4e encoder of --e4e, loaded once for the face and the style photo."""
+
+    def __init__(self, path: str, device):
+        self.path, self.device, self.encoder = path, device, None
+
+    def encode(self, face: wplus.FaceInput) -> torch.Tensor:
+        from pidiff.e4e import load_e4e
+
+        if self.encoder is None:
+            self.encoder = load_e4e(self.path, self.device)
+        return wplus.encode_e4e_inputs([face.pixels], self.encoder)[0]
+
+
+def photo_face(photo: str, what: str, scratch: Path, args, e4e: E4E, folder: str) -> Face:
+    prepared = wplus.photo_input(photo, scratch / folder, wplus.face_options(args), what)
+    record = prepared.record
+    which = f"face {record.get('face_index', '?')} of {record.get('faces_found', '?')} found"
+    return Face(e4e.encode(prepared), str(photo), what,
+                f"{what} {photo}: {which}, aligned, cropped and background-removed by pidiff-data face, encoded by e4e",
+                prepared.describe(), prepared.face.files(), folder)
+
+
+def resolve_face(args, identity: str, e4e: E4E, scratch: Path) -> Face:
+    """The identity's w+ [18, 512] from --wplus, --photo, --image or --encoded, and where it came from."""
     if args.wplus:
         try:
-            return style.load_w_plus(args.wplus), args.wplus
+            w = style.load_w_plus(args.wplus)
         except (OSError, ValueError) as error:
             raise ValueError(f"--wplus: {error}") from error
+        made_from = wplus.w_plus_file_metadata(args.wplus)
+        details = {"wplus_sha256": style.file_sha256(args.wplus)}
+        reason = "the w+ code given with --wplus"
+        if made_from:
+            details["wplus_made_from"] = {key: (json.loads(made_from[key]) if key == "face" else made_from[key])
+                                          for key in ("source", "source_kind", "source_sha256", "e4e_sha256", "face")
+                                          if key in made_from}
+            reason += f" (made by pidiff wplus from {made_from.get('source_kind', '?')} {made_from.get('source', '?')})"
+        return Face(w, args.wplus, "--wplus", reason, details)
+    if args.photo:
+        return photo_face(args.photo, "--photo", scratch, args, e4e, "face")
     if args.image:
-        return w_plus_from_image(args.image, args.e4e, device), args.image
-    return reference_w_plus(args.encoded, identity, args.key)
+        prepared = wplus.prepared_input(args.image, "--image")
+        return Face(e4e.encode(prepared), args.image, "--image", "the prepared e4e input given with --image, encoded by e4e",
+                    prepared.describe())
+    chosen = reference_face(args.encoded, identity, args.key)
+    return Face(chosen.w_plus, chosen.key, chosen.choice, chosen.reason, {"role": chosen.role})
+
+
+def resolve_style(args, e4e: E4E, scratch: Path) -> tuple[tuple[torch.Tensor, dict] | None, Face | None]:
+    """--style-photo prepared and encoded: ((w+, sidecar info), its Face for the kept files)."""
+    if not args.style_photo:
+        return None, None
+    face = photo_face(args.style_photo, "--style-photo", scratch, args, e4e, "style-face")
+    info = {"style_source": args.style_photo, "style_source_kind": "photo", "style_face": face.details}
+    return (face.w_plus, info), face
+
+
+def keep_face_files(out: Path, faces: list[Face]) -> dict[str, list[str]]:
+    """Copy the files pidiff-data face prepared into OUT/face/ (and OUT/style-face/); their names, relative to OUT."""
+    kept: dict[str, list[str]] = {}
+    for face in faces:
+        if face is None or not face.files:
+            continue
+        (out / face.folder).mkdir(parents=True, exist_ok=True)
+        for path in face.files:
+            shutil.copy2(path, out / face.folder / path.name)
+            kept.setdefault(face.folder, []).append(f"{face.folder}/{path.name}")
+    return kept
+
+
+def initial_noise(generator: torch.Generator, count: int, latent_size: int) -> torch.Tensor:
+    """The next `count` images' starting latents, drawn one image at a time from a CPU generator, so
+    image i gets the i-th draw whatever the batch size or device."""
+    return torch.cat([torch.randn((1, 4, latent_size, latent_size), generator=generator) for _ in range(count)])
 
 
 def base_model_note(unet, args) -> str:
@@ -317,49 +424,88 @@ def main(argv: list[str] | None = None) -> int:
     if args.shards is not None:
         print("pidiff sample: --shards is ignored: the encoded files carry each sample's identity and role",
               file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="pidiff-sample-") as scratch:
+        return run(args, Path(scratch))
+
+
+def run(args, scratch: Path) -> int:
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from pidiff.model import load_weights_metadata
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    # What the user gave (options, files, models) is checked and loaded here, so its mistakes end as
-    # one line and exit status 2, as in `pidiff eval`. OSError covers FileNotFoundError and models
-    # diffusers cannot find; pidiff's own errors (E4ECheckpointError, ShardError, EncodeError) are
-    # ValueErrors. Sampling itself stays outside: an error there is a bug and keeps its traceback.
+    # What the user gave (options, files, photos, models) is checked and loaded here, so its mistakes
+    # end as one line and exit status 2, as in `pidiff eval`. OSError covers FileNotFoundError and
+    # models diffusers cannot find; pidiff's own errors (E4ECheckpointError, EncodeError, FaceError)
+    # are ValueErrors. Sampling itself stays outside: an error there is a bug and keeps its traceback.
     try:
         schedule = Schedule.from_sd(args.sd)
         check_options(args, schedule)
-        unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet")
-        base_note = base_model_note(unet, args) # before the cast: training hashed the stored float32 weights
-        unet = unet.to(device, dtype).eval().requires_grad_(False)
-        vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
-        adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
+        metadata = load_weights_metadata(args.weights)
         identity = metadata.get("identity", "")
         placeholder = metadata.get("placeholder", "S*")
         scale = args.scale if args.scale is not None else default_scale(args.weights, metadata)
         warn_about_prompts(args.prompt, placeholder)
-        w_plus, source = face_w_plus(args, identity, device)
-        w_plus, style_info = style.style_mixed(w_plus, args)
+        e4e = E4E(args.e4e, device)
+        face = resolve_face(args, identity, e4e, scratch)  # photos are prepared before the big models load
+        photo_style, style_face = resolve_style(args, e4e, scratch)
+        w_plus, style_info = style.style_mixed(face.w_plus, args, photo_style)
+        e4e.encoder = None
+        unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet")
+        base_note = base_model_note(unet, args)  # before the cast: training hashed the stored float32 weights
+        unet = unet.to(device, dtype).eval().requires_grad_(False)
+        vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
+        adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
         prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
-        embeddings = encode_prompts(args.sd, prompts + [""], device).to(dtype)
+        texts = list(dict.fromkeys(prompts))  # each distinct prompt embedded once, whatever --num-images
+        embeddings = encode_prompts(args.sd, texts + [args.negative_prompt], device).to(dtype)
     except (OSError, ValueError) as error:
         print(f"pidiff sample: {error}", file=sys.stderr)
         return 2
     adapter.to(device).eval().requires_grad_(False)
     adapter.install(unet)
     sampler = PIDiffSampler(unet, vae, adapter, compile=args.compile, compile_vae=args.compile, schedule=schedule)
-    runs = []
-    for scale in style.sweep_lambdas(args, scale):  # every λ from the same seed: they differ only in λ
-        generator = torch.Generator(device).manual_seed(args.seed)
-        runs.append((scale, sampler(embeddings[:-1], embeddings[-1:], w_plus[None].expand(len(prompts), -1, -1),
-                                    steps=args.steps, guidance=args.guidance, scale=scale, generator=generator,
-                                    latent_size=args.latent_size)))
+    row_of_text = {text: row for row, text in enumerate(texts)}
+    text_index = torch.tensor([row_of_text[p] for p in prompts])
+    negative = embeddings[-1:]
+    lambdas = style.sweep_lambdas(args, scale)
+    out = Path(args.out)
+    writer = style.SampleWriter(out, prompts, lambdas, sweep=bool(args.lambda_sweep), columns=args.num_images,
+                                title=style.style_title(style_info))
+    kept = keep_face_files(out, [face, style_face])
+    for scale in lambdas:  # every λ from the same seed: they differ only in λ
+        generator = torch.Generator().manual_seed(args.seed)
+        for start in range(0, len(prompts), args.batch_size):
+            indices = list(range(start, min(len(prompts), start + args.batch_size)))
+            images = sampler(embeddings[text_index[indices]], negative, w_plus[None].expand(len(indices), -1, -1),
+                             steps=args.steps, guidance=args.guidance, scale=scale, latent_size=args.latent_size,
+                             noise=initial_noise(generator, len(indices), args.latent_size))
+            for entry in writer.add(scale, indices, images):
+                print(f"{out / entry['file']}: {entry['prompt']!r} (identity {identity}, face {face.source}, "
+                      f"λ {entry['lambda']}, seed {args.seed})", flush=True)
+            del images
 
-    resolved = {"identity": identity, "placeholder": placeholder, "face_source": str(source), "device": str(device),
-                "dtype": str(dtype).removeprefix("torch."), "prompts": prompts, "base_model_check": base_note, **style_info}
-    for entry in style.save_sample_outputs(args.out, runs, prompts, args, args.seed, metadata, resolved):
-        print(f"{Path(args.out) / entry['file']}: {entry['prompt']!r} (identity {identity}, face {source}, "
-              f"λ {entry['lambda']}, seed {args.seed})")
+    if style_face is not None and kept.get(style_face.folder):
+        style_info["style_face_files"] = kept[style_face.folder]
+    resolved = {"identity": identity, "placeholder": placeholder, "face_source": str(face.source),
+                "face_choice": face.choice, "face_choice_reason": face.reason, **({"face": face.details} if face.details else {}),
+                **({"face_files": kept[face.folder]} if kept.get(face.folder) else {}),
+                "device": str(device), "dtype": str(dtype).removeprefix("torch."), "prompts": prompts,
+                "base_model_check": base_note,
+                "classifier_free_guidance": {
+                    "guidance_scale": args.guidance, "negative_prompt": args.negative_prompt,
+                    "conditional_branch": "the prompt + visual tokens F(w+)",
+                    "unconditional_branch": f"the negative prompt {args.negative_prompt!r} + visual tokens F(zeros)",
+                    "defaults": DEFAULTS_NOTE,
+                    "guidance_scale_is_default": args.guidance == GUIDANCE_DEFAULT,
+                    "negative_prompt_is_default": args.negative_prompt == NEGATIVE_PROMPT_DEFAULT},
+                "initial_noise": "image i starts from the i-th [1, 4, S, S] standard-normal draw of a CPU "
+                                 "torch.Generator seeded with the seed (afresh for each λ), whatever --batch-size",
+                **style_info}
+    extra = {"e4e": args.e4e} if (args.photo or args.image or args.style_photo) else None
+    writer.finish(args, args.seed, metadata, resolved, extra)
     return 0
 
 

@@ -86,7 +86,7 @@ def write_encoded_shard(path: Path, labels: dict[str, tuple[str, str]], seed: in
     if nan_row is not None:
         tensors["latent_mean"][nan_row, 0, 0, 0] = float("nan")
     metadata = {"format": format, "keys": json.dumps(list(labels)), "count": str(n), "scaling_factor": "0.18215",
-                "e4e_sha256": encoders[0], "vae_sha256": encoders[1]}
+                "e4e_sha256": encoders[0], "vae_sha256": encoders[1], "latent_size": str(LATENT_SIZE)}
     if format != "pidiff-encoded/1":
         metadata["samples"] = json.dumps([{"identity": identity, "role": role, "labels": {}}
                                           for identity, role in labels.values()])

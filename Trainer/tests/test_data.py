@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_shard, write_encoded_shard, write_encoded_split
 from pidiff import cli
-from pidiff.data import DEFAULT_TEMPLATES, load_training_samples, prompt_texts, reference_w_plus
+from pidiff.data import DEFAULT_TEMPLATES, load_training_samples, prompt_texts, reference_face, reference_w_plus
 from pidiff.encode import EncodeError, read_encoded_shard
 from pidiff.model import load_weights
 from pidiff.style import read_sidecar
@@ -105,10 +105,13 @@ def test_samples_trained_on_must_be_finite_and_of_one_pair_of_encoders(tmp_path)
 
     labels = {"ann_000": ("ann", "train"), "bob_000": ("bob", "reference")}
     shard("a", "faces-000000", labels, nan_row=0)
-    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: non-finite .*'ann_000' of 'ann'"):
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: latent_mean of the sample 'ann_000' holds non-finite"):
         load_training_samples(tmp_path / "a", None)
-    shard("a2", "faces-000000", labels, nan_row=1)  # a NaN in a held-out reference row is not trained on
-    assert sorted(load_training_samples(tmp_path / "a2", None)) == ["ann"]
+    # A NaN in a held-out reference row is refused too: `pidiff sample` conditions on that row, and a
+    # file with non-finite values is broken wherever they are.
+    shard("a2", "faces-000000", labels, nan_row=1)
+    with pytest.raises(ValueError, match=r"faces-000000\.safetensors: latent_mean of the sample 'bob_000' holds non-finite"):
+        load_training_samples(tmp_path / "a2", None)
 
     shard("b", "faces-000000", {"ann_000": ("ann", "train")})
     shard("b", "faces-000001", {"bob_000": ("bob", "train")}, encoders=("e4e-0", "vae-1"))
@@ -152,6 +155,12 @@ def test_the_face_for_sampling_is_the_first_reference_sample_else_a_train_sample
     assert reference_w_plus(tmp_path, "ann", key="ann_000")[1] == "ann_000"
     with pytest.raises(ValueError, match="no sample of 'cat'"):
         reference_w_plus(tmp_path, "cat")
+    # The sidecar says why: the split's reference, a train sample for want of one, or --key.
+    assert (reference_face(tmp_path, "ann").choice, reference_face(tmp_path, "ann").reason) == (
+        "split reference", "the split's held-out reference photo of 'ann' (the first by key of its 2 reference samples)")
+    bob = reference_face(tmp_path, "bob")
+    assert bob.choice == "first train sample" and bob.reason == f"'bob' has no reference sample in {tmp_path}: its first train sample by key"
+    assert reference_face(tmp_path, "ann", key="ann_000").reason == "the sample named by --key (train sample of 'ann')"
 
 
 def test_prompts_fill_the_placeholder_and_end_with_the_empty_prompt(tmp_path):

@@ -32,7 +32,10 @@ def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_pat
             "--prompt", "a photo of S*", "--prompt", "S* at the beach", "--num-images", "2", "--steps", "2",
             "--latent-size", "8", "--device", "cpu", "--out", str(tmp_path / "samples")]
     assert cli.main(argv) == 0
-    assert read_sidecar(tmp_path / "samples" / "sample.json")["parameters"]["face_source"] == "ann_001"  # the reference
+    parameters = read_sidecar(tmp_path / "samples" / "sample.json")["parameters"]
+    assert parameters["face_source"] == "ann_001"  # the reference
+    assert parameters["face_choice"] == "split reference"
+    assert parameters["face_choice_reason"] == "the split's held-out reference photo of 'ann'"
     pngs = sorted((tmp_path / "samples").glob("[0-9]*.png"))
     assert [p.name for p in pngs] == ["000.png", "001.png", "002.png", "003.png"]
     assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / "sample.json").is_file()
@@ -226,6 +229,10 @@ def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_model
     np.save(face, np.zeros((18, 512), np.float32))
     picture = tmp_path / "face.png"
     Image.new("RGB", (64, 64)).save(picture)
+    prepared = tmp_path / "face.e4e.png"
+    Image.new("RGB", (256, 256), "white").save(prepared)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
     not_e4e = tmp_path / "e4e.pt"
     torch.save({"nothing": torch.zeros(1)}, not_e4e)
 
@@ -241,8 +248,19 @@ def test_sample_command_reports_user_errors_in_one_line_with_status_2(tiny_model
     assert "--style-wplus: w+ file" in error_of("--wplus", str(face), "--style-wplus", str(tmp_path / "absent.npy"))
     assert "--wplus: w+ file" in error_of("--wplus", str(tmp_path / "absent.npy"))
     assert "--image" in error_of("--image", str(tmp_path / "absent.png"), "--e4e", str(tiny_models["e4e"]))
-    assert "e4e.pt: expected a dict with a 'state_dict' entry" in error_of("--image", str(picture), "--e4e", str(not_e4e))
+    assert "e4e.pt: expected a dict with a 'state_dict' entry" in error_of("--image", str(prepared), "--e4e", str(not_e4e))
     assert "--image needs --e4e" in error_of("--image", str(picture))
+    # --image is a prepared 256x256 e4e input and nothing else: no silent resize of a photo.
+    for given, problem in ((picture, "64x64, not 256x256"), (not_an_image, "not a readable image")):
+        error = error_of("--image", str(given), "--e4e", str(tiny_models["e4e"]))
+        assert f"--image {given}: {problem}" in error and "for a photo use --photo PHOTO" in error
+    assert "--photo needs --e4e" in error_of("--photo", str(picture))
+    assert "--style-photo needs --e4e" in error_of("--wplus", str(face), "--style-photo", str(picture))
+    assert "give only one of" in error_of("--wplus", str(face), "--photo", str(picture), "--e4e", str(tiny_models["e4e"]))
+    assert "--key names a sample of --encoded" in error_of("--wplus", str(face), "--key", "ann_000")
+    assert "--largest prepares a photo" in error_of("--wplus", str(face), "--largest")
+    assert "--face-index prepares a photo" in error_of("--wplus", str(face), "--face-index", "1")
+    assert "--batch-size must be at least 1, got 0" in error_of("--wplus", str(face), "--batch-size", "0")
     assert "DDIM steps" in error_of("--wplus", str(face), "--steps", "0")
     assert "trained for another base model" in error_of("--wplus", str(face), weights_file=other)
     for count in ("0", "-2"):
@@ -290,3 +308,96 @@ def test_shards_is_accepted_and_ignored_with_one_line(tiny_models, tmp_path, cap
     # stderr also holds diffusers' logging: the command's own lines start with its name.
     mentions = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pidiff sample:")]
     assert mentions == ["pidiff sample: --shards is ignored: the encoded files carry each sample's identity and role"]
+
+
+def test_many_images_are_sampled_in_batches_and_written_as_they_finish(tiny_models, tmp_path, monkeypatch):
+    """--num-images beyond --batch-size: the UNet sees batches of at most --batch-size images (x2 for
+    CFG), each batch's PNGs are on disk before the next batch starts (memory does not grow with the
+    number of images), and every image is the one a single batch would have made."""
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    from pidiff.sample import PIDiffSampler
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*"})
+    face = tmp_path / "face.npy"
+    np.save(face, np.random.default_rng(0).standard_normal((18, 512)).astype(np.float32))
+
+    unet_batches, files_at_call = [], []
+    forward, call = UNet2DConditionModel.forward, PIDiffSampler.__call__
+
+    def counting_forward(self, sample, *args, **kwargs):
+        unet_batches.append(sample.shape[0])
+        return forward(self, sample, *args, **kwargs)
+
+    def watching_call(self, *args, **kwargs):
+        files_at_call.append(sorted(p.name for p in out.glob("*")))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", counting_forward)
+    monkeypatch.setattr(PIDiffSampler, "__call__", watching_call)
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--wplus", str(face),
+            "--prompt", "a photo of S*", "--prompt", "S* at the beach", "--num-images", "3", "--steps", "2",
+            "--latent-size", "8", "--device", "cpu", "--seed", "3"]
+    out = tmp_path / "chunked"
+    out.mkdir()
+    (out / "sample.json").write_text('{"format": "pidiff-sample/1", "images": []}')  # an earlier run's
+    assert cli.main(argv + ["--batch-size", "4", "--out", str(out)]) == 0
+    assert unet_batches == [8, 8, 4, 4]  # 6 images: a batch of 4 and one of 2, two DDIM steps each, CFG doubled
+    assert files_at_call == [[], ["000.png", "001.png", "002.png", "003.png"]]  # the stale sidecar went first
+    record = read_sidecar(out / "sample.json")
+    assert [e["file"] for e in record["images"]] == [f"{i:03d}.png" for i in range(6)]
+    assert record["parameters"]["batch_size"] == 4
+    assert Image.open(out / "grid.png").size == (3 * 64, 2 * (64 + 14))  # one row per prompt, one column per image
+
+    # The same images as one batch of 6: image i's noise does not depend on the batch it is in.
+    unet_batches.clear()
+    single = tmp_path / "single"
+    assert cli.main(argv + ["--batch-size", "6", "--out", str(single)]) == 0
+    assert unet_batches == [12, 12]
+    for i in range(6):
+        a = np.asarray(Image.open(out / f"{i:03d}.png"), dtype=np.int16)
+        b = np.asarray(Image.open(single / f"{i:03d}.png"), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, i  # batched float32 convolutions may round differently
+
+
+def test_negative_prompt_feeds_only_the_unconditional_branch_and_the_defaults_are_stated(tiny_models, tmp_path, capsys):
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(unet), 0, {"identity": "ann", "placeholder": "S*"})
+    face = tmp_path / "face.npy"
+    np.save(face, np.random.default_rng(1).standard_normal((18, 512)).astype(np.float32))
+    argv = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--wplus", str(face),
+            "--prompt", "a photo of S*", "--steps", "2", "--latent-size", "8", "--device", "cpu"]
+
+    def pixels(out, *extra):
+        assert cli.main(argv + [*extra, "--out", str(tmp_path / out)]) == 0
+        return np.asarray(Image.open(tmp_path / out / "000.png"))
+
+    default = pixels("default")
+    negative = pixels("negative", "--negative-prompt", "blurry, low quality")
+    assert not np.array_equal(default, negative)
+    # At guidance 1, eps = eps_cond: the unconditional branch, and so the negative prompt, drops out.
+    np.testing.assert_array_equal(pixels("g1", "--guidance", "1"), pixels("g1-negative", "--guidance", "1",
+                                                                           "--negative-prompt", "blurry"))
+
+    cfg = read_sidecar(tmp_path / "default" / "sample.json")["parameters"]["classifier_free_guidance"]
+    assert cfg["guidance_scale"] == 7.5 and cfg["negative_prompt"] == "" and cfg["guidance_scale_is_default"]
+    assert cfg["unconditional_branch"] == "the negative prompt '' + visual tokens F(zeros)"
+    assert "the paper states no guidance scale and no negative prompt" in cfg["defaults"]
+    cfg = read_sidecar(tmp_path / "negative" / "sample.json")["parameters"]["classifier_free_guidance"]
+    assert cfg["negative_prompt"] == "blurry, low quality" and not cfg["negative_prompt_is_default"]
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 7.5: this project's choice; the paper states none" in help_text
+    assert "--negative-prompt TEXT" in help_text and "its visual input stays F(zeros)" in help_text

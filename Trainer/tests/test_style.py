@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pidiff.style import (LABEL_HEIGHT, check_lambda_sweep, labelled_grid, lambda_text, load_w_plus, mix_w_plus,
-                          model_fingerprints, parse_lambdas, parse_layers, read_sidecar, write_sidecar)
+from pidiff.style import (LABEL_HEIGHT, GridCanvas, check_lambda_sweep, describe_layers, labelled_grid, lambda_text,
+                          load_w_plus, mix_w_plus, model_fingerprints, parse_lambdas, parse_layers, read_sidecar,
+                          rows_text, write_sidecar)
 
 
 def test_parse_layers_reads_ranges_and_single_rows():
@@ -18,6 +19,39 @@ def test_parse_layers_reads_ranges_and_single_rows():
     assert parse_layers("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
     assert parse_layers("17") == [17]
     assert parse_layers("4-5,5-6") == [4, 5, 6]
+
+
+def test_style_layer_presets_name_the_stylegan_row_groups():
+    assert parse_layers("coarse") == [0, 1, 2, 3]
+    assert parse_layers("middle") == [4, 5, 6, 7]
+    assert parse_layers("fine") == list(range(8, 18))
+    assert parse_layers("coarse,fine") == [0, 1, 2, 3, *range(8, 18)]
+    assert parse_layers("Middle,0") == [0, 4, 5, 6, 7]
+    assert rows_text(parse_layers("0-3,8,10-11")) == "0-3,8,10-11"
+    assert describe_layers(parse_layers("coarse")) == "0-3 (coarse: pose, face shape)"
+    assert describe_layers(parse_layers("fine")) == ("8-17 (fine: colour scheme incl. skin and hair colour, "
+                                                     "micro-structure)")
+    assert describe_layers(parse_layers("0-3,8")) == "0-3,8 (coarse: pose, face shape; part of fine)"
+    assert describe_layers([5]) == "5 (part of middle)"
+
+
+def test_a_grid_of_many_images_is_drawn_smaller_within_its_pixel_budget():
+    # 100 cells of 64x64 with a budget for about 25: every cell is scaled by one factor, labels stay.
+    budget = 25 * 64 * (64 + LABEL_HEIGHT)
+    canvas = GridCanvas(100, 10, title="style: w+ rows 0-3 from photo x.jpg", max_pixels=budget)
+    for i in range(100):
+        canvas.paste(i, Image.new("RGB", (64, 64), (i, 0, 0)), f"#{i}")
+    width, height = canvas.image.size
+    assert width * height <= budget * 1.2 and canvas.cell_size[0] < 64 and canvas.cell_size == (width // 10, canvas.cell_size[1])
+    with pytest.raises(ValueError, match="cell 100 outside"):
+        canvas.paste(100, Image.new("RGB", (64, 64)), "x")
+    with pytest.raises(ValueError, match="image 3 is 32x32, not 64x64"):
+        canvas.paste(3, Image.new("RGB", (32, 32)), "x")
+    # Small grids keep their cells' size.
+    small = GridCanvas(4, 2)
+    for i in range(4):
+        small.paste(i, Image.new("RGB", (64, 64)), "x")
+    assert small.image.size == (128, 2 * (64 + LABEL_HEIGHT))
 
 
 @pytest.mark.parametrize("spec, reason", [("7-3", "backwards"), ("0-18", "outside"), ("a", "not a row"),
@@ -144,6 +178,7 @@ def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidec
     save_file({"w_plus": identity[None], "latent_mean": torch.zeros(1, 4, 8, 8), "latent_std": torch.ones(1, 4, 8, 8)},
               str(encoded / "faces-000000.safetensors"),
               metadata={"format": "pidiff-encoded/2", "keys": json.dumps(["ann_000"]), "scaling_factor": "0.18215",
+                        "latent_size": "8",
                         "samples": json.dumps([{"identity": "ann", "role": "reference", "labels": {}}])})
 
     def sample(out, *extra):
@@ -162,7 +197,13 @@ def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidec
                    "--lambda-sweep", "0,1")
     plain = sample("plain", "--lambda-sweep", "0,1")
     assert sorted(p.name for p in mixed.glob("*.png")) == ["000_lambda0.png", "000_lambda1.png", "grid.png"]
-    assert Image.open(mixed / "grid.png").size == (2 * 64, 64 + LABEL_HEIGHT)
+    # The style run's grid is titled with the rows and the style source (wrapped to the grid's width);
+    # the plain run's has no title.
+    width, height = Image.open(mixed / "grid.png").size
+    assert width == 2 * 64 and height > 64 + LABEL_HEIGHT and (height - 64) % LABEL_HEIGHT == 0
+    title = np.asarray(Image.open(mixed / "grid.png").convert("L"))[: height - 64 - LABEL_HEIGHT]
+    assert (title < 128).any()  # text drawn there
+    assert Image.open(plain / "grid.png").size == (2 * 64, 64 + LABEL_HEIGHT)
 
     def pixels(path):
         return np.asarray(Image.open(path))
@@ -174,6 +215,10 @@ def test_sample_command_mixes_style_rows_sweeps_lambda_and_writes_grid_and_sidec
     record = read_sidecar(mixed / "sample.json")
     assert record["seed"] == 5
     assert record["parameters"]["style_layers"] == list(range(8)) and record["parameters"]["lambda_sweep"] == [0.0, 1.0]
+    assert record["parameters"]["style_source"] == str(tmp_path / "style.npy")
+    assert record["parameters"]["style_source_kind"] == "w+ file"
+    assert record["parameters"]["style_layers_spec"] == "0-7"
+    assert record["parameters"]["style_layers_meaning"] == "0-7 (coarse + middle: pose, face shape, hair style, eyes)"
     assert record["parameters"]["steps"] == 2 and record["parameters"]["guidance"] == 7.5
     assert record["parameters"]["style_wplus_sha256"] == hashlib.sha256((tmp_path / "style.npy").read_bytes()).hexdigest()
     assert record["models"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
