@@ -20,11 +20,43 @@ public final class Catalog: Sendable {
             // may roll back the last transactions, never corrupt the file.
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
+        try Self.refuseUnlessOurs(path)
         do {
             pool = try DatabasePool(path: path, configuration: config)
             try Catalog.migrator.migrate(pool)
         } catch {
             throw CatalogError.open(path, "\(error)")
+        }
+    }
+
+    /// Before anything changes the file (WAL mode, migrations): an existing database must be a
+    /// pidiff-data catalog whose schema this version knows. Another program's SQLite file, or a
+    /// catalog migrated by a newer pidiff-data, is refused with one line naming why.
+    static func refuseUnlessOurs(_ path: String) throws {
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int, size > 0 else { return }
+        var config = Configuration()
+        config.readonly = true
+        let (tables, applied): ([String], [String])
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: config)
+            (tables, applied) = try queue.read { db in
+                let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                let applied = tables.contains("grdb_migrations") ? try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") : []
+                return (tables, applied)
+            }
+        } catch {
+            throw CatalogError.open(path, "not an SQLite database (\(error))")
+        }
+        guard !tables.isEmpty else { return }
+        guard tables.contains("grdb_migrations"), applied.contains("v1-ingest") else {
+            throw CatalogError.open(path, "not a pidiff-data catalog (an SQLite database with tables \(tables.prefix(5).joined(separator: ", "))"
+                                    + (tables.count > 5 ? ", …" : "") + "); nothing was changed")
+        }
+        let known = migrator.migrations
+        let unknown = applied.filter { !known.contains($0) }
+        guard unknown.isEmpty else {
+            throw CatalogError.open(path, "written by a newer pidiff-data (schema \(unknown.joined(separator: ", "))); this version knows up to "
+                                    + "\(known.last ?? "none"): upgrade pidiff-data; nothing was changed")
         }
     }
 
@@ -266,14 +298,20 @@ public final class Catalog: Sendable {
     /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
     /// later command finds it. Default: `<catalog>.data` beside the catalog.
     public func dataRoot(preferred: String? = nil) throws -> URL {
+        let folder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent()
         if let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) {
-            return URL(fileURLWithPath: stored.value)
+            // Relative to the catalog's folder (a copied or moved project keeps its own artefacts);
+            // catalogs from before stored an absolute path, which is kept as it was.
+            return stored.value.hasPrefix("/") ? URL(fileURLWithPath: stored.value)
+                                                : folder.appendingPathComponent(stored.value).standardizedFileURL
         }
         let root = preferred.map { URL(fileURLWithPath: $0).standardizedFileURL }
             ?? URL(fileURLWithPath: path + ".data").standardizedFileURL
+        // Inside the catalog's folder: recorded relative to it.
+        let value = root.path.hasPrefix(folder.path + "/") ? String(root.path.dropFirst(folder.path.count + 1)) : root.path
         // A root already recorded (by a command that got here first) stays.
-        try pool.write { db in try MetaRecord(key: "data_root", value: root.path).insert(db, onConflict: .ignore) }
-        return root
+        try pool.write { db in try MetaRecord(key: "data_root", value: value).insert(db, onConflict: .ignore) }
+        return try dataRoot()
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import PIDiffModel
+import PIDiffCatalog
 
 /// `encode`: exports the split into the workspace's `shards/` where the export there is not up to
 /// date, runs `pidiff encode` (e4e w+ and VAE latent distributions, one safetensors per shard, into
@@ -24,6 +25,8 @@ public struct EncodeStage: PipelineStage {
     }
 
     public func run(in workspace: Workspace) async throws -> StageReport {
+        let lock = try CatalogLock(outputFolder: workspace.work)
+        defer { withExtendedLifetime(lock) {} }
         var driver = EncodeDriver(catalogPath: workspace.catalogPath, split: parameters.export.split, outDirectory: workspace.work,
                                   e4e: try workspace.e4eModel(for: Self.name), sd: try workspace.sdModel(for: Self.name))
         driver.exporter = ExportStage(parameters.export).exporter(in: workspace, folder: workspace.shards)

@@ -26,7 +26,7 @@ public struct IngestStage: PipelineStage {
         if summary.problemCount > 20 { lines.append("  … \(summary.problemCount - 20) more problems (pidiff-data status --problems lists them all)") }
         let outcome: StageReport.Outcome = !summary.rejectedSources.isEmpty ? .failed : summary.errorCount > 0 ? .partial : .success
         return StageReport(stage: Self.name, outcome: outcome, lines: lines,
-                           warnings: (summary.replacementWarning.map { [$0] } ?? [])
+                           warnings: summary.warnings + (summary.replacementWarning.map { [$0] } ?? [])
                                + summary.skippedFolders.map { "not scanned: \($0)" }
                                + summary.rejectedSources.map { "source rejected: \($0)" },
                            counts: summary.counts.asCounts, artefacts: ["catalog": workspace.catalogPath, "data_root": summary.dataRoot],

@@ -1,5 +1,6 @@
 import Foundation
 import PIDiffModel
+import PIDiffCatalog
 
 /// `sample`: pictures from every trained identity with `pidiff sample` — one prompt, the weights
 /// under `train/<identity folder>/`, into `samples/<identity folder>/`.
@@ -31,6 +32,8 @@ public struct SampleStage: PipelineStage {
     public func run(in workspace: Workspace) async throws -> StageReport {
         let p = parameters
         let trained = p.weights ?? workspace.train, encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.samples
+        let lock = try CatalogLock(outputFolder: out)
+        defer { withExtendedLifetime(lock) {} }
         let sd = try workspace.sdModel(for: Self.name)
         // `pidiff train --split` writes one folder per identity: TRAIN/<folder>/pidiff.safetensors.
         let folders = ((try? FileManager.default.contentsOfDirectory(atPath: trained.path)) ?? []).sorted().filter {

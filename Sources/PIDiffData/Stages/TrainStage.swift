@@ -1,5 +1,6 @@
 import Foundation
 import PIDiffModel
+import PIDiffCatalog
 
 /// `train`: per-identity PIDiff customisation (mapper + Style Cross-Attention) with `pidiff train`
 /// on the split's encoded files; weights under `train/<identity folder>/pidiff.safetensors`. The
@@ -36,6 +37,8 @@ public struct TrainStage: PipelineStage {
         _ = try catalog.splitItems(p.split) // the split must exist
         let sd = try workspace.sdModel(for: Self.name)
         let encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.train
+        let lock = try CatalogLock(outputFolder: out)
+        defer { withExtendedLifetime(lock) {} }
         try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path] + p.arguments,
                                   processes: p.processes)
         try catalog.recordTrainingRun(split: p.split, outDirectory: out.path, started: started, arguments: p.arguments, processes: p.processes)

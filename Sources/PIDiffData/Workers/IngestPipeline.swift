@@ -20,6 +20,8 @@ public struct IngestSummary: Codable, Sendable {
     public var problems: [String]
     public var problemCount: Int
     public static let problemsListed = 1000
+    /// Things the user should hear (a --data-root the catalog does not use).
+    public var warnings: [String]
     /// Sources rejected as a whole ("path: reason"): the run's exit status is a failure.
     public var rejectedSources: [String]
     /// Folders not entered on purpose ("path: reason"): the catalog's own data and outputs.
@@ -32,7 +34,7 @@ public struct IngestSummary: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", status, catalog, dataRoot = "data_root", fingerprint, counts, seconds
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems, problemCount = "problem_count"
-        case rejectedSources = "rejected_sources", skippedFolders = "skipped_folders"
+        case rejectedSources = "rejected_sources", skippedFolders = "skipped_folders", warnings
         case replacedFingerprint = "replaced_fingerprint"
     }
 
@@ -92,6 +94,10 @@ public struct IngestPipeline: Sendable {
         defer { withExtendedLifetime(lock) {} }
         let catalog = try Catalog(path: catalogPath)
         let store = ArtefactStore(root: try catalog.dataRoot(preferred: dataRoot))
+        var warnings: [String] = []
+        if let dataRoot, URL(fileURLWithPath: dataRoot).standardizedFileURL.path != store.root.path {
+            warnings.append("--data-root \(dataRoot) is not used: this catalog's data root is \(store.root.path), fixed at its first run")
+        }
         let params = config.ingest
         let fingerprint = try fingerprint()
         let previous = try catalog.currentIngestFingerprint()
@@ -167,7 +173,7 @@ public struct IngestPipeline: Sendable {
                              fingerprint: fingerprint, counts: counts, seconds: seconds,
                              imagesPerSecond: seconds > 0 ? Double(processed) / seconds : 0,
                              stageSeconds: tallied.timings.asDictionary, problems: tallied.problems, problemCount: tallied.problemCount,
-                             rejectedSources: await ledger.rejectedSources, skippedFolders: await ledger.skippedFolders,
+                             warnings: warnings, rejectedSources: await ledger.rejectedSources, skippedFolders: await ledger.skippedFolders,
                              replacedFingerprint: previous.flatMap { $0 == fingerprint ? nil : $0 })
     }
 
