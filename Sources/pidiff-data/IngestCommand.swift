@@ -57,7 +57,7 @@ struct IngestCommand: AsyncParsableCommand {
         try await runCommand {
             var workspace = Workspace(catalogPath: catalog, config: try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }),
                                       faceModels: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }), dataRoot: dataRoot,
-                                      showProgress: isatty(STDERR_FILENO) == 1)
+                                      progress: .forStandardError)
             if let detector { workspace.config.ingest.detector = detector }
             if let workers { workspace.config.ingest.workers = workers }
             try await execute(IngestStage(sources: sources), in: workspace, json: json, partialFails: strict)

@@ -85,7 +85,7 @@ struct CatalogOptions: ParsableArguments {
     func workspace(pipeline: String? = nil, work: URL? = nil, python: String? = nil, models: String? = nil) throws -> Workspace {
         Workspace(catalogPath: catalog, work: work, config: try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }),
                   faceModels: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
-                  trainer: TrainerProcess(python: python), showProgress: isatty(STDERR_FILENO) == 1)
+                  trainer: TrainerProcess(python: python), progress: .forStandardError)
     }
 }
 

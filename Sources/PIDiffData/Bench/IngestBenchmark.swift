@@ -63,7 +63,7 @@ public struct IngestBenchmark: Sendable {
         try Self.generateCorpus(from: samples, count: count, into: corpus)
         let generated = Date().timeIntervalSince(t0)
         let pipeline = IngestPipeline(sources: [corpus.path], catalogPath: catalog.path, config: config, models: models,
-                                      showProgress: isatty(STDERR_FILENO) == 1)
+                                      progress: isatty(STDERR_FILENO) == 1 ? .terminal : .off)
         let summary = try await pipeline.run()
         let workers = config.ingest.workers > 0 ? config.ingest.workers : ProcessInfo.processInfo.activeProcessorCount
         return Report(images: count, workers: workers, generateSeconds: generated, ingestSeconds: summary.seconds,

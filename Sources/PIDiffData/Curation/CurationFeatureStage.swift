@@ -19,7 +19,7 @@ struct CurationFeatureStage {
     var store: ArtefactStore
     var descriptorModelPath: String
     var workers: Int
-    var showProgress: Bool
+    var progress: ProgressMode
     var batchSize = 32
 
     private enum Job {
@@ -66,7 +66,7 @@ struct CurationFeatureStage {
         let needsModel = jobs.contains { if case .descriptor = $0 { return true } else { return false } }
         let w = max(1, min(workers, jobs.count))
         let nets: [DescriptorModel] = needsModel ? try (0..<w).map { _ in try DescriptorModel(path: descriptorModelPath) } : []
-        var progress = showProgress && !jobs.isEmpty ? ProgressLine(total: jobs.count) : nil
+        var progress = Progress(stage: "curate", unit: "features", total: jobs.count, mode: jobs.isEmpty ? .off : self.progress)
         var done = 0
         for start in stride(from: 0, to: jobs.count, by: batchSize) {
             let batch = Array(jobs[start..<min(start + batchSize, jobs.count)])
@@ -88,9 +88,9 @@ struct CurationFeatureStage {
             work.computed["descriptors"]! += newDescriptors.count
             work.problems += problems.map { "\($0.0): \($0.1)" }
             done += batch.count
-            progress?.update(done: done, analysed: done)
+            progress.update(done: done)
         }
-        progress?.finish(done: done)
+        progress.finish()
 
         return (Self.assemble(files, images, crops, descriptors), work)
     }

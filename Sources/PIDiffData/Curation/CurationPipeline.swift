@@ -32,15 +32,15 @@ public struct CurationPipeline: Sendable {
     public var config: PipelineConfig
     public var models: ModelStore
     public var applyMerges: Bool
-    public var showProgress: Bool
+    public var progress: ProgressMode
 
     public init(catalogPath: String, config: PipelineConfig = PipelineConfig(), models: ModelStore = ModelStore(),
-                applyMerges: Bool = false, showProgress: Bool = false) {
+                applyMerges: Bool = false, progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.config = config
         self.models = models
         self.applyMerges = applyMerges
-        self.showProgress = showProgress
+        self.progress = progress
     }
 
     /// `curate --reset`: drops every decision and alias; features and ingest data stay.
@@ -87,7 +87,7 @@ public struct CurationPipeline: Sendable {
                 return false
             }
             let featureStage = CurationFeatureStage(store: store, descriptorModelPath: descriptorPath, workers: workers,
-                                                    showProgress: showProgress)
+                                                    progress: progress)
             let (features, work) = try await featureStage.features(
                 for: files, catalog: catalog, writer: writer, descriptorFingerprint: descriptorFingerprint)
 

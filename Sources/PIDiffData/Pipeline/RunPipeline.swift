@@ -44,7 +44,7 @@ public struct RunPipeline: Sendable {
         var log = Logger(label: "pidiff-data.run") { JSONLogHandler(label: $0) }
         log[metadataKey: "run_id"] = "\(runID)"
         let workspace = Workspace(catalogPath: catalog, work: URL(fileURLWithPath: try RunSpec.expand(spec.work ?? (catalog + ".work"))),
-                                  config: config, trainerModels: spec.models, trainer: TrainerProcess(python: python))
+                                  config: config, trainerModels: spec.models, trainer: TrainerProcess(python: python), progress: .jsonLines)
         var outcome = Outcome.success
         var stages: [StageResult] = []
         var artefacts: [String: String] = ["catalog": catalog]

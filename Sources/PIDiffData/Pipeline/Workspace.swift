@@ -21,12 +21,12 @@ public struct Workspace: Sendable {
     /// The data root a new catalog records (`nil`: `<catalog>.data`).
     public var dataRoot: String?
     public var trainer: TrainerProcess
-    /// Progress lines on stderr (commands on a terminal).
-    public var showProgress: Bool
+    /// How long stages report progress on stderr.
+    public var progress: ProgressMode
 
     public init(catalogPath: String, work: URL? = nil, config: PipelineConfig = PipelineConfig(),
                 faceModels: ModelStore = ModelStore(), trainerModels: RunSpec.Models? = nil, dataRoot: String? = nil,
-                trainer: TrainerProcess = TrainerProcess(), showProgress: Bool = false) {
+                trainer: TrainerProcess = TrainerProcess(), progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.work = work ?? URL(fileURLWithPath: catalogPath + ".work")
         self.config = config
@@ -34,7 +34,7 @@ public struct Workspace: Sendable {
         self.trainerModels = trainerModels
         self.dataRoot = dataRoot
         self.trainer = trainer
-        self.showProgress = showProgress
+        self.progress = progress
     }
 
     public var shards: URL { work.appendingPathComponent("shards") }

@@ -16,7 +16,7 @@ public struct CurateStage: PipelineStage {
 
     public func run(in workspace: Workspace) async throws -> StageReport {
         let s = try await CurationPipeline(catalogPath: workspace.catalogPath, config: workspace.config, models: workspace.faceModels,
-                                           applyMerges: parameters.applyMerges, showProgress: workspace.showProgress).run()
+                                           applyMerges: parameters.applyMerges, progress: workspace.progress).run()
         func list(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
         let lines = [String(format: "curate run %lld: %d files in %.1f s", s.runID, s.files, s.seconds),
                      "  computed: \(list(s.computed))", "  reused:   \(list(s.reused))",

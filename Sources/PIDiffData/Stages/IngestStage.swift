@@ -19,7 +19,7 @@ public struct IngestStage: PipelineStage {
     public func run(in workspace: Workspace) async throws -> StageReport {
         let summary = try await IngestPipeline(
             sources: parameters.sources, catalogPath: workspace.catalogPath, config: workspace.config,
-            models: workspace.faceModels, dataRoot: workspace.dataRoot, showProgress: workspace.showProgress).run()
+            models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress).run()
         let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let head = String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond)
         var lines = [head] + summary.problems.prefix(20).map { "  \($0)" }

@@ -62,16 +62,16 @@ public struct IngestPipeline: Sendable {
     public var config: PipelineConfig
     public var models: ModelStore
     public var dataRoot: String?
-    public var showProgress: Bool
+    public var progress: ProgressMode
 
     public init(sources: [String], catalogPath: String, config: PipelineConfig = PipelineConfig(),
-                models: ModelStore = ModelStore(), dataRoot: String? = nil, showProgress: Bool = false) {
+                models: ModelStore = ModelStore(), dataRoot: String? = nil, progress: ProgressMode = .off) {
         self.sources = sources
         self.catalogPath = catalogPath
         self.config = config
         self.models = models
         self.dataRoot = dataRoot
-        self.showProgress = showProgress
+        self.progress = progress
     }
 
     /// The parameters fingerprint: stage parameters plus the SHA-256 of every model used.
@@ -108,8 +108,8 @@ public struct IngestPipeline: Sendable {
         let runID = try RunRecorder.begin(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
         let writer = CatalogWriter(catalog: catalog, runID: runID, fingerprint: fingerprint)
         let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
-        // The counting pass walks every source a second time; only the progress line needs it.
-        let total = showProgress ? try await countItems() : 0
+        // The counting pass walks every source a second time; only the terminal's ETA needs it.
+        let total: Int? = progress == .terminal ? try await countItems() : nil
         let start = Date()
 
         let scanner = Scanner(crossFaceID: config.crossfaceid, skipping: [store.root.path: "the catalog's data root",
@@ -146,13 +146,13 @@ public struct IngestPipeline: Sendable {
                 let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
                 return { item in try Self.process(item, analyzer: analyzer, known: known) }
             },
-            tally: Tally(total: total, progress: showProgress ? ProgressLine(total: total) : nil),
+            tally: Tally(progress: Progress(stage: "ingest", unit: "photos", total: total, mode: progress)),
             record: { tally, result in tally.record(result) },
             commit: { batch in try await writer.commit(batch) })
         var tallied: Tally
         do {
             tallied = try outcome.get()
-            tallied.progress?.finish(done: tallied.done)
+            tallied.progress.finish()
         } catch {
             // What finished before the failure is committed (each finished result is whole: its
             // crops were stored first); the run is marked failed so `status` shows why it stopped.
@@ -280,14 +280,13 @@ actor ScanLedger {
 }
 
 struct Tally {
-    var total: Int
     var done = 0
     var counts: [String: Int] = [:]
     var timings = StageTimings()
     /// The first `IngestSummary.problemsListed` problems, and how many there were in all.
     var problems: [String] = []
     var problemCount = 0
-    var progress: ProgressLine?
+    var progress: Progress
 
     mutating func record(_ result: IngestResult) {
         switch result {
@@ -311,7 +310,7 @@ struct Tally {
             timings.add(t)
         }
         done += 1
-        progress?.update(done: done, analysed: counts["analysed"] ?? 0)
+        progress.update(done: done)
     }
 
     private mutating func note(_ line: String) {
@@ -320,26 +319,5 @@ struct Tally {
     }
 }
 
-/// `done/total, images/s, ETA` on stderr, redrawn in place; only used on a TTY.
-struct ProgressLine {
-    let total: Int
-    let start = Date()
-    var lastDraw = Date.distantPast
-
-    mutating func update(done: Int, analysed: Int) {
-        let now = Date()
-        guard now.timeIntervalSince(lastDraw) > 0.2 || done == total else { return }
-        lastDraw = now
-        let elapsed = now.timeIntervalSince(start)
-        let rate = elapsed > 0 ? Double(done) / elapsed : 0
-        let eta = rate > 0 ? Double(total - done) / rate : 0
-        let line = String(format: "\r%d/%d  %.1f images/s  ETA %02d:%02d  ", done, total, rate, Int(eta) / 60, Int(eta) % 60)
-        FileHandle.standardError.write(Data(line.utf8))
-    }
-
-    func finish(done: Int) {
-        FileHandle.standardError.write(Data("\n".utf8))
-    }
-}
 
 

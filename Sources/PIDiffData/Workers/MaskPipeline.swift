@@ -26,11 +26,13 @@ public struct MaskPipeline: Sendable {
     public var catalogPath: String
     public var parameters: MaskParameters
     public var workers: Int
+    public var progress: ProgressMode
 
-    public init(catalogPath: String, parameters: MaskParameters, workers: Int = 0) {
+    public init(catalogPath: String, parameters: MaskParameters, workers: Int = 0, progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.parameters = parameters
         self.workers = workers
+        self.progress = progress
     }
 
     public func fingerprint() throws -> String {
@@ -58,7 +60,7 @@ public struct MaskPipeline: Sendable {
         let jobs = try catalog.pendingMaskJobs(maskFingerprint: fingerprint)
         let start = Date()
 
-        struct Tally: Sendable { var masked = 0, failed = 0, skipped = 0; var errors: [String] = [] }
+        struct Tally: Sendable { var masked = 0, failed = 0, skipped = 0; var errors: [String] = []; var progress: Progress }
         let outcome = await WorkerPipeline.run(
             label: "masks", workers: workers,
             feed: { work, _ in for job in jobs { await work.send(job) } },
@@ -66,9 +68,10 @@ public struct MaskPipeline: Sendable {
                 let stage = try MaskStage(parameters: parameters)
                 return { job in try Self.process(job, stage: stage, crops: store, output: store) }
             },
-            tally: Tally(),
+            tally: Tally(progress: Progress(stage: "masks", unit: "faces", total: jobs.count, mode: jobs.isEmpty ? .off : progress)),
             record: { tally, r in
                 if r.skipped { tally.skipped += 1 } else { tally.masked += 1 }
+                tally.progress.update(done: tally.masked + tally.skipped)
                 if !r.ok {
                     tally.failed += r.skipped ? 0 : 1
                     if tally.errors.count < 1000 { tally.errors.append("\(r.job.path): \(r.reason ?? "")") }
@@ -78,6 +81,7 @@ public struct MaskPipeline: Sendable {
         let (masked, failed, skipped, errors): (Int, Int, Int, [String])
         do {
             let tally = try outcome.get()
+            tally.progress.finish()
             (masked, failed, skipped, errors) = (tally.masked, tally.failed, tally.skipped, tally.errors)
         } catch {
             // The masks finished before the failure are committed; the run is marked failed so
