@@ -292,6 +292,28 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v7-style-role") { db in
+            // A split's identity may train with a style photo of another face (paper §3.4.4):
+            // split_items accept the role `style`. SQLite cannot change a CHECK, so the table is
+            // rebuilt; its rows and the immutability trigger are kept.
+            try db.execute(sql: """
+                CREATE TABLE split_items_v7 (
+                    split_name TEXT NOT NULL REFERENCES splits(name),
+                    file_id INTEGER NOT NULL REFERENCES files(id),
+                    identity TEXT NOT NULL,
+                    role TEXT NOT NULL CHECK (role IN ('train', 'reference', 'style')),
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    PRIMARY KEY (split_name, file_id)
+                );
+                INSERT INTO split_items_v7 (split_name, file_id, identity, role, path, sha256)
+                    SELECT split_name, file_id, identity, role, path, sha256 FROM split_items;
+                DROP TABLE split_items;
+                ALTER TABLE split_items_v7 RENAME TO split_items;
+                CREATE TRIGGER split_items_immutable BEFORE UPDATE ON split_items
+                BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
+                """)
+        }
         return m
     }
 

@@ -78,7 +78,7 @@ struct BalanceSelectCommand: AsyncParsableCommand {
 struct SplitsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "splits", abstract: "List stored splits, or show one.",
-        subcommands: [SplitsListCommand.self, SplitsShowCommand.self, SplitsCreateCommand.self], defaultSubcommand: SplitsListCommand.self)
+        subcommands: [SplitsListCommand.self, SplitsShowCommand.self, SplitsCreateCommand.self, SplitsAddStyleCommand.self], defaultSubcommand: SplitsListCommand.self)
 }
 
 struct SplitsListCommand: AsyncParsableCommand {
@@ -144,6 +144,34 @@ struct SplitsCreateCommand: AsyncParsableCommand {
             let parameters = NamedSplitStage.Parameters(name: name, identities: names, imagesPerIdentity: imagesPerIdentity,
                                                         referenceImages: referenceImages)
             try await execute(NamedSplitStage(parameters), in: try catalog.workspace(pipeline: pipeline), json: json)
+        }
+    }
+}
+
+struct SplitsAddStyleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add-style",
+        abstract: "Add a style photo (any person's face) to an identity's training set in a split (paper §3.4.4).",
+        discussion: """
+            The photo keeps the role `style` through export, encode and train (pidiff train trains the identity on its
+            photos plus its style photo; pidiff sample --style-from-split mixes its w+ rows). It is exempt from the
+            identity-purity and duplicate exclusions (it is another face on purpose) but needs an aligned crop and a
+            passing mask. Example: pidiff-data splits add-style v1 --identity obama --photo photos/biden/biden.jpg
+            """)
+    @Argument(help: "Split name.") var name: String
+    @Option(help: "Identity of the split that trains with the style.") var identity: String
+    @Option(help: "Catalogued path of the style photo.") var photo: String?
+    @Option(help: "SHA-256 of the style photo's content.") var sha256: String?
+    @OptionGroup var catalog: CatalogOptions
+
+    func validate() throws {
+        guard (photo == nil) != (sha256 == nil) else { throw ValidationError("give one of --photo and --sha256") }
+    }
+
+    func run() async throws {
+        try await runCommand {
+            let parameters = AddStyleStage.Parameters(split: name, identity: identity, path: photo, sha256: sha256)
+            try await execute(AddStyleStage(parameters), in: try catalog.workspace(), json: false)
         }
     }
 }

@@ -11,7 +11,7 @@ struct PIDiffDataCommand: AsyncParsableCommand {
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
         subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
-                      ExportCommand.self, EncodeCommand.self, TrainCommand.self, SampleCommand.self, RunCommand.self,
+                      ExportCommand.self, RefsCommand.self, EncodeCommand.self, TrainCommand.self, SampleCommand.self, RunCommand.self,
                       StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
                       ReportCommand.self, FaceCommand.self, PipelineFileCommand.self, BenchCommand.self]
     )

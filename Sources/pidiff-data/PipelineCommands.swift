@@ -137,3 +137,22 @@ struct SampleCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct RefsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "refs",
+        abstract: "Write a split's reference photos as REFS/<identity>/*.png and REFS/refs.json, the layout `pidiff eval` reads.",
+        discussion: "Example: pidiff-data refs --split v1 --out refs/ --catalog data/catalog.sqlite && pidiff eval --refs refs/ ...")
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Split name.") var split: String
+    @Option(help: "Output folder.") var out: String
+    @Option(help: "Pipeline file (its labels: mapping, for the labels in refs.json).") var pipeline: String?
+
+    func run() async throws {
+        try await runCommand {
+            let entries = try ReferenceExport(catalogPath: catalog.catalog, split: split, out: URL(fileURLWithPath: out),
+                                              labelMapping: try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) }).labels).run()
+            print("\(entries.count) reference photos of \(Set(entries.map(\.identity)).count) identities → \(out) (refs.json lists them)")
+        }
+    }
+}

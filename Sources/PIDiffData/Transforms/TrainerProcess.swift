@@ -44,19 +44,25 @@ public struct TrainerProcess: Sendable {
 
     /// Runs `pidiff <arguments>`, its stdout/stderr passed straight through (progress bars and
     /// errors reach the user as they happen). Throws with the exit status on failure.
-    /// `processes` > 1 starts that many ranks through `accelerate launch` (one per GPU; CPU ranks
-    /// over gloo where there is no GPU); `pidiff train` spreads its identity groups over them.
+    /// `processes` > 1 starts that many ranks through `pidiff launch` (accelerate, one rank per GPU;
+    /// CPU ranks over gloo where there is no GPU): `pidiff train` spreads its identity groups over
+    /// them, `pidiff encode` its shards.
+    ///
+    /// The child stops when pidiff-data dies, even by SIGKILL: `pidiff.cli` asks the kernel for a
+    /// SIGTERM on its parent's death (PIDIFF_PARENT_PID). Under `pidiff launch` that process execs
+    /// the accelerate launcher, which keeps the request and stops its ranks on the SIGTERM; the
+    /// ranks in turn end with the launcher.
     public func run(_ arguments: [String], processes: Int = 1) throws {
-        let launcher = processes > 1
-            ? ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "\(processes)", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no"]
-            : []
-        // One process: it stops when pidiff-data dies, even by SIGKILL (pidiff.cli asks the kernel
-        // for a signal on its parent's death). Under accelerate the ranks' parent is the launcher.
-        let environment = processes > 1 ? [:] : ["PIDIFF_PARENT_PID": "\(getpid())"]
-        let status = try Self.spawn(python, (python == "/usr/bin/env" ? ["python3"] : []) + launcher + ["-m", "pidiff.cli"] + arguments,
-                                    environment: environment, logFile: logFile)
+        let status = try Self.spawn(python, Self.commandLine(python: python, arguments, processes: processes),
+                                    environment: ["PIDIFF_PARENT_PID": "\(getpid())"], logFile: logFile)
         guard status == 0 else { throw TrainerError.failed(arguments.first ?? "", status, log: logFile?.path) }
+    }
+
+    /// The arguments after `python`: `-m pidiff.cli <arguments>`, or under `processes` > 1
+    /// `-m pidiff.cli launch --processes N -- <arguments>`.
+    static func commandLine(python: String, _ arguments: [String], processes: Int) -> [String] {
+        let launcher = processes > 1 ? ["launch", "--processes", "\(processes)", "--"] : []
+        return (python == "/usr/bin/env" ? ["python3"] : []) + ["-m", "pidiff.cli"] + launcher + arguments
     }
 
     /// Starts `executable` with its stdout on our stderr, waits for it and returns its exit status
