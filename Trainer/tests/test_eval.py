@@ -392,7 +392,7 @@ def test_eval_of_a_lambda_sweep_reports_each_lambda(tiny_models, tiny_clip, tmp_
     capsys.readouterr()
 
     assert cli.main(["eval", "--samples", str(samples), "--references", str(tmp_path / "refs"), "--prompts", "paper12",
-                     "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]) == 0
+                     "--partial", "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "| identity | λ | images | CLIP-T ↑ |" in printed and "per λ" in printed
     images = list(csv.DictReader(open(tmp_path / "out" / "eval_images.csv")))
@@ -416,9 +416,9 @@ def test_eval_of_references_without_a_face_is_a_one_line_error(tmp_path, capsys)
     torch.jit.save(torch.jit.script(LinearEmbedder(torch.zeros(3 * 112 * 112, 4))), str(arcface))
 
     assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
-                     "--prompts", "paper12", "--metrics", "id", "--arcface", str(arcface)]) == 2
+                     "--prompts", "paper12", "--partial", "--metrics", "id", "--arcface", str(arcface)]) == 2
     error = capsys.readouterr().err
-    assert error == "pidiff eval: identity ann: no face found in any reference image (blank.png)\n"
+    assert error == "pidiff eval: identity ann: no face found in its reference image (blank.png)\n"
 
 
 def test_eval_of_a_truncated_sample_or_reference_image_is_a_one_line_error(tiny_clip, tmp_path, capsys):
@@ -431,7 +431,7 @@ def test_eval_of_a_truncated_sample_or_reference_image_is_a_one_line_error(tiny_
     write_sidecar(samples / "sample.json", {"placeholder": "S*"}, 0, {"identity": "ann"},
                   [{"file": "000.png", "prompt": prompts[0], "lambda": 0.4}])
     argv = ["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"), "--prompts", "paper12",
-            "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]
+            "--partial", "--metrics", "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 0
     capsys.readouterr()
 
@@ -494,7 +494,7 @@ def test_eval_command_scores_id_with_the_dlib_fallback(tmp_path, capsys):
     photo("obama.jpg", size=640).save(references / "obama.png")
 
     assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
-                     "--prompts", "paper12", "--metrics", "id", "--dlib-descriptor",
+                     "--prompts", "paper12", "--partial", "--metrics", "id", "--dlib-descriptor",
                      str(MODELS / "dlib_face_recognition_resnet_model_v1.dat"), "--out", str(tmp_path / "out")]) == 0
     assert "ID (dlib)" in capsys.readouterr().out
     row = next(csv.DictReader(open(tmp_path / "out" / "eval_images.csv")))
@@ -516,10 +516,12 @@ def test_eval_command_scores_a_real_face_with_every_metric(tmp_path, tiny_clip, 
     arcface = onnx_linear_embedder(tmp_path / "arcface.onnx", weight)
 
     assert cli.main(["eval", "--samples", str(tmp_path / "samples"), "--references", str(tmp_path / "refs"),
-                     "--prompts", "paper12", "--arcface", str(arcface), "--lpips-vgg", str(lpips_metric.path),
+                     "--prompts", "paper12", "--partial", "--arcface", str(arcface), "--lpips-vgg", str(lpips_metric.path),
                      "--lpips-size", "64", "--clip", str(tiny_clip), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "| identity | images | faces | ID ↑ | LPIPS | CLIP-T ↑ |" in printed
+    assert "| identity | images | faces | face rate | ID ↑ | LPIPS ↓ | CLIP-T ↑ |" in printed
+    assert "| method | identities | images | face rate | ID ↑ | LPIPS ↓ | CLIP-T ↑ |" in printed
+    assert "a generated image without a detected face scores 0" in printed and "placeholder -> 'person'" in printed
 
     rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / "out" / "eval_images.csv"))}
     # by hand, from the pieces tested above
@@ -530,7 +532,9 @@ def test_eval_command_scores_a_real_face_with_every_metric(tmp_path, tiny_clip, 
     clip_score = ClipTextScore(tiny_clip)
     prompts = read_prompts("paper12")
     assert rows["01_0.png"]["face_found"] == "1" and float(rows["01_0.png"]["id"]) == pytest.approx(expected_id, abs=1e-5)
-    assert rows["00_0.png"]["face_found"] == "0" and rows["00_0.png"]["id"] == ""
+    # the paper's protocol: a generation without a face is a failure, scored 0, not left out
+    assert rows["00_0.png"]["face_found"] == "0" and float(rows["00_0.png"]["id"]) == 0.0
+    assert rows["00_0.png"]["clip_text"] == prompts[0].replace("S*", "person")
     assert float(rows["01_0.png"]["lpips"]) == pytest.approx(
         lpips_metric(Image.open(samples / "01_0.png"), Image.open(references / "obama.png")), abs=1e-5)
     assert float(rows["00_0.png"]["clip_t"]) == pytest.approx(
@@ -538,5 +542,7 @@ def test_eval_command_scores_a_real_face_with_every_metric(tmp_path, tiny_clip, 
 
     summary = list(csv.DictReader(open(tmp_path / "out" / "eval_summary.csv")))
     assert [r["identity"] for r in summary] == ["obama", "overall"]
-    assert summary[1]["faces"] == "1" and float(summary[1]["id"]) == pytest.approx(expected_id, abs=1e-5)
-    assert (tmp_path / "out" / "eval.md").read_text().startswith("| identity |")
+    assert summary[1]["faces"] == "1" and float(summary[1]["id"]) == pytest.approx(expected_id / 2, abs=1e-5)
+    assert float(summary[1]["face_rate"]) == 0.5
+    assert (tmp_path / "out" / "eval.md").read_text().startswith("## Methods (Table 1)")
+    assert (tmp_path / "out" / "eval_id_vs_clip.png").is_file()
