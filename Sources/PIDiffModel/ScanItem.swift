@@ -73,3 +73,31 @@ public struct PathKey: Hashable, Sendable {
     public let bytes: [UInt8]
     public init(_ path: String) { bytes = Array(path.utf8) }
 }
+
+/// One of N partitions of a collection (`ingest --partition K/N`, K from 1): each item belongs to
+/// exactly one, by a stable hash of its path relative to its source, so N machines can ingest a
+/// collection in parallel and `catalog merge` puts the parts together.
+public struct Partition: Sendable, Equatable, CustomStringConvertible {
+    public let index: Int
+    public let count: Int
+
+    /// Parses "K/N" with 1 ≤ K ≤ N.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let k = Int(parts[0]), let n = Int(parts[1]), n >= 1, (1...n).contains(k) else { return nil }
+        index = k
+        count = n
+    }
+
+    public var description: String { "\(index)/\(count)" }
+
+    /// Whether `item` falls in this partition: SHA-256 of its path relative to its source (the
+    /// source's folder for a manifest), first 8 bytes as an integer, modulo N.
+    public func contains(_ item: ScanItem) -> Bool {
+        let base = item.sourceKind == .folders ? item.sourceLocation : (item.sourceLocation as NSString).deletingLastPathComponent
+        let relative = item.path.hasPrefix(base + "/") ? String(item.path.dropFirst(base.count + 1)) : item.path
+        let digest = Hashing.sha256Hex(Data(relative.utf8))
+        let value = UInt64(digest.prefix(16), radix: 16) ?? 0
+        return Int(value % UInt64(count)) == index - 1
+    }
+}

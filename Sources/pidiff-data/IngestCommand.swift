@@ -42,6 +42,9 @@ struct IngestCommand: AsyncParsableCommand {
     @Option(help: "Override the number of workers (default: one per core).")
     var workers: Int?
 
+    @Option(help: "Only partition K of N (1 ≤ K ≤ N) of the items, by a stable hash of each path; `catalog merge` joins the parts (Docs/cluster.md).")
+    var partition: String?
+
     @Flag(help: "Print the run summary as JSON on stdout.")
     var json = false
 
@@ -51,6 +54,7 @@ struct IngestCommand: AsyncParsableCommand {
     func validate() throws {
         try validateWorkers(workers)
         guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
+        if let partition, Partition(partition) == nil { throw ValidationError("--partition must be K/N with 1 ≤ K ≤ N, not \(partition)") }
     }
 
     func run() async throws {
@@ -60,7 +64,7 @@ struct IngestCommand: AsyncParsableCommand {
                                       progress: .forStandardError)
             if let detector { workspace.config.ingest.detector = detector }
             if let workers { workspace.config.ingest.workers = workers }
-            try await execute(IngestStage(sources: sources), in: workspace, json: json, partialFails: strict)
+            try await execute(IngestStage(sources: sources, partition: partition.flatMap(Partition.init)), in: workspace, json: json, partialFails: strict)
         }
     }
 }

@@ -13,7 +13,7 @@ struct PIDiffDataCommand: AsyncParsableCommand {
         subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
                       ExportCommand.self, RefsCommand.self, EncodeCommand.self, TrainCommand.self, SampleCommand.self, RunCommand.self,
                       StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
-                      ReportCommand.self, FaceCommand.self, PipelineFileCommand.self, BenchCommand.self]
+                      ReportCommand.self, FaceCommand.self, CatalogCommand.self, PipelineFileCommand.self, BenchCommand.self]
     )
 
     static func main() async {

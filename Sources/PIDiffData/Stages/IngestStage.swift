@@ -7,19 +7,22 @@ public struct IngestStage: PipelineStage {
     public static let name = "ingest"
     public struct Parameters: Sendable {
         public var sources: [String]
-        public init(sources: [String]) { self.sources = sources }
+        /// Only this partition's items (`--partition K/N`).
+        public var partition: Partition?
+        public init(sources: [String], partition: Partition? = nil) { self.sources = sources; self.partition = partition }
     }
     public var parameters: Parameters
 
-    public init(sources: [String]) { parameters = Parameters(sources: sources) }
+    public init(sources: [String], partition: Partition? = nil) { parameters = Parameters(sources: sources, partition: partition) }
     public init(pipeline: PipelineConfig, run: RunSpec) throws {
         self.init(sources: try run.sources.map(RunSpec.expand))
     }
 
     public func run(in workspace: Workspace) async throws -> StageReport {
-        let summary = try await IngestPipeline(
-            sources: parameters.sources, catalogPath: workspace.catalogPath, config: workspace.config,
-            models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress).run()
+        var pipeline = IngestPipeline(sources: parameters.sources, catalogPath: workspace.catalogPath, config: workspace.config,
+                                      models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress)
+        pipeline.partition = parameters.partition
+        let summary = try await pipeline.run()
         let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let head = String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond)
         var lines = [head] + summary.problems.prefix(20).map { "  \($0)" }

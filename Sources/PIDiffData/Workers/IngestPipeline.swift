@@ -63,6 +63,8 @@ public struct IngestPipeline: Sendable {
     public var models: ModelStore
     public var dataRoot: String?
     public var progress: ProgressMode
+    /// Only this partition's items (the others are neither read nor marked vanished).
+    public var partition: Partition?
 
     public init(sources: [String], catalogPath: String, config: PipelineConfig = PipelineConfig(),
                 models: ModelStore = ModelStore(), dataRoot: String? = nil, progress: ProgressMode = .off) {
@@ -114,7 +116,7 @@ public struct IngestPipeline: Sendable {
 
         let scanner = Scanner(crossFaceID: config.crossfaceid, skipping: [store.root.path: "the catalog's data root",
                                                                           catalogPath + ".work": "the catalog's work folder"])
-        let sources = self.sources
+        let sources = self.sources, partition = self.partition
         let ledger = ScanLedger()
         let outcome = await WorkerPipeline.run(
             label: "ingest", workers: workerCount,
@@ -129,6 +131,10 @@ public struct IngestPipeline: Sendable {
                             case .problem(let p): await results.send(.problem(p))
                             case .skipped(let p): await ledger.skipped(p)
                             case .item(let item):
+                                if let partition, !partition.contains(item) {
+                                    await ledger.outsidePartition(item)
+                                    break
+                                }
                                 if let conflict = await ledger.saw(item) {
                                     if case .some(let p) = conflict { await results.send(.problem(p)) }
                                 } else if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
@@ -162,6 +168,7 @@ public struct IngestPipeline: Sendable {
 
         // Photos the sources no longer hold leave the usable set (their rows and crops stay).
         var counts = tallied.counts
+        if partition != nil { counts["other_partitions"] = await ledger.otherPartitions }
         if params.vanished == .mark {
             let vanished = try await writer.markVanished(sources: await ledger.completedSources, seen: await ledger.seenPaths)
             if vanished > 0 { counts["vanished"] = vanished }
@@ -253,6 +260,13 @@ actor ScanLedger {
     private(set) var rejectedSources: [String] = []
 
     var seenPaths: Set<PathKey> { Set(identityOf.keys) }
+
+    /// An item of another partition: seen (so never marked vanished), not processed.
+    func outsidePartition(_ item: ScanItem) {
+        identityOf[PathKey(item.path)] = (item.identity, item.sourceLocation)
+        otherPartitions += 1
+    }
+    private(set) var otherPartitions = 0
 
     func rejected(_ problem: ScanProblem) { rejectedSources.append("\(problem.location): \(problem.reason)") }
 

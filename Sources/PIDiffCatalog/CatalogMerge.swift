@@ -1,0 +1,142 @@
+import Foundation
+import GRDB
+import PIDiffModel
+
+public enum MergeError: Error, CustomStringConvertible {
+    case parameters(String, [String])
+    case models(String)
+    public var description: String {
+        switch self {
+        case .parameters(let part, let keys):
+            return "\(part): ingested with other parameters (\(keys.joined(separator: ", "))); partitions must share one pipeline file"
+        case .models(let part):
+            return "\(part): ingested with the same parameters but other models (their SHA-256 differ); partitions must share one model folder"
+        }
+    }
+}
+
+/// `catalog merge`: partition catalogs (ingest --partition K/N) into one. Files, faces, masks,
+/// features, labels, encodings, runs and their problems are copied with their ids remapped;
+/// artefacts are content-addressed, so each is hard-linked (or copied) once into the target's
+/// data root. Idempotent: merging a part twice adds nothing. Curation decisions and splits are
+/// not merged: curate and select run on the merged catalog.
+extension Catalog {
+    public struct MergeSummary: Codable, Sendable {
+        public var part: String
+        public var files: Int
+        public var faces: Int
+        public var masks: Int
+        public var runs: Int
+        public var artefactsLinked: Int
+        enum CodingKeys: String, CodingKey { case part, files, faces, masks, runs, artefactsLinked = "artefacts_linked" }
+    }
+
+    /// The latest completed ingest run's parameters fingerprint and parameters JSON.
+    private static func ingestIdentity(_ db: Database, schema: String) throws -> (fingerprint: String, parameters: String)? {
+        guard let row = try Row.fetchOne(db, sql: """
+            SELECT params_fingerprint, parameters FROM \(schema).runs r WHERE command = 'ingest' AND status = 'completed'
+              AND EXISTS (SELECT 1 FROM \(schema).image_results x WHERE x.params_fingerprint = r.params_fingerprint)
+            ORDER BY id DESC LIMIT 1
+            """) else { return nil }
+        return (row[0], row[1])
+    }
+
+    public func merge(part: Catalog) throws -> MergeSummary {
+        let partRoot = try part.dataRoot(), root = try dataRoot()
+        var summary = MergeSummary(part: part.path, files: 0, faces: 0, masks: 0, runs: 0, artefactsLinked: 0)
+        // Artefacts first (content-addressed: a file of that name is that content, so linking it is
+        // enough), rows after: a merge killed midway leaves at most unreferenced files.
+        let artefacts = try part.pool.read { db in
+            try String.fetchAll(db, sql: """
+                SELECT crop512 FROM faces WHERE crop512 IS NOT NULL UNION SELECT crop256 FROM faces WHERE crop256 IS NOT NULL
+                UNION SELECT mask512 FROM masks WHERE mask512 IS NOT NULL UNION SELECT mask256 FROM masks WHERE mask256 IS NOT NULL
+                UNION SELECT e4e_input FROM masks WHERE e4e_input IS NOT NULL
+                """)
+        }
+        for relative in artefacts {
+            let target = root.appendingPathComponent(relative), source = partRoot.appendingPathComponent(relative)
+            guard !FileManager.default.fileExists(atPath: target.path) else { continue }
+            try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+            if link(source.path, target.path) != 0 { try FileManager.default.copyItem(at: source, to: target) }
+            summary.artefactsLinked += 1
+        }
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
+            defer { try? db.execute(sql: "DETACH DATABASE part") }
+            try db.inTransaction {
+                if let theirs = try Self.ingestIdentity(db, schema: "part"), let ours = try Self.ingestIdentity(db, schema: "main"),
+                   theirs.fingerprint != ours.fingerprint {
+                    let a = (try? JSONSerialization.jsonObject(with: Data(theirs.parameters.utf8))) as? [String: Any] ?? [:]
+                    let b = (try? JSONSerialization.jsonObject(with: Data(ours.parameters.utf8))) as? [String: Any] ?? [:]
+                    let differing = Set(a.keys).union(b.keys).sorted().filter { key in
+                        !["workers", "vanished"].contains(key) && "\(a[key] ?? "unset")" != "\(b[key] ?? "unset")"
+                    }
+                    if differing.isEmpty { throw MergeError.models(part.path) }
+                    throw MergeError.parameters(part.path, differing.map { "ingest.\($0): \(a[$0] ?? "unset") here, \(b[$0] ?? "unset") in the target" })
+                }
+                func columns(_ table: String) throws -> [String] {
+                    try Row.fetchAll(db, sql: "PRAGMA main.table_info(\(table))").map { $0["name"] as String }
+                }
+                /// Copies `table` from the part, dropping `id` and remapping the named columns
+                /// through temp map tables; rows the target has (by their unique keys) are kept.
+                func copy(_ table: String, remap: [String: String] = [:], dropID: Bool = false) throws -> Int {
+                    let cols = try columns(table).filter { !(dropID && $0 == "id") }
+                    let values = cols.map { c in remap[c].map { "(SELECT new FROM temp.\($0) WHERE old = p.\(c))" } ?? "p.\(c)" }
+                    try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) (\(cols.joined(separator: ", "))) SELECT \(values.joined(separator: ", ")) FROM part.\(table) p")
+                    return db.changesCount
+                }
+                try db.execute(sql: """
+                    CREATE TEMP TABLE IF NOT EXISTS map_runs (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
+                    CREATE TEMP TABLE IF NOT EXISTS map_sources (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
+                    CREATE TEMP TABLE IF NOT EXISTS map_identities (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
+                    DELETE FROM temp.map_runs; DELETE FROM temp.map_sources; DELETE FROM temp.map_identities;
+                    """)
+                // Runs: one already merged (same command, start, fingerprint, parameters) is reused.
+                let partRuns = try Row.fetchAll(db, sql: "SELECT id, command, status, started_at, ended_at, params_fingerprint, parameters, counts FROM part.runs ORDER BY id")
+                var newRuns = Set<Int64>()
+                for run in partRuns {
+                    let old: Int64 = run["id"]
+                    if let existing = try Int64.fetchOne(db, sql: """
+                        SELECT id FROM main.runs WHERE command = ? AND started_at = ? AND params_fingerprint = ? AND parameters = ?
+                        """, arguments: [run["command"], run["started_at"], run["params_fingerprint"], run["parameters"]]) {
+                        try db.execute(sql: "INSERT INTO temp.map_runs VALUES (?, ?)", arguments: [old, existing])
+                        continue
+                    }
+                    try db.execute(sql: """
+                        INSERT INTO main.runs (command, status, started_at, ended_at, params_fingerprint, parameters, counts)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [run["command"], run["status"], run["started_at"], run["ended_at"], run["params_fingerprint"],
+                                         run["parameters"], run["counts"]])
+                    try db.execute(sql: "INSERT INTO temp.map_runs VALUES (?, ?)", arguments: [old, db.lastInsertedRowID])
+                    newRuns.insert(old)
+                }
+                summary.runs = newRuns.count
+                for old in newRuns {
+                    try db.execute(sql: """
+                        INSERT INTO main.run_problems (run_id, location, reason)
+                        SELECT (SELECT new FROM temp.map_runs WHERE old = ?), location, reason FROM part.run_problems WHERE run_id = ? ORDER BY id
+                        """, arguments: [old, old])
+                }
+                try db.execute(sql: """
+                    INSERT OR IGNORE INTO main.sources (kind, location, first_run_id)
+                        SELECT kind, location, (SELECT new FROM temp.map_runs WHERE old = p.first_run_id) FROM part.sources p;
+                    INSERT INTO temp.map_sources SELECT p.id, m.id FROM part.sources p JOIN main.sources m ON m.location = p.location;
+                    INSERT OR IGNORE INTO main.identities (name) SELECT name FROM part.identities;
+                    INSERT INTO temp.map_identities SELECT p.id, m.id FROM part.identities p JOIN main.identities m ON m.name = p.name;
+                    """)
+                _ = try copy("images")
+                _ = try copy("image_results", remap: ["run_id": "map_runs"])
+                summary.faces = try copy("faces", dropID: true)
+                summary.files = try copy("files", remap: ["source_id": "map_sources", "identity_id": "map_identities", "run_id": "map_runs"], dropID: true)
+                summary.masks = try copy("masks", remap: ["run_id": "map_runs"])
+                for table in ["image_hashes", "crop_hashes", "descriptors", "encodings"] { _ = try copy(table) }
+                for table in ["manual_labels", "classifier_labels"] { _ = try copy(table, remap: ["run_id": "map_runs"]) }
+                if try String.fetchOne(db, sql: "SELECT value FROM main.meta WHERE key = 'data_root'") == nil {
+                    try db.execute(sql: "INSERT INTO main.meta (key, value) VALUES ('data_root', ?)", arguments: [root.path])
+                }
+                return .commit
+            }
+        }
+        return summary
+    }
+}
