@@ -42,12 +42,13 @@ public struct HTMLReport: Sendable {
         try OutputPath.markAsOutput(directory)
         let photos = try catalog.reportPhotos()
         var thumbs = ThumbnailWriter(directory: directory)
-        let findings = try catalog.latestCurationRun().map { try catalog.curationFindings(runID: $0) } ?? []
+        let curateRun = try catalog.latestCurationRun()
+        let findings = try curateRun.map { try catalog.curationFindings(runID: $0) } ?? []
         var pageThumbs: [String: String] = [:] // crop path → relative thumbnail; absent when the crop is unreadable
         for crop in Set(photos.compactMap(\.crop256)).sorted() {
             if let thumb = thumbs.thumbnail(for: crop) { pageThumbs[crop] = thumb }
         }
-        let view = ReportView(photos: photos, findings: findings, thumbs: pageThumbs)
+        let view = ReportView(photos: photos, findings: findings, thumbs: pageThumbs, curated: curateRun != nil)
 
         let cells = BalanceReport.cells(try catalog.balanceInputs(mapping: labels), races: labels.raceCategories, ages: labels.ageCategories,
                                         target: target, minImages: minImages, byGender: false)
@@ -103,8 +104,11 @@ struct ReportView {
     let byPath: [String: ReportPhoto]
     /// Path → the duplicate or impostor finding about it.
     let decisions: [String: CurationFinding]
+    /// Whether curation has run: before it, no photo is "kept", only not yet checked.
+    let curated: Bool
 
-    init(photos: [ReportPhoto], findings: [CurationFinding], thumbs: [String: String]) {
+    init(photos: [ReportPhoto], findings: [CurationFinding], thumbs: [String: String], curated: Bool = true) {
+        self.curated = curated
         self.photos = photos
         self.findings = findings
         self.thumbs = thumbs
@@ -148,6 +152,7 @@ struct ReportView {
         }
         if p.outcome != "ok" { return ("rejected", p.outcome + (p.reason.map { ": \($0)" } ?? "")) }
         if p.qualityOK == false { return ("rejected", "quality: \(p.qualityReason ?? "failed")") }
+        guard curated else { return ("uncurated", "not curated yet (pidiff-data curate checks duplicates and impostors)") }
         return ("kept", "kept")
     }
 
@@ -186,7 +191,7 @@ struct ReportView {
             .grid{display:flex;flex-wrap:wrap;gap:8px} figure{margin:0;width:120px;padding:4px;border:3px solid #ccc;font-size:11px;overflow-wrap:anywhere}
             figure img,.noimg{display:block;width:96px;height:96px;background:#eee;margin:auto}
             .noimg{font-size:11px;text-align:center;line-height:96px}
-            .kept{border-color:#3a3} .duplicate{border-color:#e90} .impostor{border-color:#d22} .rejected{border-color:#999;opacity:.7}
+            .kept{border-color:#3a3} .uncurated{border-color:#69c} .duplicate{border-color:#e90} .impostor{border-color:#d22} .rejected{border-color:#999;opacity:.7}
             </style></head>
             <body><nav>\(nav)</nav><h1>\(e(title))</h1>
             \(body)
@@ -208,7 +213,11 @@ struct ReportView {
             .map { "<tr><td>\(e($0.key))</td><td>\($0.value)</td></tr>" }.joined() + "</table>"
         var counts: [String: Int] = [:]
         for p in photos { counts[verdict(p).cls, default: 0] += 1 }
-        b += "<h2>Photos</h2><p>" + ["kept", "duplicate", "impostor", "rejected"].map { "\($0) \(counts[$0] ?? 0)" }.joined(separator: ", ")
+        if !curated {
+            b += "<p class=\"note\">Curation has not run: no photo has been checked for duplicates or impostors yet (pidiff-data curate).</p>"
+        }
+        b += "<h2>Photos</h2><p>" + ["kept", "uncurated", "duplicate", "impostor", "rejected"].compactMap { name in counts[name].map { "\(name) \($0)" } }
+            .joined(separator: ", ")
             + " — see <a href=\"identities.html\">identities</a>, <a href=\"curation.html\">curation</a>, <a href=\"splits.html\">splits</a></p>"
         let total = cells.last
         b += "<h2>Balance</h2><p>\(total?.identities ?? 0) identities with enough usable photos, \(total?.images ?? 0) photos.</p>"
@@ -228,7 +237,8 @@ struct ReportView {
             let tags = [l?.race.value, l?.age.value, l?.gender.value].map { $0 ?? "unknown" }.joined(separator: " · ")
             let alias = aliases[name].map { " — alias of \(identityLink($0))" } ?? ""
             let kept = mine.filter { verdict($0).cls == "kept" }.count
-            b += "<section id=\"\(anchors[name]!)\"><h2>\(e(name))</h2><p>\(e(tags))\(alias) — \(kept) of \(mine.count) photos kept</p>"
+            let summary = curated ? "\(kept) of \(mine.count) photos kept" : "\(mine.count) photos, not curated yet"
+            b += "<section id=\"\(anchors[name]!)\"><h2>\(e(name))</h2><p>\(e(tags))\(alias) — \(summary)</p>"
             b += "<div class=\"grid\">" + mine.map { card($0) }.joined() + "</div></section>"
         }
         return page("Identities", b.isEmpty ? "<p>No photos catalogued.</p>" : b)
