@@ -34,13 +34,16 @@ struct ShardOptions: ParsableArguments {
     @Option(name: .customLong("max-shard-bytes"), help: "Shard size limit in bytes (e.g. 1e9).") var maxShardBytes: String = "1e9"
     @Option(help: "Seed of the mixed order.") var seed = 0
     @Option(help: "Pipeline file (labels mapping for the sample JSON).") var pipeline: String?
+    @Option(help: "The 512 training image: aligned (the FFHQ crop, default) or context (twice the crop's side: head, shoulders, surroundings).")
+    var view: String = "aligned"
 
     func parameters(split: String, out: URL? = nil) throws -> ExportStage.Parameters {
         guard let grouping = ShardExporter.Grouping(rawValue: group) else { throw ValidationError("--group must be identity or mixed") }
         guard let bytes = Double(maxShardBytes), bytes >= 4096, bytes <= 1e15 else {
             throw ValidationError("--max-shard-bytes must be a number from 4096 to 1e15, not \(maxShardBytes)")
         }
-        return ExportStage.Parameters(split: split, grouping: grouping, maxShardBytes: Int(bytes), seed: seed, out: out)
+        guard let framing = ShardExporter.View(rawValue: view) else { throw ValidationError("--view must be aligned or context, not \(view)") }
+        return ExportStage.Parameters(split: split, grouping: grouping, maxShardBytes: Int(bytes), seed: seed, out: out, view: framing)
     }
 }
 

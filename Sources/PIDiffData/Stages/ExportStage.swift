@@ -14,7 +14,11 @@ public struct ExportStage: PipelineStage {
         public var seed: Int = 0
         /// Shard folder (`nil`: the workspace's `shards/`).
         public var out: URL?
-        public init(split: String, grouping: ShardExporter.Grouping = .identity, maxShardBytes: Int = 1_000_000_000, seed: Int = 0, out: URL? = nil) {
+        /// The 512 training image's framing.
+        public var view: ShardExporter.View = .aligned
+        public init(split: String, grouping: ShardExporter.Grouping = .identity, maxShardBytes: Int = 1_000_000_000, seed: Int = 0, out: URL? = nil,
+                    view: ShardExporter.View = .aligned) {
+            self.view = view
             self.split = split
             self.grouping = grouping
             self.maxShardBytes = maxShardBytes
@@ -34,6 +38,7 @@ public struct ExportStage: PipelineStage {
         exporter.maxShardBytes = parameters.maxShardBytes
         exporter.seed = parameters.seed
         exporter.labelMapping = workspace.config.labels
+        exporter.view = parameters.view
         return exporter
     }
 

@@ -16,8 +16,16 @@ public struct ArtefactStore: Sendable {
     public func put(_ data: Data, kind: String, ext: String) throws -> String {
         let sha = Hashing.sha256Hex(data)
         let relative = "\(kind)/\(sha.prefix(2))/\(sha).\(ext)"
+        try put(named: relative, data: data)
+        return relative
+    }
+
+    /// Stores `data` at `relative`, a name derived from what the data was made from (the
+    /// export's context crops): made once, found by later runs without recomputing it.
+    public func put(named relative: String, data: Data) throws {
+        let sha = Hashing.sha256Hex(data)
         let url = root.appendingPathComponent(relative)
-        if FileManager.default.fileExists(atPath: url.path) { return relative }
+        if FileManager.default.fileExists(atPath: url.path) { return }
         let dir = url.deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -40,7 +48,6 @@ public struct ArtefactStore: Sendable {
         } catch let e as StoreError { throw e } catch {
             throw StoreError.write(url.path, error.localizedDescription)
         }
-        return relative
     }
 
     public func url(_ relative: String) -> URL { root.appendingPathComponent(relative) }

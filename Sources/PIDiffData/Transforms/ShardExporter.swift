@@ -56,6 +56,10 @@ public enum ExportError: Error, CustomStringConvertible {
 /// (complete shards are verified, not rewritten) and confined to the output folder.
 public struct ShardExporter: Sendable {
     public enum Grouping: String, Codable, Sendable { case identity, mixed }
+    /// The 512 training image: `aligned`, the FFHQ crop (e4e's framing), or `context`, a square
+    /// twice the quad's side around the same centre (head, shoulders and surroundings), resized
+    /// to 512. The e4e input is the aligned 256 face either way: it carries the identity.
+    public enum View: String, Codable, Sendable, CaseIterable { case aligned, context }
 
     public var catalogPath: String
     public var split: String
@@ -64,6 +68,9 @@ public struct ShardExporter: Sendable {
     public var maxShardBytes: Int = 1_000_000_000
     public var seed: Int = 0
     public var labelMapping = LabelMapping()
+    public var view: View = .aligned
+    /// Side of the context square in quad sides.
+    public static let contextScale = 2.0
 
     public init(catalogPath: String, split: String, outDirectory: URL) {
         self.catalogPath = catalogPath
@@ -91,12 +98,13 @@ public struct ShardExporter: Sendable {
         public var shards: [ShardEntry]
         public var ingestFingerprint: String
         public var maskFingerprint: String
+        public var view: String = View.aligned.rawValue
         public var written: Int
         public var reused: Int
         /// Sample key → source SHA-256, in shard order (in memory only; the shards' JSON has it).
         public var sources: [(key: String, sha256: String)] = []
         enum CodingKeys: String, CodingKey {
-            case split, format, grouping, samples, shards, ingestFingerprint = "ingest_fingerprint", maskFingerprint = "mask_fingerprint"
+            case split, format, grouping, samples, shards, ingestFingerprint = "ingest_fingerprint", maskFingerprint = "mask_fingerprint", view
             case written, reused
         }
     }
@@ -158,6 +166,31 @@ public struct ShardExporter: Sendable {
         var json: Data
         var artefacts: [(name: String, relative: String)]
         var bytes: Int
+    }
+
+    /// The context view of one sample: the source photo (checked to still hold the split's
+    /// content) cut around the quad scaled by `contextScale` about its centre, at 512. Stored in
+    /// the data root under a name derived from its inputs (content, quad, scale), so it is made
+    /// once and every later export finds it.
+    static func contextCrop(_ s: ExportSample, store: ArtefactStore) throws -> String {
+        let corners = s.quad.map { Point(x: $0[0], y: $0[1]) }
+        guard corners.count == 4 else { throw ExportError.missingArtefact("\(s.path): no alignment quad under the current ingest parameters") }
+        let key = Hashing.sha256Hex(Data("context-1 \(s.sha256) \(s.quad) \(contextScale) 512".utf8))
+        let relative = "context/\(key.prefix(2))/\(key).png"
+        if FileManager.default.fileExists(atPath: store.url(relative).path) { return relative }
+        let bytes: FileBytes
+        do { bytes = try ReadStage.read(s.path) } catch {
+            throw ExportError.missingArtefact("\(s.path): the context view needs the source photo, which cannot be read (\(error))")
+        }
+        guard bytes.sha256 == s.sha256 else {
+            throw ExportError.missingArtefact("\(s.path): the file changed since the split was drawn; the context view needs the original photo")
+        }
+        let (image, _) = try DecodeStage.decode(bytes.data, parameters: IngestParameters())
+        let centre = Point.mean(corners)
+        let wide = AlignmentQuad(corners: corners.map { centre + ($0 - centre) * contextScale })
+        let (crop, _) = try image.aligned(quad: wide, size: 512)
+        try store.put(named: relative, data: try crop.pngData())
+        return relative
     }
 
     /// What a shard is made from, as one digest: each member's key, JSON and artefact names.
@@ -223,15 +256,18 @@ public struct ShardExporter: Sendable {
             }
             let key = Self.key(index: i, identity: s.identity, sha256: s.sha256)
             let l = labels[s.identity]
-            let meta: [String: Any] = [
+            var meta: [String: Any] = [
                 "key": key, "identity": s.identity, "role": s.role, "source_path": s.path, "source_sha256": s.sha256,
                 "caption": s.caption ?? NSNull(),
                 "labels": ["race": l?.race.value ?? "unknown", "age": l?.age.value ?? "unknown", "gender": l?.gender.value ?? "unknown"],
                 "landmarks68": s.landmarks68, "quad": s.quad, "quality": s.quality,
                 "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],
             ]
+            // Only a non-default framing is written: aligned exports stay byte-identical to earlier ones.
+            if view != .aligned { meta["view"] = view.rawValue }
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
-            let artefacts = [("\(key).png", crop), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]
+            let image = view == .aligned ? crop : try Self.contextCrop(s, store: store)
+            let artefacts = [("\(key).png", image), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]
             var bytes = TarWriter.memberSize(json.count)
             for (_, rel) in artefacts {
                 let url = store.url(rel)
@@ -284,7 +320,7 @@ public struct ShardExporter: Sendable {
         try Self.removeStaleShards(of: split, in: outDirectory, keeping: Set(entries.map(\.name)), ext: "tar")
         let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
                           ingestFingerprint: samples[0].faceFingerprint, maskFingerprint: samples[0].maskFingerprint ?? "",
-                          written: written, reused: reused, sources: members.map { ($0.key, $0.sha256) })
+                          view: view.rawValue, written: written, reused: reused, sources: members.map { ($0.key, $0.sha256) })
         var stable = index
         stable.written = 0
         stable.reused = 0

@@ -350,3 +350,40 @@ extension ExportTests {
         XCTAssertEqual(try exporter.run().written, first.shards.count)
     }
 }
+
+extension ExportTests {
+    /// `--view context`: the 512 training image is a wider square around the same face (the e4e
+    /// input stays the aligned face), recorded in the sample JSON and the index; made once.
+    func testTheContextViewIsAWiderCropOfTheSameFaceRecordedAsSuch() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: dir.appendingPathComponent("aligned"))
+        let aligned = try exporter.run()
+        exporter.view = .context
+        exporter.outDirectory = dir.appendingPathComponent("context")
+        let context = try exporter.run()
+        XCTAssertEqual(context.view, "context")
+        XCTAssertEqual(aligned.view, "aligned")
+        let read = try TestSupport.run(TestSupport.python, ["-c", """
+            import io, json, sys, tarfile
+            from PIL import Image
+            def members(path):
+                with tarfile.open(path) as t:
+                    return {m.name: t.extractfile(m).read() for m in t.getmembers()}
+            a, c = members(sys.argv[1]), members(sys.argv[2])
+            key = sorted(n for n in a if n.endswith(".e4e.png"))[0][:-len(".e4e.png")]
+            out = {"e4e_same": a[key + ".e4e.png"] == c[key + ".e4e.png"], "png_same": a[key + ".png"] == c[key + ".png"],
+                   "size": Image.open(io.BytesIO(c[key + ".png"])).size, "view": json.loads(c[key + ".json"]).get("view"),
+                   "aligned_view": json.loads(a[key + ".json"]).get("view")}
+            print(json.dumps(out))
+            """, dir.appendingPathComponent("aligned/t-000000.tar").path, dir.appendingPathComponent("context/t-000000.tar").path])
+        let out = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [String: Any], read.stderr)
+        XCTAssertEqual(out["e4e_same"] as? Bool, true, "the identity input is the aligned face either way")
+        XCTAssertEqual(out["png_same"] as? Bool, false)
+        XCTAssertEqual(out["size"] as? [Int], [512, 512])
+        XCTAssertEqual(out["view"] as? String, "context")
+        XCTAssertTrue(out["aligned_view"] is NSNull || out["aligned_view"] == nil, "aligned samples carry no view key, as before")
+        // A second export reuses the context crops it made.
+        XCTAssertEqual(try exporter.run().written, 0)
+    }
+}
