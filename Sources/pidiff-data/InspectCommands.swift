@@ -28,9 +28,9 @@ struct StatusCommand: AsyncParsableCommand {
             let status = try catalog.open().status(lastRuns: runs)
             if json { try status.printJSON(); return }
             print("catalog \(catalog.catalog)")
-            print("  files \(status.files), identities \(status.identities), distinct images \(status.images), unreadable \(status.unreadable)")
-            print("  outcomes: " + status.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-            print("  faces \(status.faces) (selected \(status.selectedFaces), passing quality \(status.qualityPassed))")
+            print("  files (paths) \(status.files), identities \(status.identities), distinct images \(status.images), unreadable files \(status.unreadable)")
+            print("  outcomes, per file: " + status.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            print("  faces \(status.faces) (all detected; one selected per image: \(status.selectedFaces), of which passing quality \(status.qualityPassed))")
             print("  runs:")
             for r in status.runs {
                 let counts = (r.counts ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")

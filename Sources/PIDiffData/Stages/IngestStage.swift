@@ -23,8 +23,18 @@ public struct IngestStage: PipelineStage {
                                       models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress)
         pipeline.partition = parameters.partition
         let summary = try await pipeline.run()
-        let counts = summary.counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let head = String(format: "ingest run %lld: %@ in %.1f s (%.2f images/s)", summary.runID, counts, summary.seconds, summary.imagesPerSecond)
+        // Every number says what it counts: files (paths), images (distinct contents), faces.
+        let c = summary.counts
+        let files = ["analysed", "unchanged", "reused", "unreadable"].reduce(0) { $0 + (c[$1] ?? 0) }
+        let outcomes = ImageOutcome.allCases.compactMap { o in c[o.rawValue].map { "\(o.rawValue) \($0)" } }.joined(separator: ", ")
+        var head = String(format: "ingest run %lld: %d files: %d analysed, %d unchanged, %d reused (content known), %d unreadable",
+                          summary.runID, files, c["analysed"] ?? 0, c["unchanged"] ?? 0, c["reused"] ?? 0, c["unreadable"] ?? 0)
+        if let problems = c["scan_problems"] { head += "; \(problems) scan problems" }
+        if let vanished = c["vanished"] { head += "; \(vanished) vanished" }
+        if let others = c["other_partitions"] { head += "; \(others) in other partitions" }
+        head += "; analysed images: " + (outcomes.isEmpty ? "none" : outcomes)
+        head += "; \(c["faces_recorded"] ?? 0) faces recorded (all detected), \(c["quality_failed"] ?? 0) selected faces failing a quality gate"
+        head += String(format: "; %.1f s, %.2f images/s", summary.seconds, summary.imagesPerSecond)
         var lines = [head] + summary.problems.prefix(20).map { "  \($0)" }
         if summary.problemCount > 20 { lines.append("  … \(summary.problemCount - 20) more problems (pidiff-data status --problems lists them all)") }
         let outcome: StageReport.Outcome = !summary.rejectedSources.isEmpty ? .failed : summary.errorCount > 0 ? .partial : .success

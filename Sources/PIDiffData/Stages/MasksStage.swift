@@ -17,7 +17,8 @@ public struct MasksStage: PipelineStage {
     public func run(in workspace: Workspace) async throws -> StageReport {
         let s = try await MaskPipeline(catalogPath: workspace.catalogPath, parameters: workspace.config.mask, workers: parameters.workers,
                                    progress: workspace.progress).run()
-        let head = String(format: "masks run %lld: %d masked, %d flagged, %.1f s (%.2f masks/s)", s.runID, s.masked, s.failed, s.seconds, s.masksPerSecond)
+        let head = String(format: "masks run %lld: %d selected faces masked (%d of them flagged), %.1f s (%.2f faces/s)",
+                          s.runID, s.masked, s.failed, s.seconds, s.masksPerSecond)
             + (s.skipped > 0 ? ", \(s.skipped) skipped (crops unreadable)" : "")
         return StageReport(stage: Self.name, outcome: s.failed > 0 || s.skipped > 0 ? .partial : .success,
                            lines: [head] + listed(s.errors),
