@@ -58,9 +58,12 @@ extension Catalog {
                 LEFT JOIN identities c ON c.id = a.canonical_identity_id
                 JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = :ingest AND r.outcome = 'ok'
                 JOIN faces fa ON fa.sha256 = f.sha256 AND fa.params_fingerprint = r.params_fingerprint AND fa.selected AND fa.quality_ok
+                LEFT JOIN (SELECT path, kind FROM curation_overrides WHERE id IN
+                           (SELECT MAX(id) FROM curation_overrides WHERE path IS NOT NULL GROUP BY path)) o ON o.path = f.path
                 WHERE f.read_error IS NULL
-                  AND NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = :curateRun AND d.file_id = f.id
-                                  AND d.kind IN ('exact_duplicate', 'near_duplicate', 'impostor'))
+                  AND COALESCE(o.kind, '') != 'reject'
+                  AND (o.kind = 'keep' OR NOT EXISTS (SELECT 1 FROM curation_decisions d WHERE d.run_id = :curateRun AND d.file_id = f.id
+                                  AND d.kind IN ('exact_duplicate', 'near_duplicate', 'impostor')))
                   AND (:masks IS NULL OR EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint
                                                  AND m.face_index = fa.face_index AND m.mask_fingerprint = :masks AND m.ok))
                 ORDER BY identity, f.path

@@ -314,6 +314,23 @@ public final class Catalog: Sendable {
                 BEGIN SELECT RAISE(ABORT, 'splits are immutable: draw a new one under a new name'); END;
                 """)
         }
+        m.registerMigration("v8-curation-overrides") { db in
+            try db.execute(sql: """
+                -- A person's decisions over curation's, per photo (keep, reject) or per identity pair
+                -- (accept_merge), with who and why; the latest per photo wins. Later runs honour them.
+                CREATE TABLE curation_overrides (
+                    id INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('keep', 'reject', 'accept_merge')),
+                    path TEXT,
+                    identity TEXT,
+                    canonical_identity TEXT,
+                    reason TEXT NOT NULL,
+                    who TEXT NOT NULL,
+                    created_at TEXT NOT NULL,
+                    run_id INTEGER NOT NULL REFERENCES runs(id)
+                );
+                """)
+        }
         return m
     }
 

@@ -20,7 +20,7 @@ struct CurateCommand: AsyncParsableCommand {
               pidiff-data curate report --catalog data/catalog.sqlite --json
               pidiff-data curate report --catalog data/catalog.sqlite --sheets review/
             """,
-        subcommands: [CurateRunCommand.self, CurateReportCommand.self],
+        subcommands: [CurateRunCommand.self, CurateReportCommand.self, CurateOverrideCommand.self],
         defaultSubcommand: CurateRunCommand.self)
 }
 
@@ -88,5 +88,54 @@ struct CurateReportCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("wrote \(written.count) contact sheet(s) to \(sheets)\n".utf8))
             }
         } catch { fail(error) }
+    }
+}
+
+struct CurateOverrideCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "override",
+        abstract: "Overrule curation for one photo or one identity pair, with who and why; later runs honour it.",
+        discussion: """
+            --keep PATH keeps a photo curation marked a duplicate or impostor; --reject PATH leaves a photo out of
+            every selection; --accept-merge A=B records identity A as an alias of B on every curate run. The latest
+            override of a photo wins. --list shows them all.
+            Example: pidiff-data curate override --keep photos/ann/3.jpg --reason "not a duplicate: other day" --catalog c.sqlite
+            """)
+    @OptionGroup var catalog: CatalogOptions
+    @Option(help: "Keep this photo whatever curation concluded.") var keep: String?
+    @Option(help: "Leave this photo out of every selection.") var reject: String?
+    @Option(name: .customLong("accept-merge"), help: "A=B: identity A is the same person as B.") var acceptMerge: String?
+    @Option(help: "Why (recorded with the override).") var reason: String?
+    @Option(help: "Who decides (default: $USER).") var by: String?
+    @Flag(help: "List the recorded overrides.") var list = false
+
+    func validate() throws {
+        let given = [keep, reject, acceptMerge].compactMap { $0 }.count
+        if list { guard given == 0 else { throw ValidationError("--list takes no other override") }; return }
+        guard given == 1 else { throw ValidationError("give one of --keep, --reject, --accept-merge (or --list)") }
+        guard let reason, !reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw ValidationError("--reason is required: say why") }
+        if let acceptMerge, acceptMerge.split(separator: "=").count != 2 { throw ValidationError("--accept-merge takes A=B") }
+    }
+
+    func run() async throws {
+        try await runCommand {
+            if list {
+                for o in try catalog.open().curationOverrides() {
+                    let target = o.path ?? "\(o.identity ?? "") = \(o.canonicalIdentity ?? "")"
+                    print("\(o.createdAt ?? "")  \(o.kind.rawValue)  \(target)  by \(o.who): \(o.reason)")
+                }
+                return
+            }
+            let who = by ?? ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+            let override: CurationOverride
+            if let keep { override = CurationOverride(kind: .keep, path: keep, reason: reason!, who: who) }
+            else if let reject { override = CurationOverride(kind: .reject, path: reject, reason: reason!, who: who) }
+            else {
+                let pair = acceptMerge!.split(separator: "=").map { String($0).trimmingCharacters(in: .whitespaces) }
+                override = CurationOverride(kind: .acceptMerge, identity: pair[0], canonicalIdentity: pair[1], reason: reason!, who: who)
+            }
+            try CurationOverrides.record(override, catalogPath: catalog.catalog)
+            print("recorded: \(override.kind.rawValue) \(override.path ?? "\(override.identity!) = \(override.canonicalIdentity!)") by \(who)")
+        }
     }
 }

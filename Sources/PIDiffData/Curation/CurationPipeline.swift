@@ -97,7 +97,10 @@ public struct CurationPipeline: Sendable {
             let samePerson = SamePerson(threshold: params.samePersonThreshold)
             let candidates = try samePerson.candidates(purity.profiles, descriptors: features.descriptors)
             let decisions = duplicates.decisions + purity.decisions + samePerson.decisions(candidates, files: files)
-            let aliases = applyMerges ? samePerson.aliases(candidates) : []
+            // Merges a person accepted (curate override --accept-merge) are applied on every run.
+            let accepted = try catalog.acceptedMerges().map { IdentityAlias(identityID: $0.identityID, canonicalIdentityID: $0.canonicalIdentityID, score: 0, reason: $0.reason) }
+            let proposed = applyMerges ? samePerson.aliases(candidates) : []
+            let aliases = accepted + proposed.filter { p in !accepted.contains { $0.identityID == p.identityID } }
             try await writer.recordDecisions(decisions, aliases: aliases)
 
             var decisionCounts: [String: Int] = [:]
@@ -116,5 +119,18 @@ public struct CurationPipeline: Sendable {
             try? await writer.finish(status: "failed", counts: [:])
             throw error
         }
+    }
+}
+
+/// `curate override`: a person's decision recorded over curation's, under the catalog lock.
+public enum CurationOverrides {
+    public static func record(_ override: CurationOverride, catalogPath: String) throws {
+        let lock = try CatalogLock(catalogPath: catalogPath)
+        defer { withExtendedLifetime(lock) {} }
+        var o = override
+        if let path = o.path { o.path = URL(fileURLWithPath: path).standardizedFileURL.path }
+        o.identity = o.identity.map(IdentityName.normalized)
+        o.canonicalIdentity = o.canonicalIdentity.map(IdentityName.normalized)
+        try Catalog(path: catalogPath).recordOverride(o)
     }
 }

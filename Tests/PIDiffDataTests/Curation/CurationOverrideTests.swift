@@ -1,0 +1,44 @@
+import Foundation
+import XCTest
+@testable import PIDiffData
+@testable import PIDiffModel
+@testable import PIDiffCatalog
+
+/// `curate override`: a person's keep, reject and accepted merge, recorded with who and why,
+/// honoured by selection and by later curate runs.
+final class CurationOverrideTests: XCTestCase {
+    func testKeepRejectAndAcceptedMergeAreHonouredAndRecorded() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = dir.appendingPathComponent("photos")
+        try FileManager.default.copyItem(at: TestSupport.sampleIdentities, to: photos)
+        let copy = photos.appendingPathComponent("obama/obama_copy.jpg")
+        try FileManager.default.copyItem(at: TestSupport.obama, to: copy)
+        let catalog = dir.appendingPathComponent("c.sqlite").path
+        func cli(_ args: [String]) throws -> TestSupport.ProcessResult { try TestSupport.runCLI(args + ["--catalog", catalog]) }
+        for args in [["ingest", photos.path], ["masks"], ["curate"]] { XCTAssertEqual(try cli(args).status, 0, "\(args)") }
+        func usable() throws -> [String: [String]] { try Catalog(path: catalog).usableImages().mapValues { $0.map(\.path) } }
+        let before = try usable()
+        XCTAssertEqual(before["obama"]?.contains(copy.path), false, "curation drops one copy")
+        let dropped = copy.path
+        let kept = try XCTUnwrap(before["obama"]?.first { $0.hasSuffix("/obama.jpg") || $0.hasSuffix("/obama_copy.jpg") })
+
+        XCTAssertEqual(try cli(["curate", "override", "--keep", dropped]).status, 64, "a reason is required")
+        XCTAssertEqual(try cli(["curate", "override", "--keep", dropped, "--reason", "a different day", "--by", "ann"]).status, 0)
+        XCTAssertEqual(try cli(["curate", "override", "--reject", kept, "--reason", "blurred", "--by", "ann"]).status, 0)
+        XCTAssertEqual(try cli(["curate", "override", "--accept-merge", "biden=obama", "--reason", "test merge", "--by", "bob"]).status, 0)
+        XCTAssertNotEqual(try cli(["curate", "override", "--keep", "/no/such.jpg", "--reason", "x"]).status, 0)
+
+        let after = try usable()
+        XCTAssertEqual(after["obama"]?.contains(dropped), true, "kept over the duplicate decision")
+        XCTAssertEqual(after["obama"]?.contains(kept), false, "rejected")
+        // The merge takes effect on the next curate run and is recorded with the person's reason.
+        XCTAssertEqual(try cli(["curate"]).status, 0)
+        XCTAssertEqual(try Catalog(path: catalog).identityAliases()["biden"], "obama")
+        let listed = try cli(["curate", "override", "--list"])
+        XCTAssertEqual(listed.stdout.split(separator: "\n").count, 3, listed.stdout)
+        XCTAssertTrue(listed.stdout.contains("by ann: a different day") && listed.stdout.contains("by bob: test merge"), listed.stdout)
+        // Still honoured after curate ran again.
+        XCTAssertEqual(try usable()["obama"]?.contains(dropped), true)
+    }
+}
