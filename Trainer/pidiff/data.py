@@ -3,7 +3,9 @@
 The encoded shards of `pidiff encode` (Docs/encoded-format.md) carry each sample's w+, VAE latent
 distribution, identity, role ("train" | "reference") and labels, so the encoded folder is all
 training and sampling need; nothing here opens the source shards. Training takes an identity's
-"train" samples; sampling takes its first "reference" sample as the face.
+"train" samples plus its "style" samples (a photo of another face carrying a style the identity's
+photos lack, paper §3.4.4); sampling takes its first "reference" sample as the face, and
+`--style-from-split` its first "style" sample as the style face.
 
 Prompts: a finite template set with the placeholder filled in, embedded once by the CLIP text
 encoder (the last hidden state, as SD1.5 uses), so neither command runs the text encoder per step.
@@ -22,6 +24,8 @@ from pathlib import Path
 import torch
 
 from pidiff.encode import EncodedShard, read_encoded_shard
+
+TRAINED_ROLES = ("train", "style")  # what `pidiff train` trains an identity on
 
 # Prompt templates ("{}" = placeholder), in the style of Textual Inversion's small template set.
 DEFAULT_TEMPLATES = (
@@ -50,6 +54,7 @@ class IdentitySamples:
     w_plus: torch.Tensor       # [N, 18, 512]
     latent_mean: torch.Tensor  # [N, 4, h, w], already multiplied by the VAE scaling factor
     latent_std: torch.Tensor   # [N, 4, h, w], idem
+    roles: list[str] = dataclasses.field(default_factory=list)  # per row: "train" or "style" (empty: all train)
     _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def to(self, device) -> "IdentitySamples":
@@ -92,7 +97,7 @@ def read_encoded_split(encoded_dir: str | Path, split: str = "") -> Iterator[Enc
 
 def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
                           split: str = "") -> dict[str, IdentitySamples]:
-    """Training samples (role "train") per identity, from the encoded shards in `encoded_dir`.
+    """Training samples (roles "train" and "style") per identity, from the encoded shards in `encoded_dir`.
 
     Every shard read is checked whole (`read_encoded_shard`: dtypes, shapes, finite values, keys unique
     here across shards too); only the shards holding samples to train on are checked for one pair of
@@ -107,7 +112,7 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
     for shard in read_encoded_split(encoded_dir, split):
         check_keys_unique(shard, seen)
         taken = [(i, key, sample["identity"]) for i, (key, sample) in enumerate(zip(shard.keys, shard.samples))
-                 if sample["role"] == "train" and (wanted is None or sample["identity"] in wanted)]
+                 if sample["role"] in TRAINED_ROLES and (wanted is None or sample["identity"] in wanted)]
         if not taken:
             continue
         encoders.setdefault((shard.metadata.get("e4e_sha256", "unrecorded"), shard.metadata.get("vae_sha256", "unrecorded")),
@@ -121,13 +126,17 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
         for i, key, identity in taken:
             # read_encoded_shard has checked dtypes, shapes, finiteness and the std's range.
             w, mean, std = shard.w_plus[i].float(), shard.latent_mean[i].float() * scale, shard.latent_std[i].float() * scale
-            rows.setdefault(identity, []).append((key, w, mean, std))
+            rows.setdefault(identity, []).append((key, w, mean, std, shard.samples[i]["role"]))
     if wanted is not None and (missing := sorted(wanted - set(rows))):
         raise ValueError(f"no training samples in {encoded_dir} for identities {missing}")
     samples = {}
     for identity in sorted(rows):
-        keys, w, mean, std = zip(*sorted(rows[identity], key=lambda row: row[0]))
-        samples[identity] = IdentitySamples(identity, list(keys), torch.stack(w), torch.stack(mean), torch.stack(std))
+        keys, w, mean, std, roles = zip(*sorted(rows[identity], key=lambda row: row[0]))
+        if "train" not in roles:
+            raise ValueError(f"identity {identity!r} in {encoded_dir} has only style samples ({', '.join(keys)}), "
+                             "no photos of its own to train on")
+        samples[identity] = IdentitySamples(identity, list(keys), torch.stack(w), torch.stack(mean), torch.stack(std),
+                                            list(roles))
     return samples
 
 
@@ -163,7 +172,7 @@ def reference_face(encoded_dir: str | Path, identity: str, key: str | None = Non
     for shard in read_encoded_split(encoded_dir):
         check_keys_unique(shard, seen)
         for i, (sample_key, sample) in enumerate(zip(shard.keys, shard.samples)):
-            if sample_key == key if key is not None else sample["identity"] == identity:
+            if sample_key == key if key is not None else (sample["identity"] == identity and sample["role"] != "style"):
                 candidates.append((sample["role"] != "reference", sample_key, sample, shard.w_plus[i].float()))
     if not candidates:
         raise ValueError(f"no sample {key!r} in {encoded_dir}" if key else f"no sample of {identity!r} in {encoded_dir}")
@@ -180,6 +189,25 @@ def reference_face(encoded_dir: str | Path, identity: str, key: str | None = Non
                              + (f" (the first by key of its {count} reference samples)" if count > 1 else ""))
     return ReferenceFace(w, chosen_key, role, "first train sample",
                          f"{identity!r} has no reference sample in {encoded_dir}: its first train sample by key")
+
+
+def style_face(encoded_dir: str | Path, identity: str) -> ReferenceFace:
+    """The identity's style photo in the split (its first `style` sample by key): the face whose
+    w+ rows `pidiff sample --style-from-split` mixes in."""
+    found = []
+    seen: dict[str, Path] = {}
+    for shard in read_encoded_split(encoded_dir):
+        check_keys_unique(shard, seen)
+        for i, (sample_key, sample) in enumerate(zip(shard.keys, shard.samples)):
+            if sample["identity"] == identity and sample["role"] == "style":
+                found.append((sample_key, shard.w_plus[i].float()))
+    if not found:
+        raise ValueError(f"no style sample of {identity!r} in {encoded_dir} (add one with pidiff-data splits add-style, "
+                         "then export and encode the split again)")
+    key, w = min(found, key=lambda item: item[0])
+    return ReferenceFace(w, key, "style", "split style sample",
+                         f"the split's style photo of {identity!r}"
+                         + (f" (the first by key of its {len(found)} style samples)" if len(found) > 1 else ""))
 
 
 def reference_w_plus(encoded_dir: str | Path, identity: str, key: str | None = None) -> tuple[torch.Tensor, str]:

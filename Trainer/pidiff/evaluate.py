@@ -467,9 +467,11 @@ def collect_samples(samples_dir: str | Path, prompts: list[str], method: str = "
     return samples
 
 
-def check_complete(samples: list[SampleImage], prompts: list[str], methods: dict[str, Path], prompts_name: str) -> None:
+def check_complete(samples: list[SampleImage], prompts: list[str], methods: dict[str, Path], prompts_name: str,
+                   partial: bool = False) -> None:
     """The protocol scores every identity on every prompt: a (method, identity) without images for
-    some prompts, or a method without an identity the others have, is an error naming the folder."""
+    some prompts (unless `partial`), or a method without an identity the others have (always: its
+    row would average over other people), is an error naming the folder."""
     identities = sorted({s.identity for s in samples})
     for method, folder in methods.items():
         mine = [s for s in samples if s.method == method]
@@ -477,7 +479,7 @@ def check_complete(samples: list[SampleImage], prompts: list[str], methods: dict
         if missing := [i for i in identities if i not in have]:
             raise ValueError(f"{folder}: method {method!r} has no images of {', '.join(map(repr, missing))} "
                              "(other methods have them); every method must cover the same identities")
-        for identity in identities:
+        for identity in identities if not partial else []:
             images = [s for s in mine if s.identity == identity]
             covered = {s.prompt for s in images}
             absent = [i for i, p in enumerate(prompts) if p not in covered]
@@ -991,8 +993,7 @@ def run(args) -> int:
         samples = []
         for name, folder in methods.items():
             samples += collect_samples(folder, prompts, name)
-        if not args.partial:
-            check_complete(samples, prompts, methods, str(args.prompts))
+        check_complete(samples, prompts, methods, str(args.prompts), args.partial)
         references = collect_references(args.references, sorted({s.identity for s in samples}), args.id_reference)
         scorer = None
         if "id" in metrics:

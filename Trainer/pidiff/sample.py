@@ -39,6 +39,7 @@ import torch
 
 from pidiff import style, wplus
 from pidiff.data import encode_prompts, reference_face
+from pidiff.evaluate import prompts_path
 from pidiff.model import PIDiffAdapter, model_fingerprint
 from pidiff.schedule import SD15, Schedule, ddim_step
 
@@ -223,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             'from a new photo: ... --photo me.jpg --e4e e4e_ffhq_encode.pt')
     parser.add_argument("--sd", required=True, help="Stable Diffusion 1.5 folder, diffusers layout")
     parser.add_argument("--weights", required=True, help="pidiff.safetensors written by `pidiff train`")
-    parser.add_argument("--prompt", action="append", required=True, help="repeatable; {} or the placeholder names the identity")
+    parser.add_argument("--prompt", action="append", default=[], help="repeatable; {} or the placeholder names the identity")
+    parser.add_argument("--prompts", metavar="FILE|paper12",
+                        help="a prompts file (one prompt a line, '#' comments, S* = the identity) or paper12, the "
+                             "paper's 12-prompt protocol (pidiff/prompts/paper12.txt), all sampled in this run, before "
+                             "any --prompt; each image's prompt and prompt_index are in sample.json")
     parser.add_argument("--out", required=True, help="output folder for PNGs")
     face = parser.add_argument_group("the face (one of)")
     face.add_argument("--encoded", help="encoded shards: the identity's split reference (its first reference sample "
@@ -257,7 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-base-check", action="store_true",
                         help="do not hash --sd's UNet to compare it with the weights' base model (saves a few seconds)")
     style.add_sample_arguments(parser)  # --style-wplus, --style-photo, --style-layers, --lambda-sweep
+    parser.add_argument("--style-from-split", action="store_true",
+                        help="with --encoded: mix in the --style-layers rows of the identity's style photo in the split "
+                             "(its first `style` sample, from pidiff-data splits add-style; paper §3.4.4)")
     return parser
+
+
+def resolve_prompts(args) -> list[str]:
+    """--prompts FILE|paper12 (its lines, in order) followed by each --prompt."""
+    from pidiff.evaluate import read_prompts
+
+    prompts = (read_prompts(args.prompts) if args.prompts else []) + list(args.prompt)
+    if not prompts:
+        raise ValueError("give the prompts: --prompt TEXT (repeatable) or --prompts FILE|paper12")
+    return prompts
+
+
+def split_style(args, identity: str, w_plus: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """--style-from-split: the identity's w+ with the --style-layers rows of its split style sample."""
+    from pidiff.data import style_face
+
+    chosen = style_face(args.encoded, identity)
+    layers = args.style_layers if args.style_layers is not None else style.LayerSpec(style.DEFAULT_STYLE_LAYERS)
+    info = {"style_source": chosen.key, "style_source_kind": "split style sample", "style_choice_reason": chosen.reason,
+            "style_layers": list(layers), "style_layers_spec": getattr(layers, "text", style.rows_text(list(layers))),
+            "style_layers_meaning": style.describe_layers(list(layers))}
+    return style.mix_w_plus(w_plus, chosen.w_plus.to(w_plus.device), list(layers)), info
 
 
 def check_options(args, schedule: Schedule) -> None:
@@ -270,6 +300,11 @@ def check_options(args, schedule: Schedule) -> None:
         raise ValueError("give the face: --encoded (optionally --key), --wplus, --photo with --e4e or --image with --e4e")
     if args.key and not args.encoded:
         raise ValueError("--key names a sample of --encoded")
+    if args.style_from_split:
+        if not args.encoded:
+            raise ValueError("--style-from-split takes the style photo of the identity's split: it needs --encoded")
+        if args.style_wplus or args.style_photo:
+            raise ValueError("give one style face: --style-from-split, --style-wplus or --style-photo")
     for option, value in (("--photo", args.photo), ("--image", args.image), ("--style-photo", args.style_photo)):
         if value and not args.e4e:
             raise ValueError(f"{option} needs --e4e (the e4e checkpoint that encodes the face)")
@@ -447,18 +482,23 @@ def run(args, scratch: Path) -> int:
         identity = metadata.get("identity", "")
         placeholder = metadata.get("placeholder", "S*")
         scale = args.scale if args.scale is not None else default_scale(args.weights, metadata)
-        warn_about_prompts(args.prompt, placeholder)
+        prompt_list = resolve_prompts(args)
+        warn_about_prompts(prompt_list, placeholder)
         e4e = E4E(args.e4e, device)
         face = resolve_face(args, identity, e4e, scratch)  # photos are prepared before the big models load
         photo_style, style_face = resolve_style(args, e4e, scratch)
-        w_plus, style_info = style.style_mixed(face.w_plus, args, photo_style)
+        if args.style_from_split:
+            w_plus, style_info = split_style(args, identity, face.w_plus)
+        else:
+            w_plus, style_info = style.style_mixed(face.w_plus, args, photo_style)
         e4e.encoder = None
         unet = UNet2DConditionModel.from_pretrained(Path(args.sd) / "unet")
         base_note = base_model_note(unet, args)  # before the cast: training hashed the stored float32 weights
         unet = unet.to(device, dtype).eval().requires_grad_(False)
         vae = AutoencoderKL.from_pretrained(Path(args.sd) / "vae").to(device, dtype).eval().requires_grad_(False)
         adapter, metadata = PIDiffAdapter.from_weights(unet, args.weights)
-        prompts = [p.replace("{}", placeholder) for p in args.prompt for _ in range(args.num_images)]
+        prompts = [p.replace("{}", placeholder) for p in prompt_list for _ in range(args.num_images)]
+        prompt_index = [i for i in range(len(prompt_list)) for _ in range(args.num_images)]
         texts = list(dict.fromkeys(prompts))  # each distinct prompt embedded once, whatever --num-images
         embeddings = encode_prompts(args.sd, texts + [args.negative_prompt], device).to(dtype)
     except (OSError, ValueError) as error:
@@ -483,6 +523,7 @@ def run(args, scratch: Path) -> int:
                              steps=args.steps, guidance=args.guidance, scale=scale, latent_size=args.latent_size,
                              noise=initial_noise(generator, len(indices), args.latent_size))
             for entry in writer.add(scale, indices, images):
+                entry["prompt_index"] = prompt_index[entry["batch_index"]]  # its line in --prompts (then --prompt)
                 print(f"{out / entry['file']}: {entry['prompt']!r} (identity {identity}, face {face.source}, "
                       f"λ {entry['lambda']}, seed {args.seed})", flush=True)
             del images
@@ -493,6 +534,8 @@ def run(args, scratch: Path) -> int:
                 "face_choice": face.choice, "face_choice_reason": face.reason, **({"face": face.details} if face.details else {}),
                 **({"face_files": kept[face.folder]} if kept.get(face.folder) else {}),
                 "device": str(device), "dtype": str(dtype).removeprefix("torch."), "prompts": prompts,
+                "prompt_list": prompt_list,
+                **({"prompts_file": str(prompts_path(args.prompts))} if args.prompts else {}),
                 "base_model_check": base_note,
                 "classifier_free_guidance": {
                     "guidance_scale": args.guidance, "negative_prompt": args.negative_prompt,

@@ -151,7 +151,7 @@ def test_each_samples_identity_role_and_labels_come_from_its_json(tiny_models, t
 @pytest.mark.parametrize("fields, message", [
     ({"role": "train"}, "zed_000.json: no identity"),
     ({"identity": "", "role": "train"}, "zed_000.json: no identity"),
-    ({"identity": "zed", "role": "holdout"}, "zed_000.json: role 'holdout' is not one of train, reference"),
+    ({"identity": "zed", "role": "holdout"}, "zed_000.json: role 'holdout' is not one of train, reference, style"),
     ({"identity": "zed", "labels": ["white"]}, "zed_000.json: labels must be a JSON object"),
     ([1, 2], "zed_000.json: expected a JSON object"),
     (None, "sample 'zed_000' lacks .json"),
