@@ -42,7 +42,7 @@ from pidiff.e4e import E4ECheckpointError, E4EEncoder
 from pidiff.model import save_safetensors
 
 FORMAT = "pidiff-encoded/2"
-ROLES = ("train", "reference")
+ROLES = ("train", "reference", "style")  # style: another face's photo trained with the identity (§3.4.4)
 DIGEST_CACHE_NAME = ".pidiff-encode-digests.json"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # diffusers' DiagonalGaussianDistribution clamps logvar to this range before exp.
