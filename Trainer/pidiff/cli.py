@@ -27,8 +27,8 @@ COMMANDS = {
     "sample": Command("pidiff.sample", "generate images of an identity from trained PIDiff weights"),
     "wplus": Command("pidiff.wplus", "the e4e w+ code of a face, from any photo (via pidiff-data face) or a prepared e4e input"),
     "eval": Command("pidiff.evaluate", "score generated images: ID (ArcFace), LPIPS (VGG), CLIP-T, per identity and overall"),
-}
     "ablate": Command("pidiff.ablate", "ablation grid: train, sample and evaluate each setting (steps, images, lambda, augment, drops)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
