@@ -934,6 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", "--refs", dest="references", required=True,
                         help="real images: REFS/<identity>/*.png|jpg, with REFS/refs.json from pidiff-data refs")
     parser.add_argument("--prompts", required=True, help="the prompts file, or paper12 for the shipped 12-prompt protocol")
+    parser.add_argument("--method-id-reference", action="append", default=[], metavar="NAME=CHOICE",
+                        help="one method's own --id-reference (repeatable), e.g. DreamBooth=most-similar for a method "
+                             "that takes no reference image")
     parser.add_argument("--partial", action="store_true",
                         help="allow identities without images for some prompts (not the paper's protocol)")
     add_metric_arguments(parser)
@@ -958,12 +961,31 @@ def parse_methods(args) -> dict[str, Path]:
     return methods
 
 
-def protocol_record(args, metrics: list[str], scorer, lpips_metric, clip_metric, prompts_name: str, prompts: list[str]) -> dict:
-    id_text = {"single": "the identity's reference image (the paper's protocol)",
-               "most-similar": "the most similar of the identity's reference images (the paper's choice for methods without a reference)",
-               "mean": "the mean over the identity's reference images (not the paper's protocol)"}[args.id_reference]
+def method_id_references(args, methods: dict[str, Path]) -> dict[str, str]:
+    """Each method's --id-reference: --method-id-reference NAME=CHOICE, else --id-reference."""
+    choices = {name: args.id_reference for name in methods}
+    for spec in args.method_id_reference:
+        name, sep, choice = spec.rpartition("=")
+        if not sep or choice not in ID_REFERENCE_CHOICES:
+            raise ValueError(f"--method-id-reference {spec!r}: expected NAME={'|'.join(ID_REFERENCE_CHOICES)}")
+        if name not in methods:
+            raise ValueError(f"--method-id-reference {spec!r}: no method {name!r} (methods: {', '.join(methods)})")
+        choices[name] = choice
+    return choices
+
+
+def protocol_record(args, metrics: list[str], scorer, lpips_metric, clip_metric, prompts_name: str, prompts: list[str],
+                    choices: dict[str, str]) -> dict:
+    id_texts = {"single": "the identity's reference image (the paper's protocol)",
+                "most-similar": "the most similar of the identity's reference images (the paper's choice for methods "
+                                "without a reference)",
+                "mean": "the mean over the identity's reference images (not the paper's protocol)"}
+    id_text = id_texts[args.id_reference]
     record = {"prompts": prompts_name, "prompt_count": len(prompts), "id_reference": args.id_reference,
               "complete": not args.partial}
+    if others := {name: choice for name, choice in choices.items() if choice != args.id_reference}:
+        record["method_id_reference"] = others
+        record["others"] = "; ".join(f"method {name!r}: ID and LPIPS vs {id_texts[choice]}" for name, choice in others.items())
     if "id" in metrics:
         record["id"] = (f"{scorer.column}: cosine of {'ArcFace' if scorer.arcface is not None else 'dlib'} embeddings "
                         f"({'after MTCNN alignment, ' if scorer.arcface is not None else ''}generated vs {id_text}); "
@@ -994,7 +1016,11 @@ def run(args) -> int:
         for name, folder in methods.items():
             samples += collect_samples(folder, prompts, name)
         check_complete(samples, prompts, methods, str(args.prompts), args.partial)
-        references = collect_references(args.references, sorted({s.identity for s in samples}), args.id_reference)
+        choices = method_id_references(args, methods)
+        identities = sorted({s.identity for s in samples})
+        references = collect_references(args.references, identities, args.id_reference)
+        for choice in set(choices.values()) - {args.id_reference}:  # a method's own choice: its references too
+            collect_references(args.references, identities, choice)
         scorer = None
         if "id" in metrics:
             if args.arcface:
@@ -1005,7 +1031,9 @@ def run(args) -> int:
         lpips_metric = LpipsVgg.from_backbone(args.lpips_vgg, args.lpips_size, args.device) if "lpips" in metrics else None
         clip_metric = ClipTextScore(args.clip, args.device) if "clip_t" in metrics else None
         # Inside: references without a face, like the inputs above, are the user's to fix.
-        evaluate(samples, references, scorer, lpips_metric, clip_metric, args.class_text, args.id_reference)
+        for method, choice in choices.items():
+            evaluate([s for s in samples if s.method == method], references, scorer, lpips_metric, clip_metric,
+                     args.class_text, choice)
     except (MissingModelError, FileNotFoundError, ValueError) as error:
         print(f"pidiff eval: {error}", file=sys.stderr)
         return 2
@@ -1014,13 +1042,13 @@ def run(args) -> int:
     rows = summarise(samples, metrics)
     labels = {identity: refs.labels for identity, refs in references.items() if refs.labels}
     demographics = demographic_rows(rows, labels, metrics) if labels else []
-    protocol = protocol_record(args, metrics, scorer, lpips_metric, clip_metric, str(args.prompts), prompts)
+    protocol = protocol_record(args, metrics, scorer, lpips_metric, clip_metric, str(args.prompts), prompts, choices)
     per_lambda = ", per λ" if several_lambdas(rows) else ""
     notes = [f"Protocol: {len(prompts)} prompts ({args.prompts})"
              + ("" if not args.partial else ", --partial: identities may miss some") + "; "
              + f"{len(samples)} images, {len({s.identity for s in samples})} identities, {len(methods)} method(s); "
              f"overall = mean over identities{per_lambda}."]
-    notes += [protocol[key] + "." for key in ("id", "lpips", "clip_t") if key in protocol]
+    notes += [protocol[key] + "." for key in ("id", "lpips", "clip_t", "others") if key in protocol]
     table = methods_table(rows, metrics, id_column)
     report = ("## Methods (Table 1)\n\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes)
               + "\n\n## Per identity\n\n" + markdown_table(rows, metrics, id_column) + "\n")

@@ -100,8 +100,10 @@ def test_table_1_rows_are_methods_with_face_rate_plots_and_race_by_age_cells(tin
     out = tmp_path / "table"
     assert cli.main(["eval", "--method", f"PIDiff={tmp_path / 'pidiff'}", "--method", f"Other={tmp_path / 'other'}",
                      "--refs", str(refs), "--prompts", "paper12", "--arcface", str(arcface), "--lpips-vgg",
-                     str(lpips_metric.path), "--lpips-size", "64", "--clip", str(tiny_clip), "--out", str(out)]) == 0
+                     str(lpips_metric.path), "--lpips-size", "64", "--clip", str(tiny_clip), "--out", str(out),
+                     "--method-id-reference", "Other=most-similar"]) == 0
     printed = capsys.readouterr().out
+    assert "method 'Other': ID and LPIPS vs the most similar of the identity's reference images" in printed
     assert "| method | identities | images | face rate | ID ↑ | LPIPS ↓ | CLIP-T ↑ |" in printed
     assert "vs the identity's reference image (the paper's protocol)" in printed
     assert "a generated image without a detected face scores 0" in printed and "placeholder -> 'person'" in printed
@@ -134,6 +136,7 @@ def test_table_1_rows_are_methods_with_face_rate_plots_and_race_by_age_cells(tin
         assert (out / name).read_bytes()[:8] == PNG
     protocol = json.loads((out / "eval_protocol.json").read_text())
     assert protocol["id_reference"] == "single" and protocol["class_text"] == "person" and protocol["prompt_count"] == 12
+    assert protocol["method_id_reference"] == {"Other": "most-similar"}
     assert (out / "eval_table.md").read_text().startswith("| method |")
 
 
@@ -206,6 +209,8 @@ def test_eval_input_errors_are_one_line_naming_the_file(tiny_clip, tmp_path, cap
     assert error("--partial", "--method", f"A={tmp_path / 'm'}") == \
         f"pidiff eval: {refs / 'refs.json'}: no reference of identity 'bob'"
     assert error("--method", "A") == "pidiff eval: --method 'A': expected NAME=DIR"
+    assert error("--partial", "--method", f"A={tmp_path / 'm'}", "--method-id-reference", "Z=mean") == (
+        "pidiff eval: --method-id-reference 'Z=mean': no method 'Z' (methods: A)")
     assert error("--method", f"A={tmp_path / 'm'}", "--method", f"B={tmp_path / 'n'}", "--metrics", "id") .startswith(
         "pidiff eval: missing models (or choose fewer with --metrics): ID needs an ArcFace-compatible")
 
