@@ -60,6 +60,67 @@ cv::Mat clean_and_feather(const cv::Mat &binary, const cv::Mat &seed, double sig
     return soft;
 }
 
+// The head in the crop's own frame, from the 68 landmarks: `up` points from the chin toward the
+// crown, `side` across the face; E is the eye-to-chin length and J the jaw half-width (points 0
+// and 16). The skull is centred across on the jaw midpoint (`h` from the eyes), which a turned
+// head moves toward the back of the head.
+struct Head {
+    cv::Point2f eyes, up, side;
+    float E = 1, J = 1, h = 0;
+    std::vector<cv::Point2f> brows; // points 17–26, left to right
+    cv::Point2f at(float across, float upward) const { return eyes + side * (h + across) + up * upward; }
+};
+
+Head head_from(const double *xy) {
+    auto pt = [&](int i) { return cv::Point2f(float(xy[2 * i]), float(xy[2 * i + 1])); };
+    Head g;
+    cv::Point2f eyeL(0, 0), eyeR(0, 0);
+    for (int i = 36; i <= 41; i++) eyeL += pt(i) / 6.0f;
+    for (int i = 42; i <= 47; i++) eyeR += pt(i) / 6.0f;
+    g.eyes = (eyeL + eyeR) * 0.5f;
+    cv::Point2f down = pt(8) - g.eyes;
+    g.E = std::max(1.0f, float(cv::norm(down)));
+    g.up = -down / g.E;
+    g.side = cv::Point2f(-g.up.y, g.up.x);
+    g.J = std::max(1.0f, 0.5f * float(cv::norm(pt(16) - pt(0))));
+    g.h = ((pt(0) + pt(16)) * 0.5f - g.eyes).dot(g.side);
+    for (int i = 17; i <= 26; i++) g.brows.push_back(pt(i));
+    return g;
+}
+
+// Upper half-ellipse over the eye line, semi-axes a across and b up, right to left.
+std::vector<cv::Point2f> dome(const Head &g, float a, float b, int steps = 24) {
+    std::vector<cv::Point2f> pts;
+    for (int s = 0; s <= steps; s++) {
+        double t = M_PI * s / steps;
+        pts.push_back(g.at(float(a * std::cos(t)), float(b * std::sin(t))));
+    }
+    return pts;
+}
+
+// The band above the brows: its lower edge is the brow landmarks 17–26, its upper edge the same
+// points pulled toward their mean by `narrow` and raised by `rise` eye-to-chin lengths.
+std::vector<cv::Point2f> brow_band(const Head &g, float rise, float narrow) {
+    cv::Point2f mean(0, 0);
+    for (auto &b : g.brows) mean += b / float(g.brows.size());
+    std::vector<cv::Point2f> poly(g.brows);
+    for (auto it = g.brows.rbegin(); it != g.brows.rend(); ++it)
+        poly.push_back(mean + (*it - mean) * narrow + g.up * (rise * g.E));
+    return poly;
+}
+
+std::vector<cv::Point> rounded(const std::vector<cv::Point2f> &pts) {
+    std::vector<cv::Point> r;
+    for (auto &q : pts) r.emplace_back(cvRound(q.x), cvRound(q.y));
+    return r;
+}
+
+void fill_hull(cv::Mat &m, const std::vector<cv::Point2f> &pts, int value = 255) {
+    std::vector<cv::Point> hull;
+    cv::convexHull(rounded(pts), hull);
+    cv::fillConvexPoly(m, hull, cv::Scalar(value));
+}
+
 } // namespace
 
 struct FNParser {
@@ -78,58 +139,51 @@ int fn_mask_grabcut(const FNImage *crop, const double *xy, const FNMaskParams *p
     return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
         const cv::Mat &img = crop->bgr;
         const int W = img.cols, H = img.rows;
+        const Head g = head_from(xy);
         cv::Mat mask(H, W, CV_8U, cv::Scalar(cv::GC_PR_BGD));
 
-        auto all = landmark_points(xy, 0, 67);
-        auto jaw = landmark_points(xy, 0, 16);
-        cv::Point2f eyeL(0, 0), eyeR(0, 0);
-        for (int i = 36; i <= 41; i++) eyeL += cv::Point2f(float(xy[2 * i]), float(xy[2 * i + 1])) / 6.0f;
-        for (int i = 42; i <= 47; i++) eyeR += cv::Point2f(float(xy[2 * i]), float(xy[2 * i + 1])) / 6.0f;
-        cv::Point2f eyes = (eyeL + eyeR) * 0.5f;
-        cv::Point2f chin{float(xy[2 * 8]), float(xy[2 * 8 + 1])};
-        cv::Point2f down = chin - eyes;
-        float eyeToChin = std::max(1.0f, float(cv::norm(down)));
-        cv::Point2f up = -down / eyeToChin;                   // unit vector toward the crown
-        cv::Point2f side(-up.y, up.x);                        // unit vector across the face
-        float jawHalf = 0.5f * float(cv::norm(jaw.front() - jaw.back()));
-
-        // Probable foreground: the head, from the jaw up to the crown and across to the ears and
-        // hair, as a polygon built in the face's own frame so rotation is handled.
-        std::vector<cv::Point> head;
-        const float hw = float(p->head_width) * jawHalf;
-        const float crown = float(p->hair_extent) * eyeToChin;
-        for (int i = 0; i <= 16; i++) head.emplace_back(cv::Point(cvRound(jaw[i].x), cvRound(jaw[i].y)));
-        for (int s = 0; s <= 12; s++) {
-            // Half-ellipse over the head, right to left.
-            double t = M_PI * s / 12.0;
-            cv::Point2f q = eyes + side * float(hw * std::cos(t)) + up * float(crown * std::sin(t));
-            head.emplace_back(cv::Point(cvRound(q.x), cvRound(q.y)));
-        }
-        std::vector<cv::Point> headHull;
-        cv::convexHull(head, headHull);
-        cv::fillConvexPoly(mask, headHull, cv::Scalar(cv::GC_PR_FGD));
+        // Probable foreground: the head from the jaw up to the crown, across to the ears and the
+        // hair at the sides: the jaw line and a dome over it, built in the face's own frame. Hair
+        // beyond it (long hair beside the neck) stays probable background, which GrabCut still
+        // turns to foreground where its colour is the hair's. (Widening the envelope below the
+        // eyes for long hair swallowed as much background beside the jaw as it won hair.)
+        const float hw = float(p->head_width) * g.J, crown = float(p->hair_extent) * g.E;
+        std::vector<cv::Point2f> envelope = dome(g, hw, crown);
+        for (int i = 0; i <= 16; i++) envelope.emplace_back(float(xy[2 * i]), float(xy[2 * i + 1]));
+        cv::Mat envelopeMask = cv::Mat::zeros(H, W, CV_8U);
+        fill_hull(envelopeMask, envelope);
+        mask.setTo(cv::GC_PR_FGD, envelopeMask);
         if (p->include_neck) {
-            std::vector<cv::Point> neck = {
-                cv::Point(cvRound(jaw[3].x), cvRound(jaw[3].y)), cv::Point(cvRound(jaw[13].x), cvRound(jaw[13].y)),
-                cv::Point(cvRound((jaw[13] + down * 3.0f).x), cvRound((jaw[13] + down * 3.0f).y)),
-                cv::Point(cvRound((jaw[3] + down * 3.0f).x), cvRound((jaw[3] + down * 3.0f).y))};
-            cv::fillConvexPoly(mask, neck, cv::Scalar(cv::GC_PR_FGD));
+            cv::Point2f j3{float(xy[6]), float(xy[7])}, j13{float(xy[26]), float(xy[27])};
+            cv::Point2f down = -g.up * (3.0f * g.E);
+            fill_hull(mask, {j3, j13, j13 + down, j3 + down}, cv::GC_PR_FGD);
         }
-        // Sure foreground: the landmark hull, dilated a little so the feathered edge never cuts
-        // through a landmark.
-        std::vector<cv::Point> hull;
-        std::vector<cv::Point> pts;
-        for (auto &q : all) pts.emplace_back(cvRound(q.x), cvRound(q.y));
-        cv::convexHull(pts, hull);
+        // Sure foreground: the landmark hull, dilated so the feathered edge never cuts through a
+        // landmark, and the core of the skull above the brows (the dome at skull_core of the
+        // skull's size: jaw half-width across, eye-to-chin up). That core is the head whatever the
+        // hair (forehead, hairline, hair, bare scalp or a hat), so it also gives GrabCut's
+        // foreground model the hair colour; without it the hair is learnt as background.
         cv::Mat seed = cv::Mat::zeros(H, W, CV_8U);
-        cv::fillConvexPoly(seed, hull, 255);
+        std::vector<cv::Point2f> all;
+        for (int i = 0; i < 68; i++) all.emplace_back(float(xy[2 * i]), float(xy[2 * i + 1]));
+        fill_hull(seed, all);
         int grow = std::max(1, int(std::ceil(3.0 * p->feather_sigma)) + W / 128);
         cv::dilate(seed, seed, cv::getStructuringElement(cv::MORPH_ELLIPSE, cv::Size(2 * grow + 1, 2 * grow + 1)));
+        cv::Mat core = cv::Mat::zeros(H, W, CV_8U);
+        cv::fillPoly(core, std::vector<std::vector<cv::Point>>{rounded(brow_band(g, 2.0f, 1.0f))}, 255);
+        cv::Mat skull = cv::Mat::zeros(H, W, CV_8U);
+        fill_hull(skull, dome(g, float(p->skull_core) * g.J, float(p->skull_core) * g.E, 48));
+        seed |= core & skull;
         mask.setTo(cv::GC_FGD, seed);
-        // Sure background: the border band (the crop's corners are never the person).
+        // Sure background: the side and bottom border band outside the head envelope. The top
+        // border is no evidence: in an FFHQ crop the hair (or the scalp) often reaches it.
         int band = std::max(1, int(std::round(p->border_fraction * W)));
         cv::Mat border = cv::Mat::zeros(H, W, CV_8U);
         cv::rectangle(border, cv::Rect(0, 0, W, H), 255, 2 * band);
+        border(cv::Rect(0, 0, W, band)).setTo(0);
+        cv::Mat reach;
+        cv::dilate(envelopeMask, reach, cv::getStructuringElement(cv::MORPH_ELLIPSE, cv::Size(2 * band + 1, 2 * band + 1)));
+        border.setTo(0, reach);
         border.setTo(0, seed);
         mask.setTo(cv::GC_BGD, border);
 
@@ -141,6 +195,54 @@ int fn_mask_grabcut(const FNImage *crop, const double *xy, const FNMaskParams *p
         *out = fn::wrap(clean_and_feather(binary, seed, p->feather_sigma));
         return FN_OK;
     });
+}
+
+int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale, double outline_scale, FNHeadChecks *out) {
+    if (!mask || !xy || !out || mask->bgr.channels() != 1) return FN_EARG;
+    const cv::Mat &m = mask->bgr;
+    const int W = m.cols, H = m.rows;
+    const Head g = head_from(xy);
+    cv::Mat fg = m >= 128;
+    auto share = [&](const cv::Mat &region) {
+        int n = cv::countNonZero(region);
+        return n == 0 ? 1.0 : double(cv::countNonZero(region & fg)) / n;
+    };
+    // The head above the brows: above the brow landmarks and inside the skull dome.
+    cv::Mat band = cv::Mat::zeros(H, W, CV_8U), skull = cv::Mat::zeros(H, W, CV_8U);
+    cv::fillPoly(band, std::vector<std::vector<cv::Point>>{rounded(brow_band(g, 2.0f, 1.0f))}, 255);
+    fill_hull(skull, dome(g, float(band_scale) * g.J, float(band_scale) * g.E, 48));
+    band &= skull;
+    out->head_band = share(band);
+    out->head_band_pixels = cv::countNonZero(band);
+
+    int inside = 0, kept = 0;
+    for (int s = 0; s <= 30; s++) {
+        double t = M_PI * (15.0 + 150.0 * s / 30.0) / 180.0;
+        cv::Point2f q = g.at(float(outline_scale * g.J * std::cos(t)), float(outline_scale * g.E * std::sin(t)));
+        int x = cvRound(q.x), y = cvRound(q.y);
+        if (x < 0 || y < 0 || x >= W || y >= H) continue;
+        inside++;
+        if (fg.at<uchar>(y, x)) kept++;
+    }
+    out->head_outline = inside < 8 ? 1.0 : double(kept) / inside;
+    out->outline_points = inside;
+
+    // Far background: above the mouth corners' line and outside a dome 1.6 times the skull's.
+    cv::Point2f mouth((float(xy[96]) + float(xy[108])) / 2, (float(xy[97]) + float(xy[109])) / 2);
+    float mouthUp = (mouth - g.eyes).dot(g.up);
+    cv::Mat far = cv::Mat::zeros(H, W, CV_8U);
+    for (int y = 0; y < H; y++) {
+        uchar *f = far.ptr<uchar>(y);
+        for (int x = 0; x < W; x++) {
+            cv::Point2f d = cv::Point2f(float(x), float(y)) - g.eyes;
+            float upward = d.dot(g.up), across = d.dot(g.side) - g.h;
+            if (upward < mouthUp) continue;
+            float u = across / (1.6f * g.J), v = std::max(0.0f, upward) / (1.6f * g.E);
+            if (u * u + v * v > 1) f[x] = 255;
+        }
+    }
+    out->far_background = cv::countNonZero(far) == 0 ? 0.0 : double(cv::countNonZero(far & fg)) / cv::countNonZero(far);
+    return FN_OK;
 }
 
 int fn_parser_create(const char *onnx_path, int input_size, const float mean[3], const float std[3], FNParser **out, FNError *err) {

@@ -183,12 +183,51 @@ extension NativeImage {
         return NativeImage(handle: out!)
     }
 
+    /// How much of the head a mask kept, from the 68 landmarks in its pixels (any mask method):
+    /// see `HeadChecks`. `landmarks` must hold 68 points.
+    public func headChecks(landmarks: [Point]) throws -> HeadChecks {
+        guard landmarks.count == 68 else { throw NativeError(code: Int32(FN_EARG), message: "head checks need 68 landmarks") }
+        var out = FNHeadChecks()
+        let xy = landmarks.flatMap { [$0.x, $0.y] }
+        let code = xy.withUnsafeBufferPointer { fn_mask_head_checks(handle, $0.baseAddress, HeadChecks.bandSkullScale, HeadChecks.outlineSkullScale, &out) }
+        guard code == FN_OK else { throw NativeError(code: code, message: "head checks need a single-channel mask") }
+        return HeadChecks(headBand: out.head_band, headOutline: out.head_outline, outlinePoints: Int(out.outline_points),
+                          farBackground: out.far_background)
+    }
+
     /// This crop over white through `mask` (blurred 5×5): the e4e encoder's input.
     public func compositedOnWhite(mask: NativeImage) throws -> NativeImage {
         var err = FNError()
         var out: OpaquePointer?
         try NativeError.check(fn_composite_on_white(handle, mask.handle, &out, &err), &err, "composite on white")
         return NativeImage(handle: out!)
+    }
+}
+
+/// What a mask kept of the head, measured in the aligned crop from its 68 landmarks (the face's
+/// own frame: up from the chin through the eyes; E = eye-to-chin length, J = jaw half-width from
+/// points 0 and 16; the skull is the ellipse centred at eye level, moved across to the jaw
+/// midpoint, with semi-axes J and E, scaled).
+public struct HeadChecks: Codable, Equatable, Sendable {
+    /// The head band's skull: 0.85 of the ellipse (J, E). On the 41 real faces of
+    /// Docs/benchmarks.md it lies inside the head, bald and turned heads included.
+    public static let bandSkullScale = 0.85
+    /// The outline's skull: 0.75 of (J, E). Heads vary more at the crown than on average over the
+    /// band: at 0.85 the outline of a correct mask on a small-headed photo (obama3.jpg) falls outside.
+    public static let outlineSkullScale = 0.75
+    /// Foreground share (pixels ≥ 128) of the head band above the brows: the part of the skull
+    /// above the brow landmarks 17–26.
+    public var headBand: Double
+    /// Foreground share of 31 points on the skull outline above the eye line (15°…165°); points
+    /// outside the crop are left out, and the share is 1 when fewer than 8 remain.
+    public var headOutline: Double
+    public var outlinePoints: Int
+    /// Foreground share of the region above the mouth corners and outside 1.6 × the skull ellipse
+    /// (J, E): almost always background, so a high share means the mask swallowed background.
+    public var farBackground: Double
+
+    enum CodingKeys: String, CodingKey {
+        case headBand = "head_band", headOutline = "head_outline", outlinePoints = "outline_points", farBackground = "far_background"
     }
 }
 

@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that print figures (see Docs/benchmarks.md).",
-        subcommands: [BenchIngestCommand.self, BenchNearDupCommand.self, BenchNearDupQualityCommand.self])
+        subcommands: [BenchIngestCommand.self, BenchMasksCommand.self, BenchNearDupCommand.self, BenchNearDupQualityCommand.self])
 }
 
 struct BenchIngestCommand: AsyncParsableCommand {
@@ -50,6 +50,60 @@ struct BenchIngestCommand: AsyncParsableCommand {
             for (stage, s) in report.stageSeconds.sorted(by: { $0.value > $1.value }) {
                 print(String(format: "  %-10@ %7.2f s  %5.1f%%  %6.1f ms/image", stage as NSString, s, 100 * s / max(total, 1e-9),
                              1000 * s / Double(report.images)))
+            }
+        } catch let e as ValidationError { throw e } catch { fail(error) }
+    }
+}
+
+struct BenchMasksCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "masks",
+        abstract: "Does background removal keep the head? Share of faces whose head band above the brows is kept, far background swallowed, masks/s.",
+        discussion: """
+            Ingests a folder of photos (identity folders, one face each) into a fresh catalog under --work, masks it
+            with the pipeline's mask parameters and measures every mask in its 256 crop (HeadChecks: head band above
+            the brows, skull outline, far background). With --catalog instead, measures that catalog's current masks
+            and runs nothing. Photos of long, curly, light and dark hair and bald heads: scripts/hair-photos.py.
+            Example: pidiff-data bench masks --photos hair-photos/ --work /tmp/bench --workers 1 --json
+            """)
+
+    @Option(help: "Folder of photos to ingest (identity folders).") var photos: String?
+    @Option(help: "Measure this catalog's current masks instead (nothing is run).") var catalog: String?
+    @Option(help: "Scratch folder for the catalog (default: a temporary folder).") var work: String?
+    @Option(help: "Pipeline file (its ingest: and mask: sections).") var pipeline: String?
+    @Option(help: "Model folder.") var models: String?
+    @Option(help: "Mask workers (default: one per core).") var workers: Int?
+    @Flag(help: "Print JSON (figures and one entry per face).") var json = false
+
+    func validate() throws {
+        guard (photos == nil) != (catalog == nil) else { throw ValidationError("give either --photos or --catalog") }
+        try validateWorkers(workers)
+    }
+
+    func run() async throws {
+        do {
+            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
+            let work = work.map { URL(fileURLWithPath: $0) }
+                ?? FileManager.default.temporaryDirectory.appendingPathComponent("pidiff-bench-masks-\(ProcessInfo.processInfo.processIdentifier)")
+            let bench = MaskBenchmark(photos: photos.map { URL(fileURLWithPath: $0) }, catalogPath: catalog, workDirectory: work,
+                                      models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }), config: config,
+                                      workers: workers ?? 0)
+            let r = try await bench.run()
+            if json { try r.printJSON(); return }
+            print("masks (\(r.method)) of \(r.faces) faces in \(r.catalog)")
+            print(String(format: "  head band above the brows ≥ %.0f%% foreground: %d of %d faces (%.1f%%)",
+                         r.thresholds["head_band"]! * 100, r.bandKept, r.faces, r.bandKeptShare * 100))
+            print(String(format: "  skull outline above the eyes ≥ %.0f%% foreground: %d of %d faces (%.1f%%)",
+                         r.thresholds["head_outline"]! * 100, r.outlineKept, r.faces, r.outlineKeptShare * 100))
+            print(String(format: "  far background swallowed (> %.0f%% of it foreground): %d of %d faces (%.1f%%); mean share %.3f",
+                         r.thresholds["far_background"]! * 100, r.swallowed, r.faces, r.swallowedShare * 100, r.farBackgroundMean))
+            print("  flagged by the mask stage: \(r.flagged)")
+            if let mps = r.masksPerSecond, let s = r.maskSeconds, let w = r.workers {
+                print(String(format: "  masks: %.2f s with %d worker(s), %.2f masks/s", s, w, mps))
+            }
+            for e in r.entries where e.checks.headBand < r.thresholds["head_band"]! || e.checks.farBackground > r.thresholds["far_background"]! {
+                print(String(format: "  %@: head band %.2f, outline %.2f, far background %.2f", e.path as NSString, e.checks.headBand,
+                             e.checks.headOutline, e.checks.farBackground))
             }
         } catch let e as ValidationError { throw e } catch { fail(error) }
     }

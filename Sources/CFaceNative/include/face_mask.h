@@ -17,12 +17,15 @@ typedef struct FNMaskParams {
     int include_neck;        // 1: neck/clothing below the jaw stay probable foreground
     double feather_sigma;    // Gaussian feather of the final edge, in pixels at this crop size
     unsigned int seed;       // GrabCut's k-means seed: fixed so masks are deterministic
+    double skull_core;       // sure foreground above the brows: the skull dome scaled by this
 } FNMaskParams;
 
 // GrabCut on an aligned crop seeded from its 68 landmarks (given in crop pixels, x0,y0,…):
-// sure foreground = landmark hull (slightly dilated), probable foreground = an upward-extended head
-// region for hair (and the neck when asked), sure background = the crop border. Morphological
-// clean-up keeps the component holding the face, fills holes, then feathers the edge.
+// sure foreground = landmark hull (slightly dilated) and the skull's core above the brows;
+// probable foreground = the head envelope (jaw line and a dome over it for hair and scalp; the neck
+// when asked); sure background = the side and bottom border band outside that envelope (the top
+// border is not: hair often reaches it). Morphological clean-up keeps the component holding the
+// face, fills holes, then feathers the edge.
 // *out is an 8-bit single-channel soft mask (255 = foreground) of the crop's size.
 int fn_mask_grabcut(const FNImage *crop, const double *landmarks_xy, const FNMaskParams *params, FNImage **out, FNError *err);
 
@@ -39,6 +42,23 @@ int fn_mask_parse(FNParser *parser, const FNImage *crop, const int *keep, int ke
 // classifier) on `crop` with the parser's input size and normalisation; copies the flattened
 // float output into `out` (at most `capacity` values) and its length into *count.
 int fn_onnx_forward(FNParser *parser, const FNImage *crop, float *out, int capacity, int *count, FNError *err);
+
+// Checks that a mask (any method) kept the head, from the crop's 68 landmarks. The skull is the
+// ellipse centred at eye level (moved across to the jaw midpoint, points 0 and 16) with semi-axes
+// jaw half-width across and eye-to-chin length up, scaled by band_scale or outline_scale:
+// head_band = foreground share (pixels ≥ 128) of the part of the band_scale skull above the brow
+// landmarks 17–26; head_outline = share of 31 points on the outline_scale skull above the eye line
+// (15°…165°) that are foreground, points outside the crop left out (1 when fewer than 8 remain);
+// far_background = foreground share of the region above the mouth corners and outside the skull
+// scaled 1.6 (almost always background: a mask covering much of it swallowed background).
+typedef struct FNHeadChecks {
+    double head_band;
+    int head_band_pixels;
+    double head_outline;
+    int outline_points;
+    double far_background;
+} FNHeadChecks;
+int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double band_scale, double outline_scale, FNHeadChecks *out);
 
 // Fraction of mask pixels ≥ 128.
 double fn_mask_coverage(const FNImage *mask);

@@ -5,7 +5,8 @@ import PIDiffCatalog
 
 /// `pidiff-data report --html DIR`: a static site to browse the catalog without a server —
 /// index (counts, last runs, balance heatmap), identities (every photo with its thumbnail and
-/// whether it is kept, a duplicate, an impostor or rejected, and why), curation groups and splits.
+/// whether it is kept, a duplicate, an impostor or rejected, and why), masks (every flagged mask
+/// with its e4e input and the reason), curation groups and splits.
 /// Thumbnails are small JPEGs written into `DIR/thumbs`; every link is relative, so the folder
 /// can be copied or served anywhere. Source photos are named, not linked (they live outside DIR).
 public struct HTMLReport: Sendable {
@@ -17,7 +18,7 @@ public struct HTMLReport: Sendable {
         public var photos: Int
     }
 
-    public static let pages = ["index.html", "identities.html", "curation.html", "splits.html"]
+    public static let pages = ["index.html", "identities.html", "masks.html", "curation.html", "splits.html"]
     /// Thumbnail edge in pixels (crops are square).
     public static let thumbnailSize = 96
 
@@ -48,7 +49,13 @@ public struct HTMLReport: Sendable {
         for crop in Set(photos.compactMap(\.crop256)).sorted() {
             if let thumb = thumbs.thumbnail(for: crop) { pageThumbs[crop] = thumb }
         }
-        let view = ReportView(photos: photos, findings: findings, thumbs: pageThumbs, curated: curateRun != nil)
+        // Masks under the current mask parameters: the e4e input (crop over white through the
+        // mask) shows what the encoder gets; flagged ones are listed with their reason.
+        let masks = try catalog.maskReport()
+        for mask in masks {
+            if let e4e = mask.e4eInput, let thumb = thumbs.thumbnail(for: e4e) { pageThumbs[e4e] = thumb }
+        }
+        let view = ReportView(photos: photos, findings: findings, thumbs: pageThumbs, masks: masks, curated: curateRun != nil)
 
         let cells = BalanceReport.cells(try catalog.balanceInputs(mapping: labels), races: labels.raceCategories, ages: labels.ageCategories,
                                         target: target, minImages: minImages, byGender: false)
@@ -61,6 +68,7 @@ public struct HTMLReport: Sendable {
             "index.html": view.index(status: try catalog.status(lastRuns: 10), catalogPath: catalogPath, cells: cells, splits: splits.count),
             "identities.html": view.identities(labels: Dictionary(identityLabels.map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first }),
                                                aliases: try catalog.identityAliases()),
+            "masks.html": view.masks(),
             "curation.html": view.curation(),
             "splits.html": view.splits(splits),
         ]
@@ -98,6 +106,8 @@ struct ReportView {
     let photos: [ReportPhoto]
     let findings: [CurationFinding]
     let thumbs: [String: String]
+    /// Masks under the current mask parameters.
+    let maskRows: [MaskReportRow]
     /// Identity name → anchor on identities.html (names are not safe as ids).
     let anchors: [String: String]
     /// Path → the photo.
@@ -107,11 +117,12 @@ struct ReportView {
     /// Whether curation has run: before it, no photo is "kept", only not yet checked.
     let curated: Bool
 
-    init(photos: [ReportPhoto], findings: [CurationFinding], thumbs: [String: String], curated: Bool = true) {
+    init(photos: [ReportPhoto], findings: [CurationFinding], thumbs: [String: String], masks: [MaskReportRow] = [], curated: Bool = true) {
         self.curated = curated
         self.photos = photos
         self.findings = findings
         self.thumbs = thumbs
+        self.maskRows = masks
         var anchors: [String: String] = [:]
         for name in photos.map(\.identity) where anchors[name] == nil { anchors[name] = "i\(anchors.count + 1)" }
         self.anchors = anchors
@@ -213,6 +224,9 @@ struct ReportView {
             .map { "<tr><td>\(e($0.key))</td><td>\($0.value)</td></tr>" }.joined() + "</table>"
         var counts: [String: Int] = [:]
         for p in photos { counts[verdict(p).cls, default: 0] += 1 }
+        if !maskRows.isEmpty {
+            b += "<h2>Masks</h2><p>\(maskRows.count) masked, \(maskRows.filter { !$0.ok }.count) flagged — see <a href=\"masks.html\">masks</a></p>"
+        }
         if !curated {
             b += "<p class=\"note\">Curation has not run: no photo has been checked for duplicates or impostors yet (pidiff-data curate).</p>"
         }
@@ -242,6 +256,28 @@ struct ReportView {
             b += "<div class=\"grid\">" + mine.map { card($0) }.joined() + "</div></section>"
         }
         return page("Identities", b.isEmpty ? "<p>No photos catalogued.</p>" : b)
+    }
+
+    /// Flagged masks first (e4e input, photo, reason), then how many passed.
+    func masks() -> String {
+        guard !maskRows.isEmpty else { return page("Masks", "<p>No masks yet (pidiff-data masks).</p>") }
+        let flagged = maskRows.filter { !$0.ok }
+        var b = "<p>\(maskRows.count) faces masked: \(maskRows.count - flagged.count) ok, \(flagged.count) flagged. "
+            + "A flagged mask lost the head above the brows, cut the head outline, or covers too little or too much of the crop; "
+            + "each card shows the e4e input (the crop over white through the mask).</p>"
+        b += "<h2>Flagged (\(flagged.count))</h2><div class=\"grid\">"
+        for m in flagged {
+            let image: String
+            if let e4e = m.e4eInput, let thumb = thumbs[e4e] {
+                image = "<img src=\"\(e(thumb))\" width=\"\(HTMLReport.thumbnailSize)\" height=\"\(HTMLReport.thumbnailSize)\" alt=\"e4e input\">"
+            } else {
+                image = "<div class=\"noimg\">\(m.e4eInput == nil ? "no mask" : "mask unreadable")</div>"
+            }
+            let name = URL(fileURLWithPath: m.path).lastPathComponent
+            b += "<figure class=\"impostor\" title=\"\(e(m.path))\">\(image)<figcaption><b>\(e(name))</b> (\(identityLink(m.identity)))<br>"
+                + "\(e(m.reason ?? "flagged"))</figcaption></figure>"
+        }
+        return page("Masks", b + "</div>")
     }
 
     func curation() -> String {

@@ -12,6 +12,7 @@ struct MaskStage {
         var mask256: NativeImage
         var e4eInput: NativeImage
         var coverage: Double
+        var checks: HeadChecks
         var failure: String?
     }
 
@@ -55,17 +56,31 @@ struct MaskStage {
         } else {
             let params = FNMaskParams(iterations: Int32(p.iterations), border_fraction: p.borderFraction, hair_extent: p.hairExtent,
                                       head_width: p.headWidth, include_neck: p.includeNeck ? 1 : 0,
-                                      feather_sigma: p.featherSigma * scale, seed: 0x5eed)
+                                      feather_sigma: p.featherSigma * scale, seed: 0x5eed, skull_core: p.skullCore)
             mask = try work.grabCutMask(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: p.workSize), parameters: params)
         }
         let mask256 = p.workSize == 256 ? mask : try mask.maskResized(to: 256)
         let mask512 = p.workSize == 512 ? mask : try mask.maskResized(to: 512)
         let coverage = mask256.maskCoverage
-        var failure: String?
-        if coverage < p.minCoverage || coverage > p.maxCoverage {
-            failure = String(format: "mask covers %.0f%% of the crop, outside [%.0f%%, %.0f%%]", coverage * 100, p.minCoverage * 100, p.maxCoverage * 100)
-        }
+        let checks = try mask256.headChecks(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: 256))
         return Output(mask512: mask512, mask256: mask256, e4eInput: try crop256.compositedOnWhite(mask: mask256),
-                      coverage: coverage, failure: failure)
+                      coverage: coverage, checks: checks, failure: Self.failure(coverage: coverage, checks: checks, parameters: p))
+    }
+
+    /// Why a mask is flagged (every failed check, with its figure), or nil when it passes.
+    static func failure(coverage: Double, checks: HeadChecks, parameters p: MaskParameters) -> String? {
+        var reasons: [String] = []
+        if checks.headBand < p.minHeadBand {
+            reasons.append(String(format: "lost the head above the brows: head band %.0f%% foreground, under %.0f%%",
+                                  checks.headBand * 100, p.minHeadBand * 100))
+        }
+        if checks.headOutline < p.minHeadOutline {
+            reasons.append(String(format: "cut the head outline: %.0f%% of the skull outline above the eyes kept, under %.0f%%",
+                                  checks.headOutline * 100, p.minHeadOutline * 100))
+        }
+        if coverage < p.minCoverage || coverage > p.maxCoverage {
+            reasons.append(String(format: "mask covers %.0f%% of the crop, outside [%.0f%%, %.0f%%]", coverage * 100, p.minCoverage * 100, p.maxCoverage * 100))
+        }
+        return reasons.isEmpty ? nil : reasons.joined(separator: "; ")
     }
 }

@@ -130,12 +130,19 @@ public struct MaskParameters: Codable, Equatable, Sendable {
     /// Hair reaches this many eye-to-chin lengths above the eyes.
     public var hairExtent: Double = 1.35
     /// Head half-width in jaw half-widths (ears and hair at the sides).
-    public var headWidth: Double = 1.15
+    public var headWidth: Double = 1.35
+    /// Sure foreground above the brows: the skull dome (jaw half-width across, eye-to-chin up)
+    /// scaled by this. It is head whatever the hair, and teaches GrabCut the hair colour.
+    public var skullCore: Double = 0.7
     public var includeNeck: Bool = false
     public var featherSigma: Double = 1.5
     /// A mask covering less or more of the 256 crop than this is flagged as failed.
     public var minCoverage: Double = 0.15
     public var maxCoverage: Double = 0.80
+    /// A mask keeping less of the head band above the brows, or of the skull outline above the
+    /// eyes, than this is flagged as failed (any method; `HeadChecks` says how both are measured).
+    public var minHeadBand: Double = 0.85
+    public var minHeadOutline: Double = 0.70
     /// Face-parsing ONNX model (method: onnx): path, input size, normalisation, kept classes.
     public var onnxPath: String?
     public var onnxInputSize: Int = 512
@@ -155,9 +162,11 @@ public struct MaskParameters: Codable, Equatable, Sendable {
             ("work_size", (32...1024).contains(workSize), "32…1024"), ("iterations", (1...100).contains(iterations), "1…100"),
             ("border_fraction", (0..<0.5).contains(borderFraction), "0 to under 0.5"),
             ("hair_extent", hairExtent > 0 && hairExtent.isFinite, "positive"), ("head_width", headWidth > 0 && headWidth.isFinite, "positive"),
+            ("skull_core", (0...1).contains(skullCore), "0…1"),
             ("feather_sigma", featherSigma >= 0 && featherSigma.isFinite, "0 or more"),
             ("min_coverage", (0...1).contains(minCoverage) && minCoverage <= maxCoverage, "0…1 and at most max_coverage"),
             ("max_coverage", (0...1).contains(maxCoverage), "0…1"),
+            ("min_head_band", (0...1).contains(minHeadBand), "0…1"), ("min_head_outline", (0...1).contains(minHeadOutline), "0…1"),
             ("onnx_input_size", (32...2048).contains(onnxInputSize), "32…2048"),
         ]
         try refuseOutOfRange("mask", checks)
@@ -166,19 +175,24 @@ public struct MaskParameters: Codable, Equatable, Sendable {
 
 extension MaskParameters: ParameterSection {
     public static let section = "mask"
-    public static let algorithmVersion = "mask-1"
+    // mask-2: hair and scalp seeded from the head geometry, top border no longer background,
+    // head band and outline checks.
+    public static let algorithmVersion = "mask-2"
     private static let onnxOnly = Fingerprinting<MaskParameters>.when { $0.method == .onnx }
     public static let fields: [ParameterField<MaskParameters>] = [
         .field(\.method, "method", "grabcut (no model file) | onnx (face-parsing network, BiSeNet-style 19 classes)"),
         .field(\.workSize, "work_size", "GrabCut runs on the 256 crop; the 512 mask is its upscaled, re-feathered copy"),
         .field(\.iterations, "iterations", "GrabCut iterations"),
-        .field(\.borderFraction, "border_fraction", "crop border band marked sure background"),
+        .field(\.borderFraction, "border_fraction", "side and bottom border band outside the head marked sure background (never the top: hair reaches it)"),
         .field(\.hairExtent, "hair_extent", "probable-foreground head reaches this many eye-to-chin lengths above the eyes"),
-        .field(\.headWidth, "head_width", "head half-width in jaw half-widths"),
+        .field(\.headWidth, "head_width", "probable-foreground head half-width in jaw half-widths (ears, hair at the sides)"),
+        .field(\.skullCore, "skull_core", "sure foreground above the brows: the skull (jaw half-width × eye-to-chin) scaled by this"),
         .field(\.includeNeck, "include_neck", "true keeps neck and collar as probable foreground"),
         .field(\.featherSigma, "feather_sigma", "edge feather, pixels at 256"),
         .field(\.minCoverage, "min_coverage", "masks covering less/more of the 256 crop are flagged"),
         .field(\.maxCoverage, "max_coverage"),
+        .field(\.minHeadBand, "min_head_band", "masks keeping less of the head band above the brows are flagged"),
+        .field(\.minHeadOutline, "min_head_outline", "masks keeping less of the skull outline above the eyes are flagged"),
         .field(\.onnxPath, "onnx_path", "face-parsing model (method: onnx); it enters the fingerprint by its SHA-256", fingerprint: .never),
         .field(\.onnxInputSize, "onnx_input_size", fingerprint: onnxOnly, commentedOut: true),
         .field(\.onnxMean, "onnx_mean", fingerprint: onnxOnly, commentedOut: true),

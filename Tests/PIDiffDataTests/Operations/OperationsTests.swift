@@ -300,11 +300,18 @@ final class OperationsTests: XCTestCase {
         let selection = BalancedSelection.select(try catalog.balanceInputs(mapping: LabelMapping()), races: ["unknown"], ages: ["unknown"], count: 2,
                                                  imagesPerIdentity: 1, referenceImages: 0, seed: 1)
         try catalog.storeSplit(name: "v1", seed: 1, parameters: "{}", selection: selection)
+        // Masks, some flagged (a head band of 100 % is asked for), so the masks page lists them.
+        var strict = MaskParameters()
+        strict.minHeadBand = 1.0
+        let masked = try await MaskPipeline(catalogPath: catalogURL.path, parameters: strict).run()
+        XCTAssertGreaterThan(masked.failed, 0)
 
         let out = dir.appendingPathComponent("report")
         let summary = try HTMLReport(catalogPath: catalogURL.path, directory: out).write()
         XCTAssertEqual(summary.photos, 7)
-        XCTAssertEqual(summary.thumbnails, 6, "one per distinct selected crop")
+        let e4eInputs = Set(try catalog.maskReport().compactMap(\.e4eInput))
+        XCTAssertEqual(e4eInputs.count, 6)
+        XCTAssertEqual(summary.thumbnails, 6 + 6, "one per distinct selected crop and one per distinct e4e input")
 
         var pages: [String: String] = [:]
         for name in HTMLReport.pages { pages[name] = try String(contentsOf: out.appendingPathComponent(name), encoding: .utf8) }
@@ -326,6 +333,10 @@ final class OperationsTests: XCTestCase {
         XCTAssertTrue(identities.contains("class=\"duplicate\""), "the copy is shown as a duplicate")
         XCTAssertTrue(try XCTUnwrap(pages["curation.html"]).contains("obama_copy.jpg"))
         XCTAssertTrue(try XCTUnwrap(pages["splits.html"]).contains("<h2>v1</h2>"))
+        let masksPage = try XCTUnwrap(pages["masks.html"])
+        XCTAssertTrue(masksPage.contains("<h2>Flagged (\(masked.failed))</h2>"), masksPage)
+        XCTAssertTrue(masksPage.contains("lost the head above the brows: head band "), masksPage)
+        XCTAssertTrue(try XCTUnwrap(pages["index.html"]).contains("href=\"masks.html\""))
 
         // setup.sh installs chromium: its absence is a broken setup, not a reason to skip.
         let chromium = try XCTUnwrap(["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: FileManager.default.isExecutableFile),
@@ -343,7 +354,8 @@ final class OperationsTests: XCTestCase {
             XCTAssertGreaterThan((try FileManager.default.attributesOfItem(atPath: shot.path)[.size] as? Int) ?? 0, 10_000, "\(page) screenshot")
         }
         // The check can fail: a thumbnail removed is reported by the page itself.
-        let thumb = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent("thumbs").path).first)
+        let thumbs = try FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent("thumbs").path).sorted()
+        let thumb = try XCTUnwrap(thumbs.first { identities.contains("thumbs/\($0)") }, "a crop thumbnail of identities.html")
         try FileManager.default.removeItem(at: out.appendingPathComponent("thumbs/\(thumb)"))
         XCTAssertTrue(try load("identities.html").console.contains { $0.contains("image did not load: thumbs/\(thumb)") })
     }

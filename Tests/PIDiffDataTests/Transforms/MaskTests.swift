@@ -58,6 +58,102 @@ final class MaskTests: XCTestCase {
         XCTAssertEqual(again.masked, 0)
     }
 
+    func testMasksAreTheSameBytesWhateverTheWorkerCount() async throws {
+        try TestSupport.requireAssets()
+        var runs: [[String]] = []
+        for workers in [1, 2] {
+            let dir = try TestSupport.temporaryDirectory()
+            let catalogPath = dir.appendingPathComponent("c.sqlite")
+            _ = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalogPath)
+            _ = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters(), workers: workers).run()
+            // Content-addressed: the file names are the masks' SHA-256.
+            runs.append(try Catalog(path: catalogPath.path).maskReport().map { row in
+                [row.mask256, row.e4eInput].compactMap { $0.map { URL(fileURLWithPath: $0).lastPathComponent } }.joined(separator: " ")
+            })
+        }
+        XCTAssertEqual(runs[0].count, 7)
+        XCTAssertEqual(runs[0], runs[1])
+    }
+
+    /// The head above the brows stays foreground on every sample photo, the partial face whose
+    /// hair the mask-1 GrabCut cut off included (head band 79 %, skull outline 45 % under mask-1,
+    /// when the top border was sure background and the hair was learnt as background).
+    func testMasksKeepTheHeadAboveTheBrowsOnSamplePhotos() async throws {
+        let (catalogPath, catalog) = try await ingestedSample()
+        let summary = try await MaskPipeline(catalogPath: catalogPath.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(summary.failed, 0, "\(summary.errors)")
+        let measured = try MaskBenchmark.measure(catalog)
+        XCTAssertEqual(measured.count, 7)
+        for face in measured {
+            XCTAssertGreaterThanOrEqual(face.checks.headBand, 0.85, "\(face.path): head band above the brows")
+            XCTAssertGreaterThanOrEqual(face.checks.headOutline, 0.70, "\(face.path): skull outline")
+            XCTAssertLessThan(face.checks.farBackground, 0.05, "\(face.path): far background swallowed")
+            XCTAssertTrue(face.ok, "\(face.path): \(face.reason ?? "")")
+        }
+        let hairCut = try XCTUnwrap(measured.first { $0.path.hasSuffix("obama_partial_face2.jpg") })
+        XCTAssertGreaterThanOrEqual(hairCut.checks.headBand, 0.95)
+        XCTAssertGreaterThanOrEqual(hairCut.checks.headOutline, 0.9)
+        // The bench reports the same figures for the catalog.
+        let report = try await MaskBenchmark(photos: nil, catalogPath: catalogPath.path, workDirectory: catalogPath.deletingLastPathComponent(),
+                                             models: ModelStore(), config: PipelineConfig()).run()
+        XCTAssertEqual(report.faces, 7)
+        XCTAssertEqual(report.bandKept, 7)
+        XCTAssertEqual(report.bandKeptShare, 1)
+        XCTAssertEqual(report.method, "grabcut")
+        XCTAssertNil(report.masksPerSecond, "nothing was run")
+    }
+
+    /// A mask that loses the head above the brows, or cuts the head outline, is flagged naming the
+    /// check and its figure, whatever made it.
+    func testAMaskThatLosesTheHeadIsFlaggedWithTheCheckAndItsFigure() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogPath = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([TestSupport.sampleIdentities], catalog: catalogPath)
+        let face = try XCTUnwrap(try Catalog(path: catalogPath.path).faceReports(selectedOnly: true).first { $0.path.hasSuffix("obama.jpg") })
+        let landmarks = face.landmarks68.map { Point(x: $0[0], y: $0[1]) }
+        let inCrop = MaskStage.landmarksInCrop(landmarks, quad: AlignmentQuad(landmarks: Landmarks68(points: landmarks)), size: 256)
+        let crop256 = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(face.crop256))), maxPixels: 1 << 24)
+        let mask = try MaskStage(parameters: MaskParameters()).run(crop256: crop256, crop512: crop256, landmarks: landmarks,
+                                                                     quad: AlignmentQuad(landmarks: Landmarks68(points: landmarks))).mask256
+        let kept = try mask.headChecks(landmarks: inCrop)
+        XCTAssertNil(MaskStage.failure(coverage: mask.maskCoverage, checks: kept, parameters: MaskParameters()))
+
+        // The same mask with everything above the brows (their highest landmark) cut away: the
+        // old failure, a bald head where the hair was.
+        let browTop = inCrop[17...26].map(\.y).min()!
+        var bgr = [UInt8](repeating: 0, count: 256 * 256 * 3)
+        for y in 0..<256 {
+            for x in 0..<256 where Double(y) > browTop {
+                let v = UInt8(mask.maskValue(x: Double(x), y: Double(y))!.rounded())
+                bgr[(y * 256 + x) * 3] = v; bgr[(y * 256 + x) * 3 + 1] = v; bgr[(y * 256 + x) * 3 + 2] = v
+            }
+        }
+        let bald = try NativeImage.decodeMask(NativeImage.fromBGR(bgr, width: 256, height: 256).pngData())
+        let lost = try bald.headChecks(landmarks: inCrop)
+        XCTAssertLessThan(lost.headBand, 0.2)
+        XCTAssertLessThan(lost.headOutline, 0.1)
+        let reason = try XCTUnwrap(MaskStage.failure(coverage: bald.maskCoverage, checks: lost, parameters: MaskParameters()))
+        XCTAssertTrue(reason.contains(String(format: "lost the head above the brows: head band %.0f%% foreground, under 85%%", lost.headBand * 100)), reason)
+        XCTAssertTrue(reason.contains("cut the head outline: "), reason)
+
+        // Through the pipeline: a parser whose answer is a centred disk keeps the face but not the
+        // head above the forehead; every such mask is flagged, `masks report` says why.
+        let onnx = dir.appendingPathComponent("parser.onnx")
+        let made = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("make_parsing_onnx.py").path, onnx.path, "64"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        var params = MaskParameters()
+        params.method = .onnx
+        params.onnxPath = onnx.path
+        params.onnxInputSize = 64
+        let summary = try await MaskPipeline(catalogPath: catalogPath.path, parameters: params).run()
+        XCTAssertEqual(summary.masked, 7)
+        XCTAssertGreaterThan(summary.failed, 0)
+        let out = try TestSupport.runCLI(["masks", "report", "--catalog", catalogPath.path])
+        XCTAssertEqual(out.status, 0, out.stderr)
+        XCTAssertTrue(out.stdout.contains("flagged") && out.stdout.contains("cut the head outline: "), out.stdout)
+    }
+
     func testUnwritableMaskStoreFailsTheRunNamingThePathAndARerunCompletes() async throws {
         let (catalogPath, catalog) = try await ingestedSample()
         // A regular file where the masks folder goes: every store fails (root ignores chmod).
@@ -146,6 +242,25 @@ final class MaskTests: XCTestCase {
             XCTAssertEqual(mask.maskValue(x: 128, y: 128), 255)
             XCTAssertEqual(mask.maskValue(x: 5, y: 5), 0)
         }
+        // The hair class (17) is kept by default: a parser that calls a cap over the face hair
+        // keeps it in the mask, and leaves it out only when 17 is dropped from the kept classes.
+        let hairy = catalogPath.deletingLastPathComponent().appendingPathComponent("hair.onnx")
+        let madeHair = try TestSupport.run(TestSupport.python, [TestSupport.fixtures.appendingPathComponent("make_parsing_onnx.py").path, hairy.path, "64", "hair"])
+        XCTAssertEqual(madeHair.status, 0, madeHair.stderr)
+        XCTAssertTrue(MaskParameters().onnxKeepClasses.contains(17))
+        params.onnxPath = hairy.path
+        let cropPath = try XCTUnwrap(try catalog.faceReports(selectedOnly: true).first?.crop256)
+        let crop = try NativeImage.decode(Data(contentsOf: URL(fileURLWithPath: cropPath)), maxPixels: 1 << 24)
+        func capKept(_ keep: [Int]) throws -> (cap: Double?, centre: Double?) {
+            var p = params
+            p.onnxKeepClasses = keep
+            let mask = try XCTUnwrap(MaskStage(parameters: p).parser).mask(crop, keep: keep, featherSigma: 0)
+            return (mask.maskValue(x: 128, y: 128 - 0.38 * 256), mask.maskValue(x: 128, y: 128))
+        }
+        XCTAssertEqual(try capKept(MaskParameters().onnxKeepClasses).cap, 255, "hair kept")
+        XCTAssertEqual(try capKept(MaskParameters().onnxKeepClasses.filter { $0 != 17 }).cap, 0, "hair dropped with class 17")
+        XCTAssertEqual(try capKept(MaskParameters().onnxKeepClasses.filter { $0 != 17 }).centre, 255, "the face stays")
+
         params.onnxPath = "/nonexistent/parser.onnx"
         do {
             _ = try await MaskPipeline(catalogPath: catalogPath.path, parameters: params).run()
