@@ -26,6 +26,7 @@ COMMANDS = {
     "train": Command("pidiff.train", "fine-tune the PIDiff mapper and style cross-attention on encoded shards"),
     "sample": Command("pidiff.sample", "generate images of an identity from trained PIDiff weights"),
     "wplus": Command("pidiff.wplus", "the e4e w+ code of a face, from any photo (via pidiff-data face) or a prepared e4e input"),
+    "launch": Command("pidiff.launch", "run train or encode as N data-parallel ranks (accelerate), ending with its parent"),
     "eval": Command("pidiff.evaluate", "score generated images: ID (ArcFace), LPIPS (VGG), CLIP-T, per identity and overall"),
     "ablate": Command("pidiff.ablate", "ablation grid: train, sample and evaluate each setting (steps, images, lambda, augment, drops)"),
 }

@@ -25,6 +25,7 @@ are decoded in DataLoader workers and travel to the device as uint8.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -122,7 +123,13 @@ class DigestCache:
         kept = {key: entry for key, entry in self.entries.items() if current(key, entry)}
         if not self.changed and kept == self.entries:
             return
-        partial = self.path.with_name(f".{self.path.name}.partial")
+        # Ranks of one run share the folder: keep what another rank wrote since this one read it.
+        try:
+            on_disk = json.loads(self.path.read_text())
+            kept = {**{k: e for k, e in on_disk.items() if current(k, e)}, **kept} if isinstance(on_disk, dict) else kept
+        except (OSError, ValueError):
+            pass
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         try:
             partial.write_text(json.dumps(kept, indent=1, sort_keys=True))
             os.replace(partial, self.path)
@@ -273,7 +280,8 @@ def _pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @dataclass
 class EncodeOptions:
-    batch_size: int = 32
+    # Every batch is padded to this size (see _encode_pending); None: 32 on CUDA, 8 on the CPU.
+    batch_size: int | None = None
     workers: int | None = None  # None: min(8, cores - 1) on CUDA, 1 on CPU
     device: str = "auto"
     precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
@@ -336,8 +344,18 @@ def is_cache_hit(output: Path, expected: dict[str, str]) -> bool:
     return metadata is not None and all(metadata.get(field) == expected[field] for field in CACHE_FIELDS)
 
 
-def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_dir: Path, options: EncodeOptions) -> list[EncodeResult]:
-    """Encode every shard whose output is missing or stale; returns one result per shard, in order."""
+def rank_shards(shard_paths: list, rank: int, world_size: int) -> list:
+    """The shards one rank encodes: every world_size-th by position in the command's list, starting
+    at its rank. Fixed by the list alone, so a rerun gives every rank the same shards."""
+    return shard_paths[rank::world_size]
+
+
+def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_dir: Path, options: EncodeOptions,
+                  rank: int = 0, world_size: int = 1) -> list[EncodeResult]:
+    """Encode every shard whose output is missing or stale; returns one result per shard, in order.
+
+    Under several ranks each checks the whole list (so all refuse a bad one alike) but hashes,
+    encodes and reports only its own shards (`rank_shards`)."""
     shard_paths, out_dir = [Path(p) for p in shard_paths], Path(out_dir)
     outputs = [output_path_for(p, out_dir) for p in shard_paths]
     if len(set(outputs)) != len(outputs):
@@ -350,6 +368,8 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
     if missing:  # before hashing gigabytes of models and shards
         raise shards.ShardError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
+    shard_paths = rank_shards(shard_paths, rank, world_size)
+    outputs = rank_shards(outputs, rank, world_size)
 
     digests = DigestCache(out_dir / DIGEST_CACHE_NAME, trusted=not options.force)  # --force hashes afresh
     try:
@@ -396,8 +416,12 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
             "vae_input": f"<key>.{shards.VAE_IMAGE_EXTENSION} {shards.VAE_IMAGE_SIZE}x{shards.VAE_IMAGE_SIZE} RGB scaled to [-1, 1]",
             "pidiff_version": __version__,
         }
+        if options.batch_size is None:
+            options = dataclasses.replace(options, batch_size=32 if device.type == "cuda" else 8)
+        if options.batch_size < 1:
+            raise EncodeError(f"--batch-size must be at least 1, not {options.batch_size}")
         workers = options.workers if options.workers is not None else (min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1)
-        for job in _encode_pending(encoder, pending, options, workers):
+        for job in _encode_pending(encoder, pending, options, workers, rank if world_size > 1 else None):
             _write_encoded(job, common_metadata)
             results[job.shard] = EncodeResult(job.shard, job.output, len(job.index), cached=False)
     return [results[shard] for shard in shard_paths]
@@ -416,7 +440,8 @@ class PendingShard:
     rows_done: int = 0
 
 
-def _encode_pending(encoder: ShardEncoder, pending: list[PendingShard], options: EncodeOptions, workers: int):
+def _encode_pending(encoder: ShardEncoder, pending: list[PendingShard], options: EncodeOptions, workers: int,
+                    rank: int | None = None):
     """Encode all pending shards through one DataLoader (workers are not restarted per shard);
     yields each shard as soon as its last row is in."""
     from torch.utils.data import DataLoader
@@ -430,9 +455,14 @@ def _encode_pending(encoder: ShardEncoder, pending: list[PendingShard], options:
         pin_memory=encoder.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-    with tqdm(total=len(loader.dataset), unit="img", disable=not options.progress, desc="encode") as progress:
+    with tqdm(total=len(loader.dataset), unit="img", disable=not options.progress,
+              desc="encode" if rank is None else f"encode rank {rank}", position=rank or 0) as progress:
         for shard_numbers, rows, e4e_images, vae_images in _batches(loader):
-            encoded = encoder.encode_batch(e4e_images, vae_images, pad_to=options.batch_size if options.compile else None)
+            # Every batch has the one shape (the last padded): a convolution's result can depend on the
+            # batch size (oneDNN picks kernels by shape; float32 sums in another order differ in the last
+            # bits), so this keeps each row's code independent of which batch, shard or rank it fell in:
+            # several ranks write the same bits as one process. It also gives --compile one shape.
+            encoded = encoder.encode_batch(e4e_images, vae_images, pad_to=options.batch_size)
             encoded = dict(zip(("w_plus", "latent_mean", "latent_std"), (t.to("cpu", storage_dtype) for t in encoded)))
             # A batch may straddle a shard boundary: scatter its rows to their shards.
             for shard_number in shard_numbers.unique().tolist():
@@ -630,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e4e", type=Path, required=True, help="e4e checkpoint in the official layout (e4e_ffhq_encode.pt)")
     parser.add_argument("--sd", type=Path, required=True, help="Stable Diffusion 1.5 folder in diffusers layout (uses vae/)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the .safetensors files")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch, the last one padded (default: 32 on CUDA, 8 on the CPU)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default: min(8, cores-1) on CUDA, 1 on CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
@@ -645,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    from pidiff import runs
+
+    rank, world_size, rank_device = runs.launched_ranks(cpu=args.device == "cpu")
+    if world_size > 1 and args.device in ("auto", "cuda"):
+        args.device = rank_device  # one GPU per rank (cuda:LOCAL_RANK), or the CPU over gloo
     try:
         shard_paths = [Path(p) for pattern in args.shards for p in shards.expand_shard_pattern(pattern)]
         options = EncodeOptions(
@@ -660,12 +696,57 @@ def main(argv: list[str] | None = None) -> int:
             overlap=args.overlap,
             progress=not args.no_progress,
         )
+        if world_size > 1:
+            return encode_on_ranks(shard_paths, args, options, rank, world_size)
         results = encode_shards(shard_paths, args.e4e, args.sd, args.out, options)
     except (shards.ShardError, EncodeError, E4ECheckpointError) as error:
         print(f"pidiff encode: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(results, args.out))
     return 0
+
+
+def encode_on_ranks(shard_paths: list[Path], args, options: EncodeOptions, rank: int, world_size: int) -> int:
+    """One rank of a data-parallel encode: it encodes its own shards (`rank_shards`), each written as
+    soon as it is done. A rank that fails says so at once in one line naming its rank and shard, then
+    waits for the others to finish theirs (so their work is kept: the launcher would otherwise stop
+    them on the first rank's exit); every rank then exits 1, and a rerun encodes only what is missing.
+    Rank 0 prints the summary of all ranks."""
+    import torch.distributed as dist
+
+    mine = rank_shards(shard_paths, rank, world_size)
+    try:
+        outcome = {"results": encode_shards(shard_paths, args.e4e, args.sd, args.out, options, rank, world_size)}
+    except Exception as error:  # noqa: BLE001 - reported with the rank, then the ranks finish together
+        outcome = {"error": rank_error_line(error, rank, world_size, mine)}
+        print(outcome["error"], file=sys.stderr, flush=True)
+    outcomes: list[dict] = [{} for _ in range(world_size)]
+    dist.all_gather_object(outcomes, outcome)
+    failed = [o["error"] for o in outcomes if "error" in o]
+    if rank == 0:
+        done = [r for o in outcomes for r in o.get("results", [])]
+        order = {path: i for i, path in enumerate(shard_paths)}
+        done.sort(key=lambda r: order[r.shard])
+        line = summary_line(done, args.out).replace("pidiff encode:", f"pidiff encode ({world_size} ranks):", 1)
+        if failed:
+            line += (f"; {len(failed)} of {world_size} ranks failed ({len(shard_paths) - len(done)} shards not done); "
+                     "a rerun encodes only what is missing")
+        print(line, flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 1 if failed else 0
+
+
+def rank_error_line(error: Exception, rank: int, world_size: int, shards_of_rank: list[Path]) -> str:
+    """`pidiff encode: error: rank R of N: MESSAGE`, naming the rank's shards when the message names none."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not isinstance(error, (shards.ShardError, EncodeError, E4ECheckpointError)):
+        message = f"{type(error).__name__}: {message}"
+    if not any(path.name in message for path in shards_of_rank):
+        names = [path.name for path in shards_of_rank]
+        listed = ", ".join(names) if len(names) <= 3 else f"{names[0]} … {names[-1]}, {len(names)} shards"
+        message = f"{message} (its shards: {listed or 'none'})"
+    return f"pidiff encode: error: rank {rank} of {world_size}: {message}"
 
 
 def summary_line(results: list[EncodeResult], out: Path) -> str:

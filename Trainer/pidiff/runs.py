@@ -195,7 +195,8 @@ def read_checkpoint_tensors(path: Path, device) -> tuple[dict[str, torch.Tensor]
     """(adapter tensors, optimizer state, generator states) of a checkpoint."""
     from safetensors.torch import load_file
 
-    return (load_file(str(path / "adapter.safetensors"), device=str(device)),
+    device = torch.device(device)
+    return (load_file(str(path / "adapter.safetensors"), device="cpu" if device.type == "cpu" else str(device)),
             torch.load(path / "optimizer.pt", map_location=device, weights_only=True),
             torch.load(path / "rng.pt", weights_only=True))
 
@@ -304,22 +305,34 @@ def check_resumable(groups: list[list[str]], dirs: dict[str, Path], samples: dic
 
 # ----------------------------------------------------------------------------------------------
 # Ranks.
+def launched_ranks(cpu: bool) -> tuple[int, int, str | None]:
+    """(rank, world size, this rank's device) under `accelerate launch`, `pidiff launch` or `torchrun`;
+    (0, 1, None) in a process started alone.
+
+    Without CUDA (or with `cpu`) the ranks run on CPU over gloo: accelerate only does so when asked
+    with cpu=True; otherwise every process would believe it is alone and do all the work."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu or not torch.cuda.is_available())
+    if state.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes} "
+                           f"({state.distributed_type}); refusing to do every rank's work in every process")
+    # CPU ranks are "cpu" (accelerate may say "cpu:0", which safetensors refuses as a device).
+    device = "cpu" if state.device.type == "cpu" else str(state.device)
+    return state.process_index, state.num_processes, device
+
+
 def distributed_context(config: TrainConfig) -> tuple[int, int, TrainConfig]:
     """(rank, world size, config with this rank's device) under `accelerate launch` or `torchrun`.
 
-    Ranks share nothing but the output folder: each trains every world_size-th identity group.
-    Without CUDA the ranks run on CPU over gloo (accelerate only does so when asked with cpu=True;
-    otherwise every process would believe it is alone and train every group)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched <= 1:
+    Ranks share nothing but the output folder: each trains every world_size-th identity group."""
+    rank, world_size, device = launched_ranks(cpu=config.device == "cpu")
+    if world_size == 1:
         return 0, 1, config
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available() or config.device == "cpu")
-    if state.num_processes != launched:
-        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes} "
-                           f"({state.distributed_type}); refusing to train every group in every process")
-    return state.process_index, state.num_processes, dataclasses.replace(config, device=str(state.device))
+    return rank, world_size, dataclasses.replace(config, device=device)
 
 
 def finish_ranks(world_size: int) -> None:
