@@ -17,9 +17,11 @@ Grid keys (repeat --grid for the product of several):
 Each setting trains every identity of the split (`pidiff train --split --resume`), samples each
 identity's weights on the prompts (`pidiff sample --encoded --prompts`, the identity's split
 reference as the face) and scores them (`pidiff eval`, the paper's protocol). OUT/<setting>/ holds
-weights/, samples/, eval/ and result.json; a setting with a result.json made with the same
-options is skipped on a rerun, an interrupted one continues (training resumes from its
-checkpoints, identities already sampled are kept). OUT/ablation.md, ablation.csv and
+samples/, eval/ and result.json; weights go to OUT/weights/<training values>/, shared by settings
+that differ only in λ (trained once), and an `images` subset of the encoded split to
+OUT/encoded/images-N/. A setting with a result.json made with the same options is skipped on a
+rerun, an interrupted one continues (training resumes from its checkpoints, finished weights are
+kept, identities already sampled are kept). OUT/ablation.md, ablation.csv and
 ablation.png (each metric against the settings) collect the rows.
 """
 
@@ -39,6 +41,7 @@ from pathlib import Path
 from pidiff import evaluate
 
 GRID_KEYS = ("steps", "images", "lambda", "augment", "drop_visual", "drop_text")
+TRAINING_KEYS = ("steps", "images", "augment", "drop_visual", "drop_text")  # the others change only sampling
 RESULT_NAME = "result.json"
 RESULT_FORMAT = "pidiff-ablation/1"
 DEFAULT_W_PLUS_NOISE = 0.05  # TrainConfig.w_plus_noise: what `augment=on` means
@@ -126,6 +129,12 @@ class Setting:
             elif key == "drop_text":
                 args += ["--text-dropout", value_text(value)]
         return args
+
+    @property
+    def training_folder(self) -> str:
+        """Where this setting's weights live: settings that differ only in inference options (λ) share them."""
+        trained = {k: v for k, v in self.values.items() if k in TRAINING_KEYS}
+        return Setting(trained).folder if trained else "default"
 
     def sample_args(self) -> list[str]:
         return ["--lambda", value_text(self.values["lambda"])] if "lambda" in self.values else []
@@ -222,15 +231,16 @@ def run_setting(setting: Setting, args, base: dict, identities: list[str], metri
     folder.mkdir(parents=True, exist_ok=True)
     encoded = args.encoded
     if "images" in setting.values:
-        encoded = str(write_image_subset(args.encoded, args.split, setting.values["images"], folder / "encoded"))
-
-    log(f"{setting.name}: training {len(identities)} identities")
-    run_step("train", train, ["--encoded", encoded, "--split", args.split, "--sd", args.sd, "--out", str(folder / "weights"),
+        images = setting.values["images"]
+        encoded = str(write_image_subset(args.encoded, args.split, images, Path(args.out) / "encoded" / f"images-{images}"))
+    weights_dir = Path(args.out) / "weights" / setting.training_folder  # shared by settings differing only in λ
+    log(f"{setting.name}: training {len(identities)} identities ({weights_dir})")
+    run_step("train", train, ["--encoded", encoded, "--split", args.split, "--sd", args.sd, "--out", str(weights_dir),
                               "--resume", "--device", args.device, *shlex.split(args.train_options), *setting.train_args()],
              setting)
     prompts = evaluate.read_prompts(args.prompts)
     for identity in identities:
-        weights = folder / "weights" / identity_folder(identity) / "pidiff.safetensors"
+        weights = weights_dir / identity_folder(identity) / "pidiff.safetensors"
         if not weights.is_file() or load_weights_metadata(weights).get("identity") != identity:
             raise AblationError(f"{weights}: no weights of {identity!r} after training")
         out = folder / "samples" / identity_folder(identity)
@@ -247,7 +257,7 @@ def run_setting(setting: Setting, args, base: dict, identities: list[str], metri
     with open(folder / "eval" / "eval_table.csv") as f:
         rows = list(csv.DictReader(f))
     result = {"format": RESULT_FORMAT, "setting": setting.name, "values": setting.values, "base": base,
-              "rows": rows, "eval": str(folder / "eval")}
+              "rows": rows, "weights": str(weights_dir), "encoded": encoded, "eval": str(folder / "eval")}
     partial = folder / f".{RESULT_NAME}.partial"
     partial.write_text(json.dumps(result, indent=2) + "\n")
     partial.replace(result_path)

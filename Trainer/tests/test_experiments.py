@@ -320,11 +320,11 @@ def test_ablation_grid_trains_samples_and_scores_each_setting_and_resumes(tiny_m
     for setting, steps in (("steps-1", "1"), ("steps-2", "2")):
         from pidiff.model import load_weights_metadata
 
-        assert load_weights_metadata(out / setting / "weights" / "ann" / "pidiff.safetensors")["steps"] == steps
+        assert load_weights_metadata(out / "weights" / setting / "ann" / "pidiff.safetensors")["steps"] == steps
         table = next(csv.DictReader(open(out / setting / "eval" / "eval_table.csv")))
         row = next(r for r in rows if r["steps"] == steps)
         assert all(float(row[m]) == pytest.approx(float(table[m]), abs=1e-6) for m in ("id", "lpips", "clip_t"))
-    weights_time = (out / "steps-1" / "weights" / "ann" / "pidiff.safetensors").stat().st_mtime_ns
+    weights_time = (out / "weights" / "steps-1" / "ann" / "pidiff.safetensors").stat().st_mtime_ns
 
     # A rerun skips both settings; an added value trains only that one.
     assert cli.main(argv) == 0
@@ -334,7 +334,27 @@ def test_ablation_grid_trains_samples_and_scores_each_setting_and_resumes(tiny_m
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "steps=2: ann already sampled, kept" in printed and "steps=1: already done" in printed
-    assert (out / "steps-1" / "weights" / "ann" / "pidiff.safetensors").stat().st_mtime_ns == weights_time
+    assert (out / "weights" / "steps-1" / "ann" / "pidiff.safetensors").stat().st_mtime_ns == weights_time
+
+
+def test_settings_that_differ_only_in_lambda_share_their_training(tiny_models, tiny_clip, tmp_path, capsys):
+    write_encoded_shard(tmp_path / "enc" / "faces-000000.safetensors",
+                        {"ann_000": ("ann", "train"), "ann_001": ("ann", "reference")})
+    refs = write_refs(tmp_path / "refs", {"ann": ("obama.jpg", {})})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of S*\n")
+    out = tmp_path / "ablation"
+    assert cli.main(["ablate", "--grid", "lambda=0,0.8", "--encoded", str(tmp_path / "enc"), "--split", "faces",
+                     "--sd", str(tiny_models["sd"]), "--refs", str(refs), "--out", str(out), "--prompts", str(prompts),
+                     "--device", "cpu", "--train-options", "--steps 1 --batch-size 1", "--sample-options",
+                     "--steps 1 --latent-size 8", "--metrics", "clip_t", "--clip", str(tiny_clip)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("group 0: training ann") == 1 and "group 0: ann already trained, skipped" in printed
+    assert [p.name for p in (out / "weights").iterdir()] == ["default"]
+    lambdas = [read_sidecar(out / f"lambda-{v}" / "samples" / "ann" / "sample.json")["images"][0]["lambda"] for v in ("0", "0.8")]
+    assert lambdas == [0.0, 0.8]
+    rows = list(csv.DictReader(open(out / "ablation.csv")))
+    assert [(r["setting"], r["lambda"]) for r in rows] == [("lambda=0", "0"), ("lambda=0.8", "0.8")]
 
 
 def test_ablation_input_errors_are_one_line(tiny_models, tmp_path, capsys):
