@@ -282,7 +282,7 @@ def _pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 class EncodeOptions:
     # Every batch is padded to this size (see _encode_pending); None: 32 on CUDA, 8 on the CPU.
     batch_size: int | None = None
-    workers: int | None = None  # None: min(8, cores - 1) on CUDA, 1 on CPU
+    workers: int | None = None  # None: min(8, (cores - 1) / ranks on this machine) on CUDA, 1 on CPU
     device: str = "auto"
     precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
     storage_dtype: str = "float32"
@@ -420,7 +420,10 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
             options = dataclasses.replace(options, batch_size=32 if device.type == "cuda" else 8)
         if options.batch_size < 1:
             raise EncodeError(f"--batch-size must be at least 1, not {options.batch_size}")
-        workers = options.workers if options.workers is not None else (min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1)
+        # The machine's cores are shared by its ranks (LOCAL_WORLD_SIZE of them under a launcher).
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        workers = options.workers if options.workers is not None else (
+            min(8, max(1, ((os.cpu_count() or 2) - 1) // ranks_here)) if device.type == "cuda" else 1)
         for job in _encode_pending(encoder, pending, options, workers, rank if world_size > 1 else None):
             _write_encoded(job, common_metadata)
             results[job.shard] = EncodeResult(job.shard, job.output, len(job.index), cached=False)
@@ -662,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder for the .safetensors files")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per batch, the last one padded (default: 32 on CUDA, 8 on the CPU)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader decode workers (default: min(8, cores-1) on CUDA, 1 on CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader decode workers (default on CUDA: min(8, (cores-1) / ranks on this machine); 1 on CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--storage-dtype", choices=tuple(STORAGE_DTYPES), default="float32", help="dtype of the stored tensors")
