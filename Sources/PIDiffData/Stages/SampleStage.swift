@@ -10,6 +10,9 @@ public struct SampleStage: PipelineStage {
         public var prompt: String = "a photo of S* reading in the library"
         /// Extra `pidiff sample` flags.
         public var arguments: [String] = []
+        /// Skip an identity sampled before from the same weights (by SHA-256), prompt, flags and base
+        /// model (a pipeline file's run does; a command samples again).
+        public var skipUnchanged: Bool = false
         /// Trained weights, encoded files and output (`nil`: the workspace's `train/`, `encoded/`, `samples/`).
         public var weights: URL?
         public var encoded: URL?
@@ -26,7 +29,9 @@ public struct SampleStage: PipelineStage {
 
     public init(_ parameters: Parameters) { self.parameters = parameters }
     public init(pipeline: PipelineConfig, run: RunSpec) throws {
-        self.init(Parameters(prompt: run.samplePrompt, arguments: run.sampleArguments))
+        var parameters = Parameters(prompt: run.samplePrompt, arguments: run.sampleArguments)
+        parameters.skipUnchanged = true
+        self.init(parameters)
     }
 
     public func run(in workspace: Workspace) async throws -> StageReport {
@@ -42,11 +47,23 @@ public struct SampleStage: PipelineStage {
         guard !folders.isEmpty else {
             throw PipelineError.invalid("sample", "no trained weights (*/pidiff.safetensors) under \(trained.path): run the train stage first")
         }
+        var skipped = 0
         for folder in folders {
-            try workspace.trainer.run(["sample", "--sd", sd, "--weights", trained.appendingPathComponent("\(folder)/pidiff.safetensors").path,
+            let weights = trained.appendingPathComponent("\(folder)/pidiff.safetensors")
+            let marker = out.appendingPathComponent("\(folder)/.pidiff-data-sampled.json")
+            // What the pictures were made from: unchanged, they are not made again.
+            let made: [String: String] = ["weights_sha256": try Hashing.sha256Hex(fileAt: weights), "prompt": p.prompt,
+                                          "arguments": p.arguments.joined(separator: "\u{1f}"), "sd": sd, "encoded": encoded.path]
+            if p.skipUnchanged, let data = try? Data(contentsOf: marker),
+               (try? JSONDecoder().decode([String: String].self, from: data)) == made {
+                skipped += 1
+                continue
+            }
+            try workspace.trainer.run(["sample", "--sd", sd, "--weights", weights.path,
                                        "--prompt", p.prompt, "--out", out.appendingPathComponent(folder).path, "--encoded", encoded.path] + p.arguments)
+            try OutputPath.write(try JSONEncoder.sorted.encode(made), to: marker)
         }
-        return StageReport(stage: Self.name, lines: ["sampled \(folders.count) identities → \(out.path)"],
-                           counts: ["identities": "\(folders.count)"], artefacts: ["samples": out.path])
+        return StageReport(stage: Self.name, lines: ["sampled \(folders.count - skipped) identities, \(skipped) unchanged since their last samples → \(out.path)"],
+                           counts: ["identities": "\(folders.count - skipped)", "unchanged": "\(skipped)"], artefacts: ["samples": out.path])
     }
 }

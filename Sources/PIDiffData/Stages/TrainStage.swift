@@ -13,6 +13,11 @@ public struct TrainStage: PipelineStage {
         public var arguments: [String] = []
         /// Training processes, one per GPU, through `accelerate launch`.
         public var processes: Int = 1
+        /// Skip when the split's encoded files (by their recorded sources and models), the flags
+        /// and the base model are those the weights in `out` were trained from: a `run` from cron
+        /// does not retrain every identity when nothing changed. New photos reach training through
+        /// a new split (splits are immutable); new encodings of the same split retrain it.
+        public var skipUnchanged: Bool = false
         /// Encoded folder and output folder (`nil`: the workspace's `encoded/` and `train/`).
         public var encoded: URL?
         public var out: URL?
@@ -27,8 +32,12 @@ public struct TrainStage: PipelineStage {
     public var parameters: Parameters
 
     public init(_ parameters: Parameters) { self.parameters = parameters }
+    /// From a pipeline file (cron): skip training when nothing it reads changed since the last run
+    /// (see `skipUnchanged`).
     public init(pipeline: PipelineConfig, run: RunSpec) throws {
-        self.init(Parameters(split: try run.splitName(), arguments: run.trainArguments, processes: run.trainProcesses))
+        var parameters = Parameters(split: try run.splitName(), arguments: run.trainArguments, processes: run.trainProcesses)
+        parameters.skipUnchanged = true
+        self.init(parameters)
     }
 
     public func run(in workspace: Workspace) async throws -> StageReport {
@@ -39,10 +48,32 @@ public struct TrainStage: PipelineStage {
         let encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.train
         let lock = try CatalogLock(outputFolder: out)
         defer { withExtendedLifetime(lock) {} }
+        let marker = out.appendingPathComponent(".pidiff-data-trained.json")
+        let inputs = try Self.inputs(encoded: encoded, split: p.split, arguments: p.arguments, sd: sd)
+        if p.skipUnchanged, let data = try? Data(contentsOf: marker), (try? JSONDecoder().decode([String: String].self, from: data)) == inputs {
+            return StageReport(stage: Self.name, lines: ["split \(p.split): nothing changed since the weights in \(out.path) were trained; not retrained"],
+                               counts: ["split": p.split, "unchanged": "1"], artefacts: ["weights": out.path])
+        }
+        try? FileManager.default.removeItem(at: marker)
         try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path] + p.arguments,
                                   processes: p.processes)
+        try OutputPath.write(try JSONEncoder.sorted.encode(inputs), to: marker)
         try catalog.recordTrainingRun(split: p.split, outDirectory: out.path, started: started, arguments: p.arguments, processes: p.processes)
-        return StageReport(stage: Self.name, lines: ["trained split \(p.split) → \(out.path)"], counts: ["split": p.split],
+        return StageReport(stage: Self.name, lines: ["trained split \(p.split) → \(out.path)"], counts: ["split": p.split, "unchanged": "0"],
                            artefacts: ["weights": out.path])
+    }
+
+    /// What training reads, as the encoded files' own metadata says (sources, models, format),
+    /// plus the flags and the base model's path.
+    static func inputs(encoded: URL, split: String, arguments: [String], sd: String) throws -> [String: String] {
+        var inputs = ["split": split, "arguments": arguments.joined(separator: "\u{1f}"), "sd": sd]
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: encoded.path)) ?? [])
+            .filter { $0.hasPrefix(split + "-") && $0.hasSuffix(".safetensors") }.sorted()
+        for file in files {
+            let meta = try SafetensorsHeader.metadata(encoded.appendingPathComponent(file))
+            inputs["encoded/" + file] = ["format", "source_sha256", "e4e_sha256", "vae_sha256", "storage_dtype", "count"]
+                .map { meta[$0] ?? "" }.joined(separator: " ")
+        }
+        return inputs
     }
 }

@@ -154,6 +154,22 @@ final class RunFlowTests: XCTestCase {
         let pictures = FileManager.default.enumerator(atPath: samples.path)?.allObjects.compactMap { $0 as? String }.filter { $0.hasSuffix(".png") } ?? []
         XCTAssertFalse(pictures.isEmpty)
         XCTAssertFalse(try String(contentsOfFile: artefacts["train_log"]!, encoding: .utf8).contains("--shards"))
+
+        // Again, nothing changed: no identity is retrained or resampled.
+        let weights = try XCTUnwrap(FileManager.default.enumerator(atPath: dir.appendingPathComponent("sample-work/train").path)?
+            .allObjects.compactMap { $0 as? String }.first { $0.hasSuffix("pidiff.safetensors") })
+        let weightsURL = dir.appendingPathComponent("sample-work/train").appendingPathComponent(weights)
+        let before = try FileManager.default.attributesOfItem(atPath: weightsURL.path)[.modificationDate] as? Date
+        let again = try TestSupport.run(TestSupport.cli.path, ["run", "--pipeline", pipeline.path, "--json"],
+                                        environment: ["PIDIFF_PYTHON": TestSupport.python])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: weightsURL.path)[.modificationDate] as? Date, before, "not retrained")
+        let againLogs: [[String: Any]] = again.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        for stage in ["train", "sample"] {
+            let lines = againLogs.filter { ($0["stage"] as? String) == stage }
+            let counts = lines.compactMap { $0["counts"] as? [String: String] }.first
+            XCTAssertEqual(counts?["unchanged"], "1", "\(stage) skipped: \(lines)")
+        }
     }
 }
 
