@@ -382,12 +382,12 @@ def eval_device(device: str) -> str:
 def metric_argv(args) -> list[str]:
     argv = ["--metrics", args.metrics, "--id-reference", args.id_reference, "--class-text", args.class_text,
             "--lpips-size", str(args.lpips_size), "--arcface-mean", str(args.arcface_mean),
-            "--arcface-std", str(args.arcface_std), "--device", eval_device(args.device)]
+            "--arcface-std", str(args.arcface_std)]
     for flag, value in (("--arcface", args.arcface), ("--dlib-descriptor", args.dlib_descriptor),
                         ("--lpips-vgg", args.lpips_vgg), ("--clip", args.clip)):
         if value:
             argv += [flag, value]
-    return argv + (["--arcface-bgr"] if args.arcface_bgr else [])
+    return argv + (["--arcface-bgr"] if args.arcface_bgr else []) + ["--device", eval_device(args.device)]  # device last
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         base = {"encoded": str(Path(args.encoded).resolve()), "split": args.split, "sd": str(Path(args.sd).resolve()),
                 "refs": str(Path(args.refs).resolve()), "prompts": args.prompts, "prompt_count": len(prompts),
                 "num_images": args.num_images, "seed": args.seed, "train_options": args.train_options,
-                "sample_options": args.sample_options, "metrics": metric_argv(args)}
+                "sample_options": args.sample_options,
+                "metrics": metric_argv(args)[:-2]}  # without --device: a rerun elsewhere keeps finished settings
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         results = [run_setting(setting, args, base, identities, metric_argv(args), log) for setting in settings]
