@@ -197,8 +197,12 @@ int fn_mask_grabcut(const FNImage *crop, const double *xy, const FNMaskParams *p
     });
 }
 
-int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale, double outline_scale, FNHeadChecks *out) {
-    if (!mask || !xy || !out || mask->bgr.channels() != 1) return FN_EARG;
+int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale, double outline_scale, FNHeadChecks *out, FNError *err) {
+    if (!mask || !xy || !out || mask->bgr.channels() != 1) {
+        fn::set_error(err, "%s", "head checks need a single-channel mask and 68 landmarks");
+        return FN_EARG;
+    }
+    return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
     const cv::Mat &m = mask->bgr;
     const int W = m.cols, H = m.rows;
     const Head g = head_from(xy);
@@ -243,6 +247,7 @@ int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale
     }
     out->far_background = cv::countNonZero(far) == 0 ? 0.0 : double(cv::countNonZero(far & fg)) / cv::countNonZero(far);
     return FN_OK;
+    });
 }
 
 int fn_parser_create(const char *onnx_path, int input_size, const float mean[3], const float std[3], FNParser **out, FNError *err) {

@@ -337,7 +337,8 @@ public final class Catalog: Sendable {
     /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
     /// later command finds it. Default: `<catalog>.data` beside the catalog.
     public func dataRoot(preferred: String? = nil) throws -> URL {
-        let folder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent()
+        // The folder of the file the path resolves to: a symlinked catalog finds its own data root.
+        let folder = URL(fileURLWithPath: CatalogLock.resolved(path)).deletingLastPathComponent()
         if let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) {
             // Relative to the catalog's folder (a copied or moved project keeps its own artefacts);
             // catalogs from before stored an absolute path, which is kept as it was.

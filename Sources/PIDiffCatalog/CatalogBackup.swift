@@ -57,6 +57,10 @@ public struct CatalogBackup: Sendable {
             try catalog.pool.backup(to: copy)
             // A self-contained single file: no -wal beside it to forget when copying it around.
             try copy.writeWithoutTransaction { try $0.execute(sql: "PRAGMA journal_mode = DELETE") }
+            // The data root is recorded relative to the catalog: the copy, kept elsewhere, must
+            // still find the artefacts (which a backup does not copy).
+            let root = try catalog.dataRoot().path
+            try copy.write { try $0.execute(sql: "UPDATE meta SET value = ? WHERE key = 'data_root'", arguments: [root]) }
             let problems = try copy.read { try String.fetchAll($0, sql: "PRAGMA integrity_check") }.filter { $0 != "ok" }
             guard problems.isEmpty else {
                 throw BackupError.failed(destination, "the copy fails integrity_check: \(problems.prefix(5).joined(separator: "; "))")

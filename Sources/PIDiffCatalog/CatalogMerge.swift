@@ -53,7 +53,13 @@ extension Catalog {
                 UNION SELECT e4e_input FROM masks WHERE e4e_input IS NOT NULL
                 """)
         }
+        // Only names the stores make (kind/aa/sha256.png): a part's rows cannot place files
+        // outside the target's data root.
+        let artefactName = try NSRegularExpression(pattern: "^(crops|masks|e4e|context)/[0-9a-f]{2}/[0-9a-f]{64}\\.png$")
         for relative in artefacts {
+            guard artefactName.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
+                throw CatalogError.open(part.path, "names an artefact \(relative.debugDescription) that no pidiff-data store writes; not merged")
+            }
             let target = root.appendingPathComponent(relative), source = partRoot.appendingPathComponent(relative)
             guard !FileManager.default.fileExists(atPath: target.path) else { continue }
             try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -97,8 +103,10 @@ extension Catalog {
                 for run in partRuns {
                     let old: Int64 = run["id"]
                     if let existing = try Int64.fetchOne(db, sql: """
-                        SELECT id FROM main.runs WHERE command = ? AND started_at = ? AND params_fingerprint = ? AND parameters = ?
-                        """, arguments: [run["command"], run["started_at"], run["params_fingerprint"], run["parameters"]]) {
+                        SELECT id FROM main.runs WHERE command = ? AND started_at = ? AND ended_at IS ? AND status = ?
+                          AND params_fingerprint = ? AND parameters = ? AND counts IS ?
+                        """, arguments: [run["command"], run["started_at"], run["ended_at"], run["status"], run["params_fingerprint"],
+                                         run["parameters"], run["counts"]]) {
                         try db.execute(sql: "INSERT INTO temp.map_runs VALUES (?, ?)", arguments: [old, existing])
                         continue
                     }
@@ -127,7 +135,18 @@ extension Catalog {
                 _ = try copy("images")
                 _ = try copy("image_results", remap: ["run_id": "map_runs"])
                 summary.faces = try copy("faces", dropID: true)
-                summary.files = try copy("files", remap: ["source_id": "map_sources", "identity_id": "map_identities", "run_id": "map_runs"], dropID: true)
+                // A part is the authority for its own paths: a photo re-ingested (changed, vanished)
+                // since the last merge replaces the merged row.
+                let fileColumns = try columns("files").filter { $0 != "id" && $0 != "path" }
+                let remapped = ["source_id": "map_sources", "identity_id": "map_identities", "run_id": "map_runs"]
+                let selected = (["path"] + fileColumns).map { c in remapped[c].map { "(SELECT new FROM temp.\($0) WHERE old = p.\(c))" } ?? "p.\(c)" }
+                try db.execute(sql: """
+                    INSERT INTO main.files (path, \(fileColumns.joined(separator: ", ")))
+                    SELECT \(selected.joined(separator: ", ")) FROM part.files p WHERE true
+                    ON CONFLICT(path) DO UPDATE SET \(fileColumns.map { "\($0) = excluded.\($0)" }.joined(separator: ", "))
+                    WHERE \(fileColumns.map { "\($0) IS NOT excluded.\($0)" }.joined(separator: " OR "))
+                    """)
+                summary.files = db.changesCount
                 summary.masks = try copy("masks", remap: ["run_id": "map_runs"])
                 for table in ["image_hashes", "crop_hashes", "descriptors", "encodings"] { _ = try copy(table) }
                 for table in ["manual_labels", "classifier_labels"] { _ = try copy(table, remap: ["run_id": "map_runs"]) }

@@ -30,8 +30,10 @@ public struct CurationOverride: Codable, Sendable, Equatable {
 public enum OverrideError: Error, CustomStringConvertible {
     case unknownPhoto(String)
     case unknownIdentity(String)
+    case mergeLoop(String)
     public var description: String {
         switch self {
+        case .mergeLoop(let what): return "cannot accept the merge \(what) (merges are one level: alias = canonical)"
         case .unknownPhoto(let p): return "\(p): not a catalogued photo path"
         case .unknownIdentity(let i): return "identity \(i) is not in the catalog"
         }
@@ -48,6 +50,16 @@ extension Catalog {
             for name in [o.identity, o.canonicalIdentity].compactMap({ $0 })
             where try !(Bool.fetchOne(db, sql: "SELECT 1 FROM identities WHERE name = ?", arguments: [name]) ?? false) {
                 throw OverrideError.unknownIdentity(name)
+            }
+            if o.kind == .acceptMerge, let alias = o.identity, let canonical = o.canonicalIdentity {
+                guard alias != canonical else { throw OverrideError.mergeLoop("\(alias) = \(canonical)") }
+                // One level of aliases: B must not itself be merged into another, nor A be what
+                // another identity was merged into (a chain, or a loop A=B, B=A).
+                let merged = try String.fetchAll(db, sql: "SELECT identity FROM curation_overrides WHERE kind = 'accept_merge'")
+                let targets = try String.fetchAll(db, sql: "SELECT canonical_identity FROM curation_overrides WHERE kind = 'accept_merge'")
+                if merged.contains(canonical) || targets.contains(alias) {
+                    throw OverrideError.mergeLoop("\(alias) = \(canonical): \(merged.contains(canonical) ? canonical : alias) is already part of another accepted merge")
+                }
             }
             let now = ISO8601DateFormatter().string(from: Date())
             let parameters = String(decoding: try JSONEncoder.sorted.encode(o), as: UTF8.self)

@@ -24,7 +24,8 @@ public enum RunRecorder {
 
     /// Marks every run this process began and has not finished as interrupted (its end time
     /// set), for a process about to exit on a signal. What the run committed stays.
-    public static func markActiveRunsInterrupted() {
+    @discardableResult
+    public static func markActiveRunsInterrupted() -> Int {
         let runs: [Int64: String] = active.withLock { runs in
             let taken = runs
             runs.removeAll()
@@ -38,6 +39,7 @@ public enum RunRecorder {
                     .updateAll(db, [RunRecord.Columns.status.set(to: "interrupted"), RunRecord.Columns.endedAt.set(to: now)])
             }
         }
+        return runs.count
     }
 
     /// Records a one-shot command (label import, classify, split draw, training) as a completed

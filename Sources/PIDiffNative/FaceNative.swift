@@ -188,9 +188,10 @@ extension NativeImage {
     public func headChecks(landmarks: [Point]) throws -> HeadChecks {
         guard landmarks.count == 68 else { throw NativeError(code: Int32(FN_EARG), message: "head checks need 68 landmarks") }
         var out = FNHeadChecks()
+        var err = FNError()
         let xy = landmarks.flatMap { [$0.x, $0.y] }
-        let code = xy.withUnsafeBufferPointer { fn_mask_head_checks(handle, $0.baseAddress, HeadChecks.bandSkullScale, HeadChecks.outlineSkullScale, &out) }
-        guard code == FN_OK else { throw NativeError(code: code, message: "head checks need a single-channel mask") }
+        let code = xy.withUnsafeBufferPointer { fn_mask_head_checks(handle, $0.baseAddress, HeadChecks.bandSkullScale, HeadChecks.outlineSkullScale, &out, &err) }
+        try NativeError.check(code, &err, "head checks")
         return HeadChecks(headBand: out.head_band, headOutline: out.head_outline, outlinePoints: Int(out.outline_points),
                           farBackground: out.far_background)
     }

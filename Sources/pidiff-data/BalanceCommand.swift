@@ -137,7 +137,12 @@ struct SplitsCreateCommand: AsyncParsableCommand {
         guard !names.isEmpty else { throw ValidationError("--identities names no identity") }
     }
 
-    var names: [String] { identities.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+    /// The names, each once, in the order given.
+    var names: [String] {
+        var seen = Set<String>()
+        return identities.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && seen.insert(IdentityName.normalized($0)).inserted }
+    }
 
     func run() async throws {
         try await runCommand {

@@ -78,7 +78,7 @@ struct CurateReportCommand: AsyncParsableCommand {
         do {
             let db = try catalog.open()
             let report = try CurationReport(catalog: db)
-            if json { try report.jsonLines().forEach { print($0) } } else if csv { report.csv().split(separator: "\r\n").forEach { print(String($0), terminator: "\r\n") } } else {
+            if json { try report.jsonLines().forEach { Swift.print($0) } } else if csv { report.csv().split(separator: "\r\n").forEach { print(String($0), terminator: "\r\n") } } else {
                 report.table().split(separator: "\n", omittingEmptySubsequences: false).forEach { print(String($0), terminator: $0.isEmpty ? "" : "\n") }
             }
             if let sheets {

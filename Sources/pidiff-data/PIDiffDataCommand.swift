@@ -37,20 +37,32 @@ struct PIDiffDataCommand: AsyncParsableCommand {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP end the process the way the shell expects (status 128 + signal),
-/// after marking the runs it began as interrupted: a service manager's stop or a Ctrl-C must not
-/// leave a run "running" until the next command happens to notice.
+/// SIGTERM, SIGINT and SIGHUP end the process as they would have (it dies of the signal, so a
+/// calling shell sees it), after marking the runs it began as interrupted: a service manager's
+/// stop or a Ctrl-C must not leave a run "running" until the next command notices. A signal the
+/// process inherited as ignored (nohup, a background job) stays ignored.
 enum SignalHandling {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
 
     static func install() {
         for sig in [SIGTERM, SIGINT, SIGHUP] {
+            var inherited = sigaction()
+            guard sigaction(sig, nil, &inherited) == 0 else { continue }
+            let ignored = unsafeBitCast(inherited.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self)
+            if ignored { continue }
             signal(sig, SIG_IGN) // delivered to the dispatch source instead of killing the process at once
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "pidiff-data.signal"))
             source.setEventHandler {
-                RunRecorder.markActiveRunsInterrupted()
-                FileHandle.standardError.write(Data("pidiff-data: stopped by signal \(sig); the run is recorded as interrupted and the next run continues it\n".utf8))
-                _exit(128 + sig) // no atexit handlers or destructors: the workers are still running native code
+                if RunRecorder.markActiveRunsInterrupted() > 0 {
+                    FileHandle.standardError.write(Data("pidiff-data: stopped by signal \(sig); the run is recorded as interrupted and the next run continues it\n".utf8))
+                }
+                signal(sig, SIG_DFL)
+                var set = sigset_t()
+                sigemptyset(&set)
+                sigaddset(&set, sig)
+                pthread_sigmask(SIG_UNBLOCK, &set, nil)
+                raise(sig)
+                _exit(128 + sig) // not reached: the default action ends the process
             }
             source.resume()
             sources.append(source)

@@ -58,7 +58,7 @@ typedef struct FNHeadChecks {
     int outline_points;
     double far_background;
 } FNHeadChecks;
-int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double band_scale, double outline_scale, FNHeadChecks *out);
+int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double band_scale, double outline_scale, FNHeadChecks *out, FNError *err);
 
 // Fraction of mask pixels ≥ 128.
 double fn_mask_coverage(const FNImage *mask);

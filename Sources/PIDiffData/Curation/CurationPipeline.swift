@@ -98,7 +98,12 @@ public struct CurationPipeline: Sendable {
             let candidates = try samePerson.candidates(purity.profiles, descriptors: features.descriptors)
             let decisions = duplicates.decisions + purity.decisions + samePerson.decisions(candidates, files: files)
             // Merges a person accepted (curate override --accept-merge) are applied on every run.
-            let accepted = try catalog.acceptedMerges().map { IdentityAlias(identityID: $0.identityID, canonicalIdentityID: $0.canonicalIdentityID, score: 0, reason: $0.reason) }
+            // The latest accepted merge of an identity counts.
+            var acceptedByIdentity: [Int64: IdentityAlias] = [:]
+            for m in try catalog.acceptedMerges() {
+                acceptedByIdentity[m.identityID] = IdentityAlias(identityID: m.identityID, canonicalIdentityID: m.canonicalIdentityID, score: 0, reason: m.reason)
+            }
+            let accepted = acceptedByIdentity.values.sorted { $0.identityID < $1.identityID }
             let proposed = applyMerges ? samePerson.aliases(candidates) : []
             let aliases = accepted + proposed.filter { p in !accepted.contains { $0.identityID == p.identityID } }
             try await writer.recordDecisions(decisions, aliases: aliases)

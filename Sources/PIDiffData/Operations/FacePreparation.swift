@@ -52,6 +52,7 @@ public struct FacePreparation: Sendable {
     /// `ok: false` and a reason; files are still written when a face was cropped, for inspection.
     public func run(photos: [String], out: URL, progress: (Result) -> Void = { _ in }) throws -> [Result] {
         try OutputPath.prepareFolder(out)
+        try OutputPath.markAsOutput(out)
         let names = photos.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent }
         if let repeated = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
             throw PipelineError.invalid("face", "two photos would both write \(repeated).*: give photos with distinct file names")
@@ -63,7 +64,11 @@ public struct FacePreparation: Sendable {
         let scratch = out.appendingPathComponent(".pidiff-face-\(getpid())")
         defer { try? FileManager.default.removeItem(at: scratch) }
         let analyzer = FaceAnalyzer(model: model, parameters: config.ingest, store: ArtefactStore(root: scratch))
-        if case .index(let i) = choice { analyzer.faceIndex = i }
+        switch choice {
+        case .index(let i): analyzer.faceIndex = i
+        case .largest: analyzer.faceIndex = 0 // faces come largest first, whatever face_policy says
+        case .onlyOne: break
+        }
         return try zip(photos, names).map { photo, name in
             let result = try prepare(photo, name: name, analyzer: analyzer, masker: masker, out: out, scratch: ArtefactStore(root: scratch))
             progress(result)

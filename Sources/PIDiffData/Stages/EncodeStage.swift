@@ -27,6 +27,7 @@ public struct EncodeStage: PipelineStage {
     public func run(in workspace: Workspace) async throws -> StageReport {
         let lock = try CatalogLock(outputFolder: workspace.work)
         defer { withExtendedLifetime(lock) {} }
+        try OutputPath.markAsOutput(workspace.work)
         var driver = EncodeDriver(catalogPath: workspace.catalogPath, split: parameters.export.split, outDirectory: workspace.work,
                                   e4e: try workspace.e4eModel(for: Self.name), sd: try workspace.sdModel(for: Self.name))
         driver.exporter = ExportStage(parameters.export).exporter(in: workspace, folder: workspace.shards)

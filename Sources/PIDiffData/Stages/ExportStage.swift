@@ -44,8 +44,6 @@ public struct ExportStage: PipelineStage {
 
     public func run(in workspace: Workspace) async throws -> StageReport {
         let folder = parameters.out ?? workspace.shards
-        let lock = try CatalogLock(outputFolder: folder)
-        defer { withExtendedLifetime(lock) {} }
         let index = try exporter(in: workspace, folder: folder).run()
         return StageReport(stage: Self.name,
                            lines: ["exported \(index.samples) samples in \(index.shards.count) shards to \(folder.path) (\(index.written) written, \(index.reused) already complete)"],

@@ -39,6 +39,7 @@ public struct SampleStage: PipelineStage {
         let trained = p.weights ?? workspace.train, encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.samples
         let lock = try CatalogLock(outputFolder: out)
         defer { withExtendedLifetime(lock) {} }
+        try OutputPath.markAsOutput(out) // generated pictures are never ingested as photos
         let sd = try workspace.sdModel(for: Self.name)
         // `pidiff train --split` writes one folder per identity: TRAIN/<folder>/pidiff.safetensors.
         let folders = ((try? FileManager.default.contentsOfDirectory(atPath: trained.path)) ?? []).sorted().filter {

@@ -48,6 +48,7 @@ public struct TrainStage: PipelineStage {
         let encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.train
         let lock = try CatalogLock(outputFolder: out)
         defer { withExtendedLifetime(lock) {} }
+        try OutputPath.markAsOutput(out)
         let marker = out.appendingPathComponent(".pidiff-data-trained.json")
         let inputs = try Self.inputs(encoded: encoded, split: p.split, arguments: p.arguments, sd: sd)
         if p.skipUnchanged, let data = try? Data(contentsOf: marker), (try? JSONDecoder().decode([String: String].self, from: data)) == inputs {

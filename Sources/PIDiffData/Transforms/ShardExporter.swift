@@ -185,7 +185,14 @@ public struct ShardExporter: Sendable {
         guard bytes.sha256 == s.sha256 else {
             throw ExportError.missingArtefact("\(s.path): the file changed since the split was drawn; the context view needs the original photo")
         }
-        let (image, _) = try DecodeStage.decode(bytes.data, parameters: IngestParameters())
+        // The photo was accepted by ingest under its own gates: decode it without them.
+        var permissive = IngestParameters()
+        permissive.maxPixels = Int.max
+        permissive.minSide = 1
+        let image: NativeImage
+        do { (image, _) = try DecodeStage.decode(bytes.data, parameters: permissive) } catch let refusal as DecodeStage.Refusal {
+            throw ExportError.missingArtefact("\(s.path): the context view cannot decode the source photo (\(refusal.reason))")
+        }
         let centre = Point.mean(corners)
         let wide = AlignmentQuad(corners: corners.map { centre + ($0 - centre) * contextScale })
         let (crop, _) = try image.aligned(quad: wide, size: 512)
@@ -285,7 +292,14 @@ public struct ShardExporter: Sendable {
         }
 
         try OutputPath.prepareFolder(outDirectory)
+        let lock = try CatalogLock(outputFolder: outDirectory)
+        defer { withExtendedLifetime(lock) {} }
         try OutputPath.markAsOutput(outDirectory)
+        // Temporaries of a writer that was killed (none is running: the folder is locked).
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: outDirectory.path)) ?? []
+        where name.hasPrefix(".\(split)-") || name.hasPrefix(".\(split).index.json") {
+            if name.hasSuffix(".tmp") { try? FileManager.default.removeItem(at: outDirectory.appendingPathComponent(name)) }
+        }
         let previous = Self.previousEntries(of: split, in: outDirectory)
         var entries: [ShardEntry] = []
         var written = 0, reused = 0
@@ -345,8 +359,8 @@ enum AtomicFile {
     /// Streams what `produce` hands its sink into the temporary file, then fsyncs and renames.
     static func write(to url: URL, _ produce: (@escaping (Data) throws -> Void) throws -> Void) throws {
         let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp")
-        try? FileManager.default.removeItem(at: tmp)
+        // Unique per writer: two processes writing one name never share (or delete) a temporary.
+        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).\(getpid()).\(UUID().uuidString.prefix(8)).tmp")
         guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
             throw ExportError.invalid("cannot create \(tmp.path)")
         }

@@ -111,11 +111,11 @@ public struct IngestPipeline: Sendable {
         let writer = CatalogWriter(catalog: catalog, runID: runID, fingerprint: fingerprint)
         let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
         // The counting pass walks every source a second time; only the terminal's ETA needs it.
-        let total: Int? = progress == .terminal ? try await countItems() : nil
-        let start = Date()
-
         let scanner = Scanner(crossFaceID: config.crossfaceid, skipping: [store.root.path: "the catalog's data root",
                                                                           catalogPath + ".work": "the catalog's work folder"])
+        let total: Int? = progress == .terminal ? try await countItems(scanner: scanner) : nil
+        let start = Date()
+
         let sources = self.sources, partition = self.partition
         let ledger = ScanLedger()
         let outcome = await WorkerPipeline.run(
@@ -214,14 +214,16 @@ public struct IngestPipeline: Sendable {
         }
     }
 
-    private func countItems() async throws -> Int {
+    private func countItems(scanner: Scanner) async throws -> Int {
         var n = 0
-        let scanner = Scanner(crossFaceID: config.crossfaceid)
         for source in sources {
-            try? await scanner.scan(source) { if case .item = $0 { n += 1 } }
+            try? await scanner.scan(source) { event in
+                if case .item(let item) = event, partition?.contains(item) ?? true { n += 1 }
+            }
         }
         return n
     }
+
 }
 
 public enum IngestError: Error, CustomStringConvertible {

@@ -28,6 +28,9 @@ final class CurationOverrideTests: XCTestCase {
         XCTAssertEqual(try cli(["curate", "override", "--reject", kept, "--reason", "blurred", "--by", "ann"]).status, 0)
         XCTAssertEqual(try cli(["curate", "override", "--accept-merge", "biden=obama", "--reason", "test merge", "--by", "bob"]).status, 0)
         XCTAssertNotEqual(try cli(["curate", "override", "--keep", "/no/such.jpg", "--reason", "x"]).status, 0)
+        let loop = try cli(["curate", "override", "--accept-merge", "obama=biden", "--reason", "loop"])
+        XCTAssertEqual(loop.status, 1)
+        XCTAssertTrue(loop.stderr.contains("already part of another accepted merge"), loop.stderr)
 
         let after = try usable()
         XCTAssertEqual(after["obama"]?.contains(dropped), true, "kept over the duplicate decision")

@@ -106,7 +106,7 @@ final class ExportTests: XCTestCase {
         let written = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
         let expected: Set = ["c.sqlite", "c.sqlite-shm", "c.sqlite-wal", "c.sqlite.data", "c.sqlite.lock", "corpus", "m.jsonl", "out-a", "out-b"]
         XCTAssertTrue(Set(written).isSubset(of: expected), "unexpected files: \(Set(written).subtracting(expected))")
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: a.path).filter { !$0.hasSuffix(".tar") && $0 != "t.index.json" }, [Scanner.outputMarker])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: a.path).filter { !$0.hasSuffix(".tar") && $0 != "t.index.json" }.sorted(), [Scanner.outputMarker, ".pidiff-output.lock"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.deletingLastPathComponent().appendingPathComponent("escape").path))
         for entry in index.shards {
             XCTAssertEqual(Hashing.sha256Hex(try Data(contentsOf: a.appendingPathComponent(entry.name))), entry.sha256)
@@ -181,7 +181,7 @@ final class ExportTests: XCTestCase {
         exporter.maxShardBytes = 1_000_000_000
         let one = try exporter.run()
         XCTAssertEqual(one.shards.map(\.name), ["t-000000.tar"])
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(), [".pidiff-output", "t-000000.tar", "t.index.json", "t2-000009.tar"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(), [".pidiff-output", ".pidiff-output.lock", "t-000000.tar", "t.index.json", "t2-000009.tar"])
         try ShardExporter.removeStaleShards(of: "t", in: encoded, keeping: Set(one.shards.map(\.name)), ext: "safetensors")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: encoded.path).sorted(), ["t2-000007.safetensors"])
     }
