@@ -63,6 +63,7 @@ struct EncodeCommand: AsyncParsableCommand {
     @Option(help: "Stable Diffusion 1.5 folder (diffusers layout).") var sd: String
     @Option(help: "Python with the pidiff package (default: $PIDIFF_PYTHON or .venv/bin/python).") var python: String?
     @OptionGroup(title: "Shards (as for export; the split is exported into OUT/shards with them)") var shardOptions: ShardOptions
+    @Option(help: "Encoding processes, one per GPU, started with accelerate; shards are spread over them.") var processes = 1
     @Flag(help: "Print the summary as JSON.") var json = false
     @Argument(parsing: .postTerminator, help: "Extra arguments for `pidiff encode` (given any, pidiff encode always runs).")
     var extra: [String] = []
@@ -71,7 +72,8 @@ struct EncodeCommand: AsyncParsableCommand {
         try await runCommand {
             var workspace = try catalog.workspace(pipeline: shardOptions.pipeline, work: URL(fileURLWithPath: out), python: python)
             workspace.trainerModels = RunSpec.Models(e4e: e4e, sd: sd)
-            let parameters = EncodeStage.Parameters(export: try shardOptions.parameters(split: split), arguments: extra)
+            guard processes >= 1 else { throw ValidationError("--processes must be at least 1") }
+            let parameters = EncodeStage.Parameters(export: try shardOptions.parameters(split: split), arguments: extra, processes: processes)
             try await execute(EncodeStage(parameters), in: workspace, json: json)
         }
     }

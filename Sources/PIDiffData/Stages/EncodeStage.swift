@@ -12,16 +12,19 @@ public struct EncodeStage: PipelineStage {
         public var export: ExportStage.Parameters
         /// Extra `pidiff encode` flags.
         public var arguments: [String] = []
-        public init(export: ExportStage.Parameters, arguments: [String] = []) {
+        /// Encoding processes, one per GPU (shards are spread over them).
+        public var processes: Int = 1
+        public init(export: ExportStage.Parameters, arguments: [String] = [], processes: Int = 1) {
             self.export = export
             self.arguments = arguments
+            self.processes = processes
         }
     }
     public var parameters: Parameters
 
     public init(_ parameters: Parameters) { self.parameters = parameters }
     public init(pipeline: PipelineConfig, run: RunSpec) throws {
-        self.init(Parameters(export: ExportStage.Parameters(split: try run.splitName())))
+        self.init(Parameters(export: ExportStage.Parameters(split: try run.splitName()), processes: run.trainProcesses))
     }
 
     public func run(in workspace: Workspace) async throws -> StageReport {
@@ -33,6 +36,7 @@ public struct EncodeStage: PipelineStage {
         driver.exporter = ExportStage(parameters.export).exporter(in: workspace, folder: workspace.shards)
         driver.trainer = workspace.trainer
         driver.extraArguments = parameters.arguments
+        driver.processes = parameters.processes
         let s = try driver.run()
         return StageReport(stage: Self.name,
                            lines: ["encode \(parameters.export.split): \(s.samples) samples, \(s.alreadyEncoded) already encoded, \(s.recorded) recorded or moved → \(s.encodedDirectory)"],

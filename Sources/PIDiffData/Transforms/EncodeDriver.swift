@@ -14,6 +14,8 @@ public struct EncodeDriver: Sendable {
     public var e4e: String
     public var sd: String
     public var extraArguments: [String] = []
+    /// Encoding processes (one per GPU) through `pidiff launch`; shards are spread over them.
+    public var processes: Int = 1
     public var trainer = TrainerProcess()
     /// How the split is exported into `shardDirectory` first (grouping, shard size, label mapping):
     /// the same settings as the caller's own export, or it would rewrite those shards differently.
@@ -55,7 +57,8 @@ public struct EncodeDriver: Sendable {
         try ShardExporter.removeStaleShards(of: split, in: encodedDir, keeping: Set(index.shards.map(\.name)), ext: "safetensors")
         let shardPaths = index.shards.map { shardDir.appendingPathComponent($0.name).path }
         // `pidiff encode` decides what is up to date (it alone hashes the models) and reuses it.
-        try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments)
+        try trainer.run(["encode", "--shards"] + shardPaths + ["--e4e", e4e, "--sd", sd, "--out", encodedDir.path] + extraArguments,
+                        processes: processes)
 
         // Record what the Python side wrote, from its own metadata.
         let catalog = try Catalog(path: catalogPath)
