@@ -55,6 +55,7 @@ class IdentitySamples:
     latent_mean: torch.Tensor  # [N, 4, h, w], already multiplied by the VAE scaling factor
     latent_std: torch.Tensor   # [N, 4, h, w], idem
     roles: list[str] = dataclasses.field(default_factory=list)  # per row: "train" or "style" (empty: all train)
+    view: str = "aligned"  # framing of the 512 images the latents come from (encoded `view` metadata)
     _fingerprint: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def to(self, device) -> "IdentitySamples":
@@ -108,6 +109,7 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
     wanted = set(identities) if identities else None
     rows: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
     encoders: dict[tuple[str, str], Path] = {}  # (e4e, VAE) fingerprints → the first shard used made with them
+    views: dict[str, Path] = {}  # framing → the first shard used with it
     seen: dict[str, Path] = {}  # key → the shard it was first read from
     for shard in read_encoded_split(encoded_dir, split):
         check_keys_unique(shard, seen)
@@ -122,6 +124,11 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
             raise ValueError(f"{earlier.name} (e4e {e4e_a[:12]}, VAE {vae_a[:12]}) and {later.name} (e4e {e4e_b[:12]}, "
                              f"VAE {vae_b[:12]}) in {encoded_dir} were not encoded with the same models: their w+ and "
                              "latents do not share one space; re-encode them with one e4e and one VAE")
+        views.setdefault(shard.metadata.get("view", "aligned"), shard.path)
+        if len(views) > 1:
+            (view_a, earlier), (view_b, later) = list(views.items())[:2]
+            raise ValueError(f"{earlier.name} (view {view_a}) and {later.name} (view {view_b}) in {encoded_dir} frame their "
+                             "images differently; train on one view (export --view) at a time")
         scale = shard.scaling_factor
         for i, key, identity in taken:
             # read_encoded_shard has checked dtypes, shapes, finiteness and the std's range.
@@ -136,7 +143,7 @@ def load_training_samples(encoded_dir: str | Path, identities: list[str] | None,
             raise ValueError(f"identity {identity!r} in {encoded_dir} has only style samples ({', '.join(keys)}), "
                              "no photos of its own to train on")
         samples[identity] = IdentitySamples(identity, list(keys), torch.stack(w), torch.stack(mean), torch.stack(std),
-                                            list(roles))
+                                            list(roles), view=next(iter(views), "aligned"))
     return samples
 
 

@@ -319,6 +319,15 @@ def sample_record(fields: dict) -> dict:
     return {"identity": identity, "role": role, "labels": labels}
 
 
+def shard_view(index: shards.ShardIndex) -> str:
+    """The framing of the shard's 512 images (`view` in each `<key>.json`; absent = "aligned"):
+    one per shard, so encodings of two framings are never mixed silently."""
+    views = {fields.get("view", "aligned") for fields in shards.read_sample_json(index).values()}
+    if len(views) > 1:
+        raise shards.ShardError(f"{index.path}: samples of several views ({', '.join(sorted(views))}) in one shard")
+    return views.pop() if views else "aligned"
+
+
 def shard_sample_records(index: shards.ShardIndex) -> list[dict]:
     """The `samples` metadata of a shard, in row order, from its `<key>.json` members."""
     records = []
@@ -389,7 +398,7 @@ def encode_shards(shard_paths: list[Path], e4e_path: Path, sd_path: Path, out_di
             # Index every stale shard and read its samples' identities before loading models, so a
             # broken shard fails fast.
             index = shards.index_shard(shard)
-            pending.append(PendingShard(shard, output, source_sha256, index, shard_sample_records(index)))
+            pending.append(PendingShard(shard, output, source_sha256, index, shard_sample_records(index), view=shard_view(index)))
     finally:
         digests.save()
 
@@ -440,6 +449,7 @@ class PendingShard:
     index: shards.ShardIndex
     samples: list[dict]  # the `samples` metadata, aligned with index.keys
     tensors: dict[str, torch.Tensor] | None = None
+    view: str = "aligned"  # the 512 images' framing (Docs/shard-format.md)
     rows_done: int = 0
 
 
@@ -512,6 +522,7 @@ def _write_encoded(job: PendingShard, common_metadata: dict[str, str]) -> None:
         "samples": json.dumps(job.samples, sort_keys=True),
         "count": str(len(job.index)),
         "latent_size": str(job.tensors["latent_mean"].shape[-1]),
+        "view": job.view,
     }
     # Write beside the target and rename: a killed run never leaves a file that looks complete.
     partial = job.output.with_name(f".{job.output.name}.partial")

@@ -271,6 +271,7 @@ def write_identity_outputs(trainer: IdentityGroupTrainer, k: int, directory: Pat
         "data_fingerprint": trainer.data_fingerprints[k],
         "train_keys": data.keys,
         "style_keys": [key for key, role in zip(data.keys, data.roles) if role == "style"],
+        "view": data.view,
         "final_loss": trainer.losses[k][-1] if trainer.losses[k] else None,
         "config": dataclasses.asdict(trainer.config),
         **extra_metadata,

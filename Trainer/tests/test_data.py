@@ -171,3 +171,25 @@ def test_prompts_fill_the_placeholder_and_end_with_the_empty_prompt(tmp_path):
     templates.write_text("a photo of {}\nno placeholder\n")
     with pytest.raises(ValueError, match=r"templates\.txt: every template needs a '\{\}'"):
         prompt_texts(str(templates), "S*")
+
+
+def test_encoded_files_of_two_views_are_not_trained_on_together(tmp_path):
+    """export --view: the framing is recorded per encoded file, and one training run refuses to mix them."""
+    import pytest
+    import torch
+    from pidiff import data
+    from pidiff.model import save_safetensors
+
+    def write(name, view):
+        n = 1
+        save_safetensors({"w_plus": torch.zeros(n, 18, 512), "latent_mean": torch.zeros(n, 4, 8, 8),
+                          "latent_std": torch.ones(n, 4, 8, 8)}, tmp_path / name,
+                         metadata={"format": "pidiff-encoded/2", "keys": f'["{name[:-12]}"]', "count": "1",
+                                   "samples": '[{"identity": "ann", "labels": {}, "role": "train"}]',
+                                   "scaling_factor": "0.18215", "storage_dtype": "float32", "latent_size": "8",
+                                   "e4e_sha256": "e", "vae_sha256": "v", "view": view})
+    write("s-000000.safetensors", "aligned")
+    assert data.load_training_samples(tmp_path, None, "s")["ann"].view == "aligned"
+    write("s-000001.safetensors", "context")
+    with pytest.raises(ValueError, match="frame their images differently"):
+        data.load_training_samples(tmp_path, None, "s")
