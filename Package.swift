@@ -17,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Streaming CSV reader (rows pulled one at a time from an InputStream) for Hugging Face
+        // imagefolder `metadata.csv` files.
+        .package(url: "https://github.com/yaslab/CSV.swift", from: "2.5.2"),
     ],
     targets: [
         // C++17 wrapper around OpenCV and dlib. Only a plain C API (opaque handles, error codes
@@ -66,6 +69,7 @@ let package = Package(
                 "PIDiffCatalog",
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CSV", package: "CSV.swift"),
             ]
         ),
         .executableTarget(

@@ -331,6 +331,22 @@ public final class Catalog: Sendable {
                 );
                 """)
         }
+        m.registerMigration("v9-source-kinds") { db in
+            // Hugging Face layouts (imagefolder, Parquet) as source kinds. SQLite cannot change a
+            // CHECK constraint in place: the table is rebuilt (foreign keys are off during a
+            // migration and checked at its end; `files.source_id` keeps pointing at the same ids).
+            try db.execute(sql: """
+                CREATE TABLE sources_v9 (
+                    id INTEGER PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('folders', 'manifest', 'crossfaceid', 'imagefolder', 'parquet')),
+                    location TEXT NOT NULL UNIQUE,
+                    first_run_id INTEGER REFERENCES runs(id)
+                );
+                INSERT INTO sources_v9 (id, kind, location, first_run_id) SELECT id, kind, location, first_run_id FROM sources;
+                DROP TABLE sources;
+                ALTER TABLE sources_v9 RENAME TO sources;
+                """)
+        }
         return m
     }
 

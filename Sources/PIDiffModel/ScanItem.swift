@@ -8,6 +8,12 @@ public enum SourceKind: String, Codable, Sendable {
     case manifest
     /// CrossFaceID training JSONL: `image_file`, `additional_feature`, `bbox`, `landmarks`, …
     case crossfaceid
+    /// Hugging Face `imagefolder`: a folder whose root holds `metadata.csv` or `metadata.jsonl`
+    /// (`file_name` relative to that folder, an identity column, label columns) (Docs/sources.md)
+    case imagefolder
+    /// Hugging Face Parquet: rows with an `Image` column (`{bytes, path}`) and an identity column;
+    /// each image is extracted, content-addressed, into the data root's `sources/` (Docs/sources.md)
+    case parquet
 }
 
 /// Labels as a source states them, before normalisation.
@@ -33,6 +39,13 @@ public struct ScanItem: Sendable {
     public var origin: String?
     /// Source-provided hints (CrossFaceID bbox and 5 landmarks) as JSON, kept for later stages.
     public var hint: String?
+
+    /// Where a problem with this photo is reported: its path, and for a Parquet row (whose path is
+    /// the image stored in the data root) the file and row it came from first.
+    public var problemLocation: String {
+        guard sourceKind == .parquet, let origin else { return path }
+        return "\(origin) (stored as \(path))"
+    }
 
     public init(path: String, identity: String, sourceKind: SourceKind, sourceLocation: String) {
         self.path = path

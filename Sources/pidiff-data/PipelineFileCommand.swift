@@ -32,6 +32,7 @@ struct PipelineCheckCommand: AsyncParsableCommand {
                 return now.keys.sorted().compactMap { now[$0] == before[$0] ? nil : "\(S.section).\($0): \(now[$0] ?? "unset")" }
             }
             let changed = differences(config.ingest, defaults.ingest) + differences(config.crossfaceid, defaults.crossfaceid)
+                + differences(config.huggingface, defaults.huggingface)
                 + differences(config.mask, defaults.mask) + differences(config.curate, defaults.curate)
                 + (config.labels == defaults.labels ? [] : ["labels: mapping differs from the default"])
             print("\(file): valid" + (config.run.map { ", run: \($0.stages.map(\.rawValue).joined(separator: " → "))" } ?? ""))

@@ -119,6 +119,56 @@ extension CrossFaceIDParameters: ParameterSection {
     public func validate() throws {}
 }
 
+/// Hugging Face dataset layouts as ingest sources (Docs/sources.md): an `imagefolder` tree with
+/// `metadata.csv`/`metadata.jsonl`, or Parquet files with an `Image` column. Column names only
+/// decide which photos and labels the scan finds, not what ingest makes of a photo, so none is
+/// fingerprinted (as `crossfaceid.identity_field`).
+public struct HuggingFaceParameters: Codable, Equatable, Sendable {
+    /// Column holding the identity; a source without it is refused, naming the columns it has.
+    public var identityColumn = "identity"
+    /// Parquet: the image column (HF `Image` feature, a struct `{bytes, path}`, or plain binary).
+    public var imageColumn = "image"
+    /// Columns mapped to the photo's caption and raw labels ("" maps none); an absent column leaves
+    /// the value unknown. ClassLabel integers in Parquet are turned into their names.
+    public var captionColumn = "caption"
+    public var raceColumn = "race"
+    public var ageColumn = "age"
+    public var genderColumn = "gender"
+    /// Parquet: rows per batch read within a row group (memory holds about one batch of images).
+    public var parquetBatchRows = 64
+
+    public init() {}
+    public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
+
+    public func validate() throws {
+        try refuseOutOfRange("huggingface", [
+            ("identity_column", !identityColumn.isEmpty, "a column name"),
+            ("image_column", !imageColumn.isEmpty, "a column name"),
+            ("parquet_batch_rows", (1...100_000).contains(parquetBatchRows), "1…100000"),
+        ])
+    }
+
+    /// The label columns that are set, by the label they feed (`caption`, `race`, `age`, `gender`).
+    public var labelColumns: [(label: String, column: String)] {
+        [("caption", captionColumn), ("race", raceColumn), ("age", ageColumn), ("gender", genderColumn)].filter { !$0.1.isEmpty }
+    }
+}
+
+extension HuggingFaceParameters: ParameterSection {
+    public static let section = "huggingface"
+    public static let algorithmVersion = "huggingface-1"
+    public static let fields: [ParameterField<HuggingFaceParameters>] = [
+        .field(\.identityColumn, "identity_column", "column naming the identity (HF ClassLabel columns are often `label`)", fingerprint: .never),
+        .field(\.imageColumn, "image_column", "Parquet: the Image column ({bytes, path}) or a binary column", fingerprint: .never),
+        .field(\.captionColumn, "caption_column", "columns mapped to caption and raw labels; \"\" maps none", fingerprint: .never),
+        .field(\.raceColumn, "race_column", fingerprint: .never),
+        .field(\.ageColumn, "age_column", fingerprint: .never),
+        .field(\.genderColumn, "gender_column", fingerprint: .never),
+        .field(\.parquetBatchRows, "parquet_batch_rows", "Parquet rows read at a time within a row group (memory)", fingerprint: .never),
+    ]
+}
+
 /// Parameters of the mask stage (background removal before e4e).
 public struct MaskParameters: Codable, Equatable, Sendable {
     public enum Method: String, Codable, Sendable { case grabcut, onnx }
@@ -206,6 +256,7 @@ extension MaskParameters: ParameterSection {
 public struct PipelineConfig: Codable, Equatable, Sendable {
     public var ingest = IngestParameters()
     public var crossfaceid = CrossFaceIDParameters()
+    public var huggingface = HuggingFaceParameters()
     public var mask = MaskParameters()
     public var labels = LabelMapping()
     public var curate = CurationParameters()
@@ -213,13 +264,14 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var run: RunSpec?
     public init() {}
 
-    package enum CodingKeys: String, CodingKey, CaseIterable { case ingest, crossfaceid, mask, labels, curate, run }
+    package enum CodingKeys: String, CodingKey, CaseIterable { case ingest, crossfaceid, huggingface, mask, labels, curate, run }
 
     public init(from decoder: Decoder) throws {
         try refuseUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         ingest = try c.decodeIfPresent(IngestParameters.self, forKey: .ingest) ?? IngestParameters()
         crossfaceid = try c.decodeIfPresent(CrossFaceIDParameters.self, forKey: .crossfaceid) ?? CrossFaceIDParameters()
+        huggingface = try c.decodeIfPresent(HuggingFaceParameters.self, forKey: .huggingface) ?? HuggingFaceParameters()
         mask = try c.decodeIfPresent(MaskParameters.self, forKey: .mask) ?? MaskParameters()
         labels = try c.decodeIfPresent(LabelMapping.self, forKey: .labels) ?? LabelMapping()
         run = try c.decodeIfPresent(RunSpec.self, forKey: .run)
@@ -294,7 +346,8 @@ extension PipelineConfig {
             # sections and keys are refused with an error naming them. Generated from the parameter structs:
             # `pidiff-data pipeline defaults > Pipelines/default.yaml`.
             """
-        let sections = [IngestParameters.defaultYAML(), CrossFaceIDParameters.defaultYAML(), MaskParameters.defaultYAML(),
+        let sections = [IngestParameters.defaultYAML(), CrossFaceIDParameters.defaultYAML(),
+                        HuggingFaceParameters.defaultYAML(), MaskParameters.defaultYAML(),
                         LabelMapping().yamlLines(), CurationParameters.defaultYAML()]
         return header + "\n" + sections.map { $0.joined(separator: "\n") }.joined(separator: "\n\n") + "\n"
     }
