@@ -62,7 +62,7 @@ package actor CatalogWriter {
                 case .problem(let p):
                     try RunProblemRecord(runID: runID, location: p.location, reason: p.reason).insert(db)
                 case .unreadable(let item, let stat, let reason):
-                    try RunProblemRecord(runID: runID, location: item.path, reason: reason).insert(db)
+                    try RunProblemRecord(runID: runID, location: item.problemLocation, reason: reason).insert(db)
                     try Self.upsertFile(db, item, sha: nil, byteSize: stat?.byteSize, mtimeNs: stat?.mtimeNs, readError: reason,
                                         runID: runID, sources: &sources, identities: &identities)
                 case .reused(let item, let info):
@@ -72,7 +72,7 @@ package actor CatalogWriter {
                     try Self.insertAnalysis(db, analysis, fingerprint: fingerprint, runID: runID)
                     if analysis.outcome != .ok && analysis.outcome != .noFace {
                         // Undecodable, not an image, too small or too large: a problem of this run, listed by `status --problems`.
-                        try RunProblemRecord(runID: runID, location: item.path, reason: "\(analysis.outcome.rawValue): \(analysis.reason ?? "")").insert(db)
+                        try RunProblemRecord(runID: runID, location: item.problemLocation, reason: "\(analysis.outcome.rawValue): \(analysis.reason ?? "")").insert(db)
                     }
                     try Self.upsertFile(db, item, sha: info.sha256, byteSize: info.byteSize, mtimeNs: info.mtimeNs, readError: nil,
                                         runID: runID, sources: &sources, identities: &identities)

@@ -20,7 +20,8 @@ public struct IngestStage: PipelineStage {
 
     public func run(in workspace: Workspace) async throws -> StageReport {
         var pipeline = IngestPipeline(sources: parameters.sources, catalogPath: workspace.catalogPath, config: workspace.config,
-                                      models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress)
+                                      models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress,
+                                      python: workspace.trainer.python)
         pipeline.partition = parameters.partition
         let summary = try await pipeline.run()
         // Every number says what it counts: files (paths), images (distinct contents), faces.

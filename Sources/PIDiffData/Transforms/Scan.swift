@@ -9,6 +9,13 @@ public struct Scanner: Sendable {
     public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png", "webp", "bmp"]
 
     public var crossFaceID: CrossFaceIDParameters
+    /// Column names of Hugging Face imagefolder and Parquet sources.
+    public var huggingFace: HuggingFaceParameters
+    /// The Python (with pyarrow) that reads Parquet sources, as `TrainerProcess` finds it.
+    public var python: String
+    /// Where images extracted from Parquet rows are stored, content-addressed (the data root's
+    /// `sources/`); nil: Parquet sources are refused.
+    public var sourceCache: String?
     /// Folders never entered, with the reason (the catalog's data root and work folder): a catalog
     /// kept inside the photo folder it ingests would otherwise ingest its own crops, growing on
     /// every run. Folders holding an `outputMarker` file (reports, shards, samples) are skipped too.
@@ -17,8 +24,12 @@ public struct Scanner: Sendable {
     /// The file pidiff-data writes into every output folder it creates.
     public static let outputMarker = ".pidiff-output"
 
-    public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters(), skipping: [String: String] = [:]) {
+    public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters(), huggingFace: HuggingFaceParameters = HuggingFaceParameters(),
+                python: String? = nil, sourceCache: String? = nil, skipping: [String: String] = [:]) {
         self.crossFaceID = crossFaceID
+        self.huggingFace = huggingFace
+        self.python = python ?? TrainerProcess().python
+        self.sourceCache = sourceCache
         self.skipping = Dictionary(skipping.map { (URL(fileURLWithPath: $0.key).standardizedFileURL.path, $0.value) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -35,7 +46,12 @@ public struct Scanner: Sendable {
         guard FileManager.default.fileExists(atPath: source, isDirectory: &isDir) else {
             throw ScanProblem(location: source, reason: "source does not exist")
         }
-        if isDir.boolValue { return .folders }
+        if isDir.boolValue { return try HuggingFace.isImageFolder(source) ? .imagefolder : .folders }
+        let name = (source as NSString).lastPathComponent
+        if HuggingFace.metadataNames.contains(name) {
+            throw ScanProblem(location: source, reason: "a Hugging Face imagefolder's metadata file: give the folder holding it as the source")
+        }
+        if (source as NSString).pathExtension.lowercased() == "parquet" { return .parquet }
         if imageExtensions.contains((source as NSString).pathExtension.lowercased()) {
             throw ScanProblem(location: source, reason: "a photo is not a source: give the folder holding <identity>/ folders of photos, or a JSONL manifest")
         }
@@ -69,6 +85,8 @@ public struct Scanner: Sendable {
         case .folders: try await scanFolders(location, emit: emit)
         case .manifest: try await scanManifest(location, emit: emit)
         case .crossfaceid: try await scanCrossFaceID(location, emit: emit)
+        case .imagefolder: try await scanImageFolder(location, emit: emit)
+        case .parquet: try await scanParquet(location, emit: emit)
         }
     }
 
@@ -176,7 +194,7 @@ public struct Scanner: Sendable {
 
     // MARK: JSONL manifests
 
-    private func jsonLines(_ path: String, emit: (ScanEvent) async throws -> Void,
+    func jsonLines(_ path: String, emit: (ScanEvent) async throws -> Void,
                            body: (Int, [String: Any]) async throws -> Void) async throws {
         guard let reader = LineReader(path: path) else {
             try await emit(.problem(ScanProblem(location: path, reason: "cannot open manifest")))
@@ -200,7 +218,7 @@ public struct Scanner: Sendable {
         }
     }
 
-    private static func text(_ value: Any?) -> String? {
+    static func text(_ value: Any?) -> String? {
         switch value {
         case let s as String: return s.isEmpty ? nil : s
         case let n as NSNumber: return n.stringValue
@@ -281,6 +299,12 @@ final class LineReader {
     init?(path: String, maxLineBytes: Int = LineReader.defaultMaxLineBytes) {
         guard let h = FileHandle(forReadingAtPath: path) else { return nil }
         handle = h
+        self.maxLineBytes = maxLineBytes
+    }
+
+    /// Lines from an open handle (a child process's stdout), read as they arrive.
+    init(handle: FileHandle, maxLineBytes: Int = LineReader.defaultMaxLineBytes) {
+        self.handle = handle
         self.maxLineBytes = maxLineBytes
     }
     deinit { try? handle.close() }

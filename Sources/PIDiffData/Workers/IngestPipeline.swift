@@ -65,9 +65,12 @@ public struct IngestPipeline: Sendable {
     public var progress: ProgressMode
     /// Only this partition's items (the others are neither read nor marked vanished).
     public var partition: Partition?
+    /// The Python that reads Parquet sources (pyarrow); nil: found as `TrainerProcess` finds it.
+    public var python: String?
 
     public init(sources: [String], catalogPath: String, config: PipelineConfig = PipelineConfig(),
-                models: ModelStore = ModelStore(), dataRoot: String? = nil, progress: ProgressMode = .off) {
+                models: ModelStore = ModelStore(), dataRoot: String? = nil, progress: ProgressMode = .off, python: String? = nil) {
+        self.python = python
         self.sources = sources
         self.catalogPath = catalogPath
         self.config = config
@@ -110,9 +113,11 @@ public struct IngestPipeline: Sendable {
         let runID = try RunRecorder.begin(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
         let writer = CatalogWriter(catalog: catalog, runID: runID, fingerprint: fingerprint)
         let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
+        // Images of Parquet rows are stored here, content-addressed (Docs/sources.md).
+        let scanner = Scanner(crossFaceID: config.crossfaceid, huggingFace: config.huggingface, python: python,
+                              sourceCache: store.url(Self.sourceCacheFolder).path,
+                              skipping: [store.root.path: "the catalog's data root", catalogPath + ".work": "the catalog's work folder"])
         // The counting pass walks every source a second time; only the terminal's ETA needs it.
-        let scanner = Scanner(crossFaceID: config.crossfaceid, skipping: [store.root.path: "the catalog's data root",
-                                                                          catalogPath + ".work": "the catalog's work folder"])
         let total: Int? = progress == .terminal ? try await countItems(scanner: scanner) : nil
         let start = Date()
 
@@ -214,9 +219,19 @@ public struct IngestPipeline: Sendable {
         }
     }
 
+    /// The data root's folder of images extracted from Parquet rows.
+    public static let sourceCacheFolder = "sources"
+
     private func countItems(scanner: Scanner) async throws -> Int {
         var n = 0
         for source in sources {
+            let location = URL(fileURLWithPath: source).standardizedFileURL.path
+            // A Parquet file's footer gives its row count (under a partition, its share, an
+            // estimate); scanning it would extract every image.
+            if (try? Scanner.kind(of: location)) == .parquet {
+                n += await scanner.parquetRowCount(location) / (partition?.count ?? 1)
+                continue
+            }
             try? await scanner.scan(source) { event in
                 if case .item(let item) = event, partition?.contains(item) ?? true { n += 1 }
             }
@@ -316,13 +331,13 @@ struct Tally {
             counts["reused", default: 0] += 1
         case .unreadable(let item, _, let reason):
             counts["unreadable", default: 0] += 1
-            note("\(item.path): \(reason)")
+            note("\(item.problemLocation): \(reason)")
         case .analysed(let item, _, let a, let t):
             counts["analysed", default: 0] += 1
             counts[a.outcome.rawValue, default: 0] += 1
             counts["faces_recorded", default: 0] += a.faces.count
             if a.faces.contains(where: { $0.selected && $0.quality.passed == false }) { counts["quality_failed", default: 0] += 1 }
-            if a.outcome != .ok && a.outcome != .noFace { note("\(item.path): \(a.outcome.rawValue): \(a.reason ?? "")") }
+            if a.outcome != .ok && a.outcome != .noFace { note("\(item.problemLocation): \(a.outcome.rawValue): \(a.reason ?? "")") }
             timings.add(t)
         }
         done += 1
