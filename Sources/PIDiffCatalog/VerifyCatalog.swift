@@ -65,6 +65,14 @@ extension Catalog {
         }
     }
 
+    /// Paths of file rows that start with `prefix` (images ingest extracted into the data root).
+    public func filePaths(withPrefix prefix: String) throws -> Set<String> {
+        try pool.read { db in
+            // substr, not LIKE: a path may hold `%` or `_`.
+            Set(try String.fetchAll(db, sql: "SELECT path FROM files WHERE substr(path, 1, ?) = ?", arguments: [prefix.utf8.count, prefix]))
+        }
+    }
+
     private struct ReferenceRow: Decodable, FetchableRecord {
         var path: String
         var col: String

@@ -117,10 +117,13 @@ public struct CatalogVerifier: Sendable {
                 mismatched.append(.init(path: path, problem: "cannot read \(url.path): \(error)", references: refs))
             }
         }
+        // Images extracted from Parquet rows (`sources/`) are named by file rows, not artefact columns.
+        let extractedPrefix = root.path + "/" + IngestPipeline.sourceCacheFolder + "/"
+        let extracted = Set(try catalog.filePaths(withPrefix: extractedPrefix).map { String($0.dropFirst(root.path.count + 1)) })
         return VerifyReport(catalog: catalogPath, dataRoot: root.path, integrity: try catalog.integrityProblems(),
                             foreignKeys: try catalog.foreignKeyProblems(), artefactsChecked: references.count,
                             missing: missing, mismatched: mismatched,
-                            orphans: Self.files(under: root).filter { references[$0] == nil }, repairs: [])
+                            orphans: Self.files(under: root).filter { references[$0] == nil && !extracted.contains($0) }, repairs: [])
     }
 
     /// Regular files below `root`, as sorted paths relative to it.
