@@ -79,6 +79,12 @@ extension Scanner {
         while let row = reader.next() {
             record += 1
             let location = "\(metadata):\(record)"
+            // CSV.swift stops at bytes that are not UTF-8 (`unicodeDecoding`) or a failing read, and
+            // the row it was reading is cut short: it is not used, and the rows before it are kept.
+            // `cannotReadFile` is how it reports the end of the file.
+            if let error = reader.error, !Self.isEndOfFile(error) {
+                throw ScanProblem(location: location, reason: "cannot read on (\(error)); rows before it were scanned")
+            }
             if row == [""] { continue }  // a blank line
             guard row.count == header.count else {
                 try await emit(.problem(ScanProblem(location: location, reason: "\(row.count) fields, the header has \(header.count)")))
@@ -88,11 +94,14 @@ extension Scanner {
                                         folder: folder, metadata: metadata, location: location)
             try await emit(event)
         }
-        // CSV.swift reports the end of the file as `cannotReadFile`; it stops at bytes that are not
-        // UTF-8 (`unicodeDecoding`) or a failing read, and what came before is kept.
-        if let error = reader.error, !(error is CSVError && "\(error)" == "\(CSVError.cannotReadFile)") {
+        if let error = reader.error, !Self.isEndOfFile(error) {
             throw ScanProblem(location: "\(metadata):\(record + 1)", reason: "cannot read on (\(error)); rows before it were scanned")
         }
+    }
+
+    private static func isEndOfFile(_ error: Error) -> Bool {
+        if let error = error as? CSVError, case .cannotReadFile = error { return true }
+        return false
     }
 
     private func scanMetadataJSONL(_ metadata: String, folder: String, emit: (ScanEvent) async throws -> Void) async throws {

@@ -128,8 +128,8 @@ public struct HuggingFaceParameters: Codable, Equatable, Sendable {
     public var identityColumn = "identity"
     /// Parquet: the image column (HF `Image` feature, a struct `{bytes, path}`, or plain binary).
     public var imageColumn = "image"
-    /// Columns mapped to the photo's caption and raw labels ("" maps none); an absent column leaves
-    /// the value unknown. ClassLabel integers in Parquet are turned into their names.
+    /// Columns mapped to the photo's caption and raw labels; a column the source lacks leaves the
+    /// value unknown. ClassLabel integers in Parquet are turned into their names.
     public var captionColumn = "caption"
     public var raceColumn = "race"
     public var ageColumn = "age"
@@ -149,7 +149,7 @@ public struct HuggingFaceParameters: Codable, Equatable, Sendable {
         ])
     }
 
-    /// The label columns that are set, by the label they feed (`caption`, `race`, `age`, `gender`).
+    /// The label columns by the label they feed (`caption`, `race`, `age`, `gender`).
     public var labelColumns: [(label: String, column: String)] {
         [("caption", captionColumn), ("race", raceColumn), ("age", ageColumn), ("gender", genderColumn)].filter { !$0.1.isEmpty }
     }
@@ -161,7 +161,7 @@ extension HuggingFaceParameters: ParameterSection {
     public static let fields: [ParameterField<HuggingFaceParameters>] = [
         .field(\.identityColumn, "identity_column", "column naming the identity (HF ClassLabel columns are often `label`)", fingerprint: .never),
         .field(\.imageColumn, "image_column", "Parquet: the Image column ({bytes, path}) or a binary column", fingerprint: .never),
-        .field(\.captionColumn, "caption_column", "columns mapped to caption and raw labels; \"\" maps none", fingerprint: .never),
+        .field(\.captionColumn, "caption_column", "columns mapped to caption and raw labels; one the source lacks leaves it unknown", fingerprint: .never),
         .field(\.raceColumn, "race_column", fingerprint: .never),
         .field(\.ageColumn, "age_column", fingerprint: .never),
         .field(\.genderColumn, "gender_column", fingerprint: .never),
