@@ -27,8 +27,8 @@ echo "== Python environment (.venv) for the trainer"
 # CPU-only torch with PyPI's torchvision does not load). scipy is for the e4e alignment oracle,
 # onnx for the tiny face-parsing and classifier models the Swift tests build, open_clip_torch for
 # the CLIP vocabulary of `pidiff random-model`, lpips, onnxruntime, dlib-bin (dlib's Python binding,
-# prebuilt) and facenet-pytorch for `pidiff eval`.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx onnxruntime open_clip_torch lpips dlib-bin
+# prebuilt) and facenet-pytorch for `pidiff eval`; pyarrow reads Parquet ingest sources (Docs/sources.md).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "Trainer[test]" scipy onnx onnxruntime open_clip_torch lpips dlib-bin pyarrow
 # facenet-pytorch pins torch<2.3 in its metadata but runs on current torch: no deps.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch
 
