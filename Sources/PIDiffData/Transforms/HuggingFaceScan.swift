@@ -173,7 +173,7 @@ extension Scanner {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = (python == "/usr/bin/env" ? ["python3"] : [])
-            + ["-c", ParquetRows.script, String(decoding: try JSONEncoder.sorted.encode(request), as: UTF8.self)]
+            + ["-", String(decoding: try JSONEncoder.sorted.encode(request), as: UTF8.self)]  // the program comes on stdin
         let stdout = Pipe()
         let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("pidiff-parquet-\(UUID().uuidString).err")
         FileManager.default.createFile(atPath: errURL.path, contents: nil)
@@ -181,12 +181,16 @@ extension Scanner {
         let errHandle = try FileHandle(forWritingTo: errURL)
         process.standardOutput = stdout
         process.standardError = errHandle
-        process.standardInput = FileHandle.nullDevice
+        let stdin = Pipe()
+        process.standardInput = stdin
         do { try process.run() } catch {
             try? errHandle.close()
             throw ScanProblem(location: file, reason: "cannot start \(python) to read Parquet (\(error)); set PIDIFF_PYTHON to a Python with pyarrow")
         }
         try? errHandle.close()
+        // The program is a few kB, well under a pipe's buffer: the write does not wait for the child.
+        try? stdin.fileHandleForWriting.write(contentsOf: Data(ParquetRows.script.utf8))
+        try? stdin.fileHandleForWriting.close()
         let output = stdout.fileHandleForReading
         var finished = false
         do {

@@ -99,7 +99,9 @@ def main():
         out({"type": "refused", "reason": "pyarrow is not installed in %s (%s); scripts/setup.sh installs it" % (sys.executable, e)})
         return
     try:
-        pf = pq.ParquetFile(path)
+        # No pre-buffering and a 1 MiB buffered stream: pages are read as they are decoded
+        # rather than a row group's column chunks all at once.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         schema = pf.schema_arrow
     except Exception as e:
         out({"type": "refused", "reason": "not a readable Parquet file (%s)" % why(e)})
@@ -127,14 +129,16 @@ def main():
         done = 0
         try:
             for batch in pf.iter_batches(batch_size=req["batch_rows"], row_groups=[group], columns=columns, use_threads=False):
-                data = batch.to_pydict()
+                # Values are turned into Python objects one row at a time: a whole batch as
+                # Python objects would be a second copy of its images.
+                data = {name: batch.column(k) for k, name in enumerate(batch.schema.names)}
                 for i in range(batch.num_rows):
                     row = start + done + i
-                    identity = text(data[ident][i], classes.get(ident))
+                    identity = text(data[ident][i].as_py(), classes.get(ident))
                     if identity is None:
                         out({"type": "problem", "rows": str(row), "reason": "identity column `%s` is empty or not a known class" % ident})
                         continue
-                    value = data[image][i]
+                    value = data[image][i].as_py()
                     original = None
                     if isinstance(value, dict):
                         blob, original = value.get("bytes"), value.get("path")
@@ -172,7 +176,7 @@ def main():
                             sys.exit(3)
                     row_labels = {}
                     for label, column in labels.items():
-                        t = text(data[column][i], classes.get(column))
+                        t = text(data[column][i].as_py(), classes.get(column))
                         if t is not None: row_labels[label] = t
                     out({"type": "row", "row": row, "identity": identity, "path": stored, "labels": row_labels, "image_path": original})
                 done += batch.num_rows

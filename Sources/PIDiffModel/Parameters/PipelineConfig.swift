@@ -135,7 +135,7 @@ public struct HuggingFaceParameters: Codable, Equatable, Sendable {
     public var ageColumn = "age"
     public var genderColumn = "gender"
     /// Parquet: rows per batch read within a row group (memory holds about one batch of images).
-    public var parquetBatchRows = 64
+    public var parquetBatchRows = 16
 
     public init() {}
     public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
