@@ -9,6 +9,9 @@ public struct ExportSample: Sendable {
     public var path: String
     public var sha256: String
     public var caption: String?
+    /// Where the photo came from, as its source said (`files.origin`: a manifest's `source`, a
+    /// Parquet file and row).
+    public var origin: String?
     public var crop512: String?
     public var mask512: String?
     public var e4eInput: String?
@@ -31,6 +34,11 @@ public struct ExportSample: Sendable {
         self.quality = quality
         self.faceFingerprint = faceFingerprint
         self.maskFingerprint = maskFingerprint
+    }
+    package init(identity: String, role: String, path: String, sha256: String, caption: String?, origin: String?, crop512: String?, mask512: String?, e4eInput: String?, landmarks68: [[Double]], quad: [[Double]], quality: [String: Double], faceFingerprint: String, maskFingerprint: String?) {
+        self.init(identity: identity, role: role, path: path, sha256: sha256, caption: caption, crop512: crop512, mask512: mask512, e4eInput: e4eInput,
+                  landmarks68: landmarks68, quad: quad, quality: quality, faceFingerprint: faceFingerprint, maskFingerprint: maskFingerprint)
+        self.origin = origin
     }
 }
 
@@ -55,9 +63,9 @@ extension Catalog {
                                                                         maskFingerprint: mfp))
                     }
                 }.flatMap { $0.ok ? $0 : nil }
-                let caption = try face == nil ? nil : FileRecord.fetchOne(db, key: item.fileID)?.caption
+                let file = try face == nil ? nil : FileRecord.fetchOne(db, key: item.fileID)
                 return ExportSample(identity: item.identity, role: item.role, path: item.path, sha256: item.sha256,
-                                    caption: caption, crop512: face?.crop512, mask512: mask?.mask512, e4eInput: mask?.e4eInput,
+                                    caption: file?.caption, origin: file?.origin, crop512: face?.crop512, mask512: mask?.mask512, e4eInput: mask?.e4eInput,
                                     landmarks68: face?.landmarks68.pairs ?? [], quad: face?.quad.pairs ?? [],
                                     quality: face?.qualityMeasures ?? [:], faceFingerprint: fp, maskFingerprint: mfp)
             }

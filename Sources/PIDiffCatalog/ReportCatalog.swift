@@ -13,6 +13,8 @@ public struct ReportPhoto: Sendable {
     public var crop256: String?
     public var qualityOK: Bool?
     public var qualityReason: String?
+    /// Where the photo came from (`files.origin`).
+    public var origin: String?
     package init(path: String, identity: String, outcome: String, reason: String? = nil, crop256: String? = nil, qualityOK: Bool? = nil, qualityReason: String? = nil) {
         self.path = path
         self.identity = identity
@@ -21,6 +23,14 @@ public struct ReportPhoto: Sendable {
         self.crop256 = crop256
         self.qualityOK = qualityOK
         self.qualityReason = qualityReason
+    }
+}
+
+extension ReportPhoto {
+    func withOrigin(_ origin: String?) -> ReportPhoto {
+        var photo = self
+        photo.origin = origin
+        return photo
     }
 }
 
@@ -33,7 +43,7 @@ extension Catalog {
             try ReportRow.fetchAll(db, sql: """
                 SELECT f.path, i.name AS identity,
                        CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
-                       COALESCE(f.read_error, r.reason) AS reason, fa.crop256, fa.quality_ok, fa.quality_reason
+                       COALESCE(f.read_error, r.reason) AS reason, fa.crop256, fa.quality_ok, fa.quality_reason, f.origin
                 FROM files f
                 JOIN identities i ON i.id = f.identity_id
                 LEFT JOIN image_results r ON r.sha256 = f.sha256 AND r.params_fingerprint = ?
@@ -43,6 +53,7 @@ extension Catalog {
                 ReportPhoto(path: row.path, identity: row.identity, outcome: row.outcome, reason: row.reason,
                             crop256: row.crop256.map { root.appendingPathComponent($0).path },
                             qualityOK: row.qualityOK, qualityReason: row.qualityReason)
+                    .withOrigin(row.origin)
             }
         }
     }
@@ -55,8 +66,9 @@ extension Catalog {
         var crop256: String?
         var qualityOK: Bool?
         var qualityReason: String?
+        var origin: String?
         enum CodingKeys: String, CodingKey {
-            case path, identity, outcome, reason, crop256, qualityOK = "quality_ok", qualityReason = "quality_reason"
+            case path, identity, outcome, reason, crop256, qualityOK = "quality_ok", qualityReason = "quality_reason", origin
         }
     }
 }

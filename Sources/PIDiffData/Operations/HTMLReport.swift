@@ -175,8 +175,11 @@ struct ReportView {
         } else {
             image = "<div class=\"noimg\">\(p.crop256 == nil ? "no face" : "crop unreadable")</div>"
         }
-        let name = URL(fileURLWithPath: p.path).lastPathComponent
-        return "<figure class=\"\(v.cls)\" title=\"\(e(p.path))\">\(image)<figcaption><b>\(e(name))</b><br>\(e(note ?? v.text))</figcaption></figure>"
+        // A photo stored content-addressed from a Parquet row is named by its file and row, not by its hash.
+        let name = p.origin.flatMap { $0.contains("#row=") ? URL(fileURLWithPath: $0).lastPathComponent : nil }
+            ?? URL(fileURLWithPath: p.path).lastPathComponent
+        let title = p.path + (p.origin.map { "\nfrom \($0)" } ?? "")
+        return "<figure class=\"\(v.cls)\" title=\"\(e(title))\">\(image)<figcaption><b>\(e(name))</b><br>\(e(note ?? v.text))</figcaption></figure>"
     }
 
     func card(path: String, note: String? = nil) -> String {

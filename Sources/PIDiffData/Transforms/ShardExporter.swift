@@ -265,7 +265,7 @@ public struct ShardExporter: Sendable {
             let l = labels[s.identity]
             var meta: [String: Any] = [
                 "key": key, "identity": s.identity, "role": s.role, "source_path": s.path, "source_sha256": s.sha256,
-                "caption": s.caption ?? NSNull(),
+                "caption": s.caption ?? NSNull(), "origin": s.origin ?? NSNull(),
                 "labels": ["race": l?.race.value ?? "unknown", "age": l?.age.value ?? "unknown", "gender": l?.gender.value ?? "unknown"],
                 "landmarks68": s.landmarks68, "quad": s.quad, "quality": s.quality,
                 "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],

@@ -239,4 +239,44 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertEqual(after.filter { $0.readError == nil }.map(\.origin), ["\(faces.path)#row=0"], "obama2 is row 0 now")
         XCTAssertEqual(try FileManager.default.subpathsOfDirectory(atPath: cache).sorted(), stored)
     }
+
+    /// A Parquet row's provenance follows its photo into the shard JSON and the HTML report.
+    func testParquetRowProvenanceReachesTheShardJSONAndTheReport() async throws {
+        let hf = try makeFixtures()
+        let faces = hf.appendingPathComponent("parquet/faces.parquet")
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogURL = dir.appendingPathComponent("c.sqlite")
+        _ = try await ingest([faces], catalog: catalogURL)
+        _ = try await MaskPipeline(catalogPath: catalogURL.path, parameters: MaskParameters()).run()
+        let catalog = try Catalog(path: catalogURL.path)
+        let selection = BalancedSelection.select(try catalog.balanceInputs(mapping: LabelMapping()), races: ["Black", "White"],
+                                                 ages: ["21-50", "51+"], count: 2, imagesPerIdentity: 1, referenceImages: 1, seed: 1)
+        try catalog.storeSplit(name: "hf", seed: 1, parameters: "{}", selection: selection)
+        let shards = dir.appendingPathComponent("shards")
+        _ = try ShardExporter(catalogPath: catalogURL.path, split: "hf", outDirectory: shards).run()
+        let read = try TestSupport.run(TestSupport.python, ["-c", """
+            import glob, json, sys, tarfile
+            out = []
+            for path in sorted(glob.glob(sys.argv[1] + "/*.tar")):
+                with tarfile.open(path) as tar:
+                    out += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+            print(json.dumps(out))
+            """, shards.path])
+        XCTAssertEqual(read.status, 0, read.stderr)
+        let samples = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(read.stdout.utf8)) as? [[String: Any]])
+        XCTAssertFalse(samples.isEmpty)
+        let originOf = Dictionary(uniqueKeysWithValues: try files(catalogURL).map { ($0.path, $0.origin) })
+        for sample in samples {
+            let origin = try XCTUnwrap(sample["origin"] as? String, "\(sample)")
+            XCTAssertTrue(origin.hasPrefix(faces.path + "#row="), origin)
+            XCTAssertEqual(originOf[try XCTUnwrap(sample["source_path"] as? String)], origin)
+        }
+
+        let report = dir.appendingPathComponent("report")
+        _ = try HTMLReport(catalogPath: catalogURL.path, directory: report).write()
+        let pages = try FileManager.default.subpathsOfDirectory(atPath: report.path).filter { $0.hasSuffix(".html") }
+        let html = try pages.map { try String(contentsOf: report.appendingPathComponent($0), encoding: .utf8) }.joined()
+        XCTAssertTrue(html.contains("<b>faces.parquet#row=3</b>"), "a Parquet photo is named by its file and row in the report")
+        XCTAssertTrue(html.contains("from \(faces.path)#row=0"), "its origin is in the card's title")
+    }
 }
