@@ -81,7 +81,7 @@ final class FingerprintTests: XCTestCase {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("p.yaml")
         let cases = [
-            ("masks:\n  method: grabcut\n", "unknown key masks at the top level; known: ingest, crossfaceid, mask, labels, curate, run"),
+            ("masks:\n  method: grabcut\n", "unknown key masks at the top level; known: ingest, crossfaceid, huggingface, mask, labels, curate, run"),
             ("ingest:\n  detect_max_sides: 512\n  workers: 2\n", "unknown key detect_max_sides in ingest"),
             ("mask:\n  iteration: 3\n  feather: 1\n", "unknown keys feather, iteration in mask"),
             ("labels:\n  age_brackets:\n    - {name: young, from: 0, to: 20}\n", "unknown key to in labels.age_brackets[0]"),
