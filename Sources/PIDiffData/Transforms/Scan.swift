@@ -40,6 +40,10 @@ public struct Scanner: Sendable {
         return nil
     }
 
+    /// A Parquet file met while walking identity folders (a Hugging Face download's `data/` folder):
+    /// said, rather than silently passed over as "not a photo".
+    static let parquetInFolders = "a Parquet file inside identity folders is not read; give the .parquet file itself as a source (Docs/sources.md)"
+
     /// Decides what a source path is.
     public static func kind(of source: String) throws -> SourceKind {
         var isDir: ObjCBool = false
@@ -128,6 +132,8 @@ public struct Scanner: Sendable {
             guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
                 if Scanner.imageExtensions.contains((name as NSString).pathExtension.lowercased()) {
                     try await emit(.problem(ScanProblem(location: dir, reason: "photo outside an identity folder (no identity); move it into <source>/<identity>/")))
+                } else if (name as NSString).pathExtension.lowercased() == "parquet" {
+                    try await emit(.problem(ScanProblem(location: dir, reason: Scanner.parquetInFolders)))
                 }
                 continue
             }
@@ -188,6 +194,8 @@ public struct Scanner: Sendable {
                 try await walk(path, identity: identity, root: root, visited: &visited, emit: emit)
             } else if Scanner.imageExtensions.contains((entry as NSString).pathExtension.lowercased()) {
                 try await emit(.item(ScanItem(path: path, identity: identity, sourceKind: .folders, sourceLocation: root)))
+            } else if (entry as NSString).pathExtension.lowercased() == "parquet" {
+                try await emit(.problem(ScanProblem(location: path, reason: Scanner.parquetInFolders)))
             }
         }
     }

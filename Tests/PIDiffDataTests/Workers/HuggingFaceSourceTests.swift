@@ -54,13 +54,17 @@ final class HuggingFaceSourceTests: XCTestCase {
         }
     }
 
-    func testSourceKindsAreDetectedFromTheLayout() throws {
+    func testSourceKindsAreDetectedFromTheLayout() async throws {
         let hf = try makeFixtures()
         XCTAssertEqual(try Scanner.kind(of: hf.appendingPathComponent("imagefolder_csv").path), .imagefolder)
         XCTAssertEqual(try Scanner.kind(of: hf.appendingPathComponent("imagefolder_jsonl").path), .imagefolder)
         XCTAssertEqual(try Scanner.kind(of: hf.appendingPathComponent("parquet/faces.parquet").path), .parquet)
-        // A folder without metadata at its root is still identity folders.
-        XCTAssertEqual(try Scanner.kind(of: TestSupport.sampleIdentities.path), .folders)
+        // A folder without metadata at its root is still identity folders; a Parquet file met
+        // inside them is named, not passed over.
+        XCTAssertEqual(try Scanner.kind(of: hf.path), .folders)
+        var problems: [String] = []
+        try await Scanner().scan(hf.path) { if case .problem(let p) = $0 { problems.append("\(p.location): \(p.reason)") } }
+        XCTAssertEqual(problems.filter { $0.contains(".parquet: a Parquet file inside identity folders") }.count, 4, "\(problems)")
         // The metadata file itself is not the source; two metadata files are one too many.
         XCTAssertThrowsError(try Scanner.kind(of: hf.appendingPathComponent("imagefolder_csv/metadata.csv").path)) {
             XCTAssertTrue("\(($0 as? ScanProblem)?.reason ?? "")".contains("give the folder holding it"), "\($0)")
