@@ -283,4 +283,31 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertTrue(html.contains("<b>faces.parquet#row=3</b>"), "a Parquet photo is named by its file and row in the report")
         XCTAssertTrue(html.contains("from \(faces.path)#row=0"), "its origin is in the card's title")
     }
+
+    /// A data root that cannot take the extracted images stops the run with a message naming the
+    /// file, as a crop that cannot be stored does; nothing is recorded against the rows, so a
+    /// rerun once it is fixed ingests them.
+    func testAnUnwritableSourceCacheStopsTheRunAndARerunFinishes() async throws {
+        let hf = try makeFixtures()
+        let faces = hf.appendingPathComponent("parquet/faces.parquet")
+        let dir = try TestSupport.temporaryDirectory()
+        let catalogURL = dir.appendingPathComponent("c.sqlite")
+        let dataRoot = dir.appendingPathComponent("c.sqlite.data")
+        try FileManager.default.createDirectory(at: dataRoot, withIntermediateDirectories: true)
+        let blocker = dataRoot.appendingPathComponent("sources")
+        try Data("a file where the folder should be".utf8).write(to: blocker)
+        do {
+            _ = try await ingest([faces], catalog: catalogURL)
+            XCTFail("the run should stop")
+        } catch {
+            XCTAssertTrue("\(error)".contains("ingest stopped reading \(faces.path)") && "\(error)".contains("cannot write"), "\(error)")
+        }
+        let catalog = try Catalog(path: catalogURL.path)
+        let statuses = try await catalog.pool.read { db in try String.fetchAll(db, sql: "SELECT status FROM runs ORDER BY id") } as [String]
+        XCTAssertEqual(statuses, ["failed"])
+        try FileManager.default.removeItem(at: blocker)
+        let again = try await ingest([faces], catalog: catalogURL)
+        XCTAssertEqual((again.counts["ok"] ?? 0) + (again.counts["reused"] ?? 0), 5, "\(again.counts)")
+        XCTAssertEqual(try files(catalogURL).count, 6)
+    }
 }
