@@ -105,10 +105,13 @@ public struct Partition: Sendable, Equatable, CustomStringConvertible {
     public var description: String { "\(index)/\(count)" }
 
     /// Whether `item` falls in this partition: SHA-256 of its path relative to its source (the
-    /// source's folder for a manifest), first 8 bytes as an integer, modulo N.
+    /// source's folder for a manifest), first 8 bytes as an integer, modulo N. A Parquet row's path
+    /// is its image stored in this machine's data root, so its origin (`file.parquet#row=N`,
+    /// relative to the file's folder) decides instead.
     public func contains(_ item: ScanItem) -> Bool {
-        let base = item.sourceKind == .folders ? item.sourceLocation : (item.sourceLocation as NSString).deletingLastPathComponent
-        let relative = item.path.hasPrefix(base + "/") ? String(item.path.dropFirst(base.count + 1)) : item.path
+        let base = [.folders, .imagefolder].contains(item.sourceKind) ? item.sourceLocation : (item.sourceLocation as NSString).deletingLastPathComponent
+        let key = item.sourceKind == .parquet ? (item.origin ?? item.path) : item.path
+        let relative = key.hasPrefix(base + "/") ? String(key.dropFirst(base.count + 1)) : key
         let digest = Hashing.sha256Hex(Data(relative.utf8))
         let value = UInt64(digest.prefix(16), radix: 16) ?? 0
         return Int(value % UInt64(count)) == index - 1

@@ -310,4 +310,23 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertEqual((again.counts["ok"] ?? 0) + (again.counts["reused"] ?? 0), 5, "\(again.counts)")
         XCTAssertEqual(try files(catalogURL).count, 6)
     }
+
+    /// Partitioned ingest (`--partition K/N`) must send a Parquet row to the same partition on
+    /// every machine: the row decides, not the data root its image is stored in.
+    func testAParquetRowFallsInTheSamePartitionWhateverTheDataRoot() {
+        func item(_ dataRoot: String, row: Int) -> ScanItem {
+            var i = ScanItem(path: "\(dataRoot)/sources/ab/abcdef.jpg", identity: "x", sourceKind: .parquet, sourceLocation: "/data/hf/train.parquet")
+            i.origin = "/data/hf/train.parquet#row=\(row)"
+            return i
+        }
+        for n in [2, 3, 7] {
+            for row in 0..<20 {
+                let owners = (1...n).filter { Partition("\($0)/\(n)")!.contains(item("/machine-a/c.data", row: row)) }
+                XCTAssertEqual(owners.count, 1)
+                XCTAssertEqual(owners, (1...n).filter { Partition("\($0)/\(n)")!.contains(item("/elsewhere/b.data", row: row)) })
+            }
+        }
+        // Rows spread over partitions rather than following the (shared) stored image.
+        XCTAssertGreaterThan(Set((0..<20).map { row in (1...3).first { Partition("\($0)/3")!.contains(item("/m", row: row)) }! }).count, 1)
+    }
 }
