@@ -241,6 +241,9 @@ public struct ShardExporter: Sendable {
         guard SplitName.isValid(split) else {
             throw ExportError.invalid("split name \(split.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or -")
         }
+        // The folder first: another export or encode writing it is refused before any work.
+        let lock = try CatalogLock(outputFolder: outDirectory)
+        defer { withExtendedLifetime(lock) {} }
         let catalog = try Catalog(path: catalogPath)
         let store = ArtefactStore(root: try catalog.dataRoot())
         var samples = try catalog.exportSamples(split: split)
@@ -265,13 +268,15 @@ public struct ShardExporter: Sendable {
             let l = labels[s.identity]
             var meta: [String: Any] = [
                 "key": key, "identity": s.identity, "role": s.role, "source_path": s.path, "source_sha256": s.sha256,
-                "caption": s.caption ?? NSNull(), "origin": s.origin ?? NSNull(),
+                "caption": s.caption ?? NSNull(),
                 "labels": ["race": l?.race.value ?? "unknown", "age": l?.age.value ?? "unknown", "gender": l?.gender.value ?? "unknown"],
                 "landmarks68": s.landmarks68, "quad": s.quad, "quality": s.quality,
                 "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],
             ]
-            // Only a non-default framing is written: aligned exports stay byte-identical to earlier ones.
+            // Only a non-default framing, and provenance where a source gives one (a Parquet row, a
+            // manifest's `source`), are written: other exports stay byte-identical to earlier ones.
             if view != .aligned { meta["view"] = view.rawValue }
+            if let origin = s.origin { meta["origin"] = origin }
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
             let image = view == .aligned ? crop : try Self.contextCrop(s, store: store)
             let artefacts = [("\(key).png", image), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]
@@ -292,8 +297,6 @@ public struct ShardExporter: Sendable {
         }
 
         try OutputPath.prepareFolder(outDirectory)
-        let lock = try CatalogLock(outputFolder: outDirectory)
-        defer { withExtendedLifetime(lock) {} }
         try OutputPath.markAsOutput(outDirectory)
         // Temporaries of a writer that was killed (none is running: the folder is locked).
         for name in (try? FileManager.default.contentsOfDirectory(atPath: outDirectory.path)) ?? []
