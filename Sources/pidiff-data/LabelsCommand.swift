@@ -28,8 +28,7 @@ struct LabelsShowCommand: AsyncParsableCommand {
             let labels = try cat.identityLabels(mapping: config.labels, classifierFingerprint: try cat.currentClassifierFingerprint())
             for l in labels {
                 if json { try l.printJSON(pretty: false); continue }
-                func f(_ r: ResolvedLabel) -> String { r.provenance.map { "\(r.value) (\($0.rawValue), \(String(format: "%.2f", r.confidence)))" } ?? r.value }
-                print("\(l.identity): race \(f(l.race)), age \(f(l.age)), gender \(f(l.gender))")
+                print(LabelsStage.line(l))
             }
         } catch { fail(error) }
     }

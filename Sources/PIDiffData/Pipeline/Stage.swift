@@ -68,8 +68,8 @@ extension Dictionary where Key == String, Value == Int {
 }
 
 /// Human lines for at most `limit` items, and a last line that says how many were left out.
-func listed(_ items: [String], limit: Int = 20, indent: String = "  ", more: String = "") -> [String] {
+func listed(_ items: [String], limit: Int = 20, indent: String = "  ") -> [String] {
     var lines = items.prefix(limit).map { indent + $0 }
-    if items.count > limit { lines.append("\(indent)… \(items.count - limit) more\(more.isEmpty ? "" : " (\(more))")") }
+    if items.count > limit { lines.append("\(indent)… \(items.count - limit) more") }
     return lines
 }

@@ -51,18 +51,18 @@ public struct SampleStage: PipelineStage {
         var skipped = 0
         for folder in folders {
             let weights = trained.appendingPathComponent("\(folder)/pidiff.safetensors")
-            let marker = out.appendingPathComponent("\(folder)/.pidiff-data-sampled.json")
             // What the pictures were made from: unchanged, they are not made again.
-            let made: [String: String] = ["weights_sha256": try Hashing.sha256Hex(fileAt: weights), "prompt": p.prompt,
-                                          "arguments": p.arguments.joined(separator: "\u{1f}"), "sd": sd, "encoded": encoded.path]
-            if p.skipUnchanged, let data = try? Data(contentsOf: marker),
-               (try? JSONDecoder().decode([String: String].self, from: data)) == made {
+            let record = InputsRecord(file: out.appendingPathComponent("\(folder)/.pidiff-data-sampled.json"), inputs: [
+                                          "weights_sha256": try Hashing.sha256Hex(fileAt: weights), "prompt": p.prompt,
+                                          "arguments": p.arguments.joined(separator: "\u{1f}"), "sd": sd, "encoded": encoded.path])
+            if p.skipUnchanged && record.isCurrent {
                 skipped += 1
                 continue
             }
-            try workspace.trainer.run(["sample", "--sd", sd, "--weights", weights.path,
-                                       "--prompt", p.prompt, "--out", out.appendingPathComponent(folder).path, "--encoded", encoded.path] + p.arguments)
-            try OutputPath.write(try JSONEncoder.sorted.encode(made), to: marker)
+            try record.making {
+                try workspace.trainer.run(["sample", "--sd", sd, "--weights", weights.path, "--prompt", p.prompt,
+                                           "--out", out.appendingPathComponent(folder).path, "--encoded", encoded.path] + p.arguments)
+            }
         }
         return StageReport(stage: Self.name, lines: ["sampled \(folders.count - skipped) identities, \(skipped) unchanged since their last samples → \(out.path)"],
                            counts: ["identities": "\(folders.count - skipped)", "unchanged": "\(skipped)"], artefacts: ["samples": out.path])

@@ -49,16 +49,16 @@ public struct TrainStage: PipelineStage {
         let lock = try CatalogLock(outputFolder: out)
         defer { withExtendedLifetime(lock) {} }
         try OutputPath.markAsOutput(out)
-        let marker = out.appendingPathComponent(".pidiff-data-trained.json")
-        let inputs = try Self.inputs(encoded: encoded, split: p.split, arguments: p.arguments, sd: sd)
-        if p.skipUnchanged, let data = try? Data(contentsOf: marker), (try? JSONDecoder().decode([String: String].self, from: data)) == inputs {
+        let record = InputsRecord(file: out.appendingPathComponent(".pidiff-data-trained.json"),
+                                  inputs: try Self.inputs(encoded: encoded, split: p.split, arguments: p.arguments, sd: sd))
+        if p.skipUnchanged && record.isCurrent {
             return StageReport(stage: Self.name, lines: ["split \(p.split): nothing changed since the weights in \(out.path) were trained; not retrained"],
                                counts: ["split": p.split, "unchanged": "1"], artefacts: ["weights": out.path])
         }
-        try? FileManager.default.removeItem(at: marker)
-        try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path] + p.arguments,
-                                  processes: p.processes)
-        try OutputPath.write(try JSONEncoder.sorted.encode(inputs), to: marker)
+        try record.making {
+            try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path] + p.arguments,
+                                      processes: p.processes)
+        }
         try catalog.recordTrainingRun(split: p.split, outDirectory: out.path, started: started, arguments: p.arguments, processes: p.processes)
         return StageReport(stage: Self.name, lines: ["trained split \(p.split) → \(out.path)"], counts: ["split": p.split, "unchanged": "0"],
                            artefacts: ["weights": out.path])

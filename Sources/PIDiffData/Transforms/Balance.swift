@@ -83,11 +83,16 @@ public enum BalancedSelection {
             quotas.append(.init(race: cell.race, age: cell.age, quota: quota[i], selected: take[i], available: cell.pool.count))
             for identity in cell.pool.prefix(take[i]) {
                 let (train, reference) = pickImages(identity.images, train: imagesPerIdentity, reference: referenceImages)
-                items += train.map { .init(identity: identity.name, role: "train", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
-                items += reference.map { .init(identity: identity.name, role: "reference", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+                items += splitItems(identity.name, train: train, reference: reference)
             }
         }
         return SplitSelection(quotas: quotas, items: items, shortfall: missing)
+    }
+
+    /// An identity's picks as split items, training photos first.
+    static func splitItems(_ identity: String, train: [UsableImage], reference: [UsableImage]) -> [SplitSelection.Item] {
+        train.map { .init(identity: identity, role: "train", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+            + reference.map { .init(identity: identity, role: "reference", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
     }
 
     /// References first: the best photos by quality (resolution × sharpness × frontalness), the
@@ -154,8 +159,7 @@ public enum NamedSelection {
         var items: [SplitSelection.Item] = []
         for name in wanted {
             let (train, reference) = BalancedSelection.pickImages(byName[name]!.images, train: imagesPerIdentity, reference: referenceImages)
-            items += train.map { .init(identity: name, role: "train", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
-            items += reference.map { .init(identity: name, role: "reference", path: $0.path, sha256: $0.sha256, fileID: $0.fileID) }
+            items += BalancedSelection.splitItems(name, train: train, reference: reference)
         }
         return SplitSelection(quotas: [], items: items, shortfall: 0)
     }
