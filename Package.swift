@@ -20,6 +20,10 @@ let package = Package(
         // Streaming CSV reader (rows pulled one at a time from an InputStream) for Hugging Face
         // imagefolder `metadata.csv` files.
         .package(url: "https://github.com/yaslab/CSV.swift", from: "2.5.2"),
+        // HTTP client for `fetch` (URL lists): connection pooling per host, timeouts, streaming
+        // bodies, gzip decompression with a size limit, HTTPS through swift-nio-ssl.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // C++17 wrapper around OpenCV and dlib. Only a plain C API (opaque handles, error codes
@@ -70,6 +74,9 @@ let package = Package(
                 .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CSV", package: "CSV.swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(

@@ -347,6 +347,32 @@ public final class Catalog: Sendable {
                 ALTER TABLE sources_v9 RENAME TO sources;
                 """)
         }
+        m.registerMigration("v10-fetch") { db in
+            try db.execute(sql: """
+                -- One row per URL of a fetch list (`pidiff-data fetch`) that was tried: what the
+                -- last attempt gave. `path` is relative to `inbox`; the photo's provenance is found by sha256.
+                CREATE TABLE fetch_urls (
+                    url TEXT PRIMARY KEY,
+                    identity TEXT NOT NULL,
+                    license TEXT,
+                    source TEXT,
+                    listed_at TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'rejected')),
+                    http_status INTEGER,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    bytes INTEGER,
+                    sha256 TEXT,
+                    format TEXT,
+                    inbox TEXT,
+                    path TEXT,
+                    final_url TEXT,
+                    error TEXT,
+                    updated_at TEXT NOT NULL,
+                    run_id INTEGER REFERENCES runs(id)
+                );
+                CREATE INDEX fetch_urls_sha256 ON fetch_urls(sha256);
+                """)
+        }
         return m
     }
 

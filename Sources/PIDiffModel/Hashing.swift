@@ -33,6 +33,11 @@ public struct SHA256Stream {
         hasher.update(data: data)
         count += data.count
     }
+    /// Bytes in place (a network buffer), without copying them into a `Data`.
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        hasher.update(bufferPointer: bytes)
+        count += bytes.count
+    }
     /// The hex digest and the number of bytes.
     public func finish() -> (sha256: String, bytes: Int) {
         (hasher.finalize().map { String(format: "%02x", $0) }.joined(), count)

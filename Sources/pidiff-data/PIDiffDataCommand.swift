@@ -10,7 +10,7 @@ struct PIDiffDataCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pidiff-data",
         abstract: "Dataset curation and preprocessing for identity-personalised image generation (PIDiff).",
-        subcommands: [IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
+        subcommands: [FetchCommand.self, IngestCommand.self, CurateCommand.self, MasksCommand.self, LabelsCommand.self, BalanceCommand.self, SplitsCommand.self,
                       ExportCommand.self, RefsCommand.self, EncodeCommand.self, TrainCommand.self, SampleCommand.self, RunCommand.self,
                       StatusCommand.self, FacesCommand.self, VerifyCommand.self, BackupCommand.self,
                       ReportCommand.self, FaceCommand.self, CatalogCommand.self, PipelineFileCommand.self, BenchCommand.self]

@@ -53,7 +53,7 @@ public struct StageReport: Sendable {
 /// over them.
 public enum StageRegistry {
     public static let pipelineStages: [any PipelineStage.Type] = [
-        IngestStage.self, CurateStage.self, MasksStage.self, LabelsStage.self, BalanceReportStage.self,
+        FetchStage.self, IngestStage.self, CurateStage.self, MasksStage.self, LabelsStage.self, BalanceReportStage.self,
         SelectStage.self, ExportStage.self, EncodeStage.self, TrainStage.self, SampleStage.self,
     ]
 

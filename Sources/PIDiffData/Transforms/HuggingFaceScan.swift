@@ -99,7 +99,7 @@ extension Scanner {
         }
     }
 
-    private static func isEndOfFile(_ error: Error) -> Bool {
+    static func isEndOfFile(_ error: Error) -> Bool {
         if let error = error as? CSVError, case .cannotReadFile = error { return true }
         return false
     }

@@ -260,11 +260,12 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
     public var mask = MaskParameters()
     public var labels = LabelMapping()
     public var curate = CurationParameters()
+    public var fetch = FetchParameters()
     /// `pidiff-data run`'s stage list (only pipeline files meant for `run` have it).
     public var run: RunSpec?
     public init() {}
 
-    package enum CodingKeys: String, CodingKey, CaseIterable { case ingest, crossfaceid, huggingface, mask, labels, curate, run }
+    package enum CodingKeys: String, CodingKey, CaseIterable { case ingest, crossfaceid, huggingface, mask, labels, curate, fetch, run }
 
     public init(from decoder: Decoder) throws {
         try refuseUnknownKeys(decoder, CodingKeys.self)
@@ -276,6 +277,7 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
         labels = try c.decodeIfPresent(LabelMapping.self, forKey: .labels) ?? LabelMapping()
         run = try c.decodeIfPresent(RunSpec.self, forKey: .run)
         curate = try c.decodeIfPresent(CurationParameters.self, forKey: .curate) ?? CurationParameters()
+        fetch = try c.decodeIfPresent(FetchParameters.self, forKey: .fetch) ?? FetchParameters()
     }
 
     public static func load(_ url: URL?) throws -> PipelineConfig {
@@ -348,7 +350,7 @@ extension PipelineConfig {
             """
         let sections = [IngestParameters.defaultYAML(), CrossFaceIDParameters.defaultYAML(),
                         HuggingFaceParameters.defaultYAML(), MaskParameters.defaultYAML(),
-                        LabelMapping().yamlLines(), CurationParameters.defaultYAML()]
+                        LabelMapping().yamlLines(), CurationParameters.defaultYAML(), FetchParameters.defaultYAML()]
         return header + "\n" + sections.map { $0.joined(separator: "\n") }.joined(separator: "\n\n") + "\n"
     }
 }

@@ -4,7 +4,7 @@ import Foundation
 /// which catalog and sources. Strings may use `${VAR}` (environment) and a leading `~`.
 public struct RunSpec: Codable, Equatable, Sendable {
     public enum Stage: String, Codable, Sendable, CaseIterable {
-        case ingest, curate, masks, labels, balanceReport = "balance_report", select, export, encode, train, sample
+        case fetch, ingest, curate, masks, labels, balanceReport = "balance_report", select, export, encode, train, sample
     }
     public struct Select: Codable, Equatable, Sendable {
         public var name: String
@@ -46,6 +46,26 @@ public struct RunSpec: Codable, Equatable, Sendable {
             self.seed = seed
         }
     }
+    /// What the `fetch` stage downloads: URL lists into an inbox of identity folders, which
+    /// `sources` must list for ingest to see what was fetched.
+    public struct Fetch: Codable, Equatable, Sendable {
+        public var lists: [String]
+        public var inbox: String
+        package enum CodingKeys: String, CodingKey, CaseIterable { case lists, inbox }
+        public init(from decoder: Decoder) throws {
+            try refuseUnknownKeys(decoder, CodingKeys.self)
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            lists = try c.decode([String].self, forKey: .lists)
+            inbox = try c.decode(String.self, forKey: .inbox)
+            guard !lists.isEmpty, !inbox.isEmpty else {
+                throw DecodingError.dataCorruptedError(forKey: .lists, in: c, debugDescription: "fetch needs at least one list and an inbox")
+            }
+        }
+        package init(lists: [String], inbox: String) {
+            self.lists = lists
+            self.inbox = inbox
+        }
+    }
     public struct Models: Codable, Equatable, Sendable {
         /// Write tiny random SD1.5/e4e models (`pidiff random-model --tiny`) into the work folder:
         /// the whole flow runs without downloaded weights, and outputs say they are random.
@@ -73,6 +93,7 @@ public struct RunSpec: Codable, Equatable, Sendable {
     public var target: Int = 500
     public var minImages: Int = 6
     public var select: Select?
+    public var fetch: Fetch?
     public var models: Models?
     public var trainArguments: [String] = []
     /// Training processes (one per GPU) through accelerate; 1 runs `pidiff train` directly.
@@ -81,7 +102,7 @@ public struct RunSpec: Codable, Equatable, Sendable {
     public var sampleArguments: [String] = []
 
     package enum CodingKeys: String, CodingKey, CaseIterable {
-        case catalog, sources, stages, work, target, minImages = "min_images", select, models
+        case catalog, sources, stages, work, target, minImages = "min_images", select, fetch, models
         case trainArguments = "train_arguments", trainProcesses = "train_processes", samplePrompt = "sample_prompt", sampleArguments = "sample_arguments"
     }
 
@@ -95,6 +116,10 @@ public struct RunSpec: Codable, Equatable, Sendable {
         target = try c.decodeIfPresent(Int.self, forKey: .target) ?? 500
         minImages = try c.decodeIfPresent(Int.self, forKey: .minImages) ?? 6
         select = try c.decodeIfPresent(Select.self, forKey: .select)
+        fetch = try c.decodeIfPresent(Fetch.self, forKey: .fetch)
+        if stages.contains(.fetch) && fetch == nil {
+            throw DecodingError.dataCorruptedError(forKey: .fetch, in: c, debugDescription: "the fetch stage needs run.fetch (lists, inbox)")
+        }
         models = try c.decodeIfPresent(Models.self, forKey: .models)
         trainArguments = try c.decodeIfPresent([String].self, forKey: .trainArguments) ?? []
         trainProcesses = try c.decodeIfPresent(Int.self, forKey: .trainProcesses) ?? 1

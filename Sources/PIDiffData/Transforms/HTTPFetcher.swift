@@ -1,0 +1,226 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import PIDiffModel
+
+/// One attempt at one URL with AsyncHTTPClient: redirects followed here (each hop's scheme and
+/// address checked, loops and long chains refused), the body streamed to a temporary file while
+/// it is hashed and counted against the byte limit, and the format sniffed from the bytes.
+struct HTTPFetcher: Sendable {
+    let client: HTTPClient
+    let parameters: FetchParameters
+    /// Where bodies are written while they arrive (inside the inbox, so the final rename is atomic).
+    let partialFolder: URL
+
+    struct Download: Sendable {
+        var temporary: URL
+        var sha256: String
+        var bytes: Int
+        var format: ImageHeader.Format
+        var finalURL: String
+        var httpStatus: Int
+    }
+
+    /// Why an attempt failed. `transient` failures are retried (with `retryAfter` when the server
+    /// said how long to wait); `permanent` ones are not.
+    enum Failure: Error, Sendable {
+        case transient(String, http: Int?, retryAfter: Double?)
+        case permanent(String, http: Int?)
+        var message: String {
+            switch self { case .transient(let m, _, _), .permanent(let m, _): return m }
+        }
+        var http: Int? {
+            switch self { case .transient(_, let h, _), .permanent(_, let h): return h }
+        }
+    }
+
+    /// The HTTP client for `parameters`: timeouts, gzip/deflate decoding bounded by the byte
+    /// limit, connections per host, and no automatic redirects (`attempt` follows them).
+    static func makeClient(_ parameters: FetchParameters) -> HTTPClient {
+        func amount(_ seconds: Double) -> TimeAmount { .milliseconds(Int64((seconds * 1000).rounded())) }
+        var configuration = HTTPClient.Configuration(
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: amount(parameters.connectTimeout), read: amount(parameters.readTimeout)),
+            connectionPool: .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: parameters.perHost),
+            decompression: .enabled(limit: .size(parameters.maxBytes)))
+        configuration.httpVersion = .automatic
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    func attempt(_ url: String) async -> Result<Download, Failure> {
+        do {
+            return .success(try await withDeadline(parameters.totalTimeout) { try await self.follow(url) })
+        } catch let failure as Failure {
+            return .failure(failure)
+        } catch is DeadlineExceeded {
+            return .failure(.transient("no complete response within fetch.total_timeout \(Self.seconds(parameters.totalTimeout))", http: nil, retryAfter: nil))
+        } catch {
+            return .failure(Self.classify(error))
+        }
+    }
+
+    private func follow(_ first: String) async throws -> Download {
+        var current = first
+        var visited: Set<String> = [first]
+        for _ in 0...parameters.maxRedirects {
+            guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
+                throw Failure.permanent("not a URL: \(current.debugDescription)", http: nil)
+            }
+            guard scheme == "http" || scheme == "https" else {
+                throw Failure.permanent("scheme \(scheme) is not fetched (http and https only)", http: nil)
+            }
+            if !parameters.allowPrivate, let why = await AddressPolicy.refusal(host: host) {
+                throw Failure.permanent("\(why); fetch.allow_private (--allow-private) permits it", http: nil)
+            }
+            var request = HTTPClientRequest(url: current)
+            request.headers.add(name: "User-Agent", value: parameters.userAgent)
+            request.headers.add(name: "Accept", value: "image/jpeg, image/png, image/webp, image/bmp;q=0.9, image/*;q=0.5")
+            request.headers.add(name: "Accept-Encoding", value: "gzip, deflate")
+            let response = try await client.execute(request, deadline: .now() + .milliseconds(Int64(parameters.totalTimeout * 1000)))
+            let status = Int(response.status.code)
+            if (300..<400).contains(status), status != 304 {
+                _ = try? await response.body.collect(upTo: 64 * 1024)  // a redirect's own body is small, and unused
+                guard let location = response.headers.first(name: "Location"),
+                      let next = URL(string: location, relativeTo: url)?.absoluteURL.absoluteString else {
+                    throw Failure.permanent("HTTP \(status) without a usable Location", http: status)
+                }
+                guard visited.insert(next).inserted else { throw Failure.permanent("redirect loop (back to \(next))", http: status) }
+                current = next
+                continue
+            }
+            guard status == 200 else {
+                _ = try? await response.body.collect(upTo: 64 * 1024)
+                let retryAfter = response.headers.first(name: "Retry-After").flatMap(Self.retryAfterSeconds)
+                let text = "HTTP \(status) \(response.status.reasonPhrase)"
+                if status == 408 || status == 425 || status == 429 || status >= 500 {
+                    throw Failure.transient(text + (retryAfter.map { ", Retry-After \(Self.seconds($0))" } ?? ""), http: status, retryAfter: retryAfter)
+                }
+                throw Failure.permanent(text, http: status)
+            }
+            let encoded = response.headers.first(name: "Content-Encoding").map { !$0.isEmpty && $0.lowercased() != "identity" } ?? false
+            if !encoded, let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > parameters.maxBytes {
+                throw Failure.permanent("Content-Length \(length) bytes exceeds fetch.max_bytes \(parameters.maxBytes)", http: status)
+            }
+            return try await store(response.body, finalURL: current, status: status)
+        }
+        throw Failure.permanent("more than fetch.max_redirects \(parameters.maxRedirects) redirects", http: nil)
+    }
+
+    /// Streams the body into a temporary file, hashing and counting it; stops at the byte limit
+    /// or as soon as the first bytes show it is not an image.
+    private func store(_ body: HTTPClientResponse.Body, finalURL: String, status: Int) async throws -> Download {
+        let temporary = partialFolder.appendingPathComponent(UUID().uuidString + ".part")
+        guard FileManager.default.createFile(atPath: temporary.path, contents: nil), let handle = FileHandle(forWritingAtPath: temporary.path) else {
+            throw StoreFailure(message: "cannot write \(temporary.path): \(String(cString: strerror(errno)))")
+        }
+        var keep = false
+        defer {
+            try? handle.close()
+            if !keep { try? FileManager.default.removeItem(at: temporary) }
+        }
+        var hash = SHA256Stream()
+        var head = Data()
+        var bytes = 0
+        var sniffed = false
+        for try await buffer in body {
+            bytes += buffer.readableBytes
+            guard bytes <= parameters.maxBytes else {
+                throw Failure.permanent("body exceeds fetch.max_bytes \(parameters.maxBytes) bytes", http: status)
+            }
+            try buffer.withUnsafeReadableBytes { raw in
+                hash.update(raw)
+                try handle.write(contentsOf: raw)
+            }
+            if head.count < 64 * 1024 { head.append(contentsOf: buffer.readableBytesView.prefix(64 * 1024 - head.count)) }
+            if !sniffed, head.count >= 16 {
+                sniffed = true
+                if let why = Self.notAnImage(head) { throw Failure.permanent(why, http: status) }
+            }
+        }
+        guard bytes > 0 else { throw Failure.permanent("empty body", http: status) }
+        if let why = Self.notAnImage(head) { throw Failure.permanent(why, http: status) }
+        let header: ImageHeader
+        do { header = try ImageHeader.parse(head) } catch {
+            throw Failure.permanent("\(error) in the bytes received (\(Self.describe(head)))", http: status)
+        }
+        let digest = hash.finish()
+        keep = true
+        return Download(temporary: temporary, sha256: digest.sha256, bytes: digest.bytes, format: header.format, finalURL: finalURL, httpStatus: status)
+    }
+
+    /// A reason when the first bytes are plainly not one of the formats ingest reads (HTML,
+    /// JSON, text, GIF, SVG), whatever the Content-Type said.
+    static func notAnImage(_ head: Data) -> String? {
+        let b = [UInt8](head.prefix(16))
+        if b.starts(with: [0xFF, 0xD8, 0xFF]) || b.starts(with: [0x89, 0x50, 0x4E, 0x47]) || b.starts(with: Array("BM".utf8)) { return nil }
+        if b.count >= 12, b[0..<4].elementsEqual("RIFF".utf8), b[8..<12].elementsEqual("WEBP".utf8) { return nil }
+        if b.starts(with: Array("GIF8".utf8)) { return "a GIF image, which ingest does not read (JPEG, PNG, WebP, BMP)" }
+        return "not an image: the bytes are \(describe(head))"
+    }
+
+    /// What the first bytes look like, for messages.
+    static func describe(_ head: Data) -> String {
+        let text = String(decoding: head.prefix(64), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        if text.hasPrefix("<!doctype html") || text.hasPrefix("<html") || text.contains("<head") { return "HTML" }
+        if text.hasPrefix("<?xml") || text.hasPrefix("<svg") { return "XML or SVG" }
+        if text.hasPrefix("{") || text.hasPrefix("[") { return "JSON" }
+        let printable = head.prefix(64).allSatisfy { (0x20...0x7E).contains($0) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+        return printable ? "text" : "unrecognised binary (starts \(head.prefix(8).map { String(format: "%02x", $0) }.joined()))"
+    }
+
+    /// Retry-After as seconds from now: a number of seconds or an HTTP date.
+    static func retryAfterSeconds(_ value: String) -> Double? {
+        let trimmed = value.trimmingCharacters(in: .whitespaces)
+        if let seconds = Double(trimmed), seconds >= 0 { return seconds }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        return formatter.date(from: trimmed).map { max(0, $0.timeIntervalSinceNow) }
+    }
+
+    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : String(format: "%.1f s", s) }
+
+    /// A client or network error as a failure: timeouts and broken connections are transient,
+    /// the rest (TLS, a decompression bomb, an unusable URL) permanent.
+    static func classify(_ error: any Error) -> Failure {
+        if let failure = error as? StoreFailure { return .transient(failure.message, http: nil, retryAfter: nil) }
+        if let e = error as? HTTPClientError {
+            if e == .readTimeout { return .transient("no byte for fetch.read_timeout", http: nil, retryAfter: nil) }
+            if e == .connectTimeout { return .transient("could not connect within fetch.connect_timeout", http: nil, retryAfter: nil) }
+            if e == .deadlineExceeded { return .transient("no response within fetch.total_timeout", http: nil, retryAfter: nil) }
+            if e == .remoteConnectionClosed {
+                return .transient("the server closed the connection before the end of the body", http: nil, retryAfter: nil)
+            }
+            if e == .invalidURL || e == .emptyHost || e == .emptyScheme { return .permanent("not a fetchable URL (\(e))", http: nil) }
+            return .transient("\(e)", http: nil, retryAfter: nil)
+        }
+        let text = "\(error)"
+        if text.contains("limit") && text.lowercased().contains("decompress") {
+            return .permanent("decoded body exceeds fetch.max_bytes", http: nil)
+        }
+        if text.contains("NIOSSL") || text.contains("handshake") || text.contains("certificate") {
+            return .permanent("TLS: \(text)", http: nil)
+        }
+        return .transient(text, http: nil, retryAfter: nil)
+    }
+
+    struct StoreFailure: Error { var message: String }
+}
+
+struct DeadlineExceeded: Error {}
+
+/// Runs `operation`, cancelling it when `seconds` pass first (the client's own deadline covers
+/// only the response head; a body that drips is cut here).
+func withDeadline<T: Sendable>(_ seconds: Double, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000))
+            throw DeadlineExceeded()
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
