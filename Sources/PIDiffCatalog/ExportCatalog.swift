@@ -12,6 +12,8 @@ public struct ExportSample: Sendable {
     /// Where the photo came from, as its source said (`files.origin`: a manifest's `source`, a
     /// Parquet file and row).
     public var origin: String?
+    /// The URL, licence and source of a photo that `fetch` downloaded (joined by content).
+    public var fetched: FetchedProvenance?
     public var crop512: String?
     public var mask512: String?
     public var e4eInput: String?
@@ -51,6 +53,7 @@ extension Catalog {
         let items = try splitItems(split)
         guard let fp = try currentIngestFingerprint() else { return [] }
         let mfp = try currentMaskFingerprint()
+        let fetched = try fetchedProvenance()
         return try pool.read { db in
             try items.map { item in
                 let face = try FaceRecord
@@ -64,10 +67,12 @@ extension Catalog {
                     }
                 }.flatMap { $0.ok ? $0 : nil }
                 let file = try face == nil ? nil : FileRecord.fetchOne(db, key: item.fileID)
-                return ExportSample(identity: item.identity, role: item.role, path: item.path, sha256: item.sha256,
-                                    caption: file?.caption, origin: file?.origin, crop512: face?.crop512, mask512: mask?.mask512, e4eInput: mask?.e4eInput,
-                                    landmarks68: face?.landmarks68.pairs ?? [], quad: face?.quad.pairs ?? [],
-                                    quality: face?.qualityMeasures ?? [:], faceFingerprint: fp, maskFingerprint: mfp)
+                var sample = ExportSample(identity: item.identity, role: item.role, path: item.path, sha256: item.sha256,
+                                          caption: file?.caption, origin: file?.origin, crop512: face?.crop512, mask512: mask?.mask512,
+                                          e4eInput: mask?.e4eInput, landmarks68: face?.landmarks68.pairs ?? [], quad: face?.quad.pairs ?? [],
+                                          quality: face?.qualityMeasures ?? [:], faceFingerprint: fp, maskFingerprint: mfp)
+                sample.fetched = fetched[item.sha256]
+                return sample
             }
         }
     }

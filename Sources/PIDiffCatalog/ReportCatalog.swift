@@ -15,6 +15,8 @@ public struct ReportPhoto: Sendable {
     public var qualityReason: String?
     /// Where the photo came from (`files.origin`).
     public var origin: String?
+    /// The URL, licence and source of a photo that `fetch` downloaded (joined by content).
+    public var fetched: FetchedProvenance?
     package init(path: String, identity: String, outcome: String, reason: String? = nil, crop256: String? = nil, qualityOK: Bool? = nil, qualityReason: String? = nil) {
         self.path = path
         self.identity = identity
@@ -27,9 +29,10 @@ public struct ReportPhoto: Sendable {
 }
 
 extension ReportPhoto {
-    func withOrigin(_ origin: String?) -> ReportPhoto {
+    func withOrigin(_ origin: String?, fetched: FetchedProvenance? = nil) -> ReportPhoto {
         var photo = self
         photo.origin = origin
+        photo.fetched = fetched
         return photo
     }
 }
@@ -39,9 +42,10 @@ extension Catalog {
     public func reportPhotos() throws -> [ReportPhoto] {
         let fp = try currentIngestFingerprint()
         let root = try dataRoot()
+        let fetched = try fetchedProvenance()
         return try pool.read { db in
             try ReportRow.fetchAll(db, sql: """
-                SELECT f.path, i.name AS identity,
+                SELECT f.path, f.sha256, i.name AS identity,
                        CASE WHEN f.read_error IS NOT NULL THEN 'unreadable' ELSE COALESCE(r.outcome, 'pending') END AS outcome,
                        COALESCE(f.read_error, r.reason) AS reason, fa.crop256, fa.quality_ok, fa.quality_reason, f.origin
                 FROM files f
@@ -53,13 +57,14 @@ extension Catalog {
                 ReportPhoto(path: row.path, identity: row.identity, outcome: row.outcome, reason: row.reason,
                             crop256: row.crop256.map { root.appendingPathComponent($0).path },
                             qualityOK: row.qualityOK, qualityReason: row.qualityReason)
-                    .withOrigin(row.origin)
+                    .withOrigin(row.origin, fetched: row.sha256.flatMap { fetched[$0] })
             }
         }
     }
 
     private struct ReportRow: Decodable, FetchableRecord {
         var path: String
+        var sha256: String?
         var identity: String
         var outcome: String
         var reason: String?
@@ -68,7 +73,7 @@ extension Catalog {
         var qualityReason: String?
         var origin: String?
         enum CodingKeys: String, CodingKey {
-            case path, identity, outcome, reason, crop256, qualityOK = "quality_ok", qualityReason = "quality_reason", origin
+            case path, sha256, identity, outcome, reason, crop256, qualityOK = "quality_ok", qualityReason = "quality_reason", origin
         }
     }
 }

@@ -178,8 +178,13 @@ struct ReportView {
         // A photo stored content-addressed from a Parquet row is named by its file and row, not by its hash.
         let name = p.origin.flatMap { $0.contains("#row=") ? URL(fileURLWithPath: $0).lastPathComponent : nil }
             ?? URL(fileURLWithPath: p.path).lastPathComponent
-        let title = p.path + (p.origin.map { "\nfrom \($0)" } ?? "")
-        return "<figure class=\"\(v.cls)\" title=\"\(e(title))\">\(image)<figcaption><b>\(e(name))</b><br>\(e(note ?? v.text))</figcaption></figure>"
+        var title = p.path + (p.origin.map { "\nfrom \($0)" } ?? "")
+        var web = ""
+        if let f = p.fetched {
+            title += "\nfetched from \(f.url)" + (f.license.map { "\nlicence: \($0)" } ?? "") + (f.source.map { "\nsource: \($0)" } ?? "")
+            web = "<br><a class=\"prov\" href=\"\(e(f.url))\">\(e(f.source ?? "web"))</a>" + (f.license.map { " · \(e($0))" } ?? "")
+        }
+        return "<figure class=\"\(v.cls)\" title=\"\(e(title))\">\(image)<figcaption><b>\(e(name))</b><br>\(e(note ?? v.text))\(web)</figcaption></figure>"
     }
 
     func card(path: String, note: String? = nil) -> String {

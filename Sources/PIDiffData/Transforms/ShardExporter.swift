@@ -274,9 +274,15 @@ public struct ShardExporter: Sendable {
                 "fingerprints": ["ingest": s.faceFingerprint, "mask": s.maskFingerprint ?? ""] as [String: String],
             ]
             // Only a non-default framing, and provenance where a source gives one (a Parquet row, a
-            // manifest's `source`), are written: other exports stay byte-identical to earlier ones.
+            // manifest's `source`, a fetched URL with its licence), are written: other exports stay byte-identical to earlier ones.
             if view != .aligned { meta["view"] = view.rawValue }
             if let origin = s.origin { meta["origin"] = origin }
+            if let fetched = s.fetched {
+                var provenance = ["url": fetched.url]
+                provenance["license"] = fetched.license
+                provenance["source"] = fetched.source
+                meta["provenance"] = provenance
+            }
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
             let image = view == .aligned ? crop : try Self.contextCrop(s, store: store)
             let artefacts = [("\(key).png", image), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]

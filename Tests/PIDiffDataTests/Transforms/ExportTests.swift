@@ -147,6 +147,38 @@ final class ExportTests: XCTestCase {
         XCTAssertTrue(after.allSatisfy { $0.crop512 != nil && $0.mask512 != nil })
     }
 
+    /// A photo that `fetch` downloaded carries its URL, licence and source into its shard JSON; the
+    /// others are written as before (no key).
+    func testFetchedProvenanceReachesTheShardJSONOnlyWhereThereIsOne() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["ann", "bob"])
+        let c = try Catalog(path: catalog.path)
+        let fetched = try XCTUnwrap(c.exportSamples(split: "t").first)
+        var record = FetchURLRecord(entry: FetchListEntry(identity: fetched.identity, url: "https://example.org/p/1.jpg", license: "CC-BY-4.0",
+                                                          source: "example.org", location: "web.csv:2"), runID: nil)
+        record.status = .done
+        record.sha256 = fetched.sha256
+        record.path = "\(fetched.identity)/\(fetched.sha256.prefix(16)).jpg"
+        try c.saveFetchStates([record])
+        let out = dir.appendingPathComponent("out")
+        let index = try ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: out).run()
+        let dump = try TestSupport.run(TestSupport.python, ["-c", """
+            import json, sys, tarfile
+            rows = []
+            for shard in sys.argv[1:]:
+                with tarfile.open(shard) as t:
+                    rows += [json.load(t.extractfile(m)) for m in t.getmembers() if m.name.endswith(".json")]
+            print(json.dumps(rows))
+            """] + index.shards.map { out.appendingPathComponent($0.name).path })
+        XCTAssertEqual(dump.status, 0, dump.stderr)
+        let rows = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [[String: Any]])
+        let with = rows.filter { $0["provenance"] != nil }
+        XCTAssertEqual(with.count, 1)
+        XCTAssertEqual(with.first?["source_sha256"] as? String, fetched.sha256)
+        XCTAssertEqual(with.first?["provenance"] as? [String: String],
+                       ["url": "https://example.org/p/1.jpg", "license": "CC-BY-4.0", "source": "example.org"])
+    }
+
     func testIdentityGroupingKeepsAnIdentityWholeWhenItFitsAShard() {
         let kB = 1000, max = 1000 * kB
         // A: 6 × 100 kB, B: 3 × 150 kB. B does not fit after A but fits alone: it starts shard 1.
