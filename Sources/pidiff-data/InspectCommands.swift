@@ -31,6 +31,11 @@ struct StatusCommand: AsyncParsableCommand {
             print("  files (paths) \(status.files), identities \(status.identities), distinct images \(status.images), unreadable files \(status.unreadable)")
             print("  outcomes, per file: " + status.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             print("  faces \(status.faces) (all detected; one selected per image: \(status.selectedFaces), of which passing quality \(status.qualityPassed))")
+            let fetched = try catalog.open().fetchStatusCounts()
+            if !fetched.isEmpty {
+                print("  fetched URLs \(fetched.values.reduce(0, +)): " + FetchStatus.allCases.map { "\($0.rawValue) \(fetched[$0] ?? 0)" }.joined(separator: ", ")
+                      + " (pidiff-data fetch --failures lists the errors)")
+            }
             print("  runs:")
             for r in status.runs {
                 let counts = (r.counts ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")

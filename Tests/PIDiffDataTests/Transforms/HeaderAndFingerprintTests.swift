@@ -81,7 +81,7 @@ final class FingerprintTests: XCTestCase {
         let dir = try TestSupport.temporaryDirectory()
         let file = dir.appendingPathComponent("p.yaml")
         let cases = [
-            ("masks:\n  method: grabcut\n", "unknown key masks at the top level; known: ingest, crossfaceid, huggingface, mask, labels, curate, run"),
+            ("masks:\n  method: grabcut\n", "unknown key masks at the top level; known: ingest, crossfaceid, huggingface, mask, labels, curate, fetch, run"),
             ("ingest:\n  detect_max_sides: 512\n  workers: 2\n", "unknown key detect_max_sides in ingest"),
             ("mask:\n  iteration: 3\n  feather: 1\n", "unknown keys feather, iteration in mask"),
             ("labels:\n  age_brackets:\n    - {name: young, from: 0, to: 20}\n", "unknown key to in labels.age_brackets[0]"),
@@ -203,11 +203,11 @@ final class MigrationTests: XCTestCase {
         let path = dir.appendingPathComponent("c.sqlite").path
         let catalog = try Catalog(path: path)
         let tables = try catalog.pool.read { try String.fetchAll($0, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") }
-        for t in ["faces", "files", "identities", "image_results", "images", "masks", "meta", "runs", "sources"] {
+        for t in ["faces", "fetch_urls", "files", "identities", "image_results", "images", "masks", "meta", "runs", "sources"] {
             XCTAssertTrue(tables.contains(t), "missing table \(t)")
         }
         let applied = try catalog.pool.read { try Catalog.migrator.appliedIdentifiers($0) }
-        XCTAssertEqual(applied, ["v1-ingest", "v2-curation", "v3-masks", "v4-labels", "v5-splits", "v6-encodings", "v7-style-role", "v8-curation-overrides", "v9-source-kinds"])
+        XCTAssertEqual(applied, ["v1-ingest", "v2-curation", "v3-masks", "v4-labels", "v5-splits", "v6-encodings", "v7-style-role", "v8-curation-overrides", "v9-source-kinds", "v10-fetch"])
         let journal = try catalog.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         XCTAssertEqual(journal, "wal")
         _ = try Catalog(path: path) // migrating again must not fail

@@ -256,6 +256,7 @@ final class FetchTests: XCTestCase {
         // Interrupted run recorded as such; what it stored was not fetched again unless it was not yet recorded.
         let runs = try TestSupport.runCLI(["status", "--catalog", catalog.path])
         XCTAssertTrue(runs.stdout.contains("interrupted"), runs.stdout)
+        XCTAssertTrue(runs.stdout.contains("fetched URLs 40: done 40, failed 0, rejected 0"), runs.stdout)
         XCTAssertTrue(try server.hits().filter { $0.key.hasPrefix("/slow/") }.values.allSatisfy { $0 <= 2 })
     }
 
