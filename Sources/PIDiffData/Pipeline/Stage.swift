@@ -67,9 +67,11 @@ extension Dictionary where Key == String, Value == Int {
     var asCounts: [String: String] { mapValues(String.init) }
 }
 
-/// Human lines for at most `limit` items, and a last line that says how many were left out.
-func listed(_ items: [String], limit: Int = 20, indent: String = "  ") -> [String] {
+/// Human lines for at most `limit` items, and a last line that says how many were left out, of
+/// `total` when the items are themselves only the first of more (a capped error list).
+func listed(_ items: [String], total: Int? = nil, limit: Int = 20, indent: String = "  ") -> [String] {
     var lines = items.prefix(limit).map { indent + $0 }
-    if items.count > limit { lines.append("\(indent)… \(items.count - limit) more") }
+    let all = max(total ?? items.count, items.count)
+    if all > lines.count { lines.append("\(indent)… \(all - lines.count) more") }
     return lines
 }

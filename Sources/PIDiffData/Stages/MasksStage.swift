@@ -21,7 +21,7 @@ public struct MasksStage: PipelineStage {
                           s.runID, s.masked, s.failed, s.seconds, s.masksPerSecond)
             + (s.skipped > 0 ? ", \(s.skipped) skipped (crops unreadable)" : "")
         return StageReport(stage: Self.name, outcome: s.failed > 0 || s.skipped > 0 ? .partial : .success,
-                           lines: [head] + listed(s.errors),
+                           lines: [head] + listed(s.errors, total: s.failed + s.skipped),
                            counts: ["masked": "\(s.masked)", "flagged": "\(s.failed)", "skipped": "\(s.skipped)"], json: s)
     }
 }

@@ -15,6 +15,7 @@ public struct MaskPipeline: Sendable {
         public var failed: Int
         /// Faces whose crops could not be read; masked by a later run once they are restored.
         public var skipped: Int
+        /// The first 1000 flagged or skipped faces with their reasons (`failed + skipped` in all).
         public var errors: [String]
         public var seconds: Double
         public var masksPerSecond: Double

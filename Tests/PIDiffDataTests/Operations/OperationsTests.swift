@@ -359,4 +359,11 @@ final class OperationsTests: XCTestCase {
         try FileManager.default.removeItem(at: out.appendingPathComponent("thumbs/\(thumb)"))
         XCTAssertTrue(try load("identities.html").console.contains { $0.contains("image did not load: thumbs/\(thumb)") })
     }
+
+    /// A capped error list (masks keeps the first 1000) says how many were left out of all of them.
+    func testListedCountsWhatWasLeftOutOfTheTotal() {
+        XCTAssertEqual(listed(["a", "b", "c"], limit: 2), ["  a", "  b", "  … 1 more"])
+        XCTAssertEqual(listed(Array(repeating: "x", count: 1000), total: 1500, limit: 20).last, "  … 1480 more")
+        XCTAssertEqual(listed(["a"], total: 1), ["  a"])
+    }
 }
