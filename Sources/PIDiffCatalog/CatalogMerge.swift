@@ -16,7 +16,7 @@ public enum MergeError: Error, CustomStringConvertible {
 }
 
 /// `catalog merge`: partition catalogs (ingest --partition K/N) into one. Files, faces, masks,
-/// features, labels, encodings, runs and their problems are copied with their ids remapped;
+/// features, labels, encodings, fetched URLs, runs and their problems are copied with their ids remapped;
 /// artefacts are content-addressed, so each is hard-linked (or copied) once into the target's
 /// data root. Idempotent: merging a part twice adds nothing. Curation decisions and splits are
 /// not merged: curate and select run on the merged catalog.
@@ -149,7 +149,9 @@ extension Catalog {
                 summary.files = db.changesCount
                 summary.masks = try copy("masks", remap: ["run_id": "map_runs"])
                 for table in ["image_hashes", "crop_hashes", "descriptors", "encodings"] { _ = try copy(table) }
-                for table in ["manual_labels", "classifier_labels"] { _ = try copy(table, remap: ["run_id": "map_runs"]) }
+                // Fetch states travel with the photos they describe (provenance is joined by content);
+                // a URL the target already knows keeps the target's state.
+                for table in ["manual_labels", "classifier_labels", "fetch_urls"] { _ = try copy(table, remap: ["run_id": "map_runs"]) }
                 if try String.fetchOne(db, sql: "SELECT value FROM main.meta WHERE key = 'data_root'") == nil {
                     try db.execute(sql: "INSERT INTO main.meta (key, value) VALUES ('data_root', ?)", arguments: [root.path])
                 }

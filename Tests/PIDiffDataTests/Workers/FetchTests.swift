@@ -333,4 +333,21 @@ final class FetchTests: XCTestCase {
         let text = try pages.map { try String(contentsOf: site.appendingPathComponent($0), encoding: .utf8) }.joined()
         XCTAssertTrue(text.contains(server.base + "/files/a.jpg") && text.contains("CC-BY-2.0"), "provenance in the HTML report")
     }
+
+    /// A partition that fetched hands its URL states to the merged catalog, so provenance survives
+    /// `catalog merge`; merging again adds nothing and keeps what the target knew.
+    func testMergeCarriesFetchStates() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let part = try Catalog(path: dir.appendingPathComponent("part.sqlite").path)
+        var record = FetchURLRecord(entry: FetchListEntry(identity: "ann", url: "https://example.org/1.jpg", license: "CC0", location: "l.csv:2"), runID: nil)
+        record.status = .done
+        record.sha256 = String(repeating: "ab", count: 32)
+        record.path = "ann/abababababababab.jpg"
+        try part.saveFetchStates([record])
+        let into = dir.appendingPathComponent("merged.sqlite").path
+        for _ in 0..<2 { _ = try CatalogMergeOperation(parts: [part.path], into: into).run() }
+        let merged = try Catalog(path: into)
+        XCTAssertEqual(try merged.fetchedProvenance(), [record.sha256!: FetchedProvenance(url: record.url, license: "CC0")])
+        XCTAssertEqual(try merged.fetchStatusCounts(), [.done: 1])
+    }
 }
