@@ -30,9 +30,8 @@ struct FetchCommand: AsyncParsableCommand {
     @Option(help: "Folder the images go to, one folder per identity (created if missing).")
     var inbox: String?
 
-    @Option(name: .customLong("catalog"), help: "Path of the SQLite catalog (created if missing; default: $PIDIFF_CATALOG).")
-    var catalogFlag: String?
-    var catalog: String { catalogFlag ?? CatalogOptions.environmentCatalog ?? "" }
+    @OptionGroup var catalogOptions: NewCatalogOptions
+    var catalog: String { catalogOptions.catalog }
 
     @Option(help: "Pipeline file (its `fetch:` section).")
     var pipeline: String?
@@ -53,7 +52,6 @@ struct FetchCommand: AsyncParsableCommand {
     var strict = false
 
     func validate() throws {
-        guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
         if failures {
             guard lists.isEmpty, inbox == nil else { throw ValidationError("--failures lists what the catalog holds; give no LIST or --inbox") }
             guard FileManager.default.fileExists(atPath: catalog) else { throw ValidationError("catalog \(catalog): no such catalog") }

@@ -23,9 +23,8 @@ struct IngestCommand: AsyncParsableCommand {
     @Argument(help: "Photo sources: identity-folder roots, JSONL manifests or CrossFaceID JSONL files.")
     var sources: [String]
 
-    @Option(name: .customLong("catalog"), help: "Path of the SQLite catalog (created if missing; default: $PIDIFF_CATALOG).")
-    var catalogFlag: String?
-    var catalog: String { catalogFlag ?? CatalogOptions.environmentCatalog ?? "" }
+    @OptionGroup var catalogOptions: NewCatalogOptions
+    var catalog: String { catalogOptions.catalog }
 
     @Option(help: "Pipeline file (YAML) with stage parameters; defaults apply where it is silent.")
     var pipeline: String?
@@ -53,7 +52,6 @@ struct IngestCommand: AsyncParsableCommand {
 
     func validate() throws {
         try validateWorkers(workers)
-        guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
         if let partition, Partition(partition) == nil { throw ValidationError("--partition must be K/N with 1 ≤ K ≤ N, not \(partition)") }
     }
 

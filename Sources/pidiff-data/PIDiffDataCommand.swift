@@ -101,6 +101,18 @@ struct CatalogOptions: ParsableArguments {
     }
 }
 
+/// `--catalog` of the commands that create a catalog when it is missing (ingest, fetch).
+struct NewCatalogOptions: ParsableArguments {
+    @Option(name: .customLong("catalog"), help: "Path of the SQLite catalog (created if missing; default: $PIDIFF_CATALOG).")
+    var catalogFlag: String?
+
+    var catalog: String { catalogFlag ?? CatalogOptions.environmentCatalog ?? "" }
+
+    func validate() throws {
+        guard !catalog.isEmpty else { throw ValidationError("no catalog: give --catalog PATH or set PIDIFF_CATALOG") }
+    }
+}
+
 extension Encodable {
     func printJSON(pretty: Bool = true) throws {
         let encoder = JSONEncoder()
