@@ -25,6 +25,19 @@ enum AddressPolicy {
         return nil
     }
 
+    /// Verdicts per host for a minute: a list with thousands of URLs on a few hosts resolves each
+    /// host about once a minute, not once per URL. Bounded: cleared when it holds 10 000 hosts.
+    actor Cache {
+        private var verdicts: [String: (refusal: String?, at: Date)] = [:]
+        func refusal(host: String) async -> String? {
+            if let hit = verdicts[host], Date().timeIntervalSince(hit.at) < 60 { return hit.refusal }
+            let verdict = await AddressPolicy.refusal(host: host)
+            if verdicts.count >= 10_000 { verdicts.removeAll() }
+            verdicts[host] = (verdict, Date())
+            return verdict
+        }
+    }
+
     struct ResolutionFailure: Error { var message: String }
 
     /// The addresses `host` resolves to, each with whether it is public. getaddrinfo blocks, so it

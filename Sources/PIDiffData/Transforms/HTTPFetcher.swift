@@ -12,6 +12,7 @@ struct HTTPFetcher: Sendable {
     let parameters: FetchParameters
     /// Where bodies are written while they arrive (inside the inbox, so the final rename is atomic).
     let partialFolder: URL
+    let addresses = AddressPolicy.Cache()
 
     struct Download: Sendable {
         var temporary: URL
@@ -70,7 +71,7 @@ struct HTTPFetcher: Sendable {
             guard scheme == "http" || scheme == "https" else {
                 throw Failure.permanent("scheme \(scheme) is not fetched (http and https only)", http: nil)
             }
-            if !parameters.allowPrivate, let why = await AddressPolicy.refusal(host: host) {
+            if !parameters.allowPrivate, let why = await addresses.refusal(host: host.lowercased()) {
                 throw Failure.permanent("\(why); fetch.allow_private (--allow-private) permits it", http: nil)
             }
             var request = HTTPClientRequest(url: current)
