@@ -262,16 +262,28 @@ package actor CurationWriter {
         }
     }
 
-    package func recordDecisions(_ decisions: [CurationDecision], aliases: [IdentityAlias]) throws {
+    /// Records a run's decisions and aliases. A merge a person accepted replaces whatever alias
+    /// the identity had (an earlier run's proposal); a proposed alias never replaces one already
+    /// recorded: applying proposals never rewrites history.
+    package func recordDecisions(_ decisions: [CurationDecision], accepted: [IdentityAlias] = [], proposed: [IdentityAlias] = []) throws {
         try catalog.pool.write { [runID] db in
             for d in decisions {
                 try CurationDecisionRecord(d, runID: runID).insert(db)
             }
-            // An alias already recorded stays as it was: applying merges never rewrites history.
-            for a in aliases {
-                try IdentityAliasRecord(identityID: a.identityID, canonicalIdentityID: a.canonicalIdentityID, runID: runID,
-                                        score: a.score, reason: a.reason)
-                    .insert(db, onConflict: .ignore)
+            for (aliases, conflict) in [(accepted, Database.ConflictResolution.replace), (proposed, .ignore)] {
+                for a in aliases {
+                    let existing = try IdentityAliasRecord.fetchOne(db, key: a.identityID)
+                    if conflict == .replace, existing?.canonicalIdentityID == a.canonicalIdentityID { continue }  // already so
+                    try IdentityAliasRecord(identityID: a.identityID, canonicalIdentityID: a.canonicalIdentityID, runID: runID,
+                                            score: a.score, reason: a.reason)
+                        .insert(db, onConflict: conflict)
+                }
+            }
+            // An identity that an earlier proposal merged into one a person has since merged
+            // elsewhere follows it there (aliases stay one level deep).
+            for a in accepted {
+                try db.execute(sql: "UPDATE identity_aliases SET canonical_identity_id = ? WHERE canonical_identity_id = ?",
+                               arguments: [a.canonicalIdentityID, a.identityID])
             }
         }
     }

@@ -104,9 +104,14 @@ public struct CurationPipeline: Sendable {
                 acceptedByIdentity[m.identityID] = IdentityAlias(identityID: m.identityID, canonicalIdentityID: m.canonicalIdentityID, score: 0, reason: m.reason)
             }
             let accepted = acceptedByIdentity.values.sorted { $0.identityID < $1.identityID }
-            let proposed = applyMerges ? samePerson.aliases(candidates) : []
-            let aliases = accepted + proposed.filter { p in !accepted.contains { $0.identityID == p.identityID } }
-            try await writer.recordDecisions(decisions, aliases: aliases)
+            // A proposal never touches an identity a person decided about: not one merged by a
+            // person (their merge wins, even over an alias an earlier run proposed), nor one a
+            // person merged others into (it stays canonical: aliases are one level deep).
+            let decided = Set(accepted.map(\.identityID)).union(accepted.map(\.canonicalIdentityID))
+            let proposed = (applyMerges ? samePerson.aliases(candidates) : [])
+                .filter { !decided.contains($0.identityID) && !Set(accepted.map(\.identityID)).contains($0.canonicalIdentityID) }
+            let aliases = accepted + proposed
+            try await writer.recordDecisions(decisions, accepted: accepted, proposed: proposed)
 
             var decisionCounts: [String: Int] = [:]
             for d in decisions { decisionCounts[d.kind.rawValue, default: 0] += 1 }

@@ -44,4 +44,32 @@ final class CurationOverrideTests: XCTestCase {
         // Still honoured after curate ran again.
         XCTAssertEqual(try usable()["obama"]?.contains(dropped), true)
     }
+
+    /// A merge a person accepts wins over an alias an earlier `--apply-merges` run proposed for the
+    /// same identity, and an identity proposed into it follows it (one level of aliases).
+    func testAnAcceptedMergeReplacesAnEarlierProposal() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = dir.appendingPathComponent("c.sqlite").path
+        func cli(_ args: [String]) throws -> TestSupport.ProcessResult { try TestSupport.runCLI(args + ["--catalog", catalog]) }
+        for args in [["ingest", TestSupport.sampleIdentities.path], ["curate"]] { XCTAssertEqual(try cli(args).status, 0, "\(args)") }
+        let c = try Catalog(path: catalog)
+        func propose(_ alias: String, into canonical: String) throws {
+            // As an earlier `curate --apply-merges` run would have recorded it.
+            try c.pool.write { db in
+                let id = { (name: String) in try Int64.fetchOne(db, sql: "SELECT id FROM identities WHERE name = ?", arguments: [name])! }
+                let run = try RunRecorder.recordCompleted(db, command: "curate", fingerprint: "", parameters: "{}", counts: "{}")
+                try IdentityAliasRecord(identityID: id(alias), canonicalIdentityID: id(canonical), runID: run, score: 0.4, reason: "proposed")
+                    .insert(db, onConflict: .replace)
+            }
+        }
+        try propose("biden", into: "unlabelled")
+        XCTAssertEqual(try cli(["curate", "override", "--accept-merge", "biden=obama", "--reason", "checked", "--by", "ann"]).status, 0)
+        XCTAssertEqual(try cli(["curate"]).status, 0)
+        XCTAssertEqual(try c.identityAliases()["biden"], "obama", "the person's merge, not the earlier proposal")
+        // A proposal into an identity a person merged elsewhere follows it there.
+        try propose("unlabelled", into: "biden")
+        XCTAssertEqual(try cli(["curate"]).status, 0)
+        XCTAssertEqual(try c.identityAliases(), ["biden": "obama", "unlabelled": "obama"])
+    }
 }
