@@ -16,6 +16,7 @@ Prints {"port": N} on the first stdout line once it listens. Routes (GET):
   /redirect/N/NAME             N redirects, then ROOT/NAME
   /loop/a, /loop/b             redirect to each other
   /slow/MS/I/NAME              waits MS milliseconds, then /unique/I/NAME
+  /robots/DIRECTIVES/NAME      ROOT/NAME with X-Robots-Tag: DIRECTIVES (`+` for spaces)
   /hits                        JSON {path: requests so far}
 """
 import argparse
@@ -58,12 +59,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def send_file(self, name, extra=b"", content_type=None, encoding=None):
+    def send_file(self, name, extra=b"", content_type=None, encoding=None, headers=None):
         try:
             body = self.body_of(name) + extra
         except OSError:
             return self.send(404, b"no such file")
-        headers = {}
+        headers = dict(headers or {})
         if encoding == "gzip":
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
@@ -133,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
             if route == "slow":
                 time.sleep(int(args[0]) / 1000)
                 return self.send_file(args[2], extra=b"\0" * int(args[1]))
+            if route == "robots":
+                return self.send_file(args[1], headers={"X-Robots-Tag": args[0].replace("+", " ")})
             if route == "hits":
                 with Handler.lock:
                     body = json.dumps(Handler.hits, sort_keys=True).encode()

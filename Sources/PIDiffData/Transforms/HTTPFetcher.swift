@@ -99,6 +99,10 @@ struct HTTPFetcher: Sendable {
                 }
                 throw Failure.permanent(text, http: status)
             }
+            if let directive = Self.optOut(response.headers[canonicalForm: "X-Robots-Tag"].map(String.init),
+                                           disallowed: parameters.disallowedHeaderDirectives, userAgent: parameters.userAgent) {
+                throw Failure.permanent("the site opts out: X-Robots-Tag \(directive) (fetch.disallowed_header_directives)", http: status)
+            }
             let encoded = response.headers.first(name: "Content-Encoding").map { !$0.isEmpty && $0.lowercased() != "identity" } ?? false
             if !encoded, let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > parameters.maxBytes {
                 throw Failure.permanent("Content-Length \(length) bytes exceeds fetch.max_bytes \(parameters.maxBytes)", http: status)
@@ -168,6 +172,27 @@ struct HTTPFetcher: Sendable {
         if text.hasPrefix("{") || text.hasPrefix("[") { return "JSON" }
         let printable = head.prefix(64).allSatisfy { (0x20...0x7E).contains($0) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
         return printable ? "text" : "unrecognised binary (starts \(head.prefix(8).map { String(format: "%02x", $0) }.joined()))"
+    }
+
+    /// The first disallowed directive among `X-Robots-Tag` values (`noai, noimageai`, or
+    /// `agent: noindex` when the agent is `*` or names our user agent's product), or nil.
+    static func optOut(_ values: [String], disallowed: [String], userAgent: String) -> String? {
+        let ours = userAgent.split(separator: "/").first.map { $0.lowercased() } ?? ""
+        let refused = Set(disallowed.map { $0.lowercased() })
+        var agent: String? = nil
+        for value in values {
+            for token in value.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) {
+                var directive = token
+                if let colon = token.firstIndex(of: ":") {
+                    agent = token[..<colon].trimmingCharacters(in: .whitespaces)
+                    directive = token[token.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                }
+                let applies = agent == nil || agent == "*" || agent == ours
+                if applies, refused.contains(directive) { return agent.map { "\($0): \(directive)" } ?? directive }
+            }
+            agent = nil
+        }
+        return nil
     }
 
     /// Retry-After as seconds from now: a number of seconds or an HTTP date.

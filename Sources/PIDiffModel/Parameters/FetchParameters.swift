@@ -29,6 +29,9 @@ public struct FetchParameters: Codable, Equatable, Sendable {
     /// Fetch from loopback, private and link-local addresses (off: such URLs are refused).
     public var allowPrivate = false
     public var userAgent = "pidiff-data-fetch/1 (identity dataset curation)"
+    /// An image whose `X-Robots-Tag` carries one of these (for all agents or for ours) is not
+    /// stored: the site opted out (img2dataset's default list).
+    public var disallowedHeaderDirectives = ["noai", "noimageai", "noindex", "noimageindex"]
 
     public init() {}
     public init(from decoder: Decoder) throws { self = try Self.decoded(from: decoder) }
@@ -71,5 +74,7 @@ extension FetchParameters: ParameterSection {
         .field(\.maxRedirects, "max_redirects", "redirects followed per try", fingerprint: .never),
         .field(\.allowPrivate, "allow_private", "fetch from loopback, private and link-local addresses", fingerprint: .never),
         .field(\.userAgent, "user_agent", fingerprint: .never),
+        .field(\.disallowedHeaderDirectives, "disallowed_header_directives", "X-Robots-Tag directives that refuse an image (opt-outs)",
+               fingerprint: .never),
     ]
 }

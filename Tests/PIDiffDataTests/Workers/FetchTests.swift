@@ -36,14 +36,15 @@ final class LoopbackServer {
 }
 
 final class FetchTests: XCTestCase {
-    /// A folder of photos the server serves: `a.jpg`, `a-copy.jpg` (same bytes), `b.jpg`, `c.jpg`, `d.png`, `page.html`.
+    /// A folder of photos the server serves: `a.jpg`, `a-copy.jpg` (same bytes), `b.jpg`, `c.jpg`, `e.jpg`, `f.jpg`, `page.html`.
     private func serverRoot(_ dir: URL) throws -> URL {
         try TestSupport.requireAssets()
         let root = dir.appendingPathComponent("root")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let s = TestSupport.sampleIdentities
         for (from, to) in [("obama/obama.jpg", "a.jpg"), ("obama/obama.jpg", "a-copy.jpg"), ("obama/obama2.jpg", "b.jpg"),
-                           ("biden/biden.jpg", "c.jpg"), ("obama/obama3.jpg", "e.jpg")] {
+                           ("biden/biden.jpg", "c.jpg"), ("obama/obama3.jpg", "e.jpg"),
+                           ("obama/obama_partial_face.jpg", "f.jpg")] {
             try FileManager.default.copyItem(at: s.appendingPathComponent(from), to: root.appendingPathComponent(to))
         }
         try Data("<!doctype html><html><head><title>gallery</title></head><body>no photo here</body></html>".utf8)
@@ -106,6 +107,8 @@ final class FetchTests: XCTestCase {
         carol,ftp://example.com/x.jpg,,
         erin,,,
         .hidden,\(b)/files/c.jpg,,
+        erin,"\(b)/robots/noindex,+noai/c.jpg",,
+        erin,\(b)/robots/otherbot:+noai/f.jpg,,
 
         """.write(to: list, atomically: true, encoding: .utf8)
         let catalog = dir.appendingPathComponent("c.sqlite"), inbox = dir.appendingPathComponent("inbox")
@@ -113,7 +116,7 @@ final class FetchTests: XCTestCase {
         let first = try TestSupport.runCLI(args + ["--json"])
         XCTAssertEqual(first.status, 0, first.stderr)
         let summary = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(first.stdout.utf8)) as? [String: Any])
-        XCTAssertEqual(summary["listed"] as? Int, 14, "15 data lines, one without a url; the hidden identity is a problem too")
+        XCTAssertEqual(summary["listed"] as? Int, 16, "18 data lines, one without a url, one with a hidden identity")
         XCTAssertEqual(summary["problem_count"] as? Int, 2)
         XCTAssertEqual(summary["repeated_lines"] as? Int, 1)
         let s = try states(catalog)
@@ -161,8 +164,12 @@ final class FetchTests: XCTestCase {
         XCTAssertEqual(try state("/files/a-copy.jpg").path, a.path)
         XCTAssertEqual(try state("/unique/0/a.jpg").status, .rejected)
         XCTAssertTrue(try state("/unique/0/a.jpg").error?.contains("stored for \"alice\"") ?? false)
+        // X-Robots-Tag opt-outs: for every agent refused, for another bot not.
+        XCTAssertEqual(try state("/robots/noindex,+noai/c.jpg").status, .rejected)
+        XCTAssertTrue(try state("/robots/noindex,+noai/c.jpg").error?.contains("opts out: X-Robots-Tag noindex") ?? false)
+        XCTAssertEqual(try state("/robots/otherbot:+noai/f.jpg").status, .done)
         XCTAssertEqual(files(in: inbox), [a.path!, try state("/flaky/k1/1/b.jpg").path!, try state("/ratelimit/k2/1/c.jpg").path!,
-                                          try state("/gzip/e.jpg").path!].sorted())
+                                          try state("/gzip/e.jpg").path!, try state("/robots/otherbot:+noai/f.jpg").path!].sorted())
         XCTAssertFalse(FileManager.default.fileExists(atPath: inbox.appendingPathComponent(".partial").path), "no temporaries left")
         // The same URL listed twice was requested once.
         var hits = try server.hits()
@@ -173,8 +180,8 @@ final class FetchTests: XCTestCase {
         XCTAssertEqual(second.status, 0, second.stderr)
         let again = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(second.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(again["downloaded"] as? Int, 0)
-        XCTAssertEqual(again["already_done"] as? Int, 7, "six stored URLs, one of them listed twice: \(again)")
-        XCTAssertEqual(again["rejected_earlier"] as? Int, 6)
+        XCTAssertEqual(again["already_done"] as? Int, 8, "seven stored URLs, one of them listed twice: \(again)")
+        XCTAssertEqual(again["rejected_earlier"] as? Int, 7)
         XCTAssertEqual(again["failed"] as? Int, 1)
         hits = try server.hits()
         XCTAssertEqual(hits["/files/a.jpg"], 1)
