@@ -17,6 +17,8 @@ Prints {"port": N} on the first stdout line once it listens. Routes (GET):
   /loop/a, /loop/b             redirect to each other
   /slow/MS/I/NAME              waits MS milliseconds, then /unique/I/NAME
   /robots/DIRECTIVES/NAME      ROOT/NAME with X-Robots-Tag: DIRECTIVES (`+` for spaces)
+  /truncated/NAME              the first half of ROOT/NAME (a complete response of a cut file)
+  /gzbomb                      gzip of a JPEG start and 64 MB of zeros (Content-Encoding: gzip)
   /hits                        JSON {path: requests so far}
 """
 import argparse
@@ -136,6 +138,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_file(args[2], extra=b"\0" * int(args[1]))
             if route == "robots":
                 return self.send_file(args[1], headers={"X-Robots-Tag": args[0].replace("+", " ")})
+            if route == "truncated":
+                body = self.body_of(args[0])
+                return self.send(200, body[: len(body) // 2], content_type="image/jpeg")
+            if route == "gzbomb":
+                bomb = Handler.cache.get("//gzbomb")
+                if bomb is None:
+                    bomb = Handler.cache["//gzbomb"] = gzip.compress(b"\xff\xd8\xff\xe0" + bytes(64 << 20), 1)
+                return self.send(200, bomb, {"Content-Encoding": "gzip"}, "image/jpeg")
             if route == "hits":
                 with Handler.lock:
                     body = json.dumps(Handler.hits, sort_keys=True).encode()

@@ -115,6 +115,12 @@ enum AddressPolicy {
             return isPublicIPv4(Array(b[12..<16]))
         }
         if b[0] == 0x00, b[1] == 0x64, b[2] == 0xFF, b[3] == 0x9B { return isPublicIPv4(Array(b[12..<16])) }  // NAT64
+        if b[0..<12].allSatisfy({ $0 == 0 }) { return isPublicIPv4(Array(b[12..<16])) }                   // ::a.b.c.d (compatible)
+        if b[0..<8].allSatisfy({ $0 == 0 }) && b[8] == 0xFF && b[9] == 0xFF && b[10] == 0 && b[11] == 0 { // ::ffff:0:a.b.c.d
+            return isPublicIPv4(Array(b[12..<16]))
+        }
+        if b[0] == 0x20, b[1] == 0x02 { return isPublicIPv4(Array(b[2..<6])) }                           // 6to4 2002::/16
+        if b[0] == 0x20, b[1] == 0x01, b[2] == 0, b[3] == 0 { return false }                             // Teredo 2001::/32
         if b[0] & 0xFE == 0xFC { return false }                                          // unique local fc00::/7
         if b[0] == 0xFE && b[1] & 0xC0 == 0x80 { return false }                         // link-local fe80::/10
         if b[0] == 0xFF { return false }                                                 // multicast

@@ -47,6 +47,9 @@ final class FetchListReader {
             var names = reader.headerRow ?? []
             if let first = names.first, first.hasPrefix("\u{FEFF}") { names[0] = String(first.dropFirst()) }
             names = names.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            if let twice = Dictionary(grouping: names, by: { $0 }).first(where: { $1.count > 1 && !$0.isEmpty })?.key {
+                throw ScanProblem(location: path, reason: "column `\(twice)` appears twice in the header")
+            }
             for column in ["identity", "url"] where !names.contains(column) {
                 throw ScanProblem(location: path, reason: "no column `\(column)` (columns present: \(names.isEmpty ? "none" : names.joined(separator: ", ")))")
             }
@@ -104,11 +107,22 @@ final class FetchListReader {
             field(key).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { $0.isEmpty ? nil : $0 }
         }
         guard let url = value("url") else { return .problem(location: location, reason: "no url") }
-        guard let identity = value("identity") else { return .problem(location: location, reason: "no identity for \(url)") }
-        if let why = InboxName.problem(identity) { return .problem(location: location, reason: "identity \(identity.debugDescription): \(why)") }
-        return .entry(FetchListEntry(identity: IdentityName.normalized(identity), url: url, license: value("license"),
-                                     source: value("source"), location: location))
+        if url.utf8.count > maxURLBytes { return .problem(location: location, reason: "url longer than \(maxURLBytes) bytes") }
+        if url.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == " " }) {
+            return .problem(location: location, reason: "url \(url.debugDescription) contains spaces or control characters (percent-encode them)")
+        }
+        if let parsed = URLComponents(string: url), parsed.user != nil || parsed.password != nil {
+            return .problem(location: location, reason: "url carries credentials (user:password@); they would be stored as its provenance")
+        }
+        guard let raw = value("identity") else { return .problem(location: location, reason: "no identity for \(url)") }
+        // Checked as stored: NFC can change a name's length and make it another folder's name.
+        let identity = IdentityName.normalized(raw)
+        if let why = InboxName.problem(identity) { return .problem(location: location, reason: "identity \(raw.debugDescription): \(why)") }
+        return .entry(FetchListEntry(identity: identity, url: url, license: value("license"), source: value("source"), location: location))
     }
+
+    /// Longer URLs are list mistakes (or attacks on the catalog's size), not images.
+    static let maxURLBytes = 8192
 }
 
 /// Identity names become inbox folder names, which ingest reads back as identities.
@@ -118,7 +132,9 @@ enum InboxName {
         if identity == "." || identity == ".." { return "not a folder name" }
         if identity.hasPrefix(".") { return "starts with `.` (a hidden folder, which ingest skips)" }
         if identity.contains("/") { return "contains `/`" }
-        if identity.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) { return "contains control characters" }
+        if identity.unicodeScalars.contains(where: { [.control, .format, .lineSeparator, .paragraphSeparator].contains($0.properties.generalCategory) }) {
+            return "contains control or invisible formatting characters"
+        }
         if identity.utf8.count > 200 { return "longer than 200 bytes" }
         return nil
     }

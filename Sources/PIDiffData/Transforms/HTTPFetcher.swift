@@ -28,11 +28,19 @@ struct HTTPFetcher: Sendable {
     enum Failure: Error, Sendable {
         case transient(String, http: Int?, retryAfter: Double?)
         case permanent(String, http: Int?)
+        /// Refused before any request was made (scheme, address, a malformed URL).
+        case refused(String)
+        /// This machine could not store the body (disk full, read-only, permissions): not the
+        /// URL's fault, so the run stops and no attempt is counted against it.
+        case local(String)
         var message: String {
-            switch self { case .transient(let m, _, _), .permanent(let m, _): return m }
+            switch self { case .transient(let m, _, _), .permanent(let m, _), .refused(let m), .local(let m): return m }
         }
         var http: Int? {
-            switch self { case .transient(_, let h, _), .permanent(_, let h): return h }
+            switch self {
+            case .transient(_, let h, _), .permanent(_, let h): return h
+            case .refused, .local: return nil
+            }
         }
     }
 
@@ -64,15 +72,20 @@ struct HTTPFetcher: Sendable {
     private func follow(_ first: String) async throws -> Download {
         var current = first
         var visited: Set<String> = [first]
-        for _ in 0...parameters.maxRedirects {
+        for hop in 0...parameters.maxRedirects {
+            // A hop refused after a redirect says where the redirect led; the first URL's own
+            // refusal made no request at all.
+            func refuse(_ why: String) -> Failure {
+                hop == 0 ? .refused(why) : .permanent("redirected to \(current): \(why)", http: nil)
+            }
             guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
-                throw Failure.permanent("not a URL: \(current.debugDescription)", http: nil)
+                throw refuse("not a URL: \(current.debugDescription)")
             }
             guard scheme == "http" || scheme == "https" else {
-                throw Failure.permanent("scheme \(scheme) is not fetched (http and https only)", http: nil)
+                throw refuse("scheme \(scheme) is not fetched (http and https only)")
             }
             if !parameters.allowPrivate, let why = await addresses.refusal(host: host.lowercased()) {
-                throw Failure.permanent("\(why); fetch.allow_private (--allow-private) permits it", http: nil)
+                throw refuse("\(why); fetch.allow_private (--allow-private) permits it")
             }
             var request = HTTPClientRequest(url: current)
             request.headers.add(name: "User-Agent", value: parameters.userAgent)
@@ -117,7 +130,7 @@ struct HTTPFetcher: Sendable {
     private func store(_ body: HTTPClientResponse.Body, finalURL: String, status: Int) async throws -> Download {
         let temporary = partialFolder.appendingPathComponent(UUID().uuidString + ".part")
         guard FileManager.default.createFile(atPath: temporary.path, contents: nil), let handle = FileHandle(forWritingAtPath: temporary.path) else {
-            throw StoreFailure(message: "cannot write \(temporary.path): \(String(cString: strerror(errno)))")
+            throw Failure.local("cannot write \(temporary.path): \(String(cString: strerror(errno)))")
         }
         var keep = false
         defer {
@@ -133,9 +146,13 @@ struct HTTPFetcher: Sendable {
             guard bytes <= parameters.maxBytes else {
                 throw Failure.permanent("body exceeds fetch.max_bytes \(parameters.maxBytes) bytes", http: status)
             }
-            try buffer.withUnsafeReadableBytes { raw in
-                hash.update(raw)
-                try handle.write(contentsOf: raw)
+            do {
+                try buffer.withUnsafeReadableBytes { raw in
+                    hash.update(raw)
+                    try handle.write(contentsOf: raw)
+                }
+            } catch {
+                throw Failure.local("cannot write \(temporary.path): \(Self.posixReason(error))")
             }
             if head.count < 64 * 1024 { head.append(contentsOf: buffer.readableBytesView.prefix(64 * 1024 - head.count)) }
             if !sniffed, head.count >= 16 {
@@ -148,6 +165,14 @@ struct HTTPFetcher: Sendable {
         let header: ImageHeader
         do { header = try ImageHeader.parse(head) } catch {
             throw Failure.permanent("\(error) in the bytes received (\(Self.describe(head)))", http: status)
+        }
+        guard header.width > 0, header.height > 0 else {
+            throw Failure.permanent("\(header.format.rawValue) declares a \(header.width)×\(header.height) image", http: status)
+        }
+        if header.format == .jpeg || header.format == .png,
+           let mapped = try? Data(contentsOf: temporary, options: .alwaysMapped),
+           let truncated = ImageHeader.truncation(of: mapped, format: header.format) {
+            throw Failure.permanent("\(truncated) (the server's file is cut short)", http: status)
         }
         let digest = hash.finish()
         keep = true
@@ -198,7 +223,8 @@ struct HTTPFetcher: Sendable {
     /// Retry-After as seconds from now: a number of seconds or an HTTP date.
     static func retryAfterSeconds(_ value: String) -> Double? {
         let trimmed = value.trimmingCharacters(in: .whitespaces)
-        if let seconds = Double(trimmed), seconds >= 0 { return seconds }
+        // A number too large to mean anything (or not finite) is a wait longer than any limit.
+        if let seconds = Double(trimmed), seconds >= 0 { return seconds.isFinite ? min(seconds, 1e9) : 1e9 }
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "GMT")
@@ -206,12 +232,24 @@ struct HTTPFetcher: Sendable {
         return formatter.date(from: trimmed).map { max(0, $0.timeIntervalSinceNow) }
     }
 
-    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : String(format: "%.1f s", s) }
+    static func seconds(_ s: Double) -> String {
+        guard s.isFinite, abs(s) < 1e15 else { return "\(s) s" }
+        return s == s.rounded() ? "\(Int64(s)) s" : String(format: "%.1f s", s)
+    }
+
+    /// The system's reason for a failed write, without Foundation's "The operation could not be
+    /// completed" wrapping.
+    static func posixReason(_ error: any Error) -> String {
+        if let posix = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError, posix.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(posix.code)))
+        }
+        if (error as NSError).domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32((error as NSError).code))) }
+        return error.localizedDescription
+    }
 
     /// A client or network error as a failure: timeouts and broken connections are transient,
     /// the rest (TLS, a decompression bomb, an unusable URL) permanent.
     static func classify(_ error: any Error) -> Failure {
-        if let failure = error as? StoreFailure { return .transient(failure.message, http: nil, retryAfter: nil) }
         if let e = error as? HTTPClientError {
             if e == .readTimeout { return .transient("no byte for fetch.read_timeout", http: nil, retryAfter: nil) }
             if e == .connectTimeout { return .transient("could not connect within fetch.connect_timeout", http: nil, retryAfter: nil) }
@@ -223,8 +261,10 @@ struct HTTPFetcher: Sendable {
             return .transient("\(e)", http: nil, retryAfter: nil)
         }
         let text = "\(error)"
-        if text.contains("limit") && text.lowercased().contains("decompress") {
-            return .permanent("decoded body exceeds fetch.max_bytes", http: nil)
+        // NIO's decompressor errors (a type of swift-nio-extras, named here rather than imported).
+        if String(reflecting: type(of: error)).contains("DecompressionError") {
+            return text == "limit" ? .permanent("decoded body exceeds fetch.max_bytes (a compression bomb?)", http: nil)
+                                   : .permanent("corrupt Content-Encoding body (\(text))", http: nil)
         }
         if text.contains("NIOSSL") || text.contains("handshake") || text.contains("certificate") {
             return .permanent("TLS: \(text)", http: nil)
@@ -232,7 +272,6 @@ struct HTTPFetcher: Sendable {
         return .transient(text, http: nil, retryAfter: nil)
     }
 
-    struct StoreFailure: Error { var message: String }
 }
 
 struct DeadlineExceeded: Error {}

@@ -16,7 +16,9 @@ public struct FetchPipeline: Sendable {
 
     public init(lists: [String], inbox: String, catalogPath: String, parameters: FetchParameters, progress: ProgressMode = .off) {
         self.lists = lists
-        self.inbox = URL(fileURLWithPath: inbox).standardizedFileURL
+        // Symlinks resolved: the same inbox reached another way is the same inbox (stored paths,
+        // the skip of stored URLs).
+        self.inbox = URL(fileURLWithPath: inbox).standardizedFileURL.resolvingSymlinksInPath()
         self.catalogPath = catalogPath
         self.parameters = parameters
         self.progress = progress
@@ -24,7 +26,7 @@ public struct FetchPipeline: Sendable {
 
     public struct Summary: Codable, Sendable {
         public var runID: Int64
-        /// URL lines read (entries, not counting lines that were problems).
+        /// URL lines read as entries (lines that are not entries are problems, not counted here).
         public var listed = 0
         /// Stored by this run.
         public var downloaded = 0
@@ -43,7 +45,8 @@ public struct FetchPipeline: Sendable {
         public var givenUp = 0
         /// The same URL listed again in this run (fetched once).
         public var repeatedLines = 0
-        /// HTTP attempts made in this run, retries included.
+        /// HTTP requests started in this run, retries included (URLs refused before any request,
+        /// for their scheme or address, make none).
         public var attempts = 0
         /// Lines that were not usable entries, and URLs listed for another identity than before.
         public var problemCount = 0
@@ -75,6 +78,10 @@ public struct FetchPipeline: Sendable {
         let inboxLock = try CatalogLock(outputFolder: inbox)
         defer { withExtendedLifetime((lock, inboxLock)) {} }
         let catalog = try Catalog(path: catalogPath)
+        let reserved = try Self.catalogFolders(catalog)
+        if let folder = reserved.first(where: { inbox.path == $0.path || inbox.path.hasPrefix($0.path + "/") }) {
+            throw PipelineError.invalid(inbox.path, "inside the catalog's own folder \(folder.path); give an inbox of its own")
+        }
         let partial = inbox.appendingPathComponent(".partial")
         // Bodies of a run that was killed (no other run writes here: the inbox is locked).
         try? FileManager.default.removeItem(at: partial)
@@ -85,7 +92,8 @@ public struct FetchPipeline: Sendable {
         let runID = try RunRecorder.begin(catalog, command: "fetch", fingerprint: Hashing.fingerprint(parameters.fingerprintPayload),
                                           parameters: paramsJSON)
         let start = Date()
-        let ledger = FetchLedger(catalog: catalog, inbox: inbox, runID: runID, progress: Progress(stage: "fetch", unit: "URLs", total: nil, mode: progress))
+        let ledger = FetchLedger(catalog: catalog, inbox: inbox, runID: runID, progress: Progress(stage: "fetch", unit: "URLs", total: nil, mode: progress),
+                                 reservedNames: Set(reserved.filter { $0.deletingLastPathComponent().path == inbox.path }.map(\.lastPathComponent)))
         let client = HTTPFetcher.makeClient(parameters)
         let fetcher = HTTPFetcher(client: client, parameters: parameters, partialFolder: partial)
         let gate = HostGate(perHost: parameters.perHost)
@@ -116,6 +124,7 @@ public struct FetchPipeline: Sendable {
                             }
                         }
                         let stored = try catalog.fetchStates(batch.map(\.url))
+                        await ledger.snapshotTaken()
                         for entry in batch {
                             guard let record = await ledger.claim(entry, stored: stored[entry.url], parameters: parameters) else { continue }
                             if running >= parameters.concurrency {
@@ -123,8 +132,10 @@ public struct FetchPipeline: Sendable {
                                 running -= 1
                             }
                             group.addTask {
-                                let finished = await Self.fetch(record, fetcher: fetcher, gate: gate, parameters: parameters, ledger: ledger)
-                                try await ledger.finish(finished.record, download: finished.download)
+                                // Nil: cancelled (the run is stopping); nothing is recorded against the URL.
+                                guard let finished = try await Self.fetch(record, fetcher: fetcher, gate: gate, parameters: parameters,
+                                                                          ledger: ledger) else { return }
+                                try await ledger.finish(finished.record, download: finished.download, parameters: parameters)
                             }
                             running += 1
                         }
@@ -155,7 +166,7 @@ public struct FetchPipeline: Sendable {
     /// between tries: Retry-After when the server gave one, else exponential backoff with full
     /// jitter. The host's slot is held only while a request is in flight.
     static func fetch(_ start: FetchURLRecord, fetcher: HTTPFetcher, gate: HostGate, parameters: FetchParameters,
-                      ledger: FetchLedger) async -> (record: FetchURLRecord, download: HTTPFetcher.Download?) {
+                      ledger: FetchLedger) async throws -> (record: FetchURLRecord, download: HTTPFetcher.Download?)? {
         var record = start
         let host = URL(string: record.url)?.host?.lowercased() ?? ""
         var tries = 0
@@ -163,6 +174,13 @@ public struct FetchPipeline: Sendable {
             await gate.enter(host)
             let result = await fetcher.attempt(record.url)
             await gate.leave(host)
+            if Task.isCancelled { return nil }
+            if case .failure(.local(let why)) = result { throw FetchStopped(reason: why) }
+            if case .failure(.refused(let why)) = result {
+                record.status = .rejected
+                record.error = why
+                return (record, nil)
+            }
             tries += 1
             record.attempts += 1
             await ledger.countAttempt()
@@ -190,9 +208,26 @@ public struct FetchPipeline: Sendable {
                 }
                 let backoff = min(parameters.backoffMax, parameters.backoffBase * pow(2, Double(tries - 1)))
                 let delay = retryAfter ?? Double.random(in: 0...backoff)
-                do { try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000)) } catch { return (record, nil) }
+                do { try await Task.sleep(nanoseconds: UInt64(delay * 1_000_000_000)) } catch { return nil }
             }
         }
+    }
+}
+
+/// This machine cannot store what it downloads (disk full, read-only, permissions): the run
+/// stops, and no URL is charged an attempt for it.
+struct FetchStopped: Error, CustomStringConvertible {
+    var reason: String
+    var description: String { "fetch stopped: \(reason); URLs not yet stored are tried again by the next run" }
+}
+
+extension FetchPipeline {
+    /// The catalog's file, its sidecars, data root and work folder: an inbox must not be inside
+    /// them, and no identity folder of an inbox may be one of them.
+    static func catalogFolders(_ catalog: Catalog) throws -> [URL] {
+        let file = URL(fileURLWithPath: CatalogLock.resolved(catalog.path))
+        return [try catalog.dataRoot().resolvingSymlinksInPath(), URL(fileURLWithPath: file.path + ".work"), file]
+            + ["-wal", "-shm", "-journal", ".lock", ".run.lock"].map { URL(fileURLWithPath: file.path + $0) }
     }
 }
 
@@ -231,21 +266,28 @@ actor FetchLedger {
     private let runID: Int64
     private var progress: Progress
     private(set) var summary: FetchPipeline.Summary
-    /// URLs of this run: in flight or finished (bounded by the batch buffer: older ones are in the catalog).
-    private var inFlight: Set<String> = []
+    /// URLs of this run in flight, with their identity.
+    private var inFlight: [String: String] = [:]
+    /// Finished, not yet saved.
     private var unsaved: [FetchURLRecord] = []
-    private var unsavedURLs: Set<String> = []
+    private var unsavedURLs: [String: String] = [:]
+    /// Saved since the catalog was last asked about a batch of lines (that answer is older than
+    /// these rows): URL → identity. Bounded by what finishes while one batch is claimed.
+    private var savedSinceSnapshot: [String: String] = [:]
+    /// Folder names an identity may not take (the catalog's own files, when the inbox holds them).
+    private let reservedNames: Set<String>
     /// Contents stored but not yet saved to the catalog: SHA-256 → (identity, url, path).
     private var unsavedContent: [String: (identity: String, url: String, path: String)] = [:]
     private var problems: [(location: String, reason: String)] = []
     private var finished = 0
     static let saveEvery = 64
 
-    init(catalog: Catalog, inbox: URL, runID: Int64, progress: Progress) {
+    init(catalog: Catalog, inbox: URL, runID: Int64, progress: Progress, reservedNames: Set<String> = []) {
         self.catalog = catalog
         self.inbox = inbox
         self.runID = runID
         self.progress = progress
+        self.reservedNames = reservedNames
         summary = FetchPipeline.Summary(runID: runID)
     }
 
@@ -253,19 +295,35 @@ actor FetchLedger {
         summary.problemCount += 1
         if summary.problems.count < 1000 { summary.problems.append("\(location): \(reason)") }
         problems.append((location, reason))
+        if problems.count >= 256 { try? saveProblems() }
     }
+
+    /// The catalog was just asked about the next batch: rows saved before are in its answer.
+    func snapshotTaken() { savedSinceSnapshot.removeAll(keepingCapacity: true) }
 
     func countAttempt() { summary.attempts += 1 }
 
     /// The record to fetch for `entry`, or nil when it is skipped (counted).
     func claim(_ entry: FetchListEntry, stored: FetchURLRecord?, parameters: FetchParameters) -> FetchURLRecord? {
         summary.listed += 1
-        if inFlight.contains(entry.url) || unsavedURLs.contains(entry.url) || stored?.runID == runID {
-            summary.repeatedLines += 1
+        if reservedNames.contains(entry.identity) {
+            problem(entry.location, "identity \(entry.identity.debugDescription) would be the folder of the catalog's own files in this inbox")
+            return nil
+        }
+        // Listed before in this run: in flight, finished but unsaved, or saved after the catalog
+        // answered for this batch.
+        if let identity = inFlight[entry.url] ?? unsavedURLs[entry.url] ?? savedSinceSnapshot[entry.url]
+            ?? (stored?.runID == runID ? stored?.identity : nil) {
+            if identity == entry.identity {
+                summary.repeatedLines += 1
+            } else {
+                problem(entry.location, "\(entry.url) is listed for \(entry.identity.debugDescription) here and for "
+                        + "\(identity.debugDescription) earlier in this run; kept \(identity.debugDescription)")
+            }
             return nil
         }
         guard var record = stored else {
-            inFlight.insert(entry.url)
+            inFlight[entry.url] = entry.identity
             return FetchURLRecord(entry: entry, runID: runID)
         }
         if record.identity != entry.identity {
@@ -293,12 +351,12 @@ actor FetchLedger {
         record.license = entry.license ?? record.license
         record.source = entry.source ?? record.source
         record.runID = runID
-        inFlight.insert(entry.url)
+        inFlight[entry.url] = entry.identity
         return record
     }
 
     /// Stores a finished download under its content's name and records the URL's state.
-    func finish(_ finishedRecord: FetchURLRecord, download: HTTPFetcher.Download?) throws {
+    func finish(_ finishedRecord: FetchURLRecord, download: HTTPFetcher.Download?, parameters: FetchParameters) throws {
         var record = finishedRecord
         record.updatedAt = ISO8601DateFormatter().string(from: Date())
         record.runID = runID
@@ -311,7 +369,7 @@ actor FetchLedger {
             let relative = "\(record.identity)/\(download.sha256.prefix(16)).\(ext)"
             let owner = try unsavedContent[download.sha256].map { (identity: $0.identity, url: $0.url) }
                 ?? catalog.fetchedContent(sha256: download.sha256).map { (identity: $0.identity, url: $0.url) }
-            if let owner, owner.identity != record.identity {
+            if let owner, owner.identity != record.identity, owner.url != record.url {
                 // One content, one identity: a second identity's copy would be a cross-identity duplicate.
                 try? FileManager.default.removeItem(at: download.temporary)
                 record.status = .rejected
@@ -322,41 +380,74 @@ actor FetchLedger {
                 if FileManager.default.fileExists(atPath: target.path) {
                     try? FileManager.default.removeItem(at: download.temporary)
                     summary.sameContent += 1
+                    stored(record: &record, relative: relative, sha256: download.sha256)
+                } else if let why = try place(download.temporary, at: target) {
+                    // This identity's folder cannot be made (a file in the way, a name the file
+                    // system refuses): the URL is refused with why, the run goes on.
+                    try? FileManager.default.removeItem(at: download.temporary)
+                    record.status = .rejected
+                    record.error = "cannot store it as \(relative): \(why)"
+                    summary.rejected += 1
                 } else {
-                    try OutputPath.prepareFolder(target.deletingLastPathComponent())
-                    guard rename(download.temporary.path, target.path) == 0 else {
-                        throw OutputPath.Failure(path: target.path, reason: String(cString: strerror(errno)))
-                    }
                     summary.downloaded += 1
                     summary.bytes += download.bytes
+                    stored(record: &record, relative: relative, sha256: download.sha256)
                 }
-                record.status = .done
-                record.inbox = inbox.path
-                record.path = relative
-                unsavedContent[download.sha256] = (record.identity, record.url, relative)
             }
         } else {
             switch record.status {
             case .rejected: summary.rejected += 1
-            default: summary.failed += 1
+            default:
+                if record.attempts >= parameters.maxAttempts { summary.givenUp += 1 } else { summary.failed += 1 }
             }
         }
-        inFlight.remove(record.url)
+        inFlight[record.url] = nil
         unsaved.append(record)
-        unsavedURLs.insert(record.url)
+        unsavedURLs[record.url] = record.identity
         finished += 1
         progress.update(done: finished)
         if unsaved.count >= Self.saveEvery { try flush() }
     }
 
+    private func stored(record: inout FetchURLRecord, relative: String, sha256: String) {
+        record.status = .done
+        record.inbox = inbox.path
+        record.path = relative
+        unsavedContent[sha256] = (record.identity, record.url, relative)
+    }
+
+    /// Moves a complete body to its place; the reason when the item's own path is at fault, a
+    /// thrown `FetchStopped` when this machine cannot write at all (full, read-only).
+    private func place(_ temporary: URL, at target: URL) throws -> String? {
+        let folder = target.deletingLastPathComponent()
+        if mkdir(folder.path, 0o755) != 0 && errno != EEXIST { return try Self.itemFault(errno) }
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), isFolder.boolValue else {
+            return "\(folder.lastPathComponent) is a file, not a folder"
+        }
+        return rename(temporary.path, target.path) == 0 ? nil : try Self.itemFault(errno)
+    }
+
+    /// The reason for an error of one item's path; machine-wide errors stop the run.
+    private static func itemFault(_ code: Int32) throws -> String {
+        let reason = String(cString: strerror(code))
+        if [ENOSPC, EROFS, EDQUOT, EACCES, EPERM, EIO].contains(code) { throw FetchStopped(reason: reason) }
+        return reason
+    }
+
     /// Saves the buffered states and problems in one transaction each.
     func flush() throws {
         try catalog.saveFetchStates(unsaved)
-        try catalog.recordProblems(runID: runID, problems)
+        try saveProblems()
+        for record in unsaved { savedSinceSnapshot[record.url] = record.identity }
         unsaved.removeAll(keepingCapacity: true)
         unsavedURLs.removeAll(keepingCapacity: true)
         unsavedContent.removeAll(keepingCapacity: true)
-        problems.removeAll()
+    }
+
+    private func saveProblems() throws {
+        try catalog.recordProblems(runID: runID, problems)
+        problems.removeAll(keepingCapacity: true)
     }
 
     func finishProgress() { progress.finish() }

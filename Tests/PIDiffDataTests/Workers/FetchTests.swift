@@ -109,6 +109,9 @@ final class FetchTests: XCTestCase {
         .hidden,\(b)/files/c.jpg,,
         erin,"\(b)/robots/noindex,+noai/c.jpg",,
         erin,\(b)/robots/otherbot:+noai/f.jpg,,
+        bob,\(b)/ratelimit/k3/1e400/c.jpg,,
+        erin,\(b)/gzbomb,,
+        erin,\(b)/truncated/b.jpg,,
 
         """.write(to: list, atomically: true, encoding: .utf8)
         let catalog = dir.appendingPathComponent("c.sqlite"), inbox = dir.appendingPathComponent("inbox")
@@ -116,8 +119,9 @@ final class FetchTests: XCTestCase {
         let first = try TestSupport.runCLI(args + ["--json"])
         XCTAssertEqual(first.status, 0, first.stderr)
         let summary = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(first.stdout.utf8)) as? [String: Any])
-        XCTAssertEqual(summary["listed"] as? Int, 16, "18 data lines, one without a url, one with a hidden identity")
+        XCTAssertEqual(summary["listed"] as? Int, 19, "21 data lines, one without a url, one with a hidden identity")
         XCTAssertEqual(summary["problem_count"] as? Int, 2)
+        XCTAssertEqual(summary["given_up"] as? Int, 0)
         XCTAssertEqual(summary["repeated_lines"] as? Int, 1)
         let s = try states(catalog)
         func state(_ path: String) throws -> FetchURLRecord { try XCTUnwrap(s[b + path], path) }
@@ -164,6 +168,17 @@ final class FetchTests: XCTestCase {
         XCTAssertEqual(try state("/files/a-copy.jpg").path, a.path)
         XCTAssertEqual(try state("/unique/0/a.jpg").status, .rejected)
         XCTAssertTrue(try state("/unique/0/a.jpg").error?.contains("stored for \"alice\"") ?? false)
+        // A Retry-After beyond any limit (1e400 s): left for a later run, not a crash.
+        XCTAssertEqual(try state("/ratelimit/k3/1e400/c.jpg").status, .failed)
+        XCTAssertTrue(try state("/ratelimit/k3/1e400/c.jpg").error?.contains("max_retry_after") ?? false)
+        // A gzip bomb is cut at the byte limit; a file cut short by the server is not stored.
+        XCTAssertEqual(try state("/gzbomb").status, .rejected)
+        let bomb = try state("/gzbomb")
+        XCTAssertTrue(bomb.error?.contains("max_bytes") ?? false, bomb.error ?? "")
+        XCTAssertEqual(try state("/truncated/b.jpg").status, .rejected)
+        XCTAssertTrue(try state("/truncated/b.jpg").error?.contains("truncated JPEG") ?? false)
+        // A scheme refused before any request counts no attempt.
+        XCTAssertEqual(try XCTUnwrap(s["ftp://example.com/x.jpg"]).attempts, 0)
         // X-Robots-Tag opt-outs: for every agent refused, for another bot not.
         XCTAssertEqual(try state("/robots/noindex,+noai/c.jpg").status, .rejected)
         XCTAssertTrue(try state("/robots/noindex,+noai/c.jpg").error?.contains("opts out: X-Robots-Tag noindex") ?? false)
@@ -181,7 +196,8 @@ final class FetchTests: XCTestCase {
         let again = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(second.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(again["downloaded"] as? Int, 0)
         XCTAssertEqual(again["already_done"] as? Int, 8, "seven stored URLs, one of them listed twice: \(again)")
-        XCTAssertEqual(again["rejected_earlier"] as? Int, 7)
+        XCTAssertEqual(again["rejected_earlier"] as? Int, 9)
+        XCTAssertEqual(again["same_content"] as? Int, 1, "the 429 URL, now served: bob's c.jpg again")
         XCTAssertEqual(again["failed"] as? Int, 1)
         hits = try server.hits()
         XCTAssertEqual(hits["/files/a.jpg"], 1)
@@ -218,7 +234,8 @@ final class FetchTests: XCTestCase {
         for open in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "1.1.1.1"] {
             XCTAssertTrue(AddressPolicy.isPublicIPv4(try XCTUnwrap(AddressPolicy.ipv4(open))), open)
         }
-        for blocked in ["::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "ff02::1", "2001:db8::1"] {
+        for blocked in ["::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "ff02::1", "2001:db8::1",
+                        "::127.0.0.1", "::ffff:0:7f00:1", "2002:7f00:1::", "2001:0:4136:e378::1"] {
             XCTAssertFalse(AddressPolicy.isPublicIPv6(try XCTUnwrap(AddressPolicy.ipv6(blocked))), blocked)
         }
         XCTAssertTrue(AddressPolicy.isPublicIPv6(try XCTUnwrap(AddressPolicy.ipv6("2606:4700::1111"))))
@@ -287,7 +304,7 @@ final class FetchTests: XCTestCase {
         XCTAssertEqual(e.identity, "José".precomposedStringWithCanonicalMapping, "identities are stored NFC")
         XCTAssertEqual(e.source, "wiki")
         guard case .problem = try r2.next(), case .problem(_, let control) = try r2.next() else { return XCTFail() }
-        XCTAssertTrue(control.contains("control characters"))
+        XCTAssertTrue(control.contains("control or invisible formatting characters"))
 
         // A list that cannot be read at all fails the command (exit 1), naming it.
         let odd = dir.appendingPathComponent("urls.txt")
@@ -356,5 +373,49 @@ final class FetchTests: XCTestCase {
         let merged = try Catalog(path: into)
         XCTAssertEqual(try merged.fetchedProvenance(), [record.sha256!: FetchedProvenance(url: record.url, license: "CC0")])
         XCTAssertEqual(try merged.fetchStatusCounts(), [.done: 1])
+    }
+
+    /// One item's trouble is that item's: a file where an identity folder should go, a name the
+    /// file system refuses after NFC, the catalog's own folders, a URL listed for two identities,
+    /// a URL listed again after hundreds of others (its first fetch long saved): each is recorded
+    /// and the run goes on; nothing is fetched twice.
+    func testItemTroubleStaysWithTheItem() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let server = try LoopbackServer(root: try serverRoot(dir))
+        let b = server.base
+        let inbox = dir.appendingPathComponent("inbox")
+        try FileManager.default.createDirectory(at: inbox, withIntermediateDirectories: true)
+        try Data("not a folder".utf8).write(to: inbox.appendingPathComponent("blocked"))
+        let catalog = inbox.appendingPathComponent("c.sqlite")  // the catalog lives in the inbox
+        let slow = "\(b)/slow/1500/1/a.jpg"
+        var lines = ["identity,url", "ann,\(slow)", "blocked,\(b)/files/b.jpg",
+                     "\(String(repeating: "\u{1D160}", count: 50)),\(b)/files/c.jpg", "c.sqlite.data,\(b)/files/e.jpg"]
+        lines += (0..<300).map { "ann,\(b)/unique/\($0 + 10)/b.jpg" }
+        lines += ["bob,\(slow)", "ann,\(slow)"]
+        let list = dir.appendingPathComponent("web.csv")
+        try lines.joined(separator: "\n").write(to: list, atomically: true, encoding: .utf8)
+        let r = try TestSupport.runCLI(["fetch", list.path, "--inbox", inbox.path, "--catalog", catalog.path, "--allow-private", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let summary = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(summary["downloaded"] as? Int, 301, "\(summary)")
+        XCTAssertEqual(summary["repeated_lines"] as? Int, 1)
+        let problems = (summary["problems"] as? [String] ?? []).joined(separator: "\n")
+        XCTAssertTrue(problems.contains("longer than 200 bytes"), problems)
+        XCTAssertTrue(problems.contains("catalog's own files"), problems)
+        XCTAssertTrue(problems.contains("listed for \"bob\" here and for \"ann\" earlier in this run"), problems)
+        let s = try states(catalog)
+        XCTAssertEqual(s[b + "/files/b.jpg"]?.status, .rejected)
+        XCTAssertTrue(s[b + "/files/b.jpg"]?.error?.contains("is a file, not a folder") ?? false, "\(String(describing: s[b + "/files/b.jpg"]))")
+        XCTAssertEqual(s[slow]?.identity, "ann")
+        XCTAssertEqual(s[slow]?.status, .done)
+        XCTAssertEqual(try server.hits()["/slow/1500/1/a.jpg"], 1)
+        XCTAssertNil(s[b + "/files/e.jpg"], "an identity named like the catalog's data root is not fetched into it")
+        XCTAssertNil(try server.hits()["/files/e.jpg"])
+
+        // An inbox inside the catalog's data root is refused before anything is fetched.
+        let inside = try TestSupport.runCLI(["fetch", list.path, "--inbox", inbox.appendingPathComponent("c.sqlite.data/in").path,
+                                             "--catalog", catalog.path, "--allow-private"])
+        XCTAssertEqual(inside.status, 1)
+        XCTAssertTrue(inside.stderr.contains("inside the catalog's own folder"), inside.stderr)
     }
 }
