@@ -44,7 +44,7 @@ package struct FetchURLRecord: Codable, FetchableRecord, PersistableRecord, Equa
         listedAt = entry.location
         status = .failed
         attempts = 0
-        updatedAt = ISO8601DateFormatter().string(from: Date())
+        updatedAt = Date().ISO8601Format()
         self.runID = runID
     }
 }
@@ -65,8 +65,8 @@ extension Catalog {
     /// recorded against that file instead of storing it again.
     package func fetchedContent(sha256: String) throws -> FetchURLRecord? {
         try pool.read { db in
-            try FetchURLRecord.filter(FetchURLRecord.Field.sha256 == sha256 && FetchURLRecord.Field.status == FetchStatus.done.rawValue)
-                .filter(sql: "path IS NOT NULL").order(sql: "rowid").fetchOne(db)
+            let statement = try db.cachedStatement(sql: "SELECT * FROM fetch_urls WHERE sha256 = ? AND status = ? AND path IS NOT NULL ORDER BY rowid LIMIT 1")
+            return try FetchURLRecord.fetchOne(statement, arguments: [sha256, FetchStatus.done.rawValue])
         }
     }
 

@@ -2,9 +2,21 @@ import Crypto
 import Foundation
 
 public enum Hashing {
-    public static func sha256Hex(_ data: Data) -> String {
-        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    public static func sha256Hex(_ data: Data) -> String { hex(SHA256.hash(data: data)) }
+
+    /// Lower-case hex of bytes (a digest), through a table: `String(format:)` per byte cost a
+    /// quarter of fetch's CPU time per URL.
+    public static func hex<Bytes: Sequence<UInt8>>(_ bytes: Bytes) -> String {
+        let digits = Array(bytes)
+        return String(unsafeUninitializedCapacity: digits.count * 2) { out in
+            for (i, byte) in digits.enumerated() {
+                out[2 * i] = hexDigits[Int(byte >> 4)]
+                out[2 * i + 1] = hexDigits[Int(byte & 0x0F)]
+            }
+            return digits.count * 2
+        }
     }
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// SHA-256 of a file, streamed in 4 MiB chunks.
     public static func sha256Hex(fileAt url: URL) throws -> String {
@@ -12,7 +24,7 @@ public enum Hashing {
         defer { try? handle.close() }
         var hasher = SHA256()
         while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hex(hasher.finalize())
     }
 
     /// SHA-256 of a string dictionary in canonical form (sorted keys, JSON).
@@ -39,7 +51,5 @@ public struct SHA256Stream {
         count += bytes.count
     }
     /// The hex digest and the number of bytes.
-    public func finish() -> (sha256: String, bytes: Int) {
-        (hasher.finalize().map { String(format: "%02x", $0) }.joined(), count)
-    }
+    public func finish() -> (sha256: String, bytes: Int) { (Hashing.hex(hasher.finalize()), count) }
 }

@@ -279,13 +279,22 @@ struct DeadlineExceeded: Error {}
 /// Runs `operation`, cancelling it when `seconds` pass first (the client's own deadline covers
 /// only the response head; a body that drips is cut here).
 func withDeadline<T: Sendable>(_ seconds: Double, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1_000_000_000))
-            throw DeadlineExceeded()
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
+    let work = Task { try await operation() }
+    let expired = DeadlineFlag()
+    let timer = DispatchSource.makeTimerSource(queue: .global())
+    timer.schedule(deadline: .now() + seconds)
+    timer.setEventHandler { expired.set(); work.cancel() }
+    timer.resume()
+    defer { timer.cancel() }  // off the timer heap now, not when `seconds` have passed
+    return try await withTaskCancellationHandler {
+        do { return try await work.value } catch { if expired.isSet { throw DeadlineExceeded() }; throw error }
+    } onCancel: { work.cancel() }
+}
+
+/// Set once by the deadline timer; read after the work ends.
+final class DeadlineFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }

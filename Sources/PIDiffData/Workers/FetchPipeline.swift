@@ -358,7 +358,7 @@ actor FetchLedger {
     /// Stores a finished download under its content's name and records the URL's state.
     func finish(_ finishedRecord: FetchURLRecord, download: HTTPFetcher.Download?, parameters: FetchParameters) throws {
         var record = finishedRecord
-        record.updatedAt = ISO8601DateFormatter().string(from: Date())
+        record.updatedAt = Date().ISO8601Format()
         record.runID = runID
         if let download {
             record.sha256 = download.sha256
