@@ -296,10 +296,11 @@ int fn_detect_cascade(FNFaceModel *model, const FNImage *image, int upsample, in
         int ran = 0;
 
         // 1. The coarse levels (no longer side above coarse_side): a fraction of the cost, and
-        //    enough for a photo of one person whose face is large. dlib's detector takes a face's
-        //    box from the level where it scores best, which may be finer than the face's first
-        //    detection: while the lone face's box comes from the finest level scanned, one more
-        //    level is scanned.
+        //    enough for a photo of one person whose face is large. Then one finer level at a time
+        //    while nothing is found, or while the lone face's box comes from the finest level
+        //    scanned: dlib's detector takes a face's box from the level where it scores best,
+        //    which may be finer than where the face is first found. Levels scanned here are not
+        //    scanned again below.
         size_t first = 0;
         while (coarse_side > 0 && first + 1 < pyramid.levels() &&
                std::max(pyramid.size(first).width(), pyramid.size(first).height()) > coarse_side)
@@ -308,8 +309,8 @@ int fn_detect_cascade(FNFaceModel *model, const FNImage *image, int upsample, in
         while (first > 0) {
             dets = pyramid.detect(levels_from(first, pyramid.levels()));
             ran |= FN_PASS_COARSE;
-            if (!lone(dets)) break;
-            if (dets[0].level > first) return finish(dets, ran);
+            if (dets.size() > 1 || (dets.size() == 1 && !lone(dets))) break;
+            if (dets.size() == 1 && dets[0].level > first) return finish(dets, ran);
             first--;
         }
         // 2. Every level without upsampling: dlib's detector on the detection copy.

@@ -78,8 +78,8 @@ enum { FN_PASS_COARSE = 1, FN_PASS_ALL_LEVELS = 2, FN_PASS_UPSAMPLED = 4, FN_PAS
 // HOG only. dlib's frontal detector on the copy shrunk to `max_side`, scanned coarse to fine, as
 // far as the photo needs. A "lone large face" is exactly one box found, at least `lone_face_box`
 // pixels wide in the copy. (1) The pyramid levels whose longer side is at most `coarse_side` (0:
-// none apart), then one finer level at a time while a lone large face's box comes from the finest
-// level scanned; a lone large face from a coarser level ends it there. (2) Every level, i.e. fn_detect without
+// none apart), then one finer level at a time while nothing is found or a lone large face's box
+// comes from the finest level scanned; a lone large face from a coarser level ends it there. (2) Every level, i.e. fn_detect without
 // upsampling; a lone large face, or `upsample` 0, ends it. (3) Nothing found: fn_detect with
 // `upsample`. Otherwise the levels of the `upsample`d copy finer than the copy itself, adding the
 // faces (2) did not find; (2)'s boxes are kept as they are. Output as fn_detect.

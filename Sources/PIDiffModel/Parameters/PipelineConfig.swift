@@ -22,7 +22,7 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     /// Scan the detector's pyramid coarse to fine only as far as the photo needs (DetectStage).
     public var detectCascade: Bool = true
     /// The cascade's first pass: the pyramid levels whose longer side is at most this (HOG).
-    public var detectCoarseSide: Int = 512
+    public var detectCoarseSide: Int = 400
     /// A lone face this wide (detection-copy pixels) ends the cascade before the upsampled levels:
     /// 1.5× the smallest box the levels without upsampling find (~73 px).
     public var detectLoneFaceBox: Int = 110
