@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// System libraries come from Debian: libopencv-dev (4.6), libdlib-dev (19.24), libsqlite3-dev,
+// System libraries come from Debian: libopencv-dev (4.6), libdlib-dev (19.24), libpng-dev, libsqlite3-dev,
 // libopenblas-dev. scripts/setup.sh installs them.
 let package = Package(
     name: "pidiff-data",
@@ -40,6 +40,7 @@ let package = Package(
                 .linkedLibrary("opencv_imgcodecs"),
                 .linkedLibrary("opencv_imgproc"),
                 .linkedLibrary("opencv_core"),
+                .linkedLibrary("png"),
                 .linkedLibrary("openblas"),
                 .linkedLibrary("stdc++"),
             ]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 if [[ "$(id -u)" -ne 0 ]]; then SUDO="sudo"; fi
-APT_PACKAGES=(libopencv-dev libdlib-dev libdlib-data libsqlite3-dev libopenblas-dev python3-venv python3-pip ca-certificates chromium)
+APT_PACKAGES=(libopencv-dev libdlib-dev libdlib-data libsqlite3-dev libopenblas-dev libpng-dev python3-venv python3-pip ca-certificates chromium)
 if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
   echo "== installing system packages: ${APT_PACKAGES[*]}"
   $SUDO apt-get update -qq

@@ -124,6 +124,18 @@ public final class FaceModel {
         try NativeError.check(fn_model_create(kind, mmodPath, predictor68Path, &out, &err), &err, "load face models")
         handle = out!
     }
+
+    private init(handle: OpaquePointer) { self.handle = handle }
+
+    /// A model for another worker, without loading the files again: its own detector, this
+    /// model's shape predictor (dlib's may be used from several threads at once). This model must
+    /// not detect while it is being cloned.
+    public func clone() throws -> FaceModel {
+        var err = FNError()
+        var out: OpaquePointer?
+        try NativeError.check(fn_model_clone(handle, &out, &err), &err, "copy face models")
+        return FaceModel(handle: out!)
+    }
     deinit { fn_model_free(handle) }
 
     /// Faces sorted by box area, largest first.
@@ -139,6 +151,39 @@ public final class FaceModel {
             FaceBox(left: $0.left, top: $0.top, right: $0.right, bottom: $0.bottom, score: $0.score)
         }
         return (boxes, Int(count))
+    }
+
+    /// What `detectCascade` scanned.
+    public struct CascadePasses: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// The pyramid levels no longer than the coarse side.
+        public static let coarse = CascadePasses(rawValue: Int(FN_PASS_COARSE))
+        /// Every level of the detection copy (one `detect` without upsampling).
+        public static let allLevels = CascadePasses(rawValue: Int(FN_PASS_ALL_LEVELS))
+        /// Every level of the upsampled copy (nothing found before).
+        public static let upsampled = CascadePasses(rawValue: Int(FN_PASS_UPSAMPLED))
+        /// The upsampled levels finer than the detection copy (faces found, not one large face).
+        public static let upsampledFine = CascadePasses(rawValue: Int(FN_PASS_UPSAMPLED_FINE))
+    }
+
+    /// HOG only: the coarse-to-fine cascade of `fn_detect_cascade` (face_native.h). Faces sorted
+    /// by box area, largest first.
+    public func detectCascade(_ image: NativeImage, upsample: Int, maxSide: Int, coarseSide: Int, loneFaceBox: Int,
+                              capacity: Int = 32) throws -> (boxes: [FaceBox], total: Int, passes: CascadePasses) {
+        var err = FNError()
+        var raw = [FNFaceBox](repeating: FNFaceBox(), count: capacity)
+        var count: Int32 = 0
+        var passes: Int32 = 0
+        let code = raw.withUnsafeMutableBufferPointer {
+            fn_detect_cascade(handle, image.handle, Int32(upsample), Int32(maxSide), Int32(coarseSide), Int32(loneFaceBox),
+                              $0.baseAddress, Int32(capacity), &count, &passes, &err)
+        }
+        try NativeError.check(code, &err, "detect")
+        let boxes = raw.prefix(min(Int(count), capacity)).map {
+            FaceBox(left: $0.left, top: $0.top, right: $0.right, bottom: $0.bottom, score: $0.score)
+        }
+        return (boxes, Int(count), CascadePasses(rawValue: Int(passes)))
     }
 
     public func landmarks68(_ image: NativeImage, box: FaceBox) throws -> Landmarks68 {

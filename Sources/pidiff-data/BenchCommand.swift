@@ -9,7 +9,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that print figures (see Docs/benchmarks.md).",
-        subcommands: [BenchIngestCommand.self, BenchMasksCommand.self, BenchNearDupCommand.self, BenchNearDupQualityCommand.self])
+        subcommands: [BenchIngestCommand.self, BenchDetectCommand.self, BenchMasksCommand.self, BenchNearDupCommand.self, BenchNearDupQualityCommand.self])
 }
 
 struct BenchIngestCommand: AsyncParsableCommand {
@@ -51,6 +51,59 @@ struct BenchIngestCommand: AsyncParsableCommand {
                 print(String(format: "  %-10@ %7.2f s  %5.1f%%  %6.1f ms/image", stage as NSString, s, 100 * s / max(total, 1e-9),
                              1000 * s / Double(report.images)))
             }
+        } catch let e as ValidationError { throw e } catch { fail(error) }
+    }
+}
+
+struct BenchDetectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "detect",
+        abstract: "Annotated faces found and detection time: dlib's HOG with one upsampling, ingest-1's cascade, the pipeline's detection.",
+        discussion: """
+            Annotations are dlib imglab XML files (<image file=…><box top= left= width= height=/>), such as
+            examples/faces/training.xml and testing.xml of dlib's source tree; a face counts as found when a box
+            overlaps it with IoU ≥ 0.5. Photos under --photos (e.g. the sample portraits) are only timed and checked
+            for the picked face keeping its box. --enlarge 1,3 also runs every annotated photo enlarged 3×.
+            Example: pidiff-data bench detect --annotations faces/training.xml --annotations faces/testing.xml \
+              --photos ~/.cache/pidiff-data/sample/identities --json
+            """)
+
+    @Option(help: "dlib imglab XML file of annotated faces (repeatable).") var annotations: [String] = []
+    @Option(help: "Folder of photos without annotations, timed and compared only (repeatable).") var photos: [String] = []
+    @Option(help: "Enlargements of the annotated photos, comma-separated.") var enlarge = "1"
+    @Option(help: "Pipeline file (its ingest: section).") var pipeline: String?
+    @Option(help: "Model folder.") var models: String?
+    @Flag(help: "Print JSON (figures and one entry per photo).") var json = false
+
+    func run() throws {
+        do {
+            let factors = enlarge.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            guard !factors.isEmpty, factors.allSatisfy({ $0 > 0 && $0 <= 8 }) else { throw ValidationError("--enlarge: factors in (0, 8]") }
+            var list: [DetectBenchmark.Photo] = []
+            for file in annotations {
+                let annotated = try DetectBenchmark.readImglab(URL(fileURLWithPath: file))
+                for factor in factors { list += annotated.map { var p = $0; p.enlarge = factor; return p } }
+            }
+            for folder in photos {
+                let enumerator = FileManager.default.enumerator(at: URL(fileURLWithPath: folder), includingPropertiesForKeys: nil)
+                list += (enumerator?.allObjects as? [URL] ?? [])
+                    .filter { ["jpg", "jpeg", "png"].contains($0.pathExtension.lowercased()) }
+                    .sorted { $0.path < $1.path }
+                    .map { DetectBenchmark.Photo(url: $0, faces: [], annotated: false) }
+            }
+            guard !list.isEmpty else { throw ValidationError("give --annotations or --photos") }
+            let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
+            let report = try DetectBenchmark(photos: list, parameters: config.ingest,
+                                             models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) })).run()
+            if json { try report.printJSON(); return }
+            print("\(report.photos) photos, \(report.annotatedFaces) annotated faces on \(report.annotatedPhotos) of them, "
+                  + "\(report.referenceBoxes) boxes found by the reference")
+            for s in report.strategies {
+                print(String(format: "  %-17@ recall %5.1f%%  (%3d faces, %5.1f%% of the reference's)  reference's boxes %3d  %7.1f ms/photo annotated, %7.1f ms/photo other",
+                             s.strategy as NSString, 100 * s.recall, s.annotatedFound, 100 * s.recallOfReference, s.referenceBoxesFound,
+                             s.detectMsPerAnnotatedPhoto, s.detectMsPerOtherPhoto))
+            }
+            print("picked face keeps its box (cascade_ingest_1 vs pipeline): \(report.pickedSame) of \(report.pickedByBoth) photos")
         } catch let e as ValidationError { throw e } catch { fail(error) }
     }
 }

@@ -65,11 +65,26 @@ typedef struct FNFaceBox {
 // thread-safe: create one model per worker.
 int fn_model_create(int detector_kind, const char *mmod_path, const char *predictor68_path, FNFaceModel **out, FNError *err);
 void fn_model_free(FNFaceModel *model);
+// A model for another worker: its own detector (a copy), the same shape predictor (dlib's is safe
+// to use from several threads at once). Only `model` being read meanwhile is safe.
+int fn_model_clone(const FNFaceModel *model, FNFaceModel **out, FNError *err);
 // Detects faces. The image is shrunk so its longer side is at most `max_side` (0 = never) before
 // detection and boxes are mapped back. Writes at most `capacity` boxes sorted by area,
 // largest first; *count receives the number found (which may exceed capacity).
 int fn_detect(FNFaceModel *model, const FNImage *image, int upsample, int max_side,
               FNFaceBox *boxes, int capacity, int *count, FNError *err);
+// What fn_detect_cascade scanned (bits of *passes).
+enum { FN_PASS_COARSE = 1, FN_PASS_ALL_LEVELS = 2, FN_PASS_UPSAMPLED = 4, FN_PASS_UPSAMPLED_FINE = 8 };
+// HOG only. dlib's frontal detector on the copy shrunk to `max_side`, scanned coarse to fine, as
+// far as the photo needs. A "lone large face" is exactly one box found, at least `lone_face_box`
+// pixels wide in the copy. (1) The pyramid levels whose longer side is at most `coarse_side` (0:
+// none apart), then one finer level at a time while nothing is found or a lone large face's box
+// comes from the finest level scanned; a lone large face from a coarser level ends it there. (2) Every level, i.e. fn_detect without
+// upsampling; a lone large face, or `upsample` 0, ends it. (3) Nothing found: fn_detect with
+// `upsample`. Otherwise the levels of the `upsample`d copy finer than the copy itself, adding the
+// faces (2) did not find; (2)'s boxes are kept as they are. Output as fn_detect.
+int fn_detect_cascade(FNFaceModel *model, const FNImage *image, int upsample, int max_side, int coarse_side,
+                      int lone_face_box, FNFaceBox *boxes, int capacity, int *count, int *passes, FNError *err);
 // 68 landmarks inside `box`, as x0,y0,x1,y1,… in original-image pixels (136 doubles).
 int fn_landmarks68(FNFaceModel *model, const FNImage *image, const FNFaceBox *box, double *xy, FNError *err);
 

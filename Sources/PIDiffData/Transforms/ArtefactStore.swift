@@ -16,14 +16,17 @@ public struct ArtefactStore: Sendable {
     public func put(_ data: Data, kind: String, ext: String) throws -> String {
         let sha = Hashing.sha256Hex(data)
         let relative = "\(kind)/\(sha.prefix(2))/\(sha).\(ext)"
-        try put(named: relative, data: data)
+        try write(relative, data: data, sha: sha)
         return relative
     }
 
     /// Stores `data` at `relative`, a name derived from what the data was made from (the
     /// export's context crops): made once, found by later runs without recomputing it.
     public func put(named relative: String, data: Data) throws {
-        let sha = Hashing.sha256Hex(data)
+        try write(relative, data: data, sha: Hashing.sha256Hex(data))
+    }
+
+    private func write(_ relative: String, data: Data, sha: String) throws {
         let url = root.appendingPathComponent(relative)
         if FileManager.default.fileExists(atPath: url.path) { return }
         let dir = url.deletingLastPathComponent()

@@ -13,16 +13,36 @@ struct DetectedFace {
 /// Detect stage: faces (HOG or MMOD) → 68 landmarks for each, and the policy's pick.
 enum DetectStage {
     /// Face boxes, largest first, at most `max_faces_recorded` of them, plus the total found.
-    /// With `detect_cascade`, a first pass runs without pyramid upsampling (4× fewer pixels) and
-    /// the upsampled pass runs only when it finds nothing: identity photos have large faces, and
-    /// faces only the upsampled pass finds (≲ 80 px boxes) mostly fail the face-size gate anyway.
+    /// With `detect_cascade` and HOG, the detector scans its image pyramid coarse to fine only as
+    /// far as the photo needs (`fn_detect_cascade`): the coarse levels first, where an identity
+    /// photo's one large face is found at a fraction of the cost; then every level of the
+    /// detection copy; the upsampled levels finer than it when faces were found but not one large
+    /// face alone (a group photo's small faces), or all of them when nothing was found. A face
+    /// found at the copy's levels keeps the box dlib's detector gives it there. With MMOD the
+    /// cascade is a pass without upsampling, then the upsampled pass when it finds nothing.
     static func boxes(_ image: NativeImage, model: FaceModel, parameters p: IngestParameters) throws -> (boxes: [FaceBox], total: Int) {
+        let found = try detect(image, model: model, parameters: p)
+        return (found.boxes, found.total)
+    }
+
+    /// `boxes`, plus what the HOG cascade scanned (nil when it did not run).
+    static func detect(_ image: NativeImage, model: FaceModel, parameters p: IngestParameters)
+        throws -> (boxes: [FaceBox], total: Int, passes: FaceModel.CascadePasses?) {
         let capacity = max(1, p.maxFacesRecorded)
-        if p.detectCascade && p.upsample > 0 {
-            let quick = try model.detect(image, upsample: 0, maxSide: p.detectMaxSide, capacity: capacity)
-            if quick.total > 0 { return quick }
+        guard p.detectCascade else {
+            let found = try model.detect(image, upsample: p.upsample, maxSide: p.detectMaxSide, capacity: capacity)
+            return (found.boxes, found.total, nil)
         }
-        return try model.detect(image, upsample: p.upsample, maxSide: p.detectMaxSide, capacity: capacity)
+        if p.detector == .hog {
+            return try model.detectCascade(image, upsample: p.upsample, maxSide: p.detectMaxSide, coarseSide: p.detectCoarseSide,
+                                           loneFaceBox: p.detectLoneFaceBox, capacity: capacity)
+        }
+        if p.upsample > 0 {
+            let quick = try model.detect(image, upsample: 0, maxSide: p.detectMaxSide, capacity: capacity)
+            if quick.total > 0 { return (quick.boxes, quick.total, nil) }
+        }
+        let found = try model.detect(image, upsample: p.upsample, maxSide: p.detectMaxSide, capacity: capacity)
+        return (found.boxes, found.total, nil)
     }
 
     /// 68 landmarks for every box.

@@ -94,6 +94,9 @@ public struct IngestPipeline: Sendable {
         return try FaceModel(detector: params.detector, mmodPath: mmodPath, predictor68Path: try models.path(ModelStore.predictor68))
     }
 
+    /// A model the workers only clone, which reads it: safe from several threads at once.
+    struct ClonedOnly: @unchecked Sendable { let model: FaceModel }
+
     public func run() async throws -> IngestSummary {
         let lock = try CatalogLock(catalogPath: catalogPath)
         defer { withExtendedLifetime(lock) {} }
@@ -106,8 +109,9 @@ public struct IngestPipeline: Sendable {
         let params = config.ingest
         let fingerprint = try fingerprint()
         let previous = try catalog.currentIngestFingerprint()
-        // Fail fast on unusable models, before any work is queued.
-        _ = try faceModel()
+        // Fail fast on unusable models, before any work is queued. Workers clone this one: their
+        // own detectors, one shared landmark model, the files read once.
+        let prototype = ClonedOnly(model: try faceModel())
 
         let paramsJSON = String(decoding: try JSONEncoder.sorted.encode(params), as: UTF8.self)
         let runID = try RunRecorder.begin(catalog, command: "ingest", fingerprint: fingerprint, parameters: paramsJSON)
@@ -153,7 +157,7 @@ public struct IngestPipeline: Sendable {
                 }
             },
             makeWorker: {
-                let analyzer = FaceAnalyzer(model: try self.faceModel(), parameters: params, store: store)
+                let analyzer = FaceAnalyzer(model: try prototype.model.clone(), parameters: params, store: store)
                 let known = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
                 return { item in try Self.process(item, analyzer: analyzer, known: known) }
             },

@@ -19,8 +19,13 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public var upsample: Int = 1
     /// Detection runs on a copy shrunk to this longer side (0 = full size); landmarks do not.
     public var detectMaxSide: Int = 1024
-    /// Try without upsampling first; upsample only when that finds no face (see DetectStage).
+    /// Scan the detector's pyramid coarse to fine only as far as the photo needs (DetectStage).
     public var detectCascade: Bool = true
+    /// The cascade's first pass: the pyramid levels whose longer side is at most this (HOG).
+    public var detectCoarseSide: Int = 400
+    /// A lone face this wide (detection-copy pixels) ends the cascade before the upsampled levels:
+    /// 1.5× the smallest box the levels without upsampling find (~73 px).
+    public var detectLoneFaceBox: Int = 110
     public var facePolicy: FacePolicy = .largest
     /// At most this many faces per photo are recorded (with landmarks).
     public var maxFacesRecorded: Int = 16
@@ -57,6 +62,8 @@ public struct IngestParameters: Codable, Equatable, Sendable {
     public func validate() throws {
         let checks: [(String, Bool, String)] = [
             ("upsample", (0...4).contains(upsample), "0…4"), ("detect_max_side", detectMaxSide >= 0, "0 (full size) or more"),
+            ("detect_coarse_side", detectCoarseSide >= 0, "0 (no coarse pass) or more"),
+            ("detect_lone_face_box", detectLoneFaceBox >= 0, "0 or more"),
             ("max_faces_recorded", maxFacesRecorded >= 1, "at least 1"), ("max_pixels", maxPixels >= 1, "at least 1"),
             ("min_side", minSide >= 1, "at least 1"),
             ("crop_sizes", !cropSizes.isEmpty && cropSizes.allSatisfy { (16...4096).contains($0) }, "1 or more sizes of 16…4096"),
@@ -73,13 +80,20 @@ public struct IngestParameters: Codable, Equatable, Sendable {
 
 extension IngestParameters: ParameterSection {
     public static let section = "ingest"
-    // Bump when the alignment or quality code changes what it produces.
-    public static let algorithmVersion = "ingest-1"
+    // Bump when the alignment or quality code changes what it produces. ingest-2: crops are
+    // written by another PNG encoder (same pixels, other bytes, so other content addresses), and
+    // the default HOG cascade records the small faces of group photos (Docs/benchmarks.md).
+    public static let algorithmVersion = "ingest-2"
     public static let fields: [ParameterField<IngestParameters>] = [
         .field(\.detector, "detector", "hog (fast, frontal) | mmod (dlib CNN, slower, more poses)"),
         .field(\.upsample, "upsample", "detector pyramid upsampling: 1 finds faces down to ~40 px"),
         .field(\.detectMaxSide, "detect_max_side", "detect on a copy shrunk to this longer side; landmarks use full size"),
-        .field(\.detectCascade, "detect_cascade", "first pass without upsampling; the upsampled pass only when it finds no face"),
+        .field(\.detectCascade, "detect_cascade", "coarse pyramid levels first; upsampled levels only where the photo is not one large face"),
+        .field(\.detectCoarseSide, "detect_coarse_side", "HOG cascade: first scan the levels no longer than this (0 = all levels at once)",
+               fingerprint: .when { $0.detectCascade && $0.detector == .hog }),
+        .field(\.detectLoneFaceBox, "detect_lone_face_box",
+               "HOG cascade: a lone face this wide on the detection copy skips the upsampled levels",
+               fingerprint: .when { $0.detectCascade && $0.detector == .hog }),
         .field(\.facePolicy, "face_policy", "largest | central | best_score: which face a multi-face photo contributes"),
         .field(\.maxFacesRecorded, "max_faces_recorded", "every detected face up to this many is recorded with landmarks"),
         .field(\.maxPixels, "max_pixels", "refuse larger images from the header (decompression bombs)"),

@@ -7,6 +7,10 @@ import XCTest
 
 /// Behaviour that only shows across processes: SIGKILL at any point, and the catalog lock.
 final class ProcessLevelTests: XCTestCase {
+    /// Photos per interrupted run: enough that a signal sent once a run's first results are
+    /// committed lands before its last ones (ingest-2 makes 24 photos in about two commits).
+    private let photoCount = 96
+
     private func corpus(_ dir: URL, count: Int) throws -> URL {
         let photos = ["obama/obama.jpg", "obama/obama2.jpg", "biden/biden.jpg"].map { TestSupport.sampleIdentities.appendingPathComponent($0) }
         let out = dir.appendingPathComponent("corpus")
@@ -23,7 +27,7 @@ final class ProcessLevelTests: XCTestCase {
     func testSigkillMidRunThenResumeEqualsOneUninterruptedRun() throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()
-        let photos = try corpus(dir, count: 24)
+        let photos = try corpus(dir, count: photoCount)
         let reference = dir.appendingPathComponent("reference.sqlite")
         XCTAssertEqual(try TestSupport.runCLI(["ingest", photos.path, "--catalog", reference.path]).status, 0)
 
@@ -34,17 +38,17 @@ final class ProcessLevelTests: XCTestCase {
             p.arguments = ["ingest", photos.path, "--catalog", killed.path]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
+            let before = filesCommitted(killed.path)
             try p.run()
-            // Kill once some (but not all) work is committed; the first round may kill very early.
+            // Kill once this round has committed some (but not all) work: its first batch.
             let deadline = Date().addingTimeInterval(60)
-            let threshold = round == 0 ? 1 : 12
-            while p.isRunning && filesCommitted(killed.path) < threshold && Date() < deadline { usleep(20_000) }
+            while p.isRunning && filesCommitted(killed.path) <= before && Date() < deadline { usleep(20_000) }
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
             let integrity = try DatabaseQueue(path: killed.path).read { try String.fetchOne($0, sql: "PRAGMA integrity_check") }
             XCTAssertEqual(integrity, "ok")
         }
-        XCTAssertLessThan(filesCommitted(killed.path), 24, "the kill should interrupt the run")
+        XCTAssertLessThan(filesCommitted(killed.path), photoCount, "the kill should interrupt the run")
         let resumed = try TestSupport.runCLI(["ingest", photos.path, "--catalog", killed.path, "--json"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertEqual(try TestSupport.dataDump(killed.path), try TestSupport.dataDump(reference.path))
@@ -55,7 +59,7 @@ final class ProcessLevelTests: XCTestCase {
     func testSigtermAndSigintRecordTheRunAsInterruptedAndTheNextRunFinishes() throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()
-        let photos = try corpus(dir, count: 24)
+        let photos = try corpus(dir, count: photoCount)
         let catalog = dir.appendingPathComponent("c.sqlite")
         for sig in [SIGTERM, SIGINT] {
             let p = Process()
@@ -77,7 +81,7 @@ final class ProcessLevelTests: XCTestCase {
         }
         let resumed = try TestSupport.runCLI(["ingest", photos.path, "--catalog", catalog.path])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
-        XCTAssertEqual(filesCommitted(catalog.path), 24)
+        XCTAssertEqual(filesCommitted(catalog.path), photoCount)
     }
 
     func testSecondConcurrentIngestExitsWithAClearMessage() throws {
