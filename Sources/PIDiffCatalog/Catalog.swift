@@ -379,14 +379,8 @@ public final class Catalog: Sendable {
     /// The folder holding content-addressed artefacts (crops…), recorded at first use so every
     /// later command finds it. Default: `<catalog>.data` beside the catalog.
     public func dataRoot(preferred: String? = nil) throws -> URL {
-        // The folder of the file the path resolves to: a symlinked catalog finds its own data root.
+        if let recorded = try recordedDataRoot() { return recorded }
         let folder = URL(fileURLWithPath: CatalogLock.resolved(path)).deletingLastPathComponent()
-        if let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) {
-            // Relative to the catalog's folder (a copied or moved project keeps its own artefacts);
-            // catalogs from before stored an absolute path, which is kept as it was.
-            return stored.value.hasPrefix("/") ? URL(fileURLWithPath: stored.value)
-                                                : folder.appendingPathComponent(stored.value).standardizedFileURL
-        }
         let root = preferred.map { URL(fileURLWithPath: $0).standardizedFileURL }
             ?? URL(fileURLWithPath: path + ".data").standardizedFileURL
         // Inside the catalog's folder: recorded relative to it.
@@ -394,6 +388,17 @@ public final class Catalog: Sendable {
         // A root already recorded (by a command that got here first) stays.
         try pool.write { db in try MetaRecord(key: "data_root", value: value).insert(db, onConflict: .ignore) }
         return try dataRoot()
+    }
+
+    /// The data root a command recorded, or nil before any did (reading it fixes nothing).
+    public func recordedDataRoot() throws -> URL? {
+        // The folder of the file the path resolves to: a symlinked catalog finds its own data root.
+        let folder = URL(fileURLWithPath: CatalogLock.resolved(path)).deletingLastPathComponent()
+        guard let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) else { return nil }
+        // Relative to the catalog's folder (a copied or moved project keeps its own artefacts);
+        // catalogs from before stored an absolute path, which is kept as it was.
+        return stored.value.hasPrefix("/") ? URL(fileURLWithPath: stored.value)
+                                            : folder.appendingPathComponent(stored.value).standardizedFileURL
     }
 }
 

@@ -226,7 +226,10 @@ extension FetchPipeline {
     /// them, and no identity folder of an inbox may be one of them.
     static func catalogFolders(_ catalog: Catalog) throws -> [URL] {
         let file = URL(fileURLWithPath: CatalogLock.resolved(catalog.path))
-        return [try catalog.dataRoot().resolvingSymlinksInPath(), URL(fileURLWithPath: file.path + ".work"), file]
+        // The recorded data root, else the default ingest would record: fetch itself fixes none
+        // (a later `ingest --data-root` still chooses it).
+        let dataRoot = try catalog.recordedDataRoot() ?? URL(fileURLWithPath: catalog.path + ".data").standardizedFileURL
+        return [dataRoot.resolvingSymlinksInPath(), URL(fileURLWithPath: file.path + ".work"), file]
             + ["-wal", "-shm", "-journal", ".lock", ".run.lock"].map { URL(fileURLWithPath: file.path + $0) }
     }
 }

@@ -225,6 +225,7 @@ final class FetchTests: XCTestCase {
         XCTAssertTrue(s[server.base + "/files/a.jpg"]?.error?.contains("127.0.0.1 is not public") ?? false, "\(s)")
         XCTAssertTrue(s["http://localhost:\(server.port)/files/b.jpg"]?.error?.contains("resolves to") ?? false, "\(s)")
         XCTAssertEqual(try server.hits()["/files/a.jpg"], nil, "nothing was requested")
+        XCTAssertNil(try Catalog(path: catalog.path).recordedDataRoot(), "fetch leaves the data root for ingest to choose")
 
         // The address rules themselves.
         for blocked in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
