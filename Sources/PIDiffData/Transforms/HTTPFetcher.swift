@@ -183,8 +183,7 @@ struct HTTPFetcher: Sendable {
     /// JSON, text, GIF, SVG), whatever the Content-Type said.
     static func notAnImage(_ head: Data) -> String? {
         let b = [UInt8](head.prefix(16))
-        if b.starts(with: [0xFF, 0xD8, 0xFF]) || b.starts(with: [0x89, 0x50, 0x4E, 0x47]) || b.starts(with: Array("BM".utf8)) { return nil }
-        if b.count >= 12, b[0..<4].elementsEqual("RIFF".utf8), b[8..<12].elementsEqual("WEBP".utf8) { return nil }
+        if ImageHeader.format(of: b) != nil { return nil }
         if b.starts(with: Array("GIF8".utf8)) { return "a GIF image, which ingest does not read (JPEG, PNG, WebP, BMP)" }
         return "not an image: the bytes are \(describe(head))"
     }
@@ -196,7 +195,7 @@ struct HTTPFetcher: Sendable {
         if text.hasPrefix("<?xml") || text.hasPrefix("<svg") { return "XML or SVG" }
         if text.hasPrefix("{") || text.hasPrefix("[") { return "JSON" }
         let printable = head.prefix(64).allSatisfy { (0x20...0x7E).contains($0) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
-        return printable ? "text" : "unrecognised binary (starts \(head.prefix(8).map { String(format: "%02x", $0) }.joined()))"
+        return printable ? "text" : "unrecognised binary (starts \(Hashing.hex(head.prefix(8))))"
     }
 
     /// The first disallowed directive among `X-Robots-Tag` values (`noai, noimageai`, or

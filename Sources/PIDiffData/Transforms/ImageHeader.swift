@@ -76,6 +76,16 @@ public struct ImageHeader: Equatable, Sendable {
         }
     }
 
+    /// The format the first bytes announce (their signature), or nil: enough to tell an image
+    /// from an HTML page after 12 bytes, before its header can be parsed.
+    static func format(of b: [UInt8]) -> Format? {
+        if b.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return .png }
+        if b.starts(with: [0xFF, 0xD8]) { return .jpeg }
+        if b.count >= 12, b[0...3].elementsEqual("RIFF".utf8), b[8...11].elementsEqual("WEBP".utf8) { return .webp }
+        if b.starts(with: [0x42, 0x4D]) { return .bmp }
+        return nil
+    }
+
     /// Parses the header of `data`. Throws `Problem` when the bytes are not a supported image.
     public static func parse(_ data: Data) throws -> ImageHeader {
         let b = [UInt8](data.prefix(64 * 1024))
@@ -84,11 +94,11 @@ public struct ImageHeader: Equatable, Sendable {
         func le16(_ i: Int) -> Int { Int(b[i]) | Int(b[i + 1]) << 8 }
         func le32(_ i: Int) -> Int32 { Int32(bitPattern: UInt32(le16(i)) | UInt32(le16(i + 2)) << 16) }
 
-        if b.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) {
+        switch format(of: b) {
+        case .png?:
             guard b.count >= 24, b[12...15].elementsEqual("IHDR".utf8) else { throw Problem.truncatedHeader(.png) }
             return ImageHeader(format: .png, width: be32(16), height: be32(20))
-        }
-        if b.starts(with: [0xFF, 0xD8]) {
+        case .jpeg?:
             // Walk the marker segments to the first start-of-frame.
             var i = 2
             while i + 4 <= b.count {
@@ -106,8 +116,7 @@ public struct ImageHeader: Equatable, Sendable {
                 i += 2 + length
             }
             throw Problem.truncatedHeader(.jpeg)
-        }
-        if b.count >= 12, b[0...3].elementsEqual("RIFF".utf8), b[8...11].elementsEqual("WEBP".utf8) {
+        case .webp?:
             guard b.count >= 30 else { throw Problem.truncatedHeader(.webp) }
             let chunk = String(decoding: b[12...15], as: UTF8.self)
             switch chunk {
@@ -123,11 +132,11 @@ public struct ImageHeader: Equatable, Sendable {
             default:
                 throw Problem.truncatedHeader(.webp)
             }
-        }
-        if b.count >= 2, b[0] == 0x42, b[1] == 0x4D {
+        case .bmp?:
             guard b.count >= 26 else { throw Problem.truncatedHeader(.bmp) }
             return ImageHeader(format: .bmp, width: Int(abs(le32(18))), height: Int(abs(le32(22))))
+        case nil:
+            throw Problem.unrecognised
         }
-        throw Problem.unrecognised
     }
 }

@@ -146,10 +146,8 @@ public struct FetchPipeline: Sendable {
             try await ledger.flush()
         } catch {
             try? await client.shutdown()
-            var summary = await ledger.summary
-            summary.rejectedLists = rejectedLists
             try? await ledger.flush()
-            try? RunRecorder.finish(catalog, runID: runID, status: "failed", counts: summary.counts)
+            try? RunRecorder.finish(catalog, runID: runID, status: "failed", counts: await ledger.summary.counts)
             throw error
         }
         try? await client.shutdown()
@@ -320,8 +318,7 @@ actor FetchLedger {
             if identity == entry.identity {
                 summary.repeatedLines += 1
             } else {
-                problem(entry.location, "\(entry.url) is listed for \(entry.identity.debugDescription) here and for "
-                        + "\(identity.debugDescription) earlier in this run; kept \(identity.debugDescription)")
+                listedTwice(entry, kept: identity, where: "earlier in this run")
             }
             return nil
         }
@@ -330,8 +327,7 @@ actor FetchLedger {
             return FetchURLRecord(entry: entry, runID: runID)
         }
         if record.identity != entry.identity {
-            problem(entry.location, "\(entry.url) is listed for \(entry.identity.debugDescription) here and for "
-                    + "\(record.identity.debugDescription) at \(record.listedAt); kept \(record.identity.debugDescription)")
+            listedTwice(entry, kept: record.identity, where: "at \(record.listedAt)")
             return nil
         }
         switch record.status {
@@ -340,7 +336,6 @@ actor FetchLedger {
                 summary.alreadyDone += 1
                 return nil
             }
-            if record.path == nil { summary.alreadyDone += 1; return nil }  // same content as another URL, stored there
         case .rejected:
             summary.rejectedEarlier += 1
             return nil
@@ -356,6 +351,12 @@ actor FetchLedger {
         record.runID = runID
         inFlight[entry.url] = entry.identity
         return record
+    }
+
+    /// A URL listed for a second identity: the first is kept.
+    private func listedTwice(_ entry: FetchListEntry, kept identity: String, where earlier: String) {
+        problem(entry.location, "\(entry.url) is listed for \(entry.identity.debugDescription) here and for "
+                + "\(identity.debugDescription) \(earlier); kept \(identity.debugDescription)")
     }
 
     /// Stores a finished download under its content's name and records the URL's state.
