@@ -8,6 +8,10 @@ public final class Catalog: Sendable {
     let pool: DatabasePool
     public let path: String
 
+    /// The data root's folder of images ingest extracted from Parquet rows (Docs/sources.md):
+    /// named by `files` rows rather than by artefact columns.
+    public static let sourceCacheFolder = "sources"
+
     public init(path: String) throws {
         self.path = path
         let dir = URL(fileURLWithPath: path).deletingLastPathComponent()

@@ -56,8 +56,15 @@ extension Catalog {
         // Only names the stores make (kind/aa/sha256.png): a part's rows cannot place files
         // outside the target's data root.
         let artefactName = try NSRegularExpression(pattern: "^(crops|masks|e4e|context)/[0-9a-f]{2}/[0-9a-f]{64}\\.png$")
-        for relative in artefacts {
-            guard artefactName.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
+        // Images ingest extracted from Parquet rows live in the part's `sources/` and are named by
+        // their file rows: they move to the target's `sources/`, and the rows' paths with them.
+        let partSources = partRoot.path + "/" + Self.sourceCacheFolder + "/", ourSources = root.path + "/" + Self.sourceCacheFolder + "/"
+        let extracted = try part.filePaths(withPrefix: partSources).map {
+            Self.sourceCacheFolder + "/" + String(decoding: $0.utf8.dropFirst(partSources.utf8.count), as: UTF8.self)
+        }
+        let extractedName = try NSRegularExpression(pattern: "^\(Self.sourceCacheFolder)/[0-9a-f]{2}/[0-9a-f]{64}\\.(jpg|png|webp|bmp)$")
+        for (relative, pattern) in artefacts.map({ ($0, artefactName) }) + extracted.sorted().map({ ($0, extractedName) }) {
+            guard pattern.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
                 throw CatalogError.open(part.path, "names an artefact \(relative.debugDescription) that no pidiff-data store writes; not merged")
             }
             let target = root.appendingPathComponent(relative), source = partRoot.appendingPathComponent(relative)
@@ -139,13 +146,15 @@ extension Catalog {
                 // since the last merge replaces the merged row.
                 let fileColumns = try columns("files").filter { $0 != "id" && $0 != "path" }
                 let remapped = ["source_id": "map_sources", "identity_id": "map_identities", "run_id": "map_runs"]
-                let selected = (["path"] + fileColumns).map { c in remapped[c].map { "(SELECT new FROM temp.\($0) WHERE old = p.\(c))" } ?? "p.\(c)" }
+                let selected = fileColumns.map { c in remapped[c].map { "(SELECT new FROM temp.\($0) WHERE old = p.\(c))" } ?? "p.\(c)" }
+                // A path in the part's `sources/` becomes the same name in ours (characters, as SQLite counts them).
+                let path = "CASE WHEN substr(p.path, 1, ?1) = ?2 THEN ?3 || substr(p.path, ?1 + 1) ELSE p.path END"
                 try db.execute(sql: """
                     INSERT INTO main.files (path, \(fileColumns.joined(separator: ", ")))
-                    SELECT \(selected.joined(separator: ", ")) FROM part.files p WHERE true
+                    SELECT \(([path] + selected).joined(separator: ", ")) FROM part.files p WHERE true
                     ON CONFLICT(path) DO UPDATE SET \(fileColumns.map { "\($0) = excluded.\($0)" }.joined(separator: ", "))
                     WHERE \(fileColumns.map { "\($0) IS NOT excluded.\($0)" }.joined(separator: " OR "))
-                    """)
+                    """, arguments: [partSources.unicodeScalars.count, partSources, ourSources])
                 summary.files = db.changesCount
                 summary.masks = try copy("masks", remap: ["run_id": "map_runs"])
                 for table in ["image_hashes", "crop_hashes", "descriptors", "encodings"] { _ = try copy(table) }

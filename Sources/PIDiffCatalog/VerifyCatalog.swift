@@ -68,8 +68,8 @@ extension Catalog {
     /// Paths of file rows that start with `prefix` (images ingest extracted into the data root).
     public func filePaths(withPrefix prefix: String) throws -> Set<String> {
         try pool.read { db in
-            // substr, not LIKE: a path may hold `%` or `_`.
-            Set(try String.fetchAll(db, sql: "SELECT path FROM files WHERE substr(path, 1, ?) = ?", arguments: [prefix.utf8.count, prefix]))
+            // substr, not LIKE: a path may hold `%` or `_`; SQLite counts a text's characters (code points).
+            Set(try String.fetchAll(db, sql: "SELECT path FROM files WHERE substr(path, 1, ?) = ?", arguments: [prefix.unicodeScalars.count, prefix]))
         }
     }
 

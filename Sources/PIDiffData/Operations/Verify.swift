@@ -118,7 +118,7 @@ public struct CatalogVerifier: Sendable {
             }
         }
         // Images extracted from Parquet rows (`sources/`) are named by file rows, not artefact columns.
-        let extractedPrefix = root.path + "/" + IngestPipeline.sourceCacheFolder + "/"
+        let extractedPrefix = root.path + "/" + Catalog.sourceCacheFolder + "/"
         let extracted = Set(try catalog.filePaths(withPrefix: extractedPrefix).map { String($0.dropFirst(root.path.count + 1)) })
         return VerifyReport(catalog: catalogPath, dataRoot: root.path, integrity: try catalog.integrityProblems(),
                             foreignKeys: try catalog.foreignKeyProblems(), artefactsChecked: references.count,

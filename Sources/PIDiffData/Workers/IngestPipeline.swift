@@ -119,7 +119,7 @@ public struct IngestPipeline: Sendable {
         let workerCount = params.workers > 0 ? params.workers : ProcessInfo.processInfo.activeProcessorCount
         // Images of Parquet rows are stored here, content-addressed (Docs/sources.md).
         let scanner = Scanner(crossFaceID: config.crossfaceid, huggingFace: config.huggingface, python: python,
-                              sourceCache: store.url(Self.sourceCacheFolder).path,
+                              sourceCache: store.url(Catalog.sourceCacheFolder).path,
                               skipping: [store.root.path: "the catalog's data root", catalogPath + ".work": "the catalog's work folder"])
         // The counting pass walks every source a second time; only the terminal's ETA needs it.
         let total: Int? = progress == .terminal ? try await countItems(scanner: scanner) : nil
@@ -140,11 +140,13 @@ public struct IngestPipeline: Sendable {
                             case .problem(let p): await results.send(.problem(p))
                             case .skipped(let p): await ledger.skipped(p)
                             case .item(let item):
+                                // Seen before the partition is asked: which listing of a path comes
+                                // first (two Parquet rows of one image: one stored path) is decided
+                                // in source order on every machine, as on one.
+                                let conflict = await ledger.saw(item)
                                 if let partition, !partition.contains(item) {
-                                    await ledger.outsidePartition(item)
-                                    break
-                                }
-                                if let conflict = await ledger.saw(item) {
+                                    await ledger.outsidePartition()
+                                } else if let conflict {
                                     if case .some(let p) = conflict { await results.send(.problem(p)) }
                                 } else if try reader.isUnchanged(item) { await results.send(.unchanged) } else { await work.send(item) }
                             }
@@ -223,9 +225,6 @@ public struct IngestPipeline: Sendable {
         }
     }
 
-    /// The data root's folder of images extracted from Parquet rows.
-    public static let sourceCacheFolder = "sources"
-
     private func countItems(scanner: Scanner) async throws -> Int {
         var n = 0
         for source in sources {
@@ -282,11 +281,8 @@ actor ScanLedger {
 
     var seenPaths: Set<PathKey> { Set(identityOf.keys) }
 
-    /// An item of another partition: seen (so never marked vanished), not processed.
-    func outsidePartition(_ item: ScanItem) {
-        identityOf[PathKey(item.path)] = (item.identity, item.sourceLocation)
-        otherPartitions += 1
-    }
+    /// An item of another partition (already `saw`, so never marked vanished): not processed.
+    func outsidePartition() { otherPartitions += 1 }
     private(set) var otherPartitions = 0
 
     func rejected(_ problem: ScanProblem) { rejectedSources.append("\(problem.location): \(problem.reason)") }

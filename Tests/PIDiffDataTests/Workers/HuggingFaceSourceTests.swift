@@ -311,6 +311,49 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertEqual(try files(catalogURL).count, 6)
     }
 
+    /// Parquet rows ingested in three partitions and merged: the same photos (by row, content and
+    /// identity) as one machine's run, their images moved into the merged data root's `sources/`
+    /// (the parts can then go), row 9 (row 0's bytes again) still stored once, and `verify` clean.
+    func testParquetPartitionsMergedEqualOneMachineWithTheirImagesInTheMergedRoot() async throws {
+        let hf = try makeFixtures()
+        let faces = hf.appendingPathComponent("parquet/faces.parquet")
+        let dir = try TestSupport.temporaryDirectory()
+        func rows(_ catalog: URL, root: URL) throws -> Set<String> {
+            Set(try files(catalog).map { f in
+                "\(f.origin ?? f.path) \(f.identity) \(f.sha256 ?? "-") \(f.path.hasPrefix(root.path + "/sources/") ? "stored" : f.path)"
+            })
+        }
+        let single = dir.appendingPathComponent("single.sqlite")
+        _ = try await ingest([faces], catalog: single)
+        var parts: [String] = []
+        for k in 1...3 {
+            let part = dir.appendingPathComponent("part-\(k).sqlite")
+            var pipeline = IngestPipeline(sources: [faces.path], catalogPath: part.path, config: Self.config, python: TestSupport.python)
+            pipeline.partition = Partition("\(k)/3")
+            _ = try await pipeline.run()
+            parts.append(part.path)
+        }
+        let merged = dir.appendingPathComponent("merged.sqlite")
+        for _ in 0..<2 { // the second merge adds nothing
+            let r = try TestSupport.runCLI(["catalog", "merge"] + parts + ["--into", merged.path])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let mergedRoot = try Catalog(path: merged.path).dataRoot()
+        XCTAssertEqual(try rows(merged, root: mergedRoot), try rows(single, root: try Catalog(path: single.path).dataRoot()))
+        XCTAssertEqual(try files(merged).filter { $0.origin?.hasSuffix("#row=9") ?? false }.count, 0, "row 9 repeats row 0's image")
+        for part in parts { try FileManager.default.removeItem(at: URL(fileURLWithPath: part + ".data")) }
+        let stored = try files(merged).filter { $0.path.hasPrefix(mergedRoot.path + "/sources/") }
+        XCTAssertGreaterThanOrEqual(stored.count, 5)
+        for file in try files(merged) {
+            XCTAssertFalse(parts.contains { file.path.hasPrefix($0 + ".data/") }, "\(file.path) still names a part's data root")
+        }
+        for file in stored {
+            XCTAssertEqual(try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: file.path)), file.sha256, file.path)
+        }
+        let verify = try TestSupport.runCLI(["verify", "--catalog", merged.path])
+        XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
+    }
+
     /// Partitioned ingest (`--partition K/N`) must send a Parquet row to the same partition on
     /// every machine: the row decides, not the data root its image is stored in.
     func testAParquetRowFallsInTheSamePartitionWhateverTheDataRoot() {
