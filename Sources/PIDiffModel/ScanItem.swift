@@ -107,7 +107,8 @@ public struct Partition: Sendable, Equatable, CustomStringConvertible {
     /// Whether `item` falls in this partition: SHA-256 of its path relative to its source (the
     /// source's folder for a manifest), first 8 bytes as an integer, modulo N. A Parquet row's path
     /// is its image stored in this machine's data root, so its origin (`file.parquet#row=N`,
-    /// relative to the file's folder) decides instead.
+    /// relative to the file's folder) decides instead; the Parquet reader applies the same rule to
+    /// its rows (`ParquetRows`) so that it stores only this partition's images.
     public func contains(_ item: ScanItem) -> Bool {
         let base = [.folders, .imagefolder].contains(item.sourceKind) ? item.sourceLocation : (item.sourceLocation as NSString).deletingLastPathComponent
         let key = item.sourceKind == .parquet ? (item.origin ?? item.path) : item.path

@@ -169,7 +169,9 @@ extension Scanner {
         let hf = huggingFace
         let request = ParquetRows.Request(parquet: file, cache: cache, identity: hf.identityColumn, image: hf.imageColumn,
                                           labels: Dictionary(uniqueKeysWithValues: hf.labelColumns.map { ($0.label, $0.column) }),
-                                          batchRows: hf.parquetBatchRows, countOnly: countOnly)
+                                          batchRows: hf.parquetBatchRows, countOnly: countOnly,
+                                          partition: partition.map { [$0.index, $0.count] },
+                                          rowKey: (file as NSString).lastPathComponent + "#row=")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = (python == "/usr/bin/env" ? ["python3"] : [])

@@ -14,9 +14,11 @@ import PIDiffModel
 ///
 /// Lines (JSON objects, `type` first):
 /// - `schema`: `columns`, `rows`, `row_groups`, `labels` (label → column found), `missing_labels`
-/// - `row`: `row` (0-based index in the file), `identity`, `path` (the stored image), `labels`
+/// - `row`: `row` (0-based index in the file), `identity`, `path` (the stored image; for another
+///   partition's row, the name it would have, not written), `labels`
 ///   (`caption`/`race`/`age`/`gender` → text), `image_path` (the Image feature's own `path`, if any)
-/// - `problem`: `rows` (`"17"` or `"64-127"`), `reason`: a row (or a row group) that gives no photo
+/// - `problem`: `rows` (`"17"` or `"64-127"`), `reason`: a row (or a row group) that gives no photo;
+///   under a partition only for its own rows (a row group's, by its first unread row)
 /// - `refused`: `reason`: the file as a whole is not a usable source (missing column, not Parquet)
 /// - `fatal`: `reason`: the cache cannot be written (stops the run, as any data-root failure)
 /// - `end`: `rows`: the file was read to its end
@@ -29,8 +31,15 @@ enum ParquetRows {
         var labels: [String: String]
         var batchRows: Int
         var countOnly: Bool
+        /// Under `ingest --partition K/N`: `[K, N]`, and the row key before its index
+        /// (`file.parquet#row=`). The child stores images and reports problems only for this
+        /// partition's rows (`Partition.contains`'s rule: SHA-256 of the key, first 8 bytes, mod N);
+        /// other rows still come as `row` lines, with the path their image would have, so which
+        /// row of a repeated image comes first is the same on every machine.
+        var partition: [Int]?
+        var rowKey: String
         enum CodingKeys: String, CodingKey {
-            case parquet, cache, identity, image, labels, batchRows = "batch_rows", countOnly = "count_only"
+            case parquet, cache, identity, image, labels, partition, batchRows = "batch_rows", countOnly = "count_only", rowKey = "row_key"
         }
     }
 
@@ -71,11 +80,11 @@ def class_names(schema):
     except Exception:
         return {}
 
-def store(cache, data, ext):
+def store(cache, data, ext, write):
     digest = hashlib.sha256(data).hexdigest()
     folder = os.path.join(cache, digest[:2])
     final = os.path.join(folder, digest + "." + ext)
-    if os.path.exists(final): return final
+    if not write or os.path.exists(final): return final
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), digest))
     try:
@@ -123,6 +132,13 @@ def main():
     columns = [ident, image] + sorted(set(labels.values()) - {ident, image})
     cache = req["cache"]
     here = os.path.dirname(os.path.abspath(path))
+    part = req.get("partition")
+    def ours(row):
+        if not part: return True
+        digest = hashlib.sha256((req["row_key"] + str(row)).encode()).hexdigest()
+        return int(digest[:16], 16) % part[1] == part[0] - 1
+    def problem(row, reason, rows=None):
+        if ours(row): out({"type": "problem", "rows": rows or str(row), "reason": reason})
     start = 0
     for group in range(meta.num_row_groups):
         count = meta.row_group(group).num_rows
@@ -134,9 +150,10 @@ def main():
                 data = {name: batch.column(k) for k, name in enumerate(batch.schema.names)}
                 for i in range(batch.num_rows):
                     row = start + done + i
+                    own = ours(row)
                     identity = text(data[ident][i].as_py(), classes.get(ident))
                     if identity is None:
-                        out({"type": "problem", "rows": str(row), "reason": "identity column `%s` is empty or not a known class" % ident})
+                        problem(row, "identity column `%s` is empty or not a known class" % ident)
                         continue
                     value = data[image][i].as_py()
                     original = None
@@ -147,7 +164,7 @@ def main():
                     elif value is None:
                         blob = None
                     else:
-                        out({"type": "problem", "rows": str(row), "reason": "image column `%s` holds %s, not an Image {bytes, path} or binary" % (image, type(value).__name__)})
+                        problem(row, "image column `%s` holds %s, not an Image {bytes, path} or binary" % (image, type(value).__name__))
                         continue
                     stored = None
                     if blob is None:
@@ -157,19 +174,19 @@ def main():
                                 stored = os.path.abspath(candidate)
                         if stored is None:
                             reason = "image is null" if value is None else ("image has no bytes and its path %r is not a file" % original if original else "image has neither bytes nor a path")
-                            out({"type": "problem", "rows": str(row), "reason": reason})
+                            problem(row, reason)
                             continue
                     else:
                         blob = bytes(blob)
                         if not blob:
-                            out({"type": "problem", "rows": str(row), "reason": "image bytes are empty"})
+                            problem(row, "image bytes are empty")
                             continue
                         ext = sniff(blob)
                         if ext is None:
-                            out({"type": "problem", "rows": str(row), "reason": "image bytes are not JPEG, PNG, WebP or BMP (%d bytes starting %s)" % (len(blob), blob[:8].hex())})
+                            problem(row, "image bytes are not JPEG, PNG, WebP or BMP (%d bytes starting %s)" % (len(blob), blob[:8].hex()))
                             continue
                         try:
-                            stored = store(cache, blob, ext)
+                            stored = store(cache, blob, ext, write=own)
                         except OSError as e:
                             out({"type": "fatal", "reason": "cannot write %s under %s: %s" % ("the image of row %d" % row, cache, why(e))})
                             sys.stdout.flush()
@@ -183,7 +200,7 @@ def main():
         except Exception as e:
             last = start + count - 1
             rows = str(start + done) if start + done == last else "%d-%d" % (start + done, last)
-            out({"type": "problem", "rows": rows, "reason": "row group %d cannot be read (%s)" % (group, why(e))})
+            problem(start + done, "row group %d cannot be read (%s)" % (group, why(e)), rows)
         start += count
     out({"type": "end", "rows": start})
 

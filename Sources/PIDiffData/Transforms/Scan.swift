@@ -20,16 +20,19 @@ public struct Scanner: Sendable {
     /// kept inside the photo folder it ingests would otherwise ingest its own crops, growing on
     /// every run. Folders holding an `outputMarker` file (reports, shards, samples) are skipped too.
     public var skipping: [String: String]
+    /// Under `ingest --partition K/N`: the Parquet reader stores only this partition's images.
+    public var partition: Partition?
 
     /// The file pidiff-data writes into every output folder it creates.
     public static let outputMarker = ".pidiff-output"
 
     public init(crossFaceID: CrossFaceIDParameters = CrossFaceIDParameters(), huggingFace: HuggingFaceParameters = HuggingFaceParameters(),
-                python: String? = nil, sourceCache: String? = nil, skipping: [String: String] = [:]) {
+                python: String? = nil, sourceCache: String? = nil, skipping: [String: String] = [:], partition: Partition? = nil) {
         self.crossFaceID = crossFaceID
         self.huggingFace = huggingFace
         self.python = python ?? TrainerProcess().python
         self.sourceCache = sourceCache
+        self.partition = partition
         self.skipping = Dictionary(skipping.map { (URL(fileURLWithPath: $0.key).standardizedFileURL.path, $0.value) }, uniquingKeysWith: { a, _ in a })
     }
 

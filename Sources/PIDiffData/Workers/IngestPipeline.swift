@@ -120,7 +120,8 @@ public struct IngestPipeline: Sendable {
         // Images of Parquet rows are stored here, content-addressed (Docs/sources.md).
         let scanner = Scanner(crossFaceID: config.crossfaceid, huggingFace: config.huggingface, python: python,
                               sourceCache: store.url(Catalog.sourceCacheFolder).path,
-                              skipping: [store.root.path: "the catalog's data root", catalogPath + ".work": "the catalog's work folder"])
+                              skipping: [store.root.path: "the catalog's data root", catalogPath + ".work": "the catalog's work folder"],
+                              partition: partition)
         // The counting pass walks every source a second time; only the terminal's ETA needs it.
         let total: Int? = progress == .terminal ? try await countItems(scanner: scanner) : nil
         let start = Date()

@@ -324,15 +324,23 @@ final class HuggingFaceSourceTests: XCTestCase {
             })
         }
         let single = dir.appendingPathComponent("single.sqlite")
-        _ = try await ingest([faces], catalog: single)
-        var parts: [String] = []
+        let one = try await ingest([faces], catalog: single)
+        var parts: [String] = [], problems: [String] = []
         for k in 1...3 {
             let part = dir.appendingPathComponent("part-\(k).sqlite")
             var pipeline = IngestPipeline(sources: [faces.path], catalogPath: part.path, config: Self.config, python: TestSupport.python)
             pipeline.partition = Partition("\(k)/3")
-            _ = try await pipeline.run()
+            problems += try await pipeline.run().problems
             parts.append(part.path)
+            // A part stores only its own rows' images: nothing in its data root is unreferenced.
+            let verify = try TestSupport.runCLI(["verify", "--catalog", part.path, "--json"])
+            let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(verify.stdout.utf8)) as? [String: Any], verify.stderr)
+            XCTAssertEqual((report["orphans"] as? [Any])?.count, 0, "part \(k): \(verify.stdout)")
         }
+        // (Where a row's image is stored names each catalog's own data root.)
+        let unstored = { (p: [String]) in p.map { $0.replacingOccurrences(of: #" \(stored as [^)]*\)"#, with: "", options: .regularExpression) }.sorted() }
+        XCTAssertEqual(unstored(problems), unstored(one.problems), "each row's problem is reported by one part")
+        XCTAssertFalse(problems.isEmpty)
         let merged = dir.appendingPathComponent("merged.sqlite")
         for _ in 0..<2 { // the second merge adds nothing
             let r = try TestSupport.runCLI(["catalog", "merge"] + parts + ["--into", merged.path])
