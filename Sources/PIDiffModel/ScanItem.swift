@@ -110,8 +110,18 @@ public struct Partition: Sendable, Equatable, CustomStringConvertible {
     /// relative to the file's folder) decides instead; the Parquet reader applies the same rule to
     /// its rows (`ParquetRows`) so that it stores only this partition's images.
     public func contains(_ item: ScanItem) -> Bool {
-        let base = [.folders, .imagefolder].contains(item.sourceKind) ? item.sourceLocation : (item.sourceLocation as NSString).deletingLastPathComponent
-        let key = item.sourceKind == .parquet ? (item.origin ?? item.path) : item.path
+        owns(item.sourceKind == .parquet ? (item.origin ?? item.path) : item.path, kind: item.sourceKind, source: item.sourceLocation)
+    }
+
+    /// Whether this partition reports a problem the scan of `source` met at `location` (a file, a
+    /// manifest line): every machine scans every source, so each problem is given to one of them by
+    /// its location, as items are. A Parquet reader already reports only its partition's rows.
+    public func reports(problemAt location: String, kind: SourceKind, source: String) -> Bool {
+        kind == .parquet || owns(location, kind: kind, source: source)
+    }
+
+    private func owns(_ key: String, kind: SourceKind, source: String) -> Bool {
+        let base = [.folders, .imagefolder].contains(kind) ? source : (source as NSString).deletingLastPathComponent
         let relative = key.hasPrefix(base + "/") ? String(key.dropFirst(base.count + 1)) : key
         let digest = Hashing.sha256Hex(Data(relative.utf8))
         let value = UInt64(digest.prefix(16), radix: 16) ?? 0

@@ -134,11 +134,15 @@ public struct IngestPipeline: Sendable {
                 // Scanner + incremental check: unchanged items and scan problems go straight to the writer.
                 let reader = IncrementalCheck(catalog: catalog, fingerprint: fingerprint)
                 for source in sources {
+                    let location = URL(fileURLWithPath: source).standardizedFileURL.path
+                    let kind = try? Scanner.kind(of: location)
                     do {
                         try await scanner.scan(source) { event in
                             try Task.checkCancellation() // the writer failed: stop walking
                             switch event {
-                            case .problem(let p): await results.send(.problem(p))
+                            case .problem(let p):
+                                if let partition, let kind, !partition.reports(problemAt: p.location, kind: kind, source: location) { break }
+                                await results.send(.problem(p))
                             case .skipped(let p): await ledger.skipped(p)
                             case .item(let item):
                                 // Seen before the partition is asked: which listing of a path comes

@@ -362,6 +362,24 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
     }
 
+    /// Every partition scans the whole source, so without care each would report every bad
+    /// metadata row: the parts' problems, put together, are one machine's, each once.
+    func testPartitionsReportEachScanProblemOnce() async throws {
+        let hf = try makeFixtures()
+        let dir = try TestSupport.temporaryDirectory()
+        let sources = [hf.appendingPathComponent("imagefolder_csv"), hf.appendingPathComponent("imagefolder_jsonl")]
+        let one = try await ingest(sources, catalog: dir.appendingPathComponent("single.sqlite"))
+        XCTAssertGreaterThanOrEqual(one.problems.count, 4, "\(one.problems)")
+        var problems: [String] = []
+        for k in 1...3 {
+            var pipeline = IngestPipeline(sources: sources.map(\.path), catalogPath: dir.appendingPathComponent("part-\(k).sqlite").path,
+                                          config: Self.config, python: TestSupport.python)
+            pipeline.partition = Partition("\(k)/3")
+            problems += try await pipeline.run().problems
+        }
+        XCTAssertEqual(problems.sorted(), one.problems.sorted())
+    }
+
     /// Partitioned ingest (`--partition K/N`) must send a Parquet row to the same partition on
     /// every machine: the row decides, not the data root its image is stored in.
     func testAParquetRowFallsInTheSamePartitionWhateverTheDataRoot() {
