@@ -3,14 +3,16 @@ import GRDB
 import PIDiffModel
 
 public enum MergeError: Error, CustomStringConvertible {
-    case parameters(String, [String])
-    case models(String)
+    /// The part, the stage (`ingest`, `masks`) and the differing parameters.
+    case parameters(String, String, [String])
+    /// The part, the stage and the model files whose SHA-256 the stage's fingerprint holds.
+    case models(String, String, String)
     public var description: String {
         switch self {
-        case .parameters(let part, let keys):
-            return "\(part): ingested with other parameters (\(keys.joined(separator: ", "))); partitions must share one pipeline file"
-        case .models(let part):
-            return "\(part): ingested with the same parameters but other models (their SHA-256 differ); partitions must share one model folder"
+        case .parameters(let part, let stage, let keys):
+            return "\(part): \(stage) ran with other parameters (\(keys.joined(separator: ", "))); partitions must share one pipeline file"
+        case .models(let part, let stage, let models):
+            return "\(part): \(stage) ran with the same parameters but another \(models) (its SHA-256 differs); partitions must share one model folder"
         }
     }
 }
@@ -31,14 +33,45 @@ extension Catalog {
         enum CodingKeys: String, CodingKey { case part, files, faces, masks, runs, artefactsLinked = "artefacts_linked" }
     }
 
-    /// The latest completed ingest run's parameters fingerprint and parameters JSON.
-    private static func ingestIdentity(_ db: Database, schema: String) throws -> (fingerprint: String, parameters: String)? {
+    /// The stages whose results a merge puts side by side: each must have run with one fingerprint
+    /// (parameters and models) in every part. `results` is the table and column holding it; the
+    /// key names the pipeline file's section.
+    private static let checkedStages: [(command: String, section: String, results: String, column: String)] = [
+        ("ingest", "ingest", "image_results", "params_fingerprint"), ("masks", "mask", "masks", "mask_fingerprint")]
+
+    /// The fingerprint and parameters JSON of the latest `command` run whose results the catalog
+    /// holds, whatever its status: a partition's run killed at the scheduler's time limit still
+    /// left results made with its parameters.
+    private static func identity(_ db: Database, schema: String, command: String, results: String, column: String) throws
+        -> (fingerprint: String, parameters: String)? {
         guard let row = try Row.fetchOne(db, sql: """
-            SELECT params_fingerprint, parameters FROM \(schema).runs r WHERE command = 'ingest' AND status = 'completed'
-              AND EXISTS (SELECT 1 FROM \(schema).image_results x WHERE x.params_fingerprint = r.params_fingerprint)
+            SELECT params_fingerprint, parameters FROM \(schema).runs r WHERE command = ?
+              AND EXISTS (SELECT 1 FROM \(schema).\(results) x WHERE x.\(column) = r.params_fingerprint)
             ORDER BY id DESC LIMIT 1
-            """) else { return nil }
+            """, arguments: [command]) else { return nil }
         return (row[0], row[1])
+    }
+
+    /// Refuses a part whose stages ran with another fingerprint than the target's, naming the
+    /// parameters that differ, or the models when none does.
+    private static func checkSameFingerprints(_ db: Database, part: String) throws {
+        for stage in checkedStages {
+            guard let theirs = try identity(db, schema: "part", command: stage.command, results: stage.results, column: stage.column),
+                  let ours = try identity(db, schema: "main", command: stage.command, results: stage.results, column: stage.column),
+                  theirs.fingerprint != ours.fingerprint else { continue }
+            let a = (try? JSONSerialization.jsonObject(with: Data(theirs.parameters.utf8))) as? [String: Any] ?? [:]
+            let b = (try? JSONSerialization.jsonObject(with: Data(ours.parameters.utf8))) as? [String: Any] ?? [:]
+            let differing = Set(a.keys).union(b.keys).sorted().filter { key in
+                !["workers", "vanished"].contains(key) && "\(a[key] ?? "unset")" != "\(b[key] ?? "unset")"
+            }
+            guard differing.isEmpty else {
+                throw MergeError.parameters(part, stage.command, differing.map { "\(stage.section).\($0): \(a[$0] ?? "unset") here, \(b[$0] ?? "unset") in the target" })
+            }
+            // The fingerprints hold these models' SHA-256 besides the parameters (IngestPipeline, MaskPipeline).
+            let models = stage.command == "masks" ? "ONNX face-parsing model (mask.onnx_path)"
+                : "\(a["detector"] as? String == "mmod" ? "68-point landmark model or MMOD detector" : "68-point landmark model") (models folder)"
+            throw MergeError.models(part, stage.command, models)
+        }
     }
 
     public func merge(part: Catalog) throws -> MergeSummary {
@@ -77,16 +110,7 @@ extension Catalog {
             try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
             defer { try? db.execute(sql: "DETACH DATABASE part") }
             try db.inTransaction {
-                if let theirs = try Self.ingestIdentity(db, schema: "part"), let ours = try Self.ingestIdentity(db, schema: "main"),
-                   theirs.fingerprint != ours.fingerprint {
-                    let a = (try? JSONSerialization.jsonObject(with: Data(theirs.parameters.utf8))) as? [String: Any] ?? [:]
-                    let b = (try? JSONSerialization.jsonObject(with: Data(ours.parameters.utf8))) as? [String: Any] ?? [:]
-                    let differing = Set(a.keys).union(b.keys).sorted().filter { key in
-                        !["workers", "vanished"].contains(key) && "\(a[key] ?? "unset")" != "\(b[key] ?? "unset")"
-                    }
-                    if differing.isEmpty { throw MergeError.models(part.path) }
-                    throw MergeError.parameters(part.path, differing.map { "ingest.\($0): \(a[$0] ?? "unset") here, \(b[$0] ?? "unset") in the target" })
-                }
+                try Self.checkSameFingerprints(db, part: part.path)
                 func columns(_ table: String) throws -> [String] {
                     try Row.fetchAll(db, sql: "PRAGMA main.table_info(\(table))").map { $0["name"] as String }
                 }

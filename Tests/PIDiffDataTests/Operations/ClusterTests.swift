@@ -84,6 +84,22 @@ final class ClusterTests: XCTestCase {
         let refused = try TestSupport.runCLI(["catalog", "merge", other, "--into", merged])
         XCTAssertEqual(refused.status, 1)
         XCTAssertTrue(refused.stderr.contains("ingest.upsample"), refused.stderr)
+        // Also when that part's run was killed at the scheduler's time limit (its results stay).
+        try Catalog(path: other).pool.write { try $0.execute(sql: "UPDATE runs SET status = 'interrupted'") }
+        let killed = try TestSupport.runCLI(["catalog", "merge", other, "--into", merged])
+        XCTAssertEqual(killed.status, 1, killed.stdout)
+        XCTAssertTrue(killed.stderr.contains("ingest.upsample"), killed.stderr)
+
+        // A part whose masks ran with other mask parameters is refused too, naming the key.
+        let maskPipeline = dir.appendingPathComponent("mask.yaml")
+        try "mask:\n  iterations: 3\n".write(to: maskPipeline, atomically: true, encoding: .utf8)
+        let masked = dir.appendingPathComponent("masked.sqlite").path
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", photos.path, "--catalog", masked, "--partition", "2/3"]).status, 0)
+        XCTAssertEqual(try TestSupport.runCLI(["masks", "--catalog", masked, "--pipeline", maskPipeline.path]).status, 0)
+        let otherMasks = try TestSupport.runCLI(["catalog", "merge", masked, "--into", merged])
+        XCTAssertEqual(otherMasks.status, 1, otherMasks.stdout)
+        XCTAssertTrue(otherMasks.stderr.contains("masks ran with other parameters (mask.iterations: 3 here, 5 in the target"), otherMasks.stderr)
+        XCTAssertEqual(try snapshot(merged), one, "a refused part changes nothing")
     }
 
     func testTheKubernetesManifestIsAnIndexedJobPairedWithItsMerge() throws {
