@@ -39,3 +39,95 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 }
+
+/// While a `run` goes on, stderr (fd 2) is a pipe read by this object, so that what native
+/// libraries print there themselves (libpng's "iCCP: known incorrect sRGB profile", OpenCV or
+/// dlib warnings, which no handler of ours sees) cannot break the JSON-lines contract: a line that
+/// is already a JSON object passes through as it is, any other becomes a `warning` with label
+/// `pidiff-data.native` and the run's metadata. `stop()` puts the real stderr back.
+public final class StderrAsJSONLines: @unchecked Sendable {
+    private let saved: Int32
+    private let readEnd: Int32
+    private let finished = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var metadata: [String: String]
+
+    /// nil when the pipe cannot be made (stderr is then left as it is).
+    public init?(metadata: [String: String]) {
+        fflush(nil) // every C stream: what is buffered goes where it was meant to
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return nil }
+        let saved = dup(2)
+        guard saved >= 0, dup2(fds[1], 2) >= 0 else {
+            close(fds[0]); close(fds[1])
+            if saved >= 0 { close(saved) }
+            return nil
+        }
+        close(fds[1])
+        self.saved = saved
+        self.readEnd = fds[0]
+        self.metadata = metadata
+        Thread.detachNewThread { [self] in pump() }
+    }
+
+    /// Metadata for the lines from now on (`stage`), nil to drop a key.
+    public func set(_ key: String, _ value: String?) {
+        lock.lock(); defer { lock.unlock() }
+        metadata[key] = value
+    }
+
+    /// The real stderr back, once every line written so far is out (a child still holding the
+    /// pipe is waited for at most two seconds).
+    public func stop() {
+        fflush(nil) // every C stream: what is buffered goes where it was meant to
+        dup2(saved, 2) // the pipe's last write end closes: the reader sees its end
+        _ = finished.wait(timeout: .now() + 2)
+    }
+
+    private func pump() {
+        var pending: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 14)
+        while true {
+            let n = read(readEnd, &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            pending.append(contentsOf: buffer[0..<n])
+            while let newline = pending.firstIndex(of: 10) {
+                forward(pending[..<newline])
+                pending.removeSubrange(...newline)
+            }
+        }
+        if !pending.isEmpty { forward(pending[...]) }
+        close(readEnd)
+        close(saved)
+        finished.signal()
+    }
+
+    private func forward(_ line: ArraySlice<UInt8>) {
+        let data = Data(line)
+        var out = data
+        if (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] == nil {
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !text.isEmpty else { return }
+            lock.lock()
+            var obj: [String: Any] = metadata
+            lock.unlock()
+            obj["ts"] = ISO8601DateFormatter().string(from: Date())
+            obj["level"] = "warning"
+            obj["label"] = "pidiff-data.native"
+            obj["message"] = text
+            guard let encoded = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+            out = encoded
+        }
+        out.append(10)
+        out.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = write(saved, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                offset += n
+            }
+        }
+    }
+}

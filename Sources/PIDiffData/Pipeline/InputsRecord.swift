@@ -21,3 +21,23 @@ struct InputsRecord {
         try OutputPath.write(try JSONEncoder.sorted.encode(inputs), to: file)
     }
 }
+
+extension InputsRecord {
+    /// The base model's files as the file system describes them (path, size, modification time
+    /// in ns, in name order), hashed: weights replaced or rewritten in place under the same path
+    /// are a new base model, found without reading gigabytes on every cron run. A model given by
+    /// a name rather than a folder is its name.
+    static func baseModel(_ sd: String) -> String {
+        let root = URL(fileURLWithPath: sd).resolvingSymlinksInPath()
+        guard let walker = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil) else { return sd }
+        var lines: [String] = []
+        for case let url as URL in walker {
+            var info = stat()
+            guard stat(url.path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { continue }
+            let relative = String(url.path.dropFirst(root.path.count)) // stat follows links (a Hugging Face cache: blobs)
+            lines.append("\(relative) \(info.st_size) \(info.st_mtim.tv_sec * 1_000_000_000 + info.st_mtim.tv_nsec)")
+        }
+        return lines.isEmpty ? sd : Hashing.sha256Hex(Data(lines.sorted().joined(separator: "\n").utf8))
+    }
+}
+

@@ -43,6 +43,9 @@ public struct RunPipeline: Sendable {
         let runID = String(UUID().uuidString.lowercased().prefix(12))
         var log = Logger(label: "pidiff-data.run") { JSONLogHandler(label: $0) }
         log[metadataKey: "run_id"] = "\(runID)"
+        // stderr stays JSON lines even where native libraries print to it themselves.
+        let native = StderrAsJSONLines(metadata: ["run_id": runID])
+        defer { native?.stop() }
         let workspace = Workspace(catalogPath: catalog, work: URL(fileURLWithPath: try RunSpec.expand(spec.work ?? (catalog + ".work"))),
                                   config: config, trainerModels: spec.models, trainer: TrainerProcess(python: python), progress: .jsonLines)
         var outcome = Outcome.success
@@ -53,6 +56,7 @@ public struct RunPipeline: Sendable {
         for name in spec.stages.map(\.rawValue) {
             var stageLog = log
             stageLog[metadataKey: "stage"] = "\(name)"
+            native?.set("stage", name)
             let t0 = Date()
             do {
                 guard let type = StageRegistry.stage(named: name) else { throw PipelineError.invalid("run.stages", "unknown stage \(name)") }

@@ -54,7 +54,8 @@ public struct SampleStage: PipelineStage {
             // What the pictures were made from: unchanged, they are not made again.
             let record = InputsRecord(file: out.appendingPathComponent("\(folder)/.pidiff-data-sampled.json"), inputs: [
                                           "weights_sha256": try Hashing.sha256Hex(fileAt: weights), "prompt": p.prompt,
-                                          "arguments": p.arguments.joined(separator: "\u{1f}"), "sd": sd, "encoded": encoded.path])
+                                          "arguments": p.arguments.joined(separator: "\u{1f}"), "sd": sd, "sd_files": InputsRecord.baseModel(sd),
+                                          "encoded": encoded.path])
             if p.skipUnchanged && record.isCurrent {
                 skipped += 1
                 continue

@@ -65,9 +65,9 @@ public struct TrainStage: PipelineStage {
     }
 
     /// What training reads, as the encoded files' own metadata says (sources, models, format),
-    /// plus the flags and the base model's path.
+    /// plus the flags and the base model (its path, and its files' sizes and times).
     static func inputs(encoded: URL, split: String, arguments: [String], sd: String) throws -> [String: String] {
-        var inputs = ["split": split, "arguments": arguments.joined(separator: "\u{1f}"), "sd": sd]
+        var inputs = ["split": split, "arguments": arguments.joined(separator: "\u{1f}"), "sd": sd, "sd_files": InputsRecord.baseModel(sd)]
         let files = ((try? FileManager.default.contentsOfDirectory(atPath: encoded.path)) ?? [])
             .filter { $0.hasPrefix(split + "-") && $0.hasSuffix(".safetensors") }.sorted()
         for file in files {

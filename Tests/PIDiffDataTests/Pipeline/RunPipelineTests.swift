@@ -170,6 +170,50 @@ final class RunFlowTests: XCTestCase {
             let counts = lines.compactMap { $0["counts"] as? [String: String] }.first
             XCTAssertEqual(counts?["unchanged"], "1", "\(stage) skipped: \(lines)")
         }
+
+        // The base model's UNet rewritten in place (same path, one value changed): a new base
+        // model, so the identities are trained and sampled again.
+        let unetFolder = dir.appendingPathComponent("sample-work/models/sd/unet")
+        let unet = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: unetFolder.path).first { $0.hasSuffix(".safetensors") })
+        var bytes = try Data(contentsOf: unetFolder.appendingPathComponent(unet))
+        bytes[bytes.count - 1] ^= 0x01 // the last tensor's last byte
+        try bytes.write(to: unetFolder.appendingPathComponent(unet))
+        let changed = try TestSupport.run(TestSupport.cli.path, ["run", "--pipeline", pipeline.path, "--json"],
+                                          environment: ["PIDIFF_PYTHON": TestSupport.python])
+        XCTAssertEqual(changed.status, 0, changed.stderr)
+        let changedLogs: [[String: Any]] = changed.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        for stage in ["train", "sample"] {
+            let counts = changedLogs.filter { ($0["stage"] as? String) == stage }.compactMap { $0["counts"] as? [String: String] }.first
+            XCTAssertEqual(counts?["unchanged"], "0", "\(stage) redone for the new base model: \(changedLogs)")
+        }
+    }
+}
+
+/// Native libraries print to stderr themselves (libpng on a PNG whose ICC profile it knows to be
+/// wrong); under `run` those lines become JSON log lines too, so `jq` over stderr never breaks.
+final class RunNativeOutputTests: XCTestCase {
+    func testNativeLibraryWarningsBecomeJSONLines() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let person = dir.appendingPathComponent("photos/biden")
+        try FileManager.default.createDirectory(at: person, withIntermediateDirectories: true)
+        // The sample photo's own ICC profile (3,144 bytes) is one libpng warns about in a PNG.
+        let made = try TestSupport.run(TestSupport.python, ["-c", """
+            import sys; from PIL import Image
+            im = Image.open(sys.argv[1]); im.save(sys.argv[2], icc_profile=im.info["icc_profile"])
+            """, TestSupport.sampleIdentities.appendingPathComponent("biden/biden.jpg").path, person.appendingPathComponent("icc.png").path])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let pipeline = dir.appendingPathComponent("r.yaml")
+        try "run:\n  catalog: \(dir.path)/c.sqlite\n  sources: [\"\(dir.path)/photos\"]\n  stages: [ingest, masks]\n"
+            .write(to: pipeline, atomically: true, encoding: .utf8)
+        let r = try TestSupport.runCLI(["run", "--pipeline", pipeline.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stderr.split(separator: "\n")
+        let logs = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(logs.count, lines.count, "every stderr line is JSON: \(r.stderr)")
+        let native = logs.filter { $0["label"] as? String == "pidiff-data.native" }
+        XCTAssertTrue(native.contains { ($0["message"] as? String)?.contains("iCCP") == true && $0["stage"] as? String == "ingest"
+                                        && $0["run_id"] != nil }, "\(native)")
     }
 }
 
