@@ -7,7 +7,10 @@ A photo goes through `pidiff-data face` first: the same decode → detect → 68
 alignment → quality → background removal → 256×256 e4e input as `pidiff-data ingest`, with the same
 pipeline parameters and models, without a catalog. The e4e input (white background) is then encoded
 by e4e. A prepared e4e input (a file named `*.e4e.png`, as `pidiff-data face` and shard exports write
-them, or any image with `--prepared`) must be exactly 256×256; it is encoded as it is.
+them, or any image with `--prepared`) must be exactly 256×256 and look prepared (its border mostly
+the white fill: `check_looks_prepared`); it is encoded as it is. One whose NAME.json says
+`pidiff-data face` refused the photo ("ok": false: several faces, a failed quality gate or mask) is
+refused, with that reason.
 
 The output is a safetensors file with `w_plus` [1, 18, 512] (float32) and metadata naming its source
 (photo or file, SHA-256), the e4e checkpoint (SHA-256) and the face `pidiff-data face` found
@@ -196,6 +199,11 @@ def prepare_face(photo: str | Path, out_dir: str | Path, options: FaceOptions | 
 
 # ----------------------------------------------------------------------------------------------
 # The e4e input and its encoding.
+def default_hint(what: str) -> str:
+    return (f"{what} takes a prepared 256x256 e4e input (aligned face, white background, as `pidiff-data face` "
+            "writes NAME.e4e.png); for a photo use --photo PHOTO")
+
+
 def read_e4e_input(path: str | Path, what: str = "--image", hint: str | None = None):
     """A prepared e4e input as uint8 [256, 256, 3]. Anything else (not an image, another size) is a
     FaceError naming `what` and the file, with `hint` (default: use --photo, which prepares any
@@ -206,8 +214,7 @@ def read_e4e_input(path: str | Path, what: str = "--image", hint: str | None = N
     path = Path(path)
     if not path.is_file():
         raise FaceError(f"{_named(what, path)}: not found")
-    hint = hint or (f"{what} takes a prepared 256x256 e4e input (aligned face, white background, as `pidiff-data face` "
-                    "writes NAME.e4e.png); for a photo use --photo PHOTO")
+    hint = hint or default_hint(what)
     try:
         with Image.open(path) as image:
             image.load()
@@ -218,6 +225,51 @@ def read_e4e_input(path: str | Path, what: str = "--image", hint: str | None = N
     if size != (E4E_INPUT_SIZE, E4E_INPUT_SIZE):
         raise FaceError(f"{_named(what, path)}: {size[0]}x{size[1]}, not 256x256; {hint}")
     return pixels
+
+
+# Does a 256×256 picture look like a prepared e4e input, or like a photo squashed to 256×256? A
+# prepared input is the FFHQ-aligned face (hair, ears, neck) composited on a pure white fill, so most
+# of its outer ring is that fill: both sides always (the aligned face is centred), the top and bottom
+# where hair and shoulders do not reach. The statistic: the share of the pixels in the outer
+# PREPARED_BORDER-pixel ring whose three channels are all ≥ WHITE_LEVEL (≥ 250 rather than = 255, so
+# a JPEG re-save of a prepared input still counts).
+# Measured (ring 2 px, level 250), on the real data of the repository:
+#   - prepared e4e inputs: 13 distinct ones, the 8 of out/sample.sqlite.data/e4e and those
+#     `pidiff-data face` writes for the 7 sample photos of $PIDIFF_CACHE/sample/identities and for a
+#     two-face photo composed of two of them: 0.768–1.000 (0.904–1.000 for the 11 that pass the
+#     quality gates; the two lower ones are partial faces that `pidiff-data face` refuses);
+#     the same saved as JPEG (quality 75): 0.761–1.000;
+#   - negatives: the 7 sample photos resized to 256×256 with PIL: 0.000–0.097; the 8 aligned
+#     512×512 crops without background removal (NAME.crop512.png) resized to 256×256: 0.000–0.108.
+# MIN_WHITE_BORDER = 0.4 sits between, with a margin of about 0.3 on either side; and as the two
+# side columns of an aligned face are white, a prepared input stays at or above ~0.5 even when hair
+# and shoulders cover the whole top and bottom rows. What it cannot tell apart: a photo whose own
+# background is white along the border (a studio portrait) passes; a prepared input is still the
+# only thing --image means.
+PREPARED_BORDER = 2
+WHITE_LEVEL = 250
+MIN_WHITE_BORDER = 0.4
+MEASURED_PREPARED = "77-100%"
+MEASURED_PHOTOS = "0-11%"
+
+
+def white_border_share(pixels) -> float:
+    """The share of the outer PREPARED_BORDER-pixel ring of uint8 [H, W, 3] pixels that is white fill."""
+    import numpy as np
+
+    ring = np.ones(pixels.shape[:2], bool)
+    ring[PREPARED_BORDER:-PREPARED_BORDER, PREPARED_BORDER:-PREPARED_BORDER] = False
+    return float(np.all(pixels[ring] >= WHITE_LEVEL, axis=-1).mean())
+
+
+def check_looks_prepared(pixels, path: Path, what: str, hint: str) -> None:
+    """A FaceError unless the picture's border is mostly the white fill of a prepared e4e input."""
+    share = white_border_share(pixels)
+    if share < MIN_WHITE_BORDER:
+        raise FaceError(f"{_named(what, path)}: does not look like a prepared e4e input: {share:.0%} of its "
+                        f"{PREPARED_BORDER}-pixel border is white background fill (prepared inputs measured "
+                        f"{MEASURED_PREPARED}, photos resized to 256x256 {MEASURED_PHOTOS}; at least "
+                        f"{MIN_WHITE_BORDER:.0%} needed); {hint}")
 
 
 def encode_e4e_inputs(images: list, encoder) -> torch.Tensor:
@@ -266,8 +318,30 @@ def photo_input(photo: str | Path, out_dir: str | Path, options: FaceOptions | N
     return FaceInput(Path(photo), "photo", face.e4e_input, face, face.record, pixels)
 
 
-def prepared_input(path: str | Path, what: str, hint: str | None = None) -> FaceInput:
-    """A prepared e4e input; the face JSON `pidiff-data face` wrote beside it (NAME.json) is kept."""
+def refused_face_error(path: Path, what: str, beside: Path, record: dict, photo_usage: str) -> FaceError:
+    """`pidiff-data face` writes NAME.e4e.png even for a photo it refuses (for inspection), with
+    "ok": false and the reason in NAME.json: such a file is not to be encoded."""
+    quality, mask = record.get("quality"), record.get("mask")
+    reason = record.get("error") or (quality.get("reason") if isinstance(quality, dict) else None) \
+        or (mask.get("reason") if isinstance(mask, dict) else None) or '"ok": false'
+    several = isinstance(record.get("faces_found"), int) and record["faces_found"] > 1
+    quality_failed = isinstance(quality, dict) and quality.get("passed") is False
+    mask_failed = isinstance(mask, dict) and mask.get("ok") is False
+    if several and not (quality_failed or mask_failed):
+        advice = (f"give the photo with {photo_usage} --face-index N (0 = the largest) or --largest, or prepare it "
+                  "again with `pidiff-data face PHOTO --face-index N` (or `--largest`)")
+    else:
+        advice = f"this face cannot be used: give another photo with {photo_usage}"
+    return FaceError(f"{_named(what, path)}: pidiff-data face refused its photo ({beside.name}: {reason}); {advice}")
+
+
+def prepared_input(path: str | Path, what: str, hint: str | None = None, photo_usage: str = "--photo PHOTO") -> FaceInput:
+    """A prepared e4e input; the face JSON `pidiff-data face` wrote beside it (NAME.json) is kept.
+
+    Refused, in one FaceError naming the file: anything `read_e4e_input` refuses; a file whose
+    NAME.json says `pidiff-data face` refused the photo ("ok": false, e.g. several faces, a failed
+    quality gate or mask); a picture that does not look prepared (`check_looks_prepared`: a photo
+    resized to 256×256). `photo_usage`: how this command takes a photo instead."""
     path = Path(path)
     pixels = read_e4e_input(path, what, hint)
     record = None
@@ -278,6 +352,9 @@ def prepared_input(path: str | Path, what: str, hint: str | None = None) -> Face
             record = loaded if isinstance(loaded, dict) else None
         except (OSError, ValueError):
             record = None
+    if record is not None and record.get("ok") is False:
+        raise refused_face_error(path, what, beside, record, photo_usage)
+    check_looks_prepared(pixels, path, what, hint or default_hint(what))
     return FaceInput(path, "e4e-input", path, None, record, pixels)
 
 
@@ -359,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PREPARED_HINT = ("a prepared e4e input (a file named *.e4e.png, or --prepared) must be the 256x256 aligned face that "
+PREPARED_HINT = ("a prepared e4e input (a file named *.e4e.png, or --prepared) must be the 256x256 aligned face on white that "
                  "`pidiff-data face` writes; give the photo itself (any other name) to have it prepared")
 
 
@@ -381,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FaceError("--face-index and --largest choose a face in a photo; a prepared e4e input holds one face")
         with tempfile.TemporaryDirectory(prefix="pidiff-face-") as scratch:
             if prepared:
-                face = prepared_input(args.input, "", PREPARED_HINT)
+                face = prepared_input(args.input, "", PREPARED_HINT, "pidiff wplus PHOTO")
             else:
                 face = photo_input(args.input, args.face_dir or scratch, face_options(args), "")
             device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

@@ -263,3 +263,109 @@ def test_sample_from_a_photo_with_style_from_another_photo(with_face_tool, tiny_
     assert cli.main(common + ["--image", str(out / "face" / "obama.e4e.png"), *e4e, "--out", str(image_out)]) == 0
     parameters = read_sidecar(image_out / "sample.json")["parameters"]
     assert parameters["face_choice"] == "--image" and parameters["face"]["face"]["faces_found"] == 1  # obama.json beside it
+
+
+# ----------------------------------------------------------------------------------------------
+# What a prepared e4e input given directly (`--image`, `pidiff wplus FILE.e4e.png`) must be.
+def sample_weights(tiny_models, tmp_path) -> Path:
+    from diffusers import UNet2DConditionModel
+
+    from pidiff.model import PIDiffAdapter, save_weights
+
+    weights = tmp_path / "pidiff.safetensors"
+    save_weights(weights, PIDiffAdapter(UNet2DConditionModel.from_pretrained(tiny_models["sd"] / "unet")), 0,
+                 {"identity": "obama", "placeholder": "S*"})
+    return weights
+
+
+def test_an_e4e_input_of_a_photo_pidiff_data_face_refused_is_refused_with_its_reason(face_tool, tiny_models, tmp_path,
+                                                                                     capsys):
+    """pidiff-data face writes NAME.e4e.png even for a photo it refuses ("ok": false in NAME.json, for
+    inspection): `pidiff wplus` and `pidiff sample --image` refuse that file in one line naming it,
+    the reason and what to do instead."""
+    faces = tmp_path / "faces"
+    two = two_faces(tmp_path / "two.jpg")
+    partial = photo("obama/obama_partial_face.jpg")
+    for picture in (two, partial):
+        done = subprocess.run([str(face_tool), "face", str(picture), "--out", str(faces)], capture_output=True, text=True)
+        assert done.returncode == 3, done.stderr  # refused, files written anyway
+    several, cropped = faces / "two.e4e.png", faces / "obama_partial_face.e4e.png"
+    assert several.is_file() and cropped.is_file()
+    assert json.loads((faces / "two.json").read_text())["ok"] is False
+
+    e4e = ["--e4e", str(tiny_models["e4e"])]
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["wplus", str(several), *e4e, "--device", "cpu", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"pidiff wplus: {several}: pidiff-data face refused its photo (two.json: 2 faces: choose one with --largest or "
+        "--face-index N (0 = largest)); give the photo with pidiff wplus PHOTO --face-index N (0 = the largest) or "
+        "--largest, or prepare it again with `pidiff-data face PHOTO --face-index N` (or `--largest`)\n")
+    assert cli.main(["wplus", str(cropped), *e4e, "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pidiff wplus: {cropped}: pidiff-data face refused its photo (obama_partial_face.json: face "
+                          "fails the quality gates: ") and err.count("\n") == 1
+    assert err.endswith("; this face cannot be used: give another photo with pidiff wplus PHOTO\n")
+    assert not out.exists()
+
+    common = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(sample_weights(tiny_models, tmp_path)),
+              "--prompt", "a photo of S*", "--steps", "1", "--latent-size", "8", "--device", "cpu", *e4e]
+    assert cli.main(common + ["--image", str(several), "--out", str(tmp_path / "samples")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pidiff sample: --image {several}: pidiff-data face refused its photo (two.json: 2 faces")
+    assert "give the photo with --photo PHOTO --face-index N (0 = the largest) or --largest" in err and err.count("\n") == 1
+    assert cli.main(common + ["--image", str(cropped), "--out", str(tmp_path / "samples")]) == 2
+    err = capsys.readouterr().err
+    assert f"--image {cropped}: pidiff-data face refused its photo (obama_partial_face.json: face fails" in err
+    assert err.endswith("give another photo with --photo PHOTO\n")
+    assert not (tmp_path / "samples").exists()
+
+    # The face it prepares once told which one to take is accepted.
+    chosen = tmp_path / "chosen"
+    done = subprocess.run([str(face_tool), "face", str(two), "--out", str(chosen), "--largest"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert cli.main(["wplus", str(chosen / "two.e4e.png"), *e4e, "--device", "cpu", "--out", str(out)]) == 0
+
+
+def test_image_accepts_a_prepared_face_and_refuses_a_photo_squashed_to_256x256(face_tool, tiny_models, tmp_path, capsys):
+    """The check that a 256x256 picture looks prepared (its border mostly white fill), on real data:
+    what pidiff-data face writes passes, also re-saved as JPEG; a real photo resized to 256x256 (even
+    named *.e4e.png) is refused, naming --photo."""
+    faces = tmp_path / "faces"
+    obama = photo("obama/obama.jpg")
+    done = subprocess.run([str(face_tool), "face", str(obama), "--out", str(faces)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    prepared = faces / "obama.e4e.png"
+    as_jpeg = tmp_path / "obama-face.jpg"
+    Image.open(prepared).save(as_jpeg, quality=75)
+    squashed = tmp_path / "obama.e4e.png"
+    Image.open(obama).convert("RGB").resize((256, 256)).save(squashed)
+
+    def share(path: Path) -> float:
+        return wplus.white_border_share(np.asarray(Image.open(path).convert("RGB")))
+
+    assert share(prepared) > 0.9 and share(as_jpeg) > 0.9 and share(squashed) < 0.05
+    assert wplus.prepared_input(prepared, "--image").record["faces_found"] == 1
+    assert wplus.prepared_input(as_jpeg, "--image").record is None
+    with pytest.raises(wplus.FaceError) as caught:
+        wplus.prepared_input(squashed, "--image")
+    message = str(caught.value)
+    assert message.startswith(f"--image {squashed}: does not look like a prepared e4e input: 0% of its 2-pixel border "
+                              "is white background fill (prepared inputs measured 77-100%, photos resized to 256x256 "
+                              "0-11%; at least 40% needed); ")
+    assert message.endswith("for a photo use --photo PHOTO")
+
+    e4e = ["--e4e", str(tiny_models["e4e"])]
+    common = ["sample", "--sd", str(tiny_models["sd"]), "--weights", str(sample_weights(tiny_models, tmp_path)),
+              "--prompt", "a photo of S*", "--steps", "1", "--latent-size", "8", "--device", "cpu", *e4e]
+    assert cli.main(common + ["--image", str(squashed), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pidiff sample: --image {squashed}: does not look like a prepared e4e input")
+    assert "use --photo PHOTO" in err and err.count("\n") == 1 and not (tmp_path / "refused").exists()
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["wplus", str(squashed), *e4e, "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pidiff wplus: {squashed}: does not look like a prepared e4e input")
+    assert "give the photo itself" in err and not out.exists()
+    assert cli.main(["wplus", str(as_jpeg), "--prepared", *e4e, "--device", "cpu", "--out", str(out)]) == 0
+    assert cli.main(common + ["--image", str(prepared), "--out", str(tmp_path / "accepted")]) == 0
+    assert read_sidecar(tmp_path / "accepted" / "sample.json")["parameters"]["face_choice"] == "--image"
