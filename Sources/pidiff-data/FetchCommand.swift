@@ -42,6 +42,9 @@ struct FetchCommand: AsyncParsableCommand {
     @Flag(name: .customLong("allow-private"), help: "Fetch from loopback, private and link-local addresses too.")
     var allowPrivate = false
 
+    @Flag(name: .customLong("retry-rejected"), help: "Fetch again the URLs earlier runs rejected (after changing the setting that refused them: --allow-private, fetch.max_bytes, …).")
+    var retryRejected = false
+
     @Flag(help: "List the URLs that failed or were rejected, with their errors, instead of fetching.")
     var failures = false
 
@@ -79,7 +82,7 @@ struct FetchCommand: AsyncParsableCommand {
                                       progress: .forStandardError)
             if let concurrency { workspace.config.fetch.concurrency = concurrency }
             if allowPrivate { workspace.config.fetch.allowPrivate = true }
-            try await execute(FetchStage(lists: lists, inbox: inbox ?? ""), in: workspace, json: json, partialFails: strict)
+            try await execute(FetchStage(lists: lists, inbox: inbox ?? "", retryRejected: retryRejected), in: workspace, json: json, partialFails: strict)
         }
     }
 }

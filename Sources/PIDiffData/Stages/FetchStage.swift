@@ -9,10 +9,14 @@ public struct FetchStage: PipelineStage {
     public struct Parameters: Sendable {
         public var lists: [String]
         public var inbox: String
+        /// Fetch again the URLs earlier runs rejected (after a setting that rejected them changed).
+        public var retryRejected = false
     }
     public var parameters: Parameters
 
-    public init(lists: [String], inbox: String) { parameters = Parameters(lists: lists, inbox: inbox) }
+    public init(lists: [String], inbox: String, retryRejected: Bool = false) {
+        parameters = Parameters(lists: lists, inbox: inbox, retryRejected: retryRejected)
+    }
     public init(pipeline: PipelineConfig, run: RunSpec) throws {
         guard let fetch = run.fetch else { throw PipelineError.invalid("run.fetch", "the fetch stage needs run.fetch (lists, inbox)") }
         let inbox = try RunSpec.expand(fetch.inbox)
@@ -27,11 +31,12 @@ public struct FetchStage: PipelineStage {
 
     public func run(in workspace: Workspace) async throws -> StageReport {
         let s = try await FetchPipeline(lists: parameters.lists, inbox: parameters.inbox, catalogPath: workspace.catalogPath,
-                                        parameters: workspace.config.fetch, progress: workspace.progress).run()
+                                        parameters: workspace.config.fetch, progress: workspace.progress,
+                                        retryRejected: parameters.retryRejected).run()
         var head = "fetch run \(s.runID): \(s.listed) URLs listed: \(s.downloaded) downloaded ("
             + String(format: "%.1f MB", Double(s.bytes) / 1e6) + "), \(s.sameContent) same content as a stored image, "
             + "\(s.alreadyDone) stored by earlier runs, \(s.failed) failed (a later run retries them), \(s.rejected) rejected"
-        if s.rejectedEarlier > 0 { head += ", \(s.rejectedEarlier) rejected by earlier runs" }
+        if s.rejectedEarlier > 0 { head += ", \(s.rejectedEarlier) rejected by earlier runs (--retry-rejected fetches them again)" }
         if s.givenUp > 0 { head += ", \(s.givenUp) given up (fetch.max_attempts)" }
         if s.repeatedLines > 0 { head += ", \(s.repeatedLines) repeated lines" }
         head += "; \(s.attempts) HTTP attempts"

@@ -13,8 +13,12 @@ public struct FetchPipeline: Sendable {
     public var catalogPath: String
     public var parameters: FetchParameters
     public var progress: ProgressMode
+    /// URLs earlier runs rejected (a private address, too large, not an image, an opt-out) are
+    /// fetched again, their attempts counted afresh: for after the setting that refused them changed.
+    public var retryRejected: Bool
 
-    public init(lists: [String], inbox: String, catalogPath: String, parameters: FetchParameters, progress: ProgressMode = .off) {
+    public init(lists: [String], inbox: String, catalogPath: String, parameters: FetchParameters, progress: ProgressMode = .off,
+                retryRejected: Bool = false) {
         self.lists = lists
         // Symlinks resolved: the same inbox reached another way is the same inbox (stored paths,
         // the skip of stored URLs).
@@ -22,6 +26,7 @@ public struct FetchPipeline: Sendable {
         self.catalogPath = catalogPath
         self.parameters = parameters
         self.progress = progress
+        self.retryRejected = retryRejected
     }
 
     public struct Summary: Codable, Sendable {
@@ -126,7 +131,8 @@ public struct FetchPipeline: Sendable {
                         let stored = try catalog.fetchStates(batch.map(\.url))
                         await ledger.snapshotTaken()
                         for entry in batch {
-                            guard let record = await ledger.claim(entry, stored: stored[entry.url], parameters: parameters) else { continue }
+                            guard let record = await ledger.claim(entry, stored: stored[entry.url], parameters: parameters,
+                                                                         retryRejected: retryRejected) else { continue }
                             if running >= parameters.concurrency {
                                 try await group.next()
                                 running -= 1
@@ -281,7 +287,12 @@ actor FetchLedger {
     private var unsavedContent: [String: (identity: String, url: String, path: String)] = [:]
     private var problems: [(location: String, reason: String)] = []
     private var finished = 0
+    /// Finished URLs are saved 64 at a time, or when one finishes two seconds after the last save:
+    /// a run killed on slow hosts loses at most that much work (the files stay; a rerun finds them
+    /// as stored content).
     static let saveEvery = 64
+    static let saveAfter: TimeInterval = 2
+    private var lastSave = Date.distantPast
 
     init(catalog: Catalog, inbox: URL, runID: Int64, progress: Progress, reservedNames: Set<String> = []) {
         self.catalog = catalog
@@ -305,7 +316,7 @@ actor FetchLedger {
     func countAttempt() { summary.attempts += 1 }
 
     /// The record to fetch for `entry`, or nil when it is skipped (counted).
-    func claim(_ entry: FetchListEntry, stored: FetchURLRecord?, parameters: FetchParameters) -> FetchURLRecord? {
+    func claim(_ entry: FetchListEntry, stored: FetchURLRecord?, parameters: FetchParameters, retryRejected: Bool) -> FetchURLRecord? {
         summary.listed += 1
         if reservedNames.contains(entry.identity) {
             problem(entry.location, "identity \(entry.identity.debugDescription) would be the folder of the catalog's own files in this inbox")
@@ -337,8 +348,11 @@ actor FetchLedger {
                 return nil
             }
         case .rejected:
-            summary.rejectedEarlier += 1
-            return nil
+            guard retryRejected else {
+                summary.rejectedEarlier += 1
+                return nil
+            }
+            record.attempts = 0
         case .failed:
             if record.attempts >= parameters.maxAttempts {
                 summary.givenUp += 1
@@ -410,7 +424,7 @@ actor FetchLedger {
         unsavedURLs[record.url] = record.identity
         finished += 1
         progress.update(done: finished)
-        if unsaved.count >= Self.saveEvery { try flush() }
+        if unsaved.count >= Self.saveEvery || Date().timeIntervalSince(lastSave) >= Self.saveAfter { try flush() }
     }
 
     private func stored(record: inout FetchURLRecord, relative: String, sha256: String) {
@@ -441,6 +455,7 @@ actor FetchLedger {
 
     /// Saves the buffered states and problems in one transaction each.
     func flush() throws {
+        lastSave = Date()
         try catalog.saveFetchStates(unsaved)
         try saveProblems()
         for record in unsaved { savedSinceSnapshot[record.url] = record.identity }

@@ -22,8 +22,11 @@ final class LoopbackServer {
             guard !chunk.isEmpty else { break }
             line.append(chunk)
         }
-        let object = try JSONSerialization.jsonObject(with: line) as? [String: Int]
-        guard let port = object?["port"] else { throw XCTSkip("loopback server did not start") }
+        let object = try? JSONSerialization.jsonObject(with: line) as? [String: Int]
+        // A failure, not a skip: setup installs everything the server needs.
+        guard let port = object?["port"] else {
+            throw CocoaError(.featureUnsupported, userInfo: [NSLocalizedDescriptionKey: "loopback server did not start: \(String(decoding: line, as: UTF8.self))"])
+        }
         self.port = port
     }
     deinit { process.terminate(); process.waitUntilExit() }
@@ -227,6 +230,17 @@ final class FetchTests: XCTestCase {
         XCTAssertEqual(try server.hits()["/files/a.jpg"], nil, "nothing was requested")
         XCTAssertNil(try Catalog(path: catalog.path).recordedDataRoot(), "fetch leaves the data root for ingest to choose")
 
+        // Allowed now: what was rejected stays rejected until asked for again.
+        let again = try TestSupport.runCLI(["fetch", list.path, "--inbox", inbox.path, "--catalog", catalog.path, "--allow-private"])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertTrue(again.stdout.contains("2 rejected by earlier runs (--retry-rejected fetches them again)"), again.stdout)
+        XCTAssertEqual(try states(catalog).values.map(\.status), [.rejected, .rejected])
+        let retried = try TestSupport.runCLI(["fetch", list.path, "--inbox", inbox.path, "--catalog", catalog.path, "--allow-private",
+                                              "--retry-rejected"])
+        XCTAssertEqual(retried.status, 0, retried.stderr)
+        XCTAssertEqual(try states(catalog).values.map(\.status), [.done, .done], retried.stdout)
+        XCTAssertEqual(try states(catalog).values.map(\.attempts), [1, 1], "attempts counted afresh")
+
         // The address rules themselves.
         for blocked in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
                         "0.0.0.0", "224.0.0.1", "255.255.255.255"] {
@@ -266,6 +280,9 @@ final class FetchTests: XCTestCase {
         let stored = files(in: inbox).count
         XCTAssertGreaterThanOrEqual(stored, 8)
         XCTAssertLessThan(stored, 40, "killed before the end")
+        // States are saved as URLs finish (64 at a time, or two seconds after the last save), not
+        // only at the end: the first finished URL is in the catalog.
+        XCTAssertGreaterThanOrEqual(try states(catalog).values.filter { $0.status == .done }.count, 1)
 
         let resumed = try TestSupport.runCLI(args + ["--json"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
