@@ -284,13 +284,16 @@ def table_rows(results: list[dict], grid_keys: list[str], metrics: list[str]) ->
     return rows
 
 
-def write_table(out: Path, rows: list[dict], grid_keys: list[str], metrics: list[str], notes: list[str]) -> None:
+def write_table(out: Path, rows: list[dict], grid_keys: list[str], metrics: list[str], notes: list[str],
+                id_column: str = evaluate.ARCFACE_ID_COLUMN) -> None:
+    """ablation.csv (machine names: id, lpips, clip_t) and ablation.md, whose ID column is labelled as
+    `pidiff eval` labels it (`id_column`: "ID" for ArcFace, "ID (dlib)" for the dlib fallback)."""
     columns = grid_keys + ["identities", "images"] + (["face_rate"] if "id" in metrics else []) + metrics
     with open(out / "ablation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["setting"] + columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    names = {"face_rate": "face rate", "id": "ID ↑", "lpips": "LPIPS ↓", "clip_t": "CLIP-T ↑"}
+    names = {"face_rate": "face rate", "id": f"{id_column} ↑", "lpips": "LPIPS ↓", "clip_t": "CLIP-T ↑"}
     header = [names.get(c, c) for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -304,13 +307,15 @@ def write_table(out: Path, rows: list[dict], grid_keys: list[str], metrics: list
     (out / "ablation.md").write_text("\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
 
-def plot(out: Path, rows: list[dict], metrics: list[str], title: str, panel=(360, 240)) -> Path:
-    """One panel per metric: the value at each setting (in grid order), joined by a line. Pillow."""
+def plot(out: Path, rows: list[dict], metrics: list[str], title: str, panel=(360, 240),
+         id_column: str = evaluate.ARCFACE_ID_COLUMN) -> Path:
+    """One panel per metric: the value at each setting (in grid order), joined by a line. Pillow.
+    The ID panel is labelled `id_column`, as in the table."""
     from PIL import Image, ImageDraw
 
     font = evaluate._font()
     columns = (["face_rate"] if "id" in metrics else []) + metrics
-    names = {"face_rate": "face rate", "id": "ID (higher is better)", "lpips": "LPIPS (lower is better)",
+    names = {"face_rate": "face rate", "id": f"{id_column} (higher is better)", "lpips": "LPIPS (lower is better)",
              "clip_t": "CLIP-T (higher is better)"}
     width, height = panel[0] * len(columns) + 20, panel[1] + 60
     image = Image.new("RGB", (width, height), "white")
@@ -428,8 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{len(identities)} identities of the split {args.split!r}, {len(prompts)} prompts ({args.prompts}), "
              f"{args.num_images} image(s) per prompt; each row: the mean over identities (pidiff eval, "
              f"--id-reference {args.id_reference}); per setting: OUT/<setting>/eval/eval.md."]
-    write_table(out, rows, grid_keys, metrics, notes)
-    plot(out, rows, metrics, f"ablation over {', '.join(grid_keys)} ({args.split}, {len(identities)} identities)")
+    id_column = evaluate.id_column(args)
+    if "id" in metrics and id_column == evaluate.DLIB_ID_COLUMN:
+        notes.append(f"{id_column}: cosine of dlib face descriptors (--dlib-descriptor, the fallback without "
+                     "--arcface), not comparable with ArcFace ID numbers.")
+    write_table(out, rows, grid_keys, metrics, notes, id_column)
+    plot(out, rows, metrics, f"ablation over {', '.join(grid_keys)} ({args.split}, {len(identities)} identities)",
+         id_column=id_column)
     print((out / "ablation.md").read_text(), end="")
     print(f"wrote {out / 'ablation.md'}, {out / 'ablation.csv'}, {out / 'ablation.png'}")
     return 0

@@ -215,6 +215,16 @@ class DlibDescriptor:
         return np.asarray(self.model.compute_face_descriptor(pixels, self.predictor(pixels, best)), np.float64)
 
 
+ARCFACE_ID_COLUMN = "ID"
+DLIB_ID_COLUMN = "ID (dlib)"  # the --dlib-descriptor fallback: not comparable with ArcFace numbers
+
+
+def id_column(args) -> str:
+    """How the ID metric is labelled for these metric options: ArcFace when --arcface is given (it
+    wins over --dlib-descriptor), else the dlib fallback. `pidiff ablate` labels its table the same."""
+    return ARCFACE_ID_COLUMN if args.arcface else DLIB_ID_COLUMN
+
+
 class IdentityScorer:
     """Face embedding of an image (None when no face), by MTCNN + ArcFace or by dlib."""
 
@@ -224,7 +234,7 @@ class IdentityScorer:
             raise ValueError("IdentityScorer takes an ArcFace model or a dlib descriptor, one of them")
         self.arcface, self.dlib = arcface, dlib
         self.aligner = aligner if aligner is not None or arcface is None else MtcnnAligner()
-        self.column = "ID" if arcface is not None else "ID (dlib)"
+        self.column = ARCFACE_ID_COLUMN if arcface is not None else DLIB_ID_COLUMN
 
     def embed(self, image) -> np.ndarray | None:
         if self.dlib is not None:

@@ -21,8 +21,8 @@ from conftest import make_shard, write_encoded_shard
 from pidiff import cli
 from pidiff.evaluate import IdentityReferences, SampleImage, evaluate, read_prompts
 from pidiff.style import read_sidecar
-from test_eval import (LinearEmbedder, lpips_metric, needs, onnx_linear_embedder, photo,  # noqa: F401 (fixtures)
-                       sample_run, tiny_clip)
+from test_eval import (MODELS, LinearEmbedder, cached_file, lpips_metric, needs, onnx_linear_embedder,  # noqa: F401
+                       photo, sample_run, tiny_clip)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -355,6 +355,36 @@ def test_settings_that_differ_only_in_lambda_share_their_training(tiny_models, t
     assert lambdas == [0.0, 0.8]
     rows = list(csv.DictReader(open(out / "ablation.csv")))
     assert [(r["setting"], r["lambda"]) for r in rows] == [("lambda=0", "0"), ("lambda=0.8", "0.8")]
+
+
+def test_ablation_with_the_dlib_fallback_labels_its_id_column_as_eval_does(tiny_models, tmp_path, capsys, monkeypatch):
+    """Without --arcface, ID comes from --dlib-descriptor: `pidiff eval` calls that column "ID (dlib)"
+    (not comparable with ArcFace numbers), and so do the ablation table and plot."""
+    from PIL import ImageDraw
+
+    needs("dlib")
+    descriptor = cached_file(MODELS / "dlib_face_recognition_resnet_model_v1.dat")
+    write_encoded_shard(tmp_path / "enc" / "faces-000000.safetensors",
+                        {"ann_000": ("ann", "train"), "ann_001": ("ann", "reference")})
+    refs = write_refs(tmp_path / "refs", {"ann": ("obama.jpg", {})})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of S*\n")
+    drawn = []
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, text, *args, **kwargs: (drawn.append(text), draw_text(self, xy, text, *args, **kwargs))[1])
+    out = tmp_path / "ablation"
+    assert cli.main(["ablate", "--grid", "lambda=0.4", "--encoded", str(tmp_path / "enc"), "--split", "faces",
+                     "--sd", str(tiny_models["sd"]), "--refs", str(refs), "--out", str(out), "--prompts", str(prompts),
+                     "--device", "cpu", "--train-options", "--steps 1 --batch-size 1", "--sample-options",
+                     "--steps 1 --latent-size 8", "--metrics", "id", "--dlib-descriptor", str(descriptor)]) == 0
+    printed = capsys.readouterr().out
+    assert "| lambda | identities | images | face rate | ID (dlib) ↑ |" in printed and "| ID ↑ |" not in printed
+    assert "- ID (dlib): cosine of dlib face descriptors (--dlib-descriptor, the fallback without --arcface), not " \
+           "comparable with ArcFace ID numbers." in printed
+    assert "ID (dlib)" in (out / "lambda-0.4" / "eval" / "eval_table.md").read_text()  # as eval labels it
+    assert "ID (dlib) (higher is better)" in drawn and "ID (higher is better)" not in drawn
+    assert list(csv.DictReader(open(out / "ablation.csv")))[0].keys() >= {"id", "face_rate"}  # CSV: machine names
 
 
 def test_ablation_input_errors_are_one_line(tiny_models, tmp_path, capsys):
