@@ -169,10 +169,13 @@ class ReferenceFace:
 
 def reference_face(encoded_dir: str | Path, identity: str, key: str | None = None) -> ReferenceFace:
     """Sample `key`, or else the identity's split reference (its first `reference` sample by key: the
-    photo `pidiff-data` held out of training), or, when it has none, its first `train` sample by key.
+    identity's best-quality photo, which `pidiff-data` held out of training when it made the split),
+    or, when it has none, its first `train` sample by key.
 
     The encoded files carry each sample's identity, role and labels but not its photo quality, so the
-    choice is by role; which photo the split holds out as reference is `pidiff-data`'s choice.
+    choice is by role; which photo the split holds out as reference is `pidiff-data`'s choice: its
+    best usable photos by quality (resolution × sharpness × frontalness), `--reference-images` of them
+    (default 1; `BalancedSelection.pickImages`, for `balance select` and `splits create` alike).
     """
     candidates = []
     seen: dict[str, Path] = {}
@@ -192,8 +195,10 @@ def reference_face(encoded_dir: str | Path, identity: str, key: str | None = Non
     count = sum(1 for c in candidates if not c[0])
     if role == "reference":
         return ReferenceFace(w, chosen_key, role, "split reference",
-                             f"the split's held-out reference photo of {identity!r}"
-                             + (f" (the first by key of its {count} reference samples)" if count > 1 else ""))
+                             f"the best-quality photo of {identity!r}, held out of training by the split as its reference"
+                             if count == 1 else
+                             f"the first by key of the {count} reference samples of {identity!r}: its {count} "
+                             "best-quality photos, held out of training by the split")
     return ReferenceFace(w, chosen_key, role, "first train sample",
                          f"{identity!r} has no reference sample in {encoded_dir}: its first train sample by key")
 

@@ -5,7 +5,8 @@
 
 The face comes as a w+ code: by default the identity's split reference in the encoded shards
 (`--encoded`: their files name each sample's identity and role; the first `reference` sample by key,
-else the first `train` sample), or a named sample (`--key`), or a w+ code given directly
+i.e. the identity's best-quality photo, held out of training by the split; else the first `train`
+sample), or a named sample (`--key`), or a w+ code given directly
 (`--wplus FACE.safetensors|.pt|.npy`, [18, 512] or [1, 18, 512], e.g. from `pidiff wplus`), or any
 photo (`--photo PHOTO --e4e e4e_ffhq_encode.pt`: `pidiff-data face` aligns, crops and removes the
 background, e4e encodes), or an already prepared 256×256 e4e input (`--image FACE.e4e.png --e4e …`).
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder for PNGs")
     face = parser.add_argument_group("the face (one of)")
     face.add_argument("--encoded", help="encoded shards: the identity's split reference (its first reference sample "
-                                        "by key, else its first train sample), or --key")
+                                        "by key: its best-quality photo, held out of training by the split; else its "
+                                        "first train sample), or --key")
     face.add_argument("--key", help="with --encoded: this sample's w+")
     face.add_argument("--shards", help="ignored: the encoded files carry each sample's identity and role")
     face.add_argument("--wplus", help="the face as a w+ code: `pidiff wplus` output, or .safetensors/.pt/.npy holding "

@@ -157,7 +157,8 @@ def test_the_face_for_sampling_is_the_first_reference_sample_else_a_train_sample
         reference_w_plus(tmp_path, "cat")
     # The sidecar says why: the split's reference, a train sample for want of one, or --key.
     assert (reference_face(tmp_path, "ann").choice, reference_face(tmp_path, "ann").reason) == (
-        "split reference", "the split's held-out reference photo of 'ann' (the first by key of its 2 reference samples)")
+        "split reference", "the first by key of the 2 reference samples of 'ann': its 2 best-quality photos, held out "
+                           "of training by the split")
     bob = reference_face(tmp_path, "bob")
     assert bob.choice == "first train sample" and bob.reason == f"'bob' has no reference sample in {tmp_path}: its first train sample by key"
     assert reference_face(tmp_path, "ann", key="ann_000").reason == "the sample named by --key (train sample of 'ann')"

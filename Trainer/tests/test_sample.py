@@ -35,7 +35,8 @@ def test_sample_command_writes_one_png_per_prompt_and_image(tiny_models, tmp_pat
     parameters = read_sidecar(tmp_path / "samples" / "sample.json")["parameters"]
     assert parameters["face_source"] == "ann_001"  # the reference
     assert parameters["face_choice"] == "split reference"
-    assert parameters["face_choice_reason"] == "the split's held-out reference photo of 'ann'"
+    assert parameters["face_choice_reason"] == ("the best-quality photo of 'ann', held out of training by the split "
+                                                "as its reference")
     pngs = sorted((tmp_path / "samples").glob("[0-9]*.png"))
     assert [p.name for p in pngs] == ["000.png", "001.png", "002.png", "003.png"]
     assert (tmp_path / "samples" / "grid.png").is_file() and (tmp_path / "samples" / "sample.json").is_file()
