@@ -2,8 +2,11 @@ import Foundation
 import PIDiffModel
 import GRDB
 
-/// The SQLite catalog: the single source of truth. WAL mode, versioned migrations; all writes go
-/// through `CatalogWriter` (one writer), reads through the pool's readers.
+/// The SQLite catalog: the single source of truth. WAL mode, versioned migrations. Writes are the
+/// methods of this target only (the pool is not public): the stages' batch writers (`CatalogWriter`
+/// for ingest, `MaskWriter`, `CurationWriter`) and the commands' single transactions. SQLite runs
+/// one write transaction at a time and the catalog lock keeps other processes out, so a stage's
+/// writes never interleave with another's; reads go through the pool's readers.
 public final class Catalog: Sendable {
     let pool: DatabasePool
     public let path: String

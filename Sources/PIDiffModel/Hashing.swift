@@ -18,15 +18,6 @@ public enum Hashing {
     }
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    /// SHA-256 of a file, streamed in 4 MiB chunks.
-    public static func sha256Hex(fileAt url: URL) throws -> String {
-        let handle = try FileHandle(forReadingFrom: url)
-        defer { try? handle.close() }
-        var hasher = SHA256()
-        while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        return hex(hasher.finalize())
-    }
-
     /// SHA-256 of a string dictionary in canonical form (sorted keys, JSON).
     public static func fingerprint(_ payload: [String: String]) -> String {
         let encoder = JSONEncoder()

@@ -217,11 +217,14 @@ extension NativeImage {
         return NativeImage(handle: out!)
     }
 
-    /// GrabCut background removal seeded from landmarks given in this crop's pixels.
-    public func grabCutMask(landmarks: [Point], parameters: FNMaskParams) throws -> NativeImage {
+    /// GrabCut background removal seeded from landmarks given in this crop's pixels, with the
+    /// `mask:` parameters (`featherSigma` in this crop's pixels).
+    public func grabCutMask(landmarks: [Point], parameters p: MaskParameters, featherSigma: Double) throws -> NativeImage {
         var err = FNError()
         var out: OpaquePointer?
-        var params = parameters
+        var params = FNMaskParams(iterations: Int32(p.iterations), border_fraction: p.borderFraction, hair_extent: p.hairExtent,
+                                  head_width: p.headWidth, include_neck: p.includeNeck ? 1 : 0,
+                                  feather_sigma: featherSigma, seed: 0x5eed, skull_core: p.skullCore)
         let xy = landmarks.flatMap { [$0.x, $0.y] }
         let code = xy.withUnsafeBufferPointer { fn_mask_grabcut(handle, $0.baseAddress, &params, &out, &err) }
         try NativeError.check(code, &err, "grabcut mask")

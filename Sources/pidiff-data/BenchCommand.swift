@@ -79,18 +79,8 @@ struct BenchDetectCommand: ParsableCommand {
         do {
             let factors = enlarge.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
             guard !factors.isEmpty, factors.allSatisfy({ $0 > 0 && $0 <= 8 }) else { throw ValidationError("--enlarge: factors in (0, 8]") }
-            var list: [DetectBenchmark.Photo] = []
-            for file in annotations {
-                let annotated = try DetectBenchmark.readImglab(URL(fileURLWithPath: file))
-                for factor in factors { list += annotated.map { var p = $0; p.enlarge = factor; return p } }
-            }
-            for folder in photos {
-                let enumerator = FileManager.default.enumerator(at: URL(fileURLWithPath: folder), includingPropertiesForKeys: nil)
-                list += (enumerator?.allObjects as? [URL] ?? [])
-                    .filter { ["jpg", "jpeg", "png"].contains($0.pathExtension.lowercased()) }
-                    .sorted { $0.path < $1.path }
-                    .map { DetectBenchmark.Photo(url: $0, faces: [], annotated: false) }
-            }
+            let list = try DetectBenchmark.photos(annotations: annotations.map { URL(fileURLWithPath: $0) }, enlarged: factors,
+                                                  folders: photos.map { URL(fileURLWithPath: $0) })
             guard !list.isEmpty else { throw ValidationError("give --annotations or --photos") }
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
             let report = try DetectBenchmark(photos: list, parameters: config.ingest,

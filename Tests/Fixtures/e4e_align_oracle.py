@@ -1,5 +1,5 @@
-"""Reference port of e4e's FFHQ `align_face`, written from the published procedure (shared
-DESIGN.md §4), used as the oracle for the Swift/OpenCV alignment. PIL + numpy + scipy, exactly
+"""Reference port of e4e's FFHQ `align_face`, written from the published procedure
+(Docs/architecture.md, "Alignment"), used as the oracle for the Swift/OpenCV alignment. PIL + numpy + scipy, exactly
 the libraries the original uses.
 
 usage: e4e_align_oracle.py IMAGE LANDMARKS_JSON OUT_PNG [OUTPUT_SIZE]

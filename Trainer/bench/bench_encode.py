@@ -15,7 +15,7 @@ per-batch step; the best one is `combined_images_per_s_measured`.
 Only torch, diffusers and safetensors are needed (no webdataset, open_clip or pidiff install):
 the Trainer folder is put on sys.path.
 
-Reference (one H100, plain diffusers, DESIGN.md section 6): VAE encode 512^2 bf16 84 img/s at
+Reference (one H100, plain diffusers, the project's design figures): VAE encode 512^2 bf16 84 img/s at
 batch 1, 167 at batch 32; official e4e 256^2 bf16 autocast 37 img/s at batch 1, 1660 at batch 64
 with channels_last.
 """

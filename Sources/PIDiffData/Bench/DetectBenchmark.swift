@@ -103,6 +103,24 @@ public struct DetectBenchmark: Sendable {
         self.models = models
     }
 
+    /// The benchmark's photos: each imglab file's, once per enlargement factor, then every JPEG and
+    /// PNG under `folders` (unannotated: timed and compared with the reference only).
+    public static func photos(annotations: [URL], enlarged factors: [Double], folders: [URL]) throws -> [Photo] {
+        var list: [Photo] = []
+        for file in annotations {
+            let annotated = try readImglab(file)
+            for factor in factors { list += annotated.map { var p = $0; p.enlarge = factor; return p } }
+        }
+        for folder in folders {
+            let enumerator = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: nil)
+            list += (enumerator?.allObjects as? [URL] ?? [])
+                .filter { ["jpg", "jpeg", "png"].contains($0.pathExtension.lowercased()) }
+                .sorted { $0.path < $1.path }
+                .map { Photo(url: $0, faces: [], annotated: false) }
+        }
+        return list
+    }
+
     /// The photos and face boxes of dlib's imglab XML (`<image file='…'><box top= left= width=
     /// height=/>…`), as in dlib's examples/faces/training.xml; boxes marked `ignore='1'` are left out.
     public static func readImglab(_ xml: URL) throws -> [Photo] {

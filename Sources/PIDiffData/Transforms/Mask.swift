@@ -1,4 +1,3 @@
-import CFaceNative
 import Foundation
 import PIDiffModel
 import PIDiffNative
@@ -54,10 +53,8 @@ struct MaskStage {
         if let parser {
             mask = try parser.mask(work, keep: p.onnxKeepClasses, featherSigma: p.featherSigma * scale)
         } else {
-            let params = FNMaskParams(iterations: Int32(p.iterations), border_fraction: p.borderFraction, hair_extent: p.hairExtent,
-                                      head_width: p.headWidth, include_neck: p.includeNeck ? 1 : 0,
-                                      feather_sigma: p.featherSigma * scale, seed: 0x5eed, skull_core: p.skullCore)
-            mask = try work.grabCutMask(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: p.workSize), parameters: params)
+            mask = try work.grabCutMask(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: p.workSize), parameters: p,
+                                        featherSigma: p.featherSigma * scale)
         }
         let mask256 = p.workSize == 256 ? mask : try mask.maskResized(to: 256)
         let mask512 = p.workSize == 512 ? mask : try mask.maskResized(to: 512)

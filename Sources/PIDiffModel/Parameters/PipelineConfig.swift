@@ -294,14 +294,11 @@ public struct PipelineConfig: Codable, Equatable, Sendable {
         fetch = try c.decodeIfPresent(FetchParameters.self, forKey: .fetch) ?? FetchParameters()
     }
 
-    public static func load(_ url: URL?) throws -> PipelineConfig {
-        guard let url else { return PipelineConfig() }
-        let text: String
-        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
-            throw PipelineError.unreadable(url.path, error.localizedDescription)
-        }
+    /// A pipeline file's text, decoded and checked; `path` names it in errors. (Reading the file
+    /// is `PipelineConfig.load`, in PIDiffData: this target does no I/O.)
+    public static func decode(yaml text: String, path: String) throws -> PipelineConfig {
         do { return try YAMLDecoder().decode(PipelineConfig.self, from: text) } catch {
-            throw PipelineError.invalid(url.path, "\(error)")
+            throw PipelineError.invalid(path, "\(error)")
         }
     }
 }
