@@ -29,7 +29,7 @@ public enum SplitError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidName(let n):
-            return "split name \(n.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or - (it names the shard files)"
+            return "split name \(n.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or -, not starting with _ or - (it names the shard files and is passed as a flag value)"
         case .exists(let n): return "split \(n) already exists; splits are immutable, choose a new name"
         case .missing(let n): return "no split named \(n)"
         case .empty(let n, let shortfall):

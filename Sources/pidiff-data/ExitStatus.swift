@@ -2,19 +2,33 @@ import ArgumentParser
 import Foundation
 import PIDiffCatalog
 import PIDiffData
+import PIDiffModel
 
 /// Every command's exit status, decided here and nowhere else:
 /// 0 success; 1 failure (the command stopped: the message says why); 3 partial (it finished but
-/// some items were recorded as failed, or problems remain); 64 usage (a bad flag or value, a
-/// catalog that does not exist); 75 the catalog is locked by another run (try again later).
+/// some items were recorded as failed, or problems remain); 64 usage (a bad flag or value: a
+/// pipeline file that cannot be read or names unknown keys, an invalid or unknown split name, an
+/// override naming no catalogued photo or identity, a catalog that does not exist); 75 the catalog
+/// is locked by another run (try again later).
 enum ExitStatus: Int32 {
     case success = 0, failure = 1, partial = 3, usage = 64, locked = 75
 
     init(for error: Error) {
         switch error {
         case CatalogError.locked, CatalogError.outputLocked: self = .locked
-        case is ValidationError: self = .usage
+        case is ValidationError, is OverrideError, PipelineError.unreadable, PipelineError.unknownKeys,
+             SplitError.invalidName, SplitError.missing: self = .usage
         default: self = .failure
+        }
+    }
+
+    /// A `run`'s outcome as every command's status.
+    init(_ outcome: RunPipeline.Outcome) {
+        switch outcome {
+        case .success: self = .success
+        case .partial: self = .partial
+        case .failure: self = .failure
+        case .busy: self = .locked
         }
     }
 }

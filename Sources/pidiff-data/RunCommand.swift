@@ -30,7 +30,7 @@ struct RunCommand: AsyncParsableCommand {
                 for s in report.stages { print("  \(s.stage): \(s.result)") }
                 for (name, path) in report.artefacts.sorted(by: { $0.key < $1.key }) { print("  \(name): \(path)") }
             }
-            if outcome != .success { throw ExitCode(outcome.rawValue) }
+            if outcome != .success { throw ExitCode(ExitStatus(outcome).rawValue) }
         } catch let exit as ExitCode {
             throw exit
         } catch {

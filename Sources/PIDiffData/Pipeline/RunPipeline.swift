@@ -11,7 +11,7 @@ import Logging
 public struct RunPipeline: Sendable {
     /// `busy`: a stage found the catalog locked by another pidiff-data command (a manual `masks`
     /// while cron runs): the run stops there, like a second run turned away at its lock.
-    public enum Outcome: Int32, Sendable { case success = 0, failure = 1, partial = 3, busy = 75 }
+    public enum Outcome: Sendable { case success, failure, partial, busy }
 
     public var config: PipelineConfig
     public var spec: RunSpec

@@ -238,9 +238,7 @@ public struct ShardExporter: Sendable {
     }
 
     public func run() throws -> Index {
-        guard SplitName.isValid(split) else {
-            throw ExportError.invalid("split name \(split.debugDescription) must be 1–64 characters of A–Z, a–z, 0–9, _ or -")
-        }
+        guard SplitName.isValid(split) else { throw SplitError.invalidName(split) }
         // The folder first: another export or encode writing it is refused before any work.
         let lock = try CatalogLock(outputFolder: outDirectory)
         defer { withExtendedLifetime(lock) {} }

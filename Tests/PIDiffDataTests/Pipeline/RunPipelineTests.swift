@@ -107,6 +107,15 @@ final class StageRegistryTests: XCTestCase {
         // Locked: another run holds the catalog.
         let catalog = dir.appendingPathComponent("c.sqlite")
         _ = try Catalog(path: catalog.path)
+        // Usage too: values the user gave that name nothing (a pipeline file, a split name, a photo).
+        for command in [["masks", "--pipeline", dir.appendingPathComponent("none.yaml").path],
+                        ["export", "--split=-x", "--out", dir.appendingPathComponent("x").path],
+                        ["export", "--split", "nosuch", "--out", dir.appendingPathComponent("y").path],
+                        ["curate", "override", "--keep", dir.appendingPathComponent("never.jpg").path, "--reason", "test"]] {
+            let r = try TestSupport.runCLI(command + ["--catalog", catalog.path])
+            XCTAssertEqual(r.status, 64, "\(command): \(r.stderr)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        }
         let lock = try CatalogLock(catalogPath: catalog.path)
         let locked = try TestSupport.runCLI(["masks", "--catalog", catalog.path])
         XCTAssertEqual(locked.status, 75, locked.stderr)
