@@ -48,7 +48,7 @@ struct StatusCommand: AsyncParsableCommand {
 struct FacesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "faces",
-        abstract: "List faces: path, identity, box, 68 landmarks (original pixels), crops and quality.",
+        abstract: "List faces: path, identity, box, 68 landmarks (original pixels), crops and quality; a line per face per file path (a photo stored under two paths is listed under each; status counts faces per distinct image).",
         discussion: "Example: pidiff-data faces --catalog data/catalog.sqlite --json | head -1")
 
     @OptionGroup var catalog: CatalogOptions

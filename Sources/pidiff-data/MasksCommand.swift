@@ -57,7 +57,8 @@ struct MasksReportCommand: AsyncParsableCommand {
             }
             let stats = report.coverage
             if json { try report.printJSON(); return }
-            print("masks: \(report.faces) selected faces with a mask, \(report.ok) ok, \(report.flagged) flagged")
+            print("masks: \(report.faces) selected faces with a mask (one per distinct image), \(report.ok) ok, \(report.flagged) flagged"
+                  + (report.files != report.faces ? "; listed under \(report.files) file paths (copies of one photo share its face)" : ""))
             if !stats.isEmpty {
                 print(String(format: "coverage of the 256 crop: min %.2f  median %.2f  mean %.2f  max %.2f",
                              stats["min"]!, stats["median"]!, stats["mean"]!, stats["max"]!))

@@ -6,9 +6,13 @@ import PIDiffCatalog
 /// `masks report`: coverage statistics of every selected face's mask, flagged masks with their
 /// reasons, and a contact sheet (crop | mask | e4e input per face) to look at.
 public struct MaskReport: Codable, Sendable {
+    /// Selected faces with a mask, one per distinct image (as `masks` and `status` count them).
     public var faces: Int
     public var ok: Int
     public var flagged: Int
+    /// File paths those faces are listed under (`entries`): a photo stored under two paths is
+    /// one face listed twice.
+    public var files: Int
     /// min, median, mean, max of the mask's coverage of the 256 crop.
     public var coverage: [String: Double]
     public var entries: [MaskReportRow]
@@ -17,9 +21,13 @@ public struct MaskReport: Codable, Sendable {
         entries = try catalog.maskReport()
         let cov = entries.compactMap(\.coverage).sorted()
         coverage = cov.isEmpty ? [:] : ["min": cov.first!, "max": cov.last!, "mean": cov.reduce(0, +) / Double(cov.count), "median": cov[cov.count / 2]]
-        faces = entries.count
-        ok = entries.filter(\.ok).count
+        // A face's crop is content-addressed: one crop per distinct image's face.
+        var okByFace: [String: Bool] = [:]
+        for entry in entries { okByFace[entry.crop256] = entry.ok }
+        faces = okByFace.count
+        ok = okByFace.values.filter { $0 }.count
         flagged = faces - ok
+        files = entries.count
     }
 
     /// A row per face (at most `limit`): crop | mask | e4e input, framed green (ok) or red (flagged).

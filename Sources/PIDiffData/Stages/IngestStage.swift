@@ -34,7 +34,8 @@ public struct IngestStage: PipelineStage {
         if let vanished = c["vanished"] { head += "; \(vanished) vanished" }
         if let others = c["other_partitions"] { head += "; \(others) in other partitions" }
         head += "; analysed images: " + (outcomes.isEmpty ? "none" : outcomes)
-        head += "; \(c["faces_recorded"] ?? 0) faces recorded (all detected), \(c["quality_failed"] ?? 0) selected faces failing a quality gate"
+        head += "; \(c["faces_recorded"] ?? 0) faces detected in the analysed files (a copy counts again; status counts faces per distinct image), "
+            + "\(c["quality_failed"] ?? 0) analysed files whose selected face fails a quality gate"
         head += String(format: "; %.1f s, %.2f images/s", summary.seconds, summary.imagesPerSecond)
         var lines = [head] + summary.problems.prefix(20).map { "  \($0)" }
         if summary.problemCount > 20 { lines.append("  … \(summary.problemCount - 20) more problems (pidiff-data status --problems lists them all)") }

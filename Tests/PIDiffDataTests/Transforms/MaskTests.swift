@@ -75,6 +75,26 @@ final class MaskTests: XCTestCase {
         XCTAssertEqual(runs[0], runs[1])
     }
 
+    /// One photo under two paths is one face: `masks` masks it once, and `masks report` counts it
+    /// once (listing it under both paths), as `status` does.
+    func testACopiedPhotoIsOneFaceInEveryCount() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let person = dir.appendingPathComponent("photos/obama")
+        try FileManager.default.createDirectory(at: person, withIntermediateDirectories: true)
+        for name in ["a.jpg", "copy.jpg"] { try FileManager.default.copyItem(at: TestSupport.obama, to: person.appendingPathComponent(name)) }
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        _ = try await TestSupport.ingest([dir.appendingPathComponent("photos")], catalog: catalog)
+        let masked = try await MaskPipeline(catalogPath: catalog.path, parameters: MaskParameters()).run()
+        XCTAssertEqual(masked.masked, 1)
+        let report = try MaskReport(catalog: Catalog(path: catalog.path))
+        XCTAssertEqual([report.faces, report.ok, report.files], [1, 1, 2])
+        let text = try TestSupport.runCLI(["masks", "report", "--catalog", catalog.path])
+        XCTAssertTrue(text.stdout.contains("1 selected faces with a mask (one per distinct image), 1 ok, 0 flagged; listed under 2 file paths"), text.stdout)
+        let status = try TestSupport.runCLI(["status", "--catalog", catalog.path])
+        XCTAssertTrue(status.stdout.contains("faces 1 "), status.stdout)
+    }
+
     /// The head above the brows stays foreground on every sample photo, the partial face whose
     /// hair the mask-1 GrabCut cut off included (head band 79 %, skull outline 45 % under mask-1,
     /// when the top border was sure background and the hair was learnt as background).
