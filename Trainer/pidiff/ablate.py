@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pidiff import evaluate
+from pidiff.terminal import shown
 
 GRID_KEYS = ("steps", "images", "lambda", "augment", "drop_visual", "drop_text")
 TRAINING_KEYS = ("steps", "images", "augment", "drop_visual", "drop_text")  # the others change only sampling
@@ -397,7 +398,7 @@ def metric_argv(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    log = lambda message: print(f"pidiff ablate: {message}", flush=True)  # noqa: E731
+    log = lambda message: print(f"pidiff ablate: {shown(message)}", flush=True)  # noqa: E731
     try:
         grid = parse_grid(args.grid)
         settings = settings_of(grid)
@@ -423,14 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         results = [run_setting(setting, args, base, identities, metric_argv(args), log) for setting in settings]
     except (evaluate.MissingModelError, AblationError, FileNotFoundError, ValueError, OSError) as error:
-        print(f"pidiff ablate: {error}", file=sys.stderr)
+        print(f"pidiff ablate: {shown(error)}", file=sys.stderr)
         return 2
     except SystemExit as stop:
-        print(stop.code, file=sys.stderr)
+        print(shown(stop.code), file=sys.stderr)
         return 1
     grid_keys = [k for k, _ in grid]
     rows = table_rows(results, grid_keys, metrics)
-    notes = [f"{len(identities)} identities of the split {args.split!r}, {len(prompts)} prompts ({args.prompts}), "
+    notes = [f"{len(identities)} identities of the split {args.split!r}, {len(prompts)} prompts ({shown(args.prompts)}), "
              f"{args.num_images} image(s) per prompt; each row: the mean over identities (pidiff eval, "
              f"--id-reference {args.id_reference}); per setting: OUT/<setting>/eval/eval.md."]
     id_column = evaluate.id_column(args)
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(out, rows, metrics, f"ablation over {', '.join(grid_keys)} ({args.split}, {len(identities)} identities)",
          id_column=id_column)
     print((out / "ablation.md").read_text(), end="")
-    print(f"wrote {out / 'ablation.md'}, {out / 'ablation.csv'}, {out / 'ablation.png'}")
+    print(shown(f"wrote {out / 'ablation.md'}, {out / 'ablation.csv'}, {out / 'ablation.png'}"))
     return 0
 
 

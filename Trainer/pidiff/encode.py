@@ -41,6 +41,7 @@ from safetensors import SafetensorError, safe_open
 from pidiff import __version__, shards
 from pidiff.e4e import E4ECheckpointError, E4EEncoder
 from pidiff.model import save_safetensors
+from pidiff.terminal import shown
 
 FORMAT = "pidiff-encoded/2"
 ROLES = ("train", "reference", "style")  # style: another face's photo trained with the identity (§3.4.4)
@@ -715,9 +716,9 @@ def main(argv: list[str] | None = None) -> int:
             return encode_on_ranks(shard_paths, args, options, rank, world_size)
         results = encode_shards(shard_paths, args.e4e, args.sd, args.out, options)
     except (shards.ShardError, EncodeError, E4ECheckpointError) as error:
-        print(f"pidiff encode: error: {error}", file=sys.stderr)
+        print(f"pidiff encode: error: {shown(error)}", file=sys.stderr)
         return 1
-    print(summary_line(results, args.out))
+    print(shown(summary_line(results, args.out)))
     return 0
 
 
@@ -734,7 +735,7 @@ def encode_on_ranks(shard_paths: list[Path], args, options: EncodeOptions, rank:
         outcome = {"results": encode_shards(shard_paths, args.e4e, args.sd, args.out, options, rank, world_size)}
     except Exception as error:  # noqa: BLE001 - reported with the rank, then the ranks finish together
         outcome = {"error": rank_error_line(error, rank, world_size, mine)}
-        print(outcome["error"], file=sys.stderr, flush=True)
+        print(shown(outcome["error"]), file=sys.stderr, flush=True)
     outcomes: list[dict] = [{} for _ in range(world_size)]
     dist.all_gather_object(outcomes, outcome)
     failed = [o["error"] for o in outcomes if "error" in o]
@@ -746,7 +747,7 @@ def encode_on_ranks(shard_paths: list[Path], args, options: EncodeOptions, rank:
         if failed:
             line += (f"; {len(failed)} of {world_size} ranks failed ({len(shard_paths) - len(done)} shards not done); "
                      "a rerun encodes only what is missing")
-        print(line, flush=True)
+        print(shown(line), flush=True)
     dist.barrier()
     dist.destroy_process_group()
     return 1 if failed else 0

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pidiff.terminal import shown
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SIDECAR_NAME = "sample.json"
 DEFAULT_PLACEHOLDER = "S*"
@@ -719,8 +721,8 @@ def markdown_table(rows: list[dict], metrics: list[str], id_column: str = "ID") 
               + (["faces", "face rate"] if "id" in metrics else []) + [names[m] + ARROWS[m] for m in metrics])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row.get("method", "")] if with_method else []
-        cells += [f"**{row['identity']}**" if row["identity"] == "overall" else row["identity"]]
+        cells = [shown(row.get("method", ""))] if with_method else []  # names as they are: in the CSVs
+        cells += [f"**{row['identity']}**" if row["identity"] == "overall" else shown(row["identity"])]
         cells += ([lambda_text(row["lambda"]) or "–"] if with_lambda else []) + [str(row["images"])]
         if "id" in metrics:
             cells += [str(row["faces"]), number(row["face_rate"], 3)]
@@ -743,7 +745,7 @@ def methods_table(rows: list[dict], metrics: list[str], id_column: str = "ID") -
     for row in overall:
         identities = sum(1 for r in rows if r["identity"] != "overall" and r["method"] == row["method"]
                          and r["lambda"] == row["lambda"])
-        cells = [method_label(row, several), str(identities), str(row["images"])]
+        cells = [shown(method_label(row, several)), str(identities), str(row["images"])]
         if "id" in metrics:
             cells.append(number(row["face_rate"], 3))
         cells += [number(row[m]) for m in metrics]
@@ -1014,7 +1016,7 @@ def run(args) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_COLUMNS]
     if unknown or not metrics:
-        print(f"pidiff eval: unknown metric(s) {unknown or metrics}; choose from id, lpips, clip_t", file=sys.stderr)
+        print(shown(f"pidiff eval: unknown metric(s) {unknown or metrics}; choose from id, lpips, clip_t"), file=sys.stderr)
         return 2
     try:
         methods = parse_methods(args)
@@ -1045,7 +1047,7 @@ def run(args) -> int:
             evaluate([s for s in samples if s.method == method], references, scorer, lpips_metric, clip_metric,
                      args.class_text, choice)
     except (MissingModelError, FileNotFoundError, ValueError) as error:
-        print(f"pidiff eval: {error}", file=sys.stderr)
+        print(f"pidiff eval: {shown(error)}", file=sys.stderr)
         return 2
 
     id_column = scorer.column if scorer else "ID"
@@ -1054,7 +1056,7 @@ def run(args) -> int:
     demographics = demographic_rows(rows, labels, metrics) if labels else []
     protocol = protocol_record(args, metrics, scorer, lpips_metric, clip_metric, str(args.prompts), prompts, choices)
     per_lambda = ", per λ" if several_lambdas(rows) else ""
-    notes = [f"Protocol: {len(prompts)} prompts ({args.prompts})"
+    notes = [f"Protocol: {len(prompts)} prompts ({shown(args.prompts)})"
              + ("" if not args.partial else ", --partial: identities may miss some") + "; "
              + f"{len(samples)} images, {len({s.identity for s in samples})} identities, {len(methods)} method(s); "
              f"overall = mean over identities{per_lambda}."]
@@ -1079,7 +1081,7 @@ def run(args) -> int:
         demographics_plot(demographics, metrics, out / "eval_demographics.png", id_column)
         written += ["eval_demographics.csv", "eval_demographics.png"]
     print(report, end="")
-    print(f"wrote {', '.join(str(out / name) for name in written)}")
+    print(shown(f"wrote {', '.join(str(out / name) for name in written)}"))
     return 0
 
 

@@ -43,6 +43,7 @@ from pidiff.data import encode_prompts, reference_face
 from pidiff.evaluate import prompts_path
 from pidiff.model import PIDiffAdapter, model_fingerprint
 from pidiff.schedule import SD15, Schedule, ddim_step
+from pidiff.terminal import shown
 
 
 class DenoisingLoop:
@@ -342,8 +343,8 @@ def warn_about_prompts(prompts: list[str], placeholder: str) -> None:
     the prompt alone, steered only by the face's style attention. Allowed, but likely a mistake."""
     for prompt in prompts:
         if "{}" not in prompt and placeholder not in prompt:
-            print(f"pidiff sample: warning: prompt {prompt!r} has neither {{}} nor the placeholder {placeholder!r}; "
-                  "its text does not refer to the identity", file=sys.stderr)
+            print(shown(f"pidiff sample: warning: prompt {prompt!r} has neither {{}} nor the placeholder "
+                        f"{placeholder!r}; its text does not refer to the identity"), file=sys.stderr)
 
 
 @dataclass
@@ -450,8 +451,8 @@ def base_model_note(unet, args) -> str:
         return "unknown: the weights record no base model"
     if model_fingerprint(unet) == trained_on:
         return "same UNet as in training"
-    print(f"pidiff sample: warning: {args.weights} was trained on another base UNet ({trained_on[:12]}…) than "
-          f"{Path(args.sd) / 'unet'}; the weights load, but results will differ from the trained model's",
+    print(shown(f"pidiff sample: warning: {args.weights} was trained on another base UNet ({trained_on[:12]}…) than "
+                f"{Path(args.sd) / 'unet'}; the weights load, but results will differ from the trained model's"),
           file=sys.stderr)
     return "different UNet from training"
 
@@ -504,7 +505,7 @@ def run(args, scratch: Path) -> int:
         texts = list(dict.fromkeys(prompts))  # each distinct prompt embedded once, whatever --num-images
         embeddings = encode_prompts(args.sd, texts + [args.negative_prompt], device).to(dtype)
     except (OSError, ValueError) as error:
-        print(f"pidiff sample: {error}", file=sys.stderr)
+        print(f"pidiff sample: {shown(error)}", file=sys.stderr)
         return 2
     adapter.to(device).eval().requires_grad_(False)
     adapter.install(unet)
@@ -526,8 +527,8 @@ def run(args, scratch: Path) -> int:
                              noise=initial_noise(generator, len(indices), args.latent_size))
             for entry in writer.add(scale, indices, images):
                 entry["prompt_index"] = prompt_index[entry["batch_index"]]  # its line in --prompts (then --prompt)
-                print(f"{out / entry['file']}: {entry['prompt']!r} (identity {identity}, face {face.source}, "
-                      f"λ {entry['lambda']}, seed {args.seed})", flush=True)
+                print(shown(f"{out / entry['file']}: {entry['prompt']!r} (identity {identity}, face {face.source}, "
+                            f"λ {entry['lambda']}, seed {args.seed})"), flush=True)
             del images
 
     if style_face is not None and kept.get(style_face.folder):

@@ -35,6 +35,7 @@ from pidiff import runs
 from pidiff.data import IdentitySamples, encode_prompts, load_training_samples, prompt_texts
 from pidiff.model import DEFAULT_INFERENCE_SCALE, PIDiffAdapter, model_fingerprint, save_weights
 from pidiff.schedule import SD15, Schedule
+from pidiff.terminal import shown
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,15 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_training(sys.argv[1:] if argv is None else argv)
     except (ValueError, OSError, FloatingPointError) as error:
-        print(f"pidiff train: {error}", file=sys.stderr, flush=True)
+        print(f"pidiff train: {shown(error)}", file=sys.stderr, flush=True)
         return 1 if isinstance(error, FloatingPointError) else 2
 
 
 def run_training(argv: list[str]) -> int:
     config = resolve_device_and_precision(config_from_args(argv))
     rank, world_size, config = runs.distributed_context(config)
-    log = (lambda message: print(f"[rank {rank}] {message}", flush=True)) if world_size > 1 else \
-        (lambda message: print(message, flush=True))
+    # Log lines name identities, paths and checkpoints: control characters in them are escaped.
+    log = (lambda message: print(f"[rank {rank}] {shown(message)}", flush=True)) if world_size > 1 else \
+        (lambda message: print(shown(message), flush=True))
     from diffusers import UNet2DConditionModel
 
     # --identity is taken whole: an identity may itself hold a comma.

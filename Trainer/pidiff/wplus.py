@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from pidiff.terminal import shown
+
 E4E_INPUT_SIZE = 256
 WPLUS_FORMAT = "pidiff-wplus/1"
 PREPARED_SUFFIX = ".e4e.png"
@@ -475,12 +477,12 @@ def main(argv: list[str] | None = None) -> int:
                 metadata["face_files"] = [str(p) for p in face.face.files()]
             write_w_plus(out, w_plus, metadata)
     except (FaceError, OSError, ValueError) as error:  # E4ECheckpointError is a ValueError
-        print(f"pidiff wplus: {error}", file=sys.stderr)
+        print(f"pidiff wplus: {shown(error)}", file=sys.stderr)
         return 2
     where = ""
     if face.record is not None and "face_index" in face.record:
         where = f", face {face.record['face_index']} of {face.record.get('faces_found', '?')}"
-    print(f"pidiff wplus: {out}: w+ [1, 18, 512] of {face.source} ({face.kind}{where})")
+    print(shown(f"pidiff wplus: {out}: w+ [1, 18, 512] of {face.source} ({face.kind}{where})"))
     return 0
 
 

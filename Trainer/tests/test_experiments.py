@@ -423,3 +423,57 @@ def test_ablation_settings_map_to_train_and_sample_options_and_image_subsets(tmp
 
     whole, part = read_encoded_shard(tmp_path / "enc" / "faces-000000.safetensors"), read_encoded_shard(subset / "faces-000000.safetensors")
     assert torch.equal(part.w_plus[0], whole.w_plus[1])  # ann_000's row
+
+
+# ----------------------------------------------------------------------------------------------
+def test_shown_escapes_control_characters_only():
+    from pidiff.terminal import shown
+
+    assert shown("ann\x1b[31m\nbob\r\t\x00\x7f\x85\x9b end") == "ann\\x1b[31m\\nbob\\r\\t\\x00\\x7f\\x85\\x9b end"
+    assert shown("Zoë/2 C:\\path ✓ λ") == "Zoë/2 C:\\path ✓ λ"  # printable text, backslashes included, as it is
+    assert shown(ValueError("line\none")) == "line\\none"
+
+
+def test_identity_names_with_control_characters_reach_the_terminal_escaped_and_json_exactly(tiny_models, tiny_clip,
+                                                                                         tmp_path, capsys):
+    """An identity is catalog data: "\\x1b[31m" would colour the terminal and "\\n" forge a line in
+    train, sample and eval output. Human output escapes them (pidiff.terminal.shown); the sidecar
+    and the CSVs keep the name exactly."""
+    name = "ann\x1b[31m\nINFO fake line"
+    escaped = "ann\\x1b[31m\\nINFO fake line"
+    encoded = tmp_path / "enc"
+    write_encoded_shard(encoded / "faces-000000.safetensors", {"a_000": (name, "train"), "a_001": (name, "reference")})
+    run = tmp_path / "run"
+    assert cli.main(["train", "--encoded", str(encoded), "--split", "faces", "--sd", str(tiny_models["sd"]),
+                     "--out", str(run), "--steps", "1", "--batch-size", "1", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert f"group 0: training {escaped} (1 samples)" in printed.out.splitlines()
+    weights = next(run.glob("*/pidiff.safetensors"))
+    assert f"{escaped}: {weights}" in printed.out.splitlines()
+
+    samples = tmp_path / "samples" / "method\x1b[2J"
+    assert cli.main(["sample", "--sd", str(tiny_models["sd"]), "--weights", str(weights), "--encoded", str(encoded),
+                     "--prompt", "a photo of S*\x07", "--steps", "1", "--latent-size", "8", "--device", "cpu",
+                     "--out", str(samples / "ann")]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == (f"{tmp_path}/samples/method\\x1b[2J/ann/000.png: 'a photo of S*\\x07' (identity {escaped}, "
+                           "face a_001, λ 0.4, seed 0)\n")
+    assert read_sidecar(samples / "ann" / "sample.json")["parameters"]["identity"] == name  # JSON: exact
+
+    refs = write_refs(tmp_path / "refs", {name: ("obama.jpg", {})})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of S*\x07\n")
+    assert cli.main(["eval", "--samples", str(samples), "--refs", str(refs), "--prompts", str(prompts), "--metrics",
+                     "clip_t", "--clip", str(tiny_clip), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr()
+    assert f"| {escaped} | 1 |" in printed.out and "| method\\x1b[2J | 1 | 1 |" in printed.out
+    assert "\x1b" not in printed.out + printed.err and "\nINFO fake line" not in printed.out
+    assert f"| {escaped} | 1 |" in (tmp_path / "eval" / "eval.md").read_text()
+    summary = list(csv.DictReader(open(tmp_path / "eval" / "eval_summary.csv")))
+    assert {r["identity"] for r in summary} == {name, "overall"}  # CSV: exact
+
+    # A one-line error naming the identity stays one line.
+    assert cli.main(["train", "--encoded", str(encoded), "--identity", name + "\x1b", "--sd", str(tiny_models["sd"]),
+                     "--out", str(tmp_path / "run2"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and err.startswith("pidiff train: "), err
