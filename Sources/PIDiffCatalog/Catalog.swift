@@ -31,9 +31,34 @@ public final class Catalog: Sendable {
         do {
             pool = try DatabasePool(path: path, configuration: config)
             try Catalog.migrator.migrate(pool)
+            try relativiseLegacyDataRoot()
         } catch {
             throw CatalogError.open(path, "\(error)")
         }
+    }
+
+    /// Catalogs from before the data root was stored relative to the catalog recorded it as an
+    /// absolute path, so a copied project wrote its new crops into the original's folder and a
+    /// moved one lost them. Such a root becomes relative when it is inside the catalog's folder,
+    /// or when this catalog was copied or moved with its default data root (`<catalog>.data`,
+    /// beside it here, recorded elsewhere). Any other absolute root (chosen with `--data-root`)
+    /// stays as it is.
+    private func relativiseLegacyDataRoot() throws {
+        guard let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }), stored.value.hasPrefix("/") else { return }
+        let file = URL(fileURLWithPath: CatalogLock.resolved(path))
+        let folder = file.deletingLastPathComponent().path
+        let recorded = URL(fileURLWithPath: stored.value).standardizedFileURL
+        var relative: String?
+        if recorded.path.hasPrefix(folder + "/") {
+            relative = String(recorded.path.dropFirst(folder.count + 1))
+        } else if recorded.lastPathComponent == file.lastPathComponent + ".data" {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: folder + "/" + recorded.lastPathComponent, isDirectory: &isDirectory), isDirectory.boolValue {
+                relative = recorded.lastPathComponent
+            }
+        }
+        guard let relative else { return }
+        try pool.write { db in try MetaRecord(key: "data_root", value: relative).update(db) }
     }
 
     /// Before anything changes the file (WAL mode, migrations): an existing database must be a
@@ -402,8 +427,8 @@ public final class Catalog: Sendable {
         // The folder of the file the path resolves to: a symlinked catalog finds its own data root.
         let folder = URL(fileURLWithPath: CatalogLock.resolved(path)).deletingLastPathComponent()
         guard let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) else { return nil }
-        // Relative to the catalog's folder (a copied or moved project keeps its own artefacts);
-        // catalogs from before stored an absolute path, which is kept as it was.
+        // Relative to the catalog's folder (a copied or moved project keeps its own artefacts); an
+        // absolute path is a root chosen outside it (`relativiseLegacyDataRoot`).
         return stored.value.hasPrefix("/") ? URL(fileURLWithPath: stored.value)
                                             : folder.appendingPathComponent(stored.value).standardizedFileURL
     }

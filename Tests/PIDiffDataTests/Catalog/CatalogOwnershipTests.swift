@@ -55,6 +55,34 @@ final class CatalogOwnershipTests: XCTestCase {
         XCTAssertGreaterThan(crops(copy), originalCrops)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("elsewhere").path))
     }
+
+    /// Catalogs written before the data root was stored relative to them hold an absolute path.
+    /// Copied with their default data root, the copy uses its own; opened where they are, the
+    /// root becomes relative; a root chosen elsewhere (`--data-root`) stays.
+    func testALegacyAbsoluteDataRootFollowsACopiedProject() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        func setRoot(_ catalog: URL, _ value: String) throws {
+            try Catalog(path: catalog.path).pool.write { try $0.execute(sql: "UPDATE meta SET value = ? WHERE key = 'data_root'", arguments: [value]) }
+        }
+        func stored(_ catalog: URL) throws -> String? {
+            try Catalog(path: catalog.path).pool.read { try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'data_root'") }
+        }
+        let original = dir.appendingPathComponent("a"), copy = dir.appendingPathComponent("b")
+        try FileManager.default.createDirectory(at: original.appendingPathComponent("c.sqlite.data"), withIntermediateDirectories: true)
+        _ = try Catalog(path: original.appendingPathComponent("c.sqlite").path).dataRoot()
+        try setRoot(original.appendingPathComponent("c.sqlite"), original.appendingPathComponent("c.sqlite.data").path) // as older versions stored it
+        try FileManager.default.copyItem(at: original, to: copy)
+        // The copy, opened first: its own data root, recorded relative.
+        XCTAssertEqual(try Catalog(path: copy.appendingPathComponent("c.sqlite").path).dataRoot().path, copy.appendingPathComponent("c.sqlite.data").path)
+        XCTAssertEqual(try stored(copy.appendingPathComponent("c.sqlite")), "c.sqlite.data")
+        // The original, where it always was: the same root, now relative.
+        XCTAssertEqual(try stored(original.appendingPathComponent("c.sqlite")), "c.sqlite.data")
+        // A root chosen outside the project stays absolute.
+        let chosen = dir.appendingPathComponent("big-disk/crops").path
+        try setRoot(copy.appendingPathComponent("c.sqlite"), chosen)
+        XCTAssertEqual(try Catalog(path: copy.appendingPathComponent("c.sqlite").path).dataRoot().path, chosen)
+        XCTAssertEqual(try stored(copy.appendingPathComponent("c.sqlite")), chosen)
+    }
 }
 
 /// One writer per catalog and per output folder, whatever path leads there.
