@@ -37,6 +37,24 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// Removes a catalog this command created and then could not use (every source it was given
+    /// was rejected): its database files, its lock and its data root if that holds nothing, so a
+    /// failed first run leaves no empty catalog behind. Taken under the catalog's lock; a catalog
+    /// holding any file row is kept.
+    public static func discardUnused(path: String) throws {
+        let lock = try CatalogLock(catalogPath: path)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = try Catalog(path: path)
+        let root = try catalog.recordedDataRoot()
+        guard try catalog.pool.read({ try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM files") ?? 0 }) == 0 else { return }
+        try catalog.pool.close()
+        let resolved = CatalogLock.resolved(path)
+        for suffix in ["", "-wal", "-shm", ".lock"] { try? FileManager.default.removeItem(atPath: resolved + suffix) }
+        if let root, (try? FileManager.default.contentsOfDirectory(atPath: root.path))?.isEmpty == true {
+            try? FileManager.default.removeItem(at: root)
+        }
+    }
+
     /// Catalogs from before the data root was stored relative to the catalog recorded it as an
     /// absolute path, so a copied project wrote its new crops into the original's folder and a
     /// moved one lost them. Such a root becomes relative when it is inside the catalog's folder,

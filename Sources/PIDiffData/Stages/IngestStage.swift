@@ -1,5 +1,6 @@
 import Foundation
 import PIDiffModel
+import PIDiffCatalog
 
 /// `ingest`: sources → scan → read → decode → detect → landmarks → align → quality → crops →
 /// catalog (the worker pipeline in `Workers/IngestPipeline.swift`).
@@ -23,7 +24,13 @@ public struct IngestStage: PipelineStage {
                                       models: workspace.faceModels, dataRoot: workspace.dataRoot, progress: workspace.progress,
                                       python: workspace.trainer.python)
         pipeline.partition = parameters.partition
+        let existed = FileManager.default.fileExists(atPath: workspace.catalogPath)
         let summary = try await pipeline.run()
+        var discarded: [String] = []
+        if !existed && summary.rejectedSources.count == parameters.sources.count {
+            try Catalog.discardUnused(path: workspace.catalogPath)
+            discarded.append("no source could be read: the new catalog \(workspace.catalogPath) was not kept")
+        }
         // Every number says what it counts: files (paths), images (distinct contents), faces.
         let c = summary.counts
         let files = ["analysed", "unchanged", "reused", "unreadable"].reduce(0) { $0 + (c[$1] ?? 0) }
@@ -43,7 +50,7 @@ public struct IngestStage: PipelineStage {
         return StageReport(stage: Self.name, outcome: outcome, lines: lines,
                            warnings: summary.warnings + (summary.replacementWarning.map { [$0] } ?? [])
                                + summary.skippedFolders.map { "not scanned: \($0)" }
-                               + summary.rejectedSources.map { "source rejected: \($0)" },
+                               + summary.rejectedSources.map { "source rejected: \($0)" } + discarded,
                            counts: summary.counts.asCounts, artefacts: ["catalog": workspace.catalogPath, "data_root": summary.dataRoot],
                            json: summary)
     }

@@ -55,6 +55,8 @@ public struct FetchPipeline: Sendable {
         public var attempts = 0
         /// Lines that were not usable entries, and URLs listed for another identity than before.
         public var problemCount = 0
+        /// The cap on `problems` (all of them are in the catalog's run problems).
+        public var problemsListedMax = 1000
         public var problems: [String] = []
         public var rejectedLists: [String] = []
         public var seconds = 0.0
@@ -63,7 +65,7 @@ public struct FetchPipeline: Sendable {
         enum CodingKeys: String, CodingKey {
             case runID = "run_id", listed, downloaded, bytes, sameContent = "same_content", alreadyDone = "already_done", failed, rejected
             case rejectedEarlier = "rejected_earlier", givenUp = "given_up", repeatedLines = "repeated_lines", attempts
-            case problemCount = "problem_count", problems, rejectedLists = "rejected_lists", seconds, downloadsPerSecond = "downloads_per_second"
+            case problemCount = "problem_count", problemsListedMax = "problems_listed_max", problems, rejectedLists = "rejected_lists", seconds, downloadsPerSecond = "downloads_per_second"
         }
 
         public var counts: [String: Int] {
@@ -305,7 +307,7 @@ actor FetchLedger {
 
     func problem(_ location: String, _ reason: String) {
         summary.problemCount += 1
-        if summary.problems.count < 1000 { summary.problems.append("\(location): \(reason)") }
+        if summary.problems.count < summary.problemsListedMax { summary.problems.append("\(location): \(reason)") }
         problems.append((location, reason))
         if problems.count >= 256 { try? saveProblems() }
     }

@@ -20,6 +20,8 @@ public struct IngestSummary: Codable, Sendable {
     public var problems: [String]
     public var problemCount: Int
     public static let problemsListed = 1000
+    /// The cap on `problems`, stated in the JSON so that a reader knows the list may be cut.
+    public var problemsListedMax = IngestSummary.problemsListed
     /// Things the user should hear (a --data-root the catalog does not use).
     public var warnings: [String]
     /// Sources rejected as a whole ("path: reason"): the run's exit status is a failure.
@@ -34,6 +36,7 @@ public struct IngestSummary: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", status, catalog, dataRoot = "data_root", fingerprint, counts, seconds
         case imagesPerSecond = "images_per_second", stageSeconds = "stage_seconds", problems, problemCount = "problem_count"
+        case problemsListedMax = "problems_listed_max"
         case rejectedSources = "rejected_sources", skippedFolders = "skipped_folders", warnings
         case replacedFingerprint = "replaced_fingerprint"
     }

@@ -17,13 +17,17 @@ public struct MaskPipeline: Sendable {
         public var skipped: Int
         /// The first 1000 flagged or skipped faces with their reasons (`failed + skipped` in all).
         public var errors: [String]
+        /// The cap on `errors`, stated in the JSON.
+        public var errorsListedMax = MaskPipeline.errorsListed
         public var seconds: Double
         public var masksPerSecond: Double
         enum CodingKeys: String, CodingKey {
-            case runID = "run_id", fingerprint, masked, failed, skipped, errors, seconds, masksPerSecond = "masks_per_second"
+            case runID = "run_id", fingerprint, masked, failed, skipped, errors, errorsListedMax = "errors_listed_max", seconds
+            case masksPerSecond = "masks_per_second"
         }
     }
 
+    static let errorsListed = 1000
     public var catalogPath: String
     public var parameters: MaskParameters
     public var workers: Int
@@ -75,7 +79,7 @@ public struct MaskPipeline: Sendable {
                 tally.progress.update(done: tally.masked + tally.skipped)
                 if !r.ok {
                     tally.failed += r.skipped ? 0 : 1
-                    if tally.errors.count < 1000 { tally.errors.append("\(r.job.path): \(r.reason ?? "")") }
+                    if tally.errors.count < Self.errorsListed { tally.errors.append("\(r.job.path): \(r.reason ?? "")") }
                 }
             },
             commit: { batch in try await writer.commit(batch) })

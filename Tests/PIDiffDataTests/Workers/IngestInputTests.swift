@@ -83,6 +83,14 @@ final class IngestInputTests: XCTestCase {
         let r = try TestSupport.runCLI(["ingest", array.path, "--catalog", dir.appendingPathComponent("c.sqlite").path])
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains("source rejected: \(array.path): a JSON array, not JSON lines"), r.stderr)
+        // The catalog this run would have created is not left behind empty.
+        XCTAssertTrue(r.stderr.contains("the new catalog \(dir.appendingPathComponent("c.sqlite").path) was not kept"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["photos.json"])
+        // An existing catalog is kept whatever its sources do.
+        let existing = dir.appendingPathComponent("kept.sqlite")
+        _ = try Catalog(path: existing.path)
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", array.path, "--catalog", existing.path]).status, 1)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: existing.path))
     }
 
     func testTheSummaryCountsEveryProblemAndSaysWhereTheRestAre() throws {

@@ -83,6 +83,8 @@ final class IngestIntegrationTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.stderr)
         let summary = try JSONDecoder().decode(IngestSummary.self, from: Data(result.stdout.utf8))
         XCTAssertEqual(summary.status, "completed")
+        XCTAssertTrue(result.stdout.contains("\"problems_listed_max\":1000") || result.stdout.contains("\"problems_listed_max\" : 1000"),
+                      "the JSON states its cap on listed problems")
 
         let catalog = try Catalog(path: catalogPath.path)
         let rows = try catalog.pool.read { db in
