@@ -31,7 +31,8 @@ public struct NamedSplitStage: Stage {
         let lock = try workspace.lock()
         defer { withExtendedLifetime(lock) {} }
         let catalog = try workspace.catalog()
-        let selection = try NamedSelection.select(try catalog.balanceInputs(mapping: workspace.config.labels), names: p.identities,
+        let selection = try NamedSelection.select(try catalog.balanceInputs(mapping: workspace.config.labels),
+                                                  catalogued: Set(try catalog.identityNames()), names: p.identities,
                                                   imagesPerIdentity: p.imagesPerIdentity, referenceImages: p.referenceImages)
         let recorded = String(decoding: try JSONEncoder.sorted.encode(p), as: UTF8.self)
         try catalog.storeSplit(name: p.name, seed: 0, parameters: recorded, selection: selection, command: "splits create")

@@ -131,31 +131,42 @@ public enum BalancedSelection {
 /// needed, the same photo picks and exclusions (duplicates, impostors, failed quality gates and
 /// masks) as balanced selection.
 public enum NamedSelection {
-    public enum Problem: Error, CustomStringConvertible, Equatable {
-        case unknown([String], known: Int)
-        case tooFew([(identity: String, usable: Int)], needed: Int)
-        public static func == (a: Problem, b: Problem) -> Bool { a.description == b.description }
+    /// Every name that cannot be split, in one message: names the catalog does not hold, and
+    /// identities with fewer usable photos than needed (0 when none is usable), with the counts.
+    public struct Problem: Error, CustomStringConvertible, Equatable {
+        public var notCatalogued: [String]
+        public var short: [String: Int]
+        public var needed: Int
+        public var catalogued: Int
         public var description: String {
-            switch self {
-            case .unknown(let names, let known):
-                return "no usable photos of identit\(names.count == 1 ? "y" : "ies") \(names.joined(separator: ", ")) in the catalog "
-                    + "(\(known) identities have usable photos; pidiff-data balance report lists them)"
-            case .tooFew(let short, let needed):
-                return "too few usable photos (needed \(needed) each): "
-                    + short.map { "\($0.identity) has \($0.usable)" }.joined(separator: ", ")
-                    + " (photos left out: duplicates, impostors, failed quality gates or masks; see pidiff-data curate report and masks report)"
+            var parts: [String] = []
+            if !notCatalogued.isEmpty {
+                parts.append("not in the catalog: \(notCatalogued.joined(separator: ", ")) (it holds \(catalogued) identities; "
+                             + "pidiff-data balance report lists those with usable photos)")
             }
+            if !short.isEmpty {
+                parts.append("too few usable photos (needed \(needed) each: training plus reference): "
+                             + short.sorted { $0.key < $1.key }.map { "\($0.key) has \($0.value) usable" }.joined(separator: ", ")
+                             + " (photos left out: duplicates, impostors, failed quality gates or masks; see pidiff-data curate report and masks report)")
+            }
+            return parts.joined(separator: "; ")
         }
     }
 
-    public static func select(_ identities: [BalanceIdentity], names: [String], imagesPerIdentity: Int, referenceImages: Int) throws -> SplitSelection {
+    /// `identities`: those with usable photos; `catalogued`: every identity name the catalog holds.
+    public static func select(_ identities: [BalanceIdentity], catalogued: Set<String>, names: [String], imagesPerIdentity: Int,
+                              referenceImages: Int) throws -> SplitSelection {
         let byName = Dictionary(identities.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let wanted = names.map(IdentityName.normalized)
-        let unknown = wanted.filter { byName[$0] == nil }
-        guard unknown.isEmpty else { throw Problem.unknown(unknown, known: identities.count) }
         let needed = imagesPerIdentity + referenceImages
-        let short = wanted.compactMap { name in byName[name]!.images.count < needed ? (name, byName[name]!.images.count) : nil }
-        guard short.isEmpty else { throw Problem.tooFew(short, needed: needed) }
+        let problem = Problem(notCatalogued: wanted.filter { !catalogued.contains($0) && byName[$0] == nil },
+                              short: Dictionary(wanted.compactMap { name in
+                                  guard catalogued.contains(name) || byName[name] != nil else { return nil }
+                                  let usable = byName[name]?.images.count ?? 0
+                                  return usable < needed ? (name, usable) : nil
+                              }, uniquingKeysWith: { a, _ in a }),
+                              needed: needed, catalogued: catalogued.count)
+        guard problem.notCatalogued.isEmpty && problem.short.isEmpty else { throw problem }
         var items: [SplitSelection.Item] = []
         for name in wanted {
             let (train, reference) = BalancedSelection.pickImages(byName[name]!.images, train: imagesPerIdentity, reference: referenceImages)
