@@ -1,6 +1,7 @@
 import Foundation
 import PIDiffModel
 import PIDiffCatalog
+import PIDiffNative
 
 /// `splits add-style`: one style photo (any person's face) joins an identity's training set in a
 /// split, with the role `style` (paper §3.4.4: six photos of the identity plus one carrying the
@@ -28,9 +29,15 @@ public struct AddStyleStage: Stage {
         let p = parameters
         let lock = try workspace.lock()
         defer { withExtendedLifetime(lock) {} }
+        let path = p.path.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        // A photo given by path is also found by its content: a copy of a catalogued photo, kept
+        // elsewhere, is that photo.
+        var sha256 = p.sha256
+        if sha256 == nil, let path, FileManager.default.isReadableFile(atPath: path) {
+            sha256 = try? Hashing.sha256Hex(fileAt: URL(fileURLWithPath: path))
+        }
         let item = try workspace.catalog().addStylePhoto(split: p.split, identity: IdentityName.normalized(p.identity),
-                                                         path: p.path.map { URL(fileURLWithPath: $0).standardizedFileURL.path },
-                                                         sha256: p.sha256)
+                                                         path: path, sha256: sha256)
         return StageReport(stage: Self.name, lines: ["split \(p.split): \(item.identity) trains with style photo \(item.path)"],
                            counts: ["split": p.split], artefacts: ["split": p.split])
     }

@@ -24,8 +24,14 @@ final class StyleAndReferenceTests: XCTestCase {
         XCTAssertEqual(items.filter { $0.role == "style" }.map(\.path), [biden])
         XCTAssertEqual(items.first { $0.role == "style" }?.identity, "obama", "the style trains with obama, whoever is in the photo")
 
-        // Refused: twice, a photo already in the split, an identity not in it, an unknown photo.
+        // Refused: twice (also given as a copy kept elsewhere: found by its content), a photo
+        // already in the split, an identity not in it, an unknown photo.
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "obama", "--photo", biden]).stderr.contains("already in split v1 as a style photo"))
+        let copy = dir.appendingPathComponent("downloads/style.jpg")
+        try FileManager.default.createDirectory(at: copy.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: biden, toPath: copy.path)
+        let byContent = try cli(["splits", "add-style", "v1", "--identity", "obama", "--photo", copy.path])
+        XCTAssertTrue(byContent.stderr.contains("\(biden) is already in split v1 as a style photo"), byContent.stderr)
         let train = try XCTUnwrap(items.first { $0.role == "train" })
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "obama", "--sha256", train.sha256]).stderr.contains("as a train photo"))
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "biden", "--photo", biden]).stderr.contains("identity biden is not in split v1"))
