@@ -197,7 +197,8 @@ int fn_mask_grabcut(const FNImage *crop, const double *xy, const FNMaskParams *p
     });
 }
 
-int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale, double outline_scale, FNHeadChecks *out, FNError *err) {
+int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale, double outline_scale, double core_scale,
+                        FNHeadChecks *out, FNError *err) {
     if (!mask || !xy || !out || mask->bgr.channels() != 1) {
         fn::set_error(err, "%s", "head checks need a single-channel mask and 68 landmarks");
         return FN_EARG;
@@ -218,6 +219,17 @@ int fn_mask_head_checks(const FNImage *mask, const double *xy, double band_scale
     band &= skull;
     out->head_band = share(band);
     out->head_band_pixels = cv::countNonZero(band);
+    // The ring: what a seeded method had to decide itself (hair beyond the skull core).
+    cv::Mat forced = cv::Mat::zeros(H, W, CV_8U), hull = cv::Mat::zeros(H, W, CV_8U);
+    fill_hull(forced, dome(g, float(core_scale) * g.J, float(core_scale) * g.E, 48));
+    std::vector<cv::Point2f> all;
+    for (int i = 0; i < 68; i++) all.emplace_back(float(xy[2 * i]), float(xy[2 * i + 1]));
+    fill_hull(hull, all);
+    int grow = std::max(1, W / 32);
+    cv::dilate(hull, hull, cv::getStructuringElement(cv::MORPH_ELLIPSE, cv::Size(2 * grow + 1, 2 * grow + 1)));
+    cv::Mat ring = band & ~(forced | hull);
+    out->head_ring = share(ring);
+    out->head_ring_pixels = cv::countNonZero(ring);
 
     int inside = 0, kept = 0;
     for (int s = 0; s <= 30; s++) {

@@ -232,16 +232,18 @@ extension NativeImage {
     }
 
     /// How much of the head a mask kept, from the 68 landmarks in its pixels (any mask method):
-    /// see `HeadChecks`. `landmarks` must hold 68 points.
-    public func headChecks(landmarks: [Point]) throws -> HeadChecks {
+    /// see `HeadChecks`. `landmarks` must hold 68 points; `coreScale` is the skull core GrabCut's
+    /// seed forces to foreground (`mask.skull_core`), left out of `headRing`.
+    public func headChecks(landmarks: [Point], coreScale: Double = MaskParameters().skullCore) throws -> HeadChecks {
         guard landmarks.count == 68 else { throw NativeError(code: Int32(FN_EARG), message: "head checks need 68 landmarks") }
         var out = FNHeadChecks()
         var err = FNError()
         let xy = landmarks.flatMap { [$0.x, $0.y] }
-        let code = xy.withUnsafeBufferPointer { fn_mask_head_checks(handle, $0.baseAddress, HeadChecks.bandSkullScale, HeadChecks.outlineSkullScale, &out, &err) }
+        let code = xy.withUnsafeBufferPointer { fn_mask_head_checks(handle, $0.baseAddress, HeadChecks.bandSkullScale, HeadChecks.outlineSkullScale,
+                                                                          coreScale, &out, &err) }
         try NativeError.check(code, &err, "head checks")
         return HeadChecks(headBand: out.head_band, headOutline: out.head_outline, outlinePoints: Int(out.outline_points),
-                          farBackground: out.far_background)
+                          farBackground: out.far_background, headRing: out.head_ring, headRingPixels: Int(out.head_ring_pixels))
     }
 
     /// This crop over white through `mask` (blurred 5×5): the e4e encoder's input.
@@ -274,9 +276,16 @@ public struct HeadChecks: Codable, Equatable, Sendable {
     /// Foreground share of the region above the mouth corners and outside 1.6 × the skull ellipse
     /// (J, E): almost always background, so a high share means the mask swallowed background.
     public var farBackground: Double
+    /// Foreground share of the head band outside the skull core that GrabCut's seed forces to
+    /// foreground (`mask.skull_core` of the skull) and outside the landmark hull: the hair and
+    /// scalp the mask had to keep by itself. `headBand` includes the forced core (about two
+    /// thirds of the band), so this is the figure that can fall to 0.
+    public var headRing: Double
+    public var headRingPixels: Int
 
     enum CodingKeys: String, CodingKey {
         case headBand = "head_band", headOutline = "head_outline", outlinePoints = "outline_points", farBackground = "far_background"
+        case headRing = "head_ring", headRingPixels = "head_ring_pixels"
     }
 }
 

@@ -136,6 +136,8 @@ struct BenchMasksCommand: AsyncParsableCommand {
             print("masks (\(r.method)) of \(r.faces) faces in \(r.catalog)")
             print(String(format: "  head band above the brows ≥ %.0f%% foreground: %d of %d faces (%.1f%%)",
                          r.thresholds["head_band"]! * 100, r.bandKept, r.faces, r.bandKeptShare * 100))
+            print(String(format: "  head ring (the band outside the skull core the seed forces) ≥ %.0f%% foreground: %d of %d faces (%.1f%%); lowest %.2f, median %.2f",
+                         r.thresholds["head_band"]! * 100, r.ringKept, r.faces, r.ringKeptShare * 100, r.ringMin, r.ringMedian))
             print(String(format: "  skull outline above the eyes ≥ %.0f%% foreground: %d of %d faces (%.1f%%)",
                          r.thresholds["head_outline"]! * 100, r.outlineKept, r.faces, r.outlineKeptShare * 100))
             print(String(format: "  far background swallowed (> %.0f%% of it foreground): %d of %d faces (%.1f%%); mean share %.3f",

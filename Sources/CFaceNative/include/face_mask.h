@@ -57,8 +57,13 @@ typedef struct FNHeadChecks {
     double head_outline;
     int outline_points;
     double far_background;
+    // The head band outside the skull core dome at core_scale and outside the landmark hull
+    // (dilated by W/32): the part of the band GrabCut's seed does not force to foreground.
+    double head_ring;
+    int head_ring_pixels;
 } FNHeadChecks;
-int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double band_scale, double outline_scale, FNHeadChecks *out, FNError *err);
+int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double band_scale, double outline_scale, double core_scale,
+                        FNHeadChecks *out, FNError *err);
 
 // Fraction of mask pixels ≥ 128.
 double fn_mask_coverage(const FNImage *mask);

@@ -53,6 +53,13 @@ public struct MaskBenchmark: Sendable {
         public var bandKeptShare: Double
         public var outlineKept: Int
         public var outlineKeptShare: Double
+        /// Faces whose head ring (the band outside the skull core the GrabCut seed forces, see
+        /// `HeadChecks.headRing`) is ≥ bandThreshold foreground, their share, and the ring's
+        /// lowest and median share: the hair the mask kept by itself.
+        public var ringKept: Int
+        public var ringKeptShare: Double
+        public var ringMin: Double
+        public var ringMedian: Double
         /// Mean far-background share, and faces above swallowThreshold.
         public var farBackgroundMean: Double
         public var swallowed: Int
@@ -68,6 +75,7 @@ public struct MaskBenchmark: Sendable {
         enum CodingKeys: String, CodingKey {
             case catalog, maskFingerprint = "mask_fingerprint", method, faces, bandKept = "band_kept", bandKeptShare = "band_kept_share"
             case outlineKept = "outline_kept", outlineKeptShare = "outline_kept_share", farBackgroundMean = "far_background_mean"
+            case ringKept = "ring_kept", ringKeptShare = "ring_kept_share", ringMin = "ring_min", ringMedian = "ring_median"
             case swallowed, swallowedShare = "swallowed_share", flagged, thresholds, workers, maskSeconds = "mask_seconds"
             case masksPerSecond = "masks_per_second", entries
         }
@@ -86,11 +94,13 @@ public struct MaskBenchmark: Sendable {
             catalogPath = catalog.path
         }
         let catalog = try Catalog(path: catalogPath)
-        let entries = try Self.measure(catalog)
+        let entries = try Self.measure(catalog, coreScale: config.mask.skullCore)
         let n = entries.count
         func share(_ k: Int) -> Double { n == 0 ? 0 : Double(k) / Double(n) }
         let bandKept = entries.filter { $0.checks.headBand >= bandThreshold }.count
         let outlineKept = entries.filter { $0.checks.headOutline >= outlineThreshold }.count
+        let ringKept = entries.filter { $0.checks.headRing >= bandThreshold }.count
+        let rings = entries.map(\.checks.headRing).sorted()
         let swallowed = entries.filter { $0.checks.farBackground > swallowThreshold }.count
         let fingerprint = try catalog.currentMaskFingerprint()
         let method = try fingerprint.flatMap { try catalog.runParameters(command: "masks", fingerprint: $0) }.flatMap { json in
@@ -98,6 +108,7 @@ public struct MaskBenchmark: Sendable {
         } ?? "?"
         return Report(catalog: catalogPath, maskFingerprint: fingerprint, method: method, faces: n,
                       bandKept: bandKept, bandKeptShare: share(bandKept), outlineKept: outlineKept, outlineKeptShare: share(outlineKept),
+                      ringKept: ringKept, ringKeptShare: share(ringKept), ringMin: rings.first ?? 0, ringMedian: rings.isEmpty ? 0 : rings[n / 2],
                       farBackgroundMean: n == 0 ? 0 : entries.map(\.checks.farBackground).reduce(0, +) / Double(n),
                       swallowed: swallowed, swallowedShare: share(swallowed), flagged: entries.filter { !$0.ok }.count,
                       thresholds: ["head_band": bandThreshold, "head_outline": outlineThreshold, "far_background": swallowThreshold],
@@ -106,7 +117,7 @@ public struct MaskBenchmark: Sendable {
     }
 
     /// `HeadChecks` of every selected face's current mask in `catalog`.
-    public static func measure(_ catalog: Catalog) throws -> [Face] {
+    public static func measure(_ catalog: Catalog, coreScale: Double = MaskParameters().skullCore) throws -> [Face] {
         let masks = Dictionary(try catalog.maskReport().map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
         var out: [Face] = []
         for face in try catalog.faceReports(selectedOnly: true) {
@@ -116,7 +127,7 @@ public struct MaskBenchmark: Sendable {
             let quad = AlignmentQuad(landmarks: Landmarks68(points: landmarks))
             let inCrop = MaskStage.landmarksInCrop(landmarks, quad: quad, size: mask.width)
             out.append(Face(path: face.path, identity: face.identity, qualityOK: face.qualityOK, coverage: mask.maskCoverage,
-                            checks: try mask.headChecks(landmarks: inCrop), ok: row.ok, reason: row.reason))
+                            checks: try mask.headChecks(landmarks: inCrop, coreScale: coreScale), ok: row.ok, reason: row.reason))
         }
         return out
     }

@@ -59,7 +59,7 @@ struct MaskStage {
         let mask256 = p.workSize == 256 ? mask : try mask.maskResized(to: 256)
         let mask512 = p.workSize == 512 ? mask : try mask.maskResized(to: 512)
         let coverage = mask256.maskCoverage
-        let checks = try mask256.headChecks(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: 256))
+        let checks = try mask256.headChecks(landmarks: Self.landmarksInCrop(landmarks, quad: quad, size: 256), coreScale: p.skullCore)
         return Output(mask512: mask512, mask256: mask256, e4eInput: try crop256.compositedOnWhite(mask: mask256),
                       coverage: coverage, checks: checks, failure: Self.failure(coverage: coverage, checks: checks, parameters: p))
     }

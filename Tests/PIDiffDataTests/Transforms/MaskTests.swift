@@ -106,6 +106,9 @@ final class MaskTests: XCTestCase {
         XCTAssertEqual(measured.count, 7)
         for face in measured {
             XCTAssertGreaterThanOrEqual(face.checks.headBand, 0.85, "\(face.path): head band above the brows")
+            // The ring beyond the seeded core: 0.72 at least here (obama3.jpg, short hair on a turned
+            // head: the ring's outer edge passes beyond the head; the mask is right by eye).
+            XCTAssertGreaterThanOrEqual(face.checks.headRing, 0.7, "\(face.path): the band beyond the seeded skull core")
             XCTAssertGreaterThanOrEqual(face.checks.headOutline, 0.70, "\(face.path): skull outline")
             XCTAssertLessThan(face.checks.farBackground, 0.05, "\(face.path): far background swallowed")
             XCTAssertTrue(face.ok, "\(face.path): \(face.reason ?? "")")
@@ -150,6 +153,26 @@ final class MaskTests: XCTestCase {
             }
         }
         let bald = try NativeImage.decodeMask(NativeImage.fromBGR(bgr, width: 256, height: 256).pngData())
+        XCTAssertGreaterThanOrEqual(kept.headRing, 0.85, "the real mask keeps the hair beyond the seeded core")
+
+        // The head band counts the skull core the GrabCut seed forces to foreground; the ring does
+        // not. A mask that kept only that core above the brows (obama is upright: up is -y) still
+        // scores a fair head band, but its ring is gone.
+        let eyes = inCrop[36...47].reduce(Point(x: 0, y: 0)) { Point(x: $0.x + $1.x / 12, y: $0.y + $1.y / 12) }
+        let e = eyes.y - inCrop[8].y < 0 ? inCrop[8].y - eyes.y : eyes.y - inCrop[8].y
+        let j = abs(inCrop[16].x - inCrop[0].x) / 2, cx = (inCrop[0].x + inCrop[16].x) / 2
+        var seedOnly = bgr
+        for y in 0..<256 {
+            for x in 0..<256 where Double(y) <= browTop {
+                let u = (Double(x) - cx) / (0.7 * j), v = (eyes.y - Double(y)) / (0.7 * e)
+                let v8: UInt8 = u * u + v * v <= 1 ? 255 : 0
+                seedOnly[(y * 256 + x) * 3] = v8; seedOnly[(y * 256 + x) * 3 + 1] = v8; seedOnly[(y * 256 + x) * 3 + 2] = v8
+            }
+        }
+        let core = try NativeImage.decodeMask(NativeImage.fromBGR(seedOnly, width: 256, height: 256).pngData()).headChecks(landmarks: inCrop)
+        XCTAssertGreaterThan(core.headBand, 0.5, "\(core)")
+        XCTAssertLessThan(core.headRing, 0.3, "\(core)")
+
         let lost = try bald.headChecks(landmarks: inCrop)
         XCTAssertLessThan(lost.headBand, 0.2)
         XCTAssertLessThan(lost.headOutline, 0.1)
