@@ -29,6 +29,14 @@ final class ParameterDeclarationTests: XCTestCase {
         var onnx = MaskParameters()
         onnx.method = .onnx
         checkDeclared(MaskParameters.self, notFingerprinted: ["onnx_path"], value: onnx)
+        // Which rows and URLs are read, not what is derived from an image's bytes (results are
+        // keyed by content): declared, none fingerprinted.
+        checkDeclared(HuggingFaceParameters.self, notFingerprinted: ["identity_column", "image_column", "caption_column", "race_column",
+                                                                      "age_column", "gender_column", "parquet_batch_rows"])
+        checkDeclared(FetchParameters.self, notFingerprinted: ["concurrency", "per_host", "connect_timeout", "read_timeout", "total_timeout",
+                                                                "attempts_per_run", "max_attempts", "backoff_base", "backoff_max",
+                                                                "max_retry_after", "max_bytes", "max_redirects", "allow_private", "user_agent",
+                                                                "disallowed_header_directives"])
     }
 
     func testFingerprintsOfTheDefaultsAreUnchanged() {
