@@ -45,7 +45,12 @@ public struct BalanceReportStage: PipelineStage {
             try OutputPath.write(BalanceReport.heatmap(cells, minImages: p.minImages, target: p.target).pngData(), to: heatmap)
             artefacts["heatmap"] = heatmap.path
         }
-        return StageReport(stage: Self.name, lines: BalanceReport.table(cells), warnings: warnings,
+        // The first line sums the report up (run's log shows it); the table follows.
+        let grid = cells.filter { $0.gender == "all" && $0.race != "all" && $0.shortfall != nil }
+        let short = grid.filter { ($0.shortfall ?? 0) > 0 }.count
+        let summary = "balance report: \(cells.last?.identities ?? 0) identities with at least \(p.minImages) usable photos; "
+            + "\(short) of \(grid.count) known race × age cells short of their share of \(p.target) identities"
+        return StageReport(stage: Self.name, lines: [summary] + BalanceReport.table(cells), warnings: warnings,
                            counts: ["identities": "\(cells.last?.identities ?? 0)"], artefacts: artefacts, json: cells)
     }
 }
