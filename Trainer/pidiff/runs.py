@@ -39,7 +39,7 @@ RECIPE_FIELDS = ("steps", "batch_size", "learning_rate", "weight_decay", "adam_b
                  "precision", "autocast")
 RUN_FIELDS = ("encoded", "sd", "out", "identity", "identities", "split", "group_size", "default_lambda",
               "device", "compile", "compile_mode", "gradient_checkpointing", "channels_last", "checkpoint_every",
-              "keep_checkpoints", "resume", "log_every")
+              "keep_checkpoints", "resume", "skip_unchanged", "log_every")
 
 RUN_CONFIG_NAME = "train_config.json"
 WEIGHTS_NAME = "pidiff.safetensors"
@@ -231,10 +231,9 @@ def recipe_differences(saved_config: dict, config: TrainConfig) -> list[str]:
     return differences
 
 
-def check_finished_weights(path: Path, data: IdentitySamples, config: TrainConfig, base_fingerprint: str) -> None:
-    """--resume keeps an identity's weights only if this run would write the same: the same identity,
-    recipe, training samples and base model. Anything else is an error, not a skip: keeping them
-    would silently mix recipes under one `train_config.json`."""
+def weights_differences(path: Path, data: IdentitySamples, config: TrainConfig, base_fingerprint: str) -> list[str]:
+    """How the weights at `path` differ from what this run would write for `data`: the identity,
+    recipe, training samples and base model (empty: the same)."""
     metadata = load_weights_metadata(path)
     differences = []
     if metadata.get("identity") != data.identity:
@@ -244,9 +243,30 @@ def check_finished_weights(path: Path, data: IdentitySamples, config: TrainConfi
         differences.append(f"data_fingerprint (the training samples of {data.identity!r} changed)")
     if metadata.get("base_model") != base_fingerprint:
         differences.append(f"base_model {metadata.get('base_model', '')[:12]}… -> {base_fingerprint[:12]}…")
+    return differences
+
+
+def check_finished_weights(path: Path, data: IdentitySamples, config: TrainConfig, base_fingerprint: str) -> None:
+    """--resume keeps an identity's weights only if this run would write the same (`weights_differences`).
+    Anything else is an error, not a skip: keeping them would silently mix recipes under one
+    `train_config.json`."""
+    differences = weights_differences(path, data, config, base_fingerprint)
     if differences:
         raise ValueError(f"--resume: {path} was trained differently from this run ({'; '.join(differences)}); "
                          "remove it or pick another --out")
+
+
+def unchanged_identities(names: list[str], dirs: dict[str, Path], samples: dict[str, IdentitySamples],
+                         config: TrainConfig, base_fingerprint: str) -> list[str]:
+    """--skip-unchanged: the identities whose weights in their folder were trained from the same
+    samples, recipe and base model as this run would use (unreadable weights count as changed)."""
+    def same(name: str) -> bool:
+        path = dirs[name] / WEIGHTS_NAME
+        try:
+            return path.is_file() and not weights_differences(path, samples[name], config, base_fingerprint)
+        except (OSError, ValueError):
+            return False
+    return [name for name in names if same(name)]
 
 
 def check_checkpoint_state(path: Path, state: dict, config: TrainConfig, identities: list[str],

@@ -72,13 +72,12 @@ class TrainConfig:
     compile: bool = False         # torch.compile the UNet (pays off over many identities)
     compile_mode: str = "default"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
     gradient_checkpointing: bool = False
-    # CUDA only. Off by default: on an H100 (bf16, K=8, eager) the contiguous UNet stepped in 0.249 s
-    # against 0.276 s in channels_last (Docs/benchmarks.md, "Trainer on GPU").
-    channels_last: bool = False
+    channels_last: bool = False   # CUDA only; off: slower on an H100 (Docs/benchmarks.md, "Trainer on GPU")
     # checkpoints and logging
     checkpoint_every: int = 200   # steps; 0 = never
     keep_checkpoints: bool = False  # keep them after the final weights are written
     resume: bool = False          # continue every unfinished group from its latest checkpoint (pidiff.runs)
+    skip_unchanged: bool = False  # keep weights trained from the same samples, recipe and base model
     log_every: int = 50
 
 
@@ -220,22 +219,26 @@ def train_groups(unet, text_embeddings: torch.Tensor, samples: dict[str, Identit
     """Train every identity in `samples` in groups of `config.group_size` (0: resolved here); this
     rank takes every world_size-th group. Returns the weight paths. Rank 0 writes
     OUT/train_config.json, after --resume has checked what it would keep."""
-    out = Path(config.out)
-    names = sorted(samples)
+    out, names = Path(config.out), sorted(samples)
     if not names:
         raise ValueError("no identities to train (the shards hold no training samples for this selection)")
-    config = runs.resolve_group_size(config, world_size, len(names), log)
     if config.identity and names != [config.identity]:
         raise ValueError(f"--identity {config.identity!r}, but the samples are of {names}")
     # The layout follows the command, not the data: a split that happens to hold one identity still
     # gets OUT/<identity>/, which is what callers of --split and --identities look for.
     dirs = runs.output_dirs(out, names, single=bool(config.identity))
+    kept = runs.unchanged_identities(names, dirs, samples, config, base_fingerprint) if config.skip_unchanged else []
+    if kept:
+        log(f"{len(kept)} of {len(names)} identities unchanged since their weights were trained, kept: {', '.join(kept)}")
+    names, written = [n for n in names if n not in kept], {n: dirs[n] / runs.WEIGHTS_NAME for n in kept}
+    if not names:
+        return written
+    config = runs.resolve_group_size(config, world_size, len(names), log)
     groups = runs.identity_groups(names, config.group_size)
     if config.resume:
         runs.check_resumable(groups, dirs, samples, config, base_fingerprint)
     if rank == 0:
         runs.write_run_config(config)
-    written = {}
     for group_index, group in list(enumerate(groups))[rank::world_size]:
         checkpoint_dir = runs.group_checkpoint_dir(out, group_index, len(groups))
         if config.resume and all((dirs[n] / runs.WEIGHTS_NAME).is_file() for n in group):
@@ -264,11 +267,8 @@ def write_identity_outputs(trainer: IdentityGroupTrainer, k: int, directory: Pat
     directory.mkdir(parents=True, exist_ok=True)
     data = trainer.samples[k]
     metadata = {
-        "identity": data.identity,
-        "base_model": base_fingerprint,
-        "placeholder": trainer.config.placeholder,
-        "default_lambda": trainer.config.default_lambda,
-        "steps": trainer.step,
+        "identity": data.identity, "base_model": base_fingerprint, "placeholder": trainer.config.placeholder,
+        "default_lambda": trainer.config.default_lambda, "steps": trainer.step,
         "data_fingerprint": trainer.data_fingerprints[k],
         "train_keys": data.keys,
         "style_keys": [key for key, role in zip(data.keys, data.roles) if role == "style"],

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import identity_samples, text_table, train, train_config, write_encoded_split
+from conftest import identity_samples, text_table, train, train_config, write_encoded_shard, write_encoded_split
 from pidiff import cli
 from pidiff.model import load_weights
 from pidiff.train import IdentityGroupTrainer, config_from_args, prepare_frozen_unet
@@ -172,3 +172,30 @@ def test_shards_is_accepted_and_ignored_with_one_line(tiny_models, tmp_path, cap
     mentions = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pidiff train:")]
     assert mentions == ["pidiff train: --shards is ignored: the encoded files carry each sample's identity and role"]
     assert "shards" not in json.loads((tmp_path / "run" / "train_config.json").read_text())
+
+
+def test_skip_unchanged_retrains_only_identities_whose_samples_changed(tiny_models, tmp_path, capsys):
+    """Cron reruns: --skip-unchanged keeps weights trained from the same samples, recipe and base
+    model, and retrains an identity whose samples changed (a style photo added to it)."""
+    labels = {"ann_000": ("ann", "train"), "ann_001": ("ann", "train"), "bob_000": ("bob", "train")}
+    encoded = write_encoded_split(tmp_path / "encoded", labels)
+    out = tmp_path / "run"
+    argv = ["train", "--encoded", str(encoded), "--split", "faces", "--sd", str(tiny_models["sd"]), "--out", str(out),
+            "--steps", "2", "--device", "cpu", "--skip-unchanged"]
+    assert cli.main(argv) == 0
+    stamps = {name: (out / name / "pidiff.safetensors").stat().st_mtime_ns for name in ("ann", "bob")}
+    capsys.readouterr()
+
+    assert cli.main(argv) == 0
+    assert "2 of 2 identities unchanged since their weights were trained, kept: ann, bob" in capsys.readouterr().out
+    assert {name: (out / name / "pidiff.safetensors").stat().st_mtime_ns for name in ("ann", "bob")} == stamps
+
+    # bob gains a sample; another recipe (more steps) would retrain both, as would another base model.
+    write_encoded_shard(tmp_path / "encoded" / "faces-000001.safetensors", {"bob_001": ("bob", "style")}, seed=1)
+    assert cli.main(argv) == 0
+    assert "1 of 2 identities unchanged since their weights were trained, kept: ann" in capsys.readouterr().out
+    assert (out / "ann" / "pidiff.safetensors").stat().st_mtime_ns == stamps["ann"]
+    assert (out / "bob" / "pidiff.safetensors").stat().st_mtime_ns != stamps["bob"]
+    assert json.loads(load_weights(out / "bob" / "pidiff.safetensors")[1]["style_keys"]) == ["bob_001"]
+    assert cli.main(argv[:-1] + ["--steps", "3", "--skip-unchanged"]) == 0
+    assert "unchanged since" not in capsys.readouterr().out

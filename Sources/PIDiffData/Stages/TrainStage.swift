@@ -15,8 +15,10 @@ public struct TrainStage: PipelineStage {
         public var processes: Int = 1
         /// Skip when the split's encoded files (by their recorded sources and models), the flags
         /// and the base model are those the weights in `out` were trained from: a `run` from cron
-        /// does not retrain every identity when nothing changed. New photos reach training through
-        /// a new split (splits are immutable); new encodings of the same split retrain it.
+        /// does not retrain every identity when nothing changed. When something did, the trainer
+        /// runs with `--skip-unchanged` and keeps each identity whose weights were trained from the
+        /// same samples, recipe and base model (a style photo added to one identity retrains that
+        /// one). New photos reach training through a new split (splits are immutable).
         public var skipUnchanged: Bool = false
         /// Encoded folder and output folder (`nil`: the workspace's `encoded/` and `train/`).
         public var encoded: URL?
@@ -43,7 +45,7 @@ public struct TrainStage: PipelineStage {
     public func run(in workspace: Workspace) async throws -> StageReport {
         let p = parameters, started = Date()
         let catalog = try workspace.catalog()
-        _ = try catalog.splitItems(p.split) // the split must exist
+        let identities = Set(try catalog.splitItems(p.split).map(\.identity)) // the split must exist
         let sd = try workspace.sdModel(for: Self.name)
         let encoded = p.encoded ?? workspace.encoded, out = p.out ?? workspace.train
         let lock = try CatalogLock(outputFolder: out)
@@ -52,16 +54,26 @@ public struct TrainStage: PipelineStage {
         let record = InputsRecord(file: out.appendingPathComponent(".pidiff-data-trained.json"),
                                   inputs: try Self.inputs(encoded: encoded, split: p.split, arguments: p.arguments, sd: sd))
         if p.skipUnchanged && record.isCurrent {
-            return StageReport(stage: Self.name, lines: ["split \(p.split): nothing changed since the weights in \(out.path) were trained; not retrained"],
-                               counts: ["split": p.split, "unchanged": "1"], artefacts: ["weights": out.path])
+            return StageReport(stage: Self.name, lines: ["split \(p.split): nothing changed since the weights in \(out.path) were trained; "
+                                                         + "\(identities.count) identities not retrained"],
+                               counts: ["split": p.split, "trained": "0", "unchanged": "\(identities.count)"], artefacts: ["weights": out.path])
         }
+        let skipFlag = p.skipUnchanged && !p.arguments.contains("--skip-unchanged") ? ["--skip-unchanged"] : []
         try record.making {
-            try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path] + p.arguments,
-                                      processes: p.processes)
+            try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path]
+                                      + skipFlag + p.arguments, processes: p.processes)
         }
         try catalog.recordTrainingRun(split: p.split, outDirectory: out.path, started: started, arguments: p.arguments, processes: p.processes)
-        return StageReport(stage: Self.name, lines: ["trained split \(p.split) → \(out.path)"], counts: ["split": p.split, "unchanged": "0"],
-                           artefacts: ["weights": out.path])
+        // Per identity of the split: weights written by this run, or kept from an earlier one.
+        var trained = 0, kept = 0
+        for folder in (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? [] {
+            let weights = out.appendingPathComponent("\(folder)/pidiff.safetensors")
+            guard let meta = try? SafetensorsHeader.metadata(weights), let identity = meta["identity"], identities.contains(identity),
+                  let modified = (try? FileManager.default.attributesOfItem(atPath: weights.path))?[.modificationDate] as? Date else { continue }
+            if modified >= started { trained += 1 } else { kept += 1 }
+        }
+        return StageReport(stage: Self.name, lines: ["split \(p.split): \(trained) identities trained, \(kept) kept unchanged → \(out.path)"],
+                           counts: ["split": p.split, "trained": "\(trained)", "unchanged": "\(kept)"], artefacts: ["weights": out.path])
     }
 
     /// What training reads, as the encoded files' own metadata says (sources, models, format),
