@@ -337,17 +337,23 @@ def test_ablation_grid_trains_samples_and_scores_each_setting_and_resumes(tiny_m
     assert (out / "weights" / "steps-1" / "ann" / "pidiff.safetensors").stat().st_mtime_ns == weights_time
 
 
-def test_settings_that_differ_only_in_lambda_share_their_training(tiny_models, tiny_clip, tmp_path, capsys):
+def one_identity_ablation(tmp_path, tiny_models, out, grid: str) -> list[str]:
+    """`pidiff ablate` arguments over one identity (ann: a train and a reference sample, obama.jpg
+    as its reference photo), one prompt, one step of training and sampling; metrics to add."""
     write_encoded_shard(tmp_path / "enc" / "faces-000000.safetensors",
                         {"ann_000": ("ann", "train"), "ann_001": ("ann", "reference")})
     refs = write_refs(tmp_path / "refs", {"ann": ("obama.jpg", {})})
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of S*\n")
+    return ["ablate", "--grid", grid, "--encoded", str(tmp_path / "enc"), "--split", "faces", "--sd", str(tiny_models["sd"]),
+            "--refs", str(refs), "--out", str(out), "--prompts", str(prompts), "--device", "cpu",
+            "--train-options", "--steps 1 --batch-size 1", "--sample-options", "--steps 1 --latent-size 8"]
+
+
+def test_settings_that_differ_only_in_lambda_share_their_training(tiny_models, tiny_clip, tmp_path, capsys):
     out = tmp_path / "ablation"
-    assert cli.main(["ablate", "--grid", "lambda=0,0.8", "--encoded", str(tmp_path / "enc"), "--split", "faces",
-                     "--sd", str(tiny_models["sd"]), "--refs", str(refs), "--out", str(out), "--prompts", str(prompts),
-                     "--device", "cpu", "--train-options", "--steps 1 --batch-size 1", "--sample-options",
-                     "--steps 1 --latent-size 8", "--metrics", "clip_t", "--clip", str(tiny_clip)]) == 0
+    assert cli.main(one_identity_ablation(tmp_path, tiny_models, out, "lambda=0,0.8")
+                    + ["--metrics", "clip_t", "--clip", str(tiny_clip)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("group 0: training ann") == 1 and "group 0: ann already trained, skipped" in printed
     assert [p.name for p in (out / "weights").iterdir()] == ["default"]
@@ -364,20 +370,13 @@ def test_ablation_with_the_dlib_fallback_labels_its_id_column_as_eval_does(tiny_
 
     needs("dlib")
     descriptor = cached_file(MODELS / "dlib_face_recognition_resnet_model_v1.dat")
-    write_encoded_shard(tmp_path / "enc" / "faces-000000.safetensors",
-                        {"ann_000": ("ann", "train"), "ann_001": ("ann", "reference")})
-    refs = write_refs(tmp_path / "refs", {"ann": ("obama.jpg", {})})
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a photo of S*\n")
     drawn = []
     draw_text = ImageDraw.ImageDraw.text
     monkeypatch.setattr(ImageDraw.ImageDraw, "text",
                         lambda self, xy, text, *args, **kwargs: (drawn.append(text), draw_text(self, xy, text, *args, **kwargs))[1])
     out = tmp_path / "ablation"
-    assert cli.main(["ablate", "--grid", "lambda=0.4", "--encoded", str(tmp_path / "enc"), "--split", "faces",
-                     "--sd", str(tiny_models["sd"]), "--refs", str(refs), "--out", str(out), "--prompts", str(prompts),
-                     "--device", "cpu", "--train-options", "--steps 1 --batch-size 1", "--sample-options",
-                     "--steps 1 --latent-size 8", "--metrics", "id", "--dlib-descriptor", str(descriptor)]) == 0
+    assert cli.main(one_identity_ablation(tmp_path, tiny_models, out, "lambda=0.4")
+                    + ["--metrics", "id", "--dlib-descriptor", str(descriptor)]) == 0
     printed = capsys.readouterr().out
     assert "| lambda | identities | images | face rate | ID (dlib) ↑ |" in printed and "| ID ↑ |" not in printed
     assert "- ID (dlib): cosine of dlib face descriptors (--dlib-descriptor, the fallback without --arcface), not " \
