@@ -9,8 +9,8 @@ public enum ProgressMode: Sendable {
     public static var forStandardError: ProgressMode { isatty(STDERR_FILENO) == 1 ? .terminal : .jsonLines }
 }
 
-/// `done/total unit, rate, ETA` for one stage. The unit says what is counted (images, masks,
-/// features): counts never mix things.
+/// `done/total unit, rate, ETA` for one stage. The unit says what is counted (photos, faces,
+/// samples, artefacts): counts never mix things.
 struct Progress {
     let stage: String
     let unit: String
@@ -18,8 +18,14 @@ struct Progress {
     let mode: ProgressMode
     let start = Date()
     private var last = Date()
+    /// The latest count, and the count the latest JSON line showed (nil: none printed yet).
+    private var done = 0
+    private var printed: Int?
     /// Seconds between JSON lines; the first comes after this long, so short stages print none.
-    static let jsonInterval: TimeInterval = 10
+    /// `$PIDIFF_PROGRESS_INTERVAL` (seconds, ≥ 0) sets another: a log that wants fewer lines, a
+    /// test that wants every one.
+    static let jsonInterval: TimeInterval = ProcessInfo.processInfo.environment["PIDIFF_PROGRESS_INTERVAL"]
+        .flatMap { TimeInterval($0) }.flatMap { $0 >= 0 && $0.isFinite ? $0 : nil } ?? 10
 
     init(stage: String, unit: String, total: Int?, mode: ProgressMode) {
         self.stage = stage
@@ -29,6 +35,7 @@ struct Progress {
     }
 
     mutating func update(done: Int) {
+        self.done = done
         let now = Date()
         switch mode {
         case .off: return
@@ -36,6 +43,10 @@ struct Progress {
         case .jsonLines: guard now.timeIntervalSince(last) >= Self.jsonInterval else { return }
         }
         last = now
+        emit(done: done, now: now)
+    }
+
+    private mutating func emit(done: Int, now: Date) {
         let elapsed = now.timeIntervalSince(start)
         let rate = elapsed > 0 ? Double(done) / elapsed : 0
         let eta = total.flatMap { total in rate > 0 ? Double(max(0, total - done)) / rate : nil }
@@ -50,10 +61,20 @@ struct Progress {
             if let data = try? JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]) {
                 FileHandle.standardError.write(data + Data("\n".utf8))
             }
+            printed = done
         }
     }
 
+    /// Ends the line on a terminal. In JSON lines, a stage that printed any line prints its
+    /// final count too, so its log ends at the total rather than up to an interval before it.
     func finish() {
-        if mode == .terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+        switch mode {
+        case .off: return
+        case .terminal: FileHandle.standardError.write(Data("\n".utf8))
+        case .jsonLines:
+            guard let printed, printed != done else { return }
+            var last = self
+            last.emit(done: done, now: Date())
+        }
     }
 }
