@@ -43,12 +43,16 @@ struct CurationFeatureStage {
         var descriptors = try catalog.storedDescriptors(modelFingerprint: descriptorFingerprint)
         var work = FeatureWork()
 
-        // One job per missing content, in file order.
+        // One job per missing content, in file order. A photo's jobs are consecutive: progress
+        // counts a photo (a content that needed any feature) once all of its jobs are done.
         var jobs: [Job] = []
+        var photoEnds: [Int] = []
         var seen = Set<String>()
         var pathsOf: [String: [String]] = [:]
         for f in files where images[f.sha256] == nil { pathsOf[f.sha256, default: []].append(f.path) }
         for f in files {
+            let before = jobs.count
+            defer { if jobs.count > before { photoEnds.append(jobs.count) } }
             if seen.insert("i" + f.sha256).inserted {
                 if images[f.sha256] == nil { jobs.append(.image(sha: f.sha256, paths: pathsOf[f.sha256]!)) } else { work.reused["image_hashes"]! += 1 }
             }
@@ -66,8 +70,8 @@ struct CurationFeatureStage {
         let needsModel = jobs.contains { if case .descriptor = $0 { return true } else { return false } }
         let w = max(1, min(workers, jobs.count))
         let nets: [DescriptorModel] = needsModel ? try (0..<w).map { _ in try DescriptorModel(path: descriptorModelPath) } : []
-        var progress = Progress(stage: "curate", unit: "features", total: jobs.count, mode: jobs.isEmpty ? .off : self.progress)
-        var done = 0
+        var progress = Progress(stage: "curate", unit: "photos", total: photoEnds.count, mode: jobs.isEmpty ? .off : self.progress)
+        var photosDone = 0
         for start in stride(from: 0, to: jobs.count, by: batchSize) {
             let batch = Array(jobs[start..<min(start + batchSize, jobs.count)])
             let outputs = run(batch, workers: w, nets: nets)
@@ -87,8 +91,9 @@ struct CurationFeatureStage {
             work.computed["crop_hashes"]! += newCrops.count
             work.computed["descriptors"]! += newDescriptors.count
             work.problems += problems.map { "\($0.0): \($0.1)" }
-            done += batch.count
-            progress.update(done: done)
+            let jobsDone = start + batch.count
+            while photosDone < photoEnds.count && photoEnds[photosDone] <= jobsDone { photosDone += 1 }
+            progress.update(done: photosDone)
         }
         progress.finish()
 
