@@ -64,7 +64,7 @@ struct LabelsClassifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            let n = try LabelClassifier(catalogPath: catalog.catalog, modelPath: model).run()
+            let n = try LabelClassifier(catalogPath: catalog.catalog, modelPath: model, progress: .forStandardError).run()
             print("classified \(n) faces")
         } catch { fail(error) }
     }

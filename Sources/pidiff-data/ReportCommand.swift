@@ -27,7 +27,7 @@ struct ReportCommand: AsyncParsableCommand {
         do {
             let config = try PipelineConfig.load(pipeline.map { URL(fileURLWithPath: $0) })
             let summary = try HTMLReport(catalogPath: catalog.catalog, directory: URL(fileURLWithPath: html), labels: config.labels,
-                                         minImages: minImages, target: target).write()
+                                         minImages: minImages, target: target, progress: .forStandardError).write()
             if json { try summary.printJSON(); return }
             print("wrote \(summary.pages.count) pages and \(summary.thumbnails) thumbnails for \(summary.photos) photos of "
                   + "\(summary.identities) identities: \(URL(fileURLWithPath: html).appendingPathComponent("index.html").path)")

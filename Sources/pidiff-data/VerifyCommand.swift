@@ -29,7 +29,8 @@ struct VerifyCommand: AsyncParsableCommand {
     func run() async throws {
         let report: VerifyReport
         do {
-            report = try CatalogVerifier(catalogPath: catalog.catalog, models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }))
+            report = try CatalogVerifier(catalogPath: catalog.catalog, models: ModelStore(directory: models.map { URL(fileURLWithPath: $0) }),
+                                     progress: .forStandardError)
                 .run(repair: repair)
         } catch { fail(error) }
         if json {

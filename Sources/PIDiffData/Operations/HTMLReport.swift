@@ -27,13 +27,17 @@ public struct HTMLReport: Sendable {
     public var labels: LabelMapping
     public var minImages: Int
     public var target: Int
+    /// How making the thumbnails reports progress on stderr.
+    public var progress: ProgressMode
 
-    public init(catalogPath: String, directory: URL, labels: LabelMapping = LabelMapping(), minImages: Int = 6, target: Int = 500) {
+    public init(catalogPath: String, directory: URL, labels: LabelMapping = LabelMapping(), minImages: Int = 6, target: Int = 500,
+                progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.directory = directory
         self.labels = labels
         self.minImages = minImages
         self.target = target
+        self.progress = progress
     }
 
     public func write() throws -> Summary {
@@ -46,15 +50,17 @@ public struct HTMLReport: Sendable {
         let curateRun = try catalog.latestCurationRun()
         let findings = try curateRun.map { try catalog.curationFindings(runID: $0) } ?? []
         var pageThumbs: [String: String] = [:] // crop path → relative thumbnail; absent when the crop is unreadable
-        for crop in Set(photos.compactMap(\.crop256)).sorted() {
-            if let thumb = thumbs.thumbnail(for: crop) { pageThumbs[crop] = thumb }
-        }
         // Masks under the current mask parameters: the e4e input (crop over white through the
         // mask) shows what the encoder gets; flagged ones are listed with their reason.
         let masks = try catalog.maskReport()
-        for mask in masks {
-            if let e4e = mask.e4eInput, let thumb = thumbs.thumbnail(for: e4e) { pageThumbs[e4e] = thumb }
+        // One thumbnail per face crop, then per e4e input: what takes the time on a large catalog.
+        let images = Set(photos.compactMap(\.crop256)).sorted() + masks.compactMap(\.e4eInput)
+        var progress = Progress(stage: "report", unit: "thumbnails", total: images.count, mode: images.isEmpty ? .off : self.progress)
+        for (n, image) in images.enumerated() {
+            if let thumb = thumbs.thumbnail(for: image) { pageThumbs[image] = thumb }
+            progress.update(done: n + 1)
         }
+        progress.finish()
         let view = ReportView(photos: photos, findings: findings, thumbs: pageThumbs, masks: masks, curated: curateRun != nil)
 
         let cells = BalanceReport.cells(try catalog.balanceInputs(mapping: labels), races: labels.raceCategories, ages: labels.ageCategories,

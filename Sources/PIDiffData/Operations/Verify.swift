@@ -76,10 +76,13 @@ public struct VerifyReport: Encodable, Sendable {
 public struct CatalogVerifier: Sendable {
     public var catalogPath: String
     public var models: ModelStore
+    /// How hashing the artefacts reports progress on stderr (artefacts checked of those named).
+    public var progress: ProgressMode
 
-    public init(catalogPath: String, models: ModelStore = ModelStore()) {
+    public init(catalogPath: String, models: ModelStore = ModelStore(), progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.models = models
+        self.progress = progress
     }
 
     public func run(repair: Bool = false) throws -> VerifyReport {
@@ -101,7 +104,10 @@ public struct CatalogVerifier: Sendable {
         let root = try catalog.dataRoot()
         let references = Dictionary(grouping: try catalog.artefactReferences(), by: \.path)
         var missing: [VerifyReport.ArtefactProblem] = [], mismatched: [VerifyReport.ArtefactProblem] = []
-        for (path, refs) in references.sorted(by: { $0.key < $1.key }) {
+        var progress = Progress(stage: "verify", unit: "artefacts", total: references.count, mode: references.isEmpty ? .off : self.progress)
+        defer { progress.finish() }
+        for (n, (path, refs)) in references.sorted(by: { $0.key < $1.key }).enumerated() {
+            defer { progress.update(done: n + 1) }
             let url = root.appendingPathComponent(path)
             guard FileManager.default.fileExists(atPath: url.path) else {
                 missing.append(.init(path: path, problem: "missing: \(url.path)", references: refs))

@@ -39,6 +39,7 @@ public struct ExportStage: PipelineStage {
         exporter.seed = parameters.seed
         exporter.labelMapping = workspace.config.labels
         exporter.view = parameters.view
+        exporter.progress = workspace.progress
         return exporter
     }
 

@@ -9,10 +9,13 @@ public struct LabelClassifier: Sendable {
     public var catalogPath: String
     public var modelPath: String
     public var inputSize = 224
+    /// How the run reports progress on stderr (faces classified of those pending).
+    public var progress: ProgressMode
 
-    public init(catalogPath: String, modelPath: String) {
+    public init(catalogPath: String, modelPath: String, progress: ProgressMode = .off) {
         self.catalogPath = catalogPath
         self.modelPath = modelPath
+        self.progress = progress
     }
 
     public func run() throws -> Int {
@@ -23,11 +26,15 @@ public struct LabelClassifier: Sendable {
         let net = try FaceParser(onnxPath: modelPath, inputSize: inputSize, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225])
         let store = ArtefactStore(root: try catalog.dataRoot())
         var results: [(sha256: String, faceIndex: Int, race: [Double], gender: [Double], age: [Double])] = []
-        for face in try catalog.pendingClassifierFaces(modelFingerprint: fingerprint) {
+        let pending = try catalog.pendingClassifierFaces(modelFingerprint: fingerprint)
+        var progress = Progress(stage: "labels classify", unit: "faces", total: pending.count, mode: pending.isEmpty ? .off : self.progress)
+        for face in pending {
             let crop = try NativeImage.decode(Data(contentsOf: store.url(face.crop256)), maxPixels: 1 << 24)
             let p = try FairFace.probabilities(net.forward(crop))
             results.append((face.sha256, face.faceIndex, p.race, p.gender, p.age))
+            progress.update(done: results.count)
         }
+        progress.finish()
         try catalog.storeClassifierResults(results, modelFingerprint: fingerprint)
         return results.count
     }

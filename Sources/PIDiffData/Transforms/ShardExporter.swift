@@ -69,6 +69,9 @@ public struct ShardExporter: Sendable {
     public var seed: Int = 0
     public var labelMapping = LabelMapping()
     public var view: View = .aligned
+    /// How the export reports progress on stderr: samples written (and, for the context view,
+    /// context views made while planning).
+    public var progress: ProgressMode = .off
     /// Side of the context square in quad sides.
     public static let contextScale = 2.0
 
@@ -221,8 +224,10 @@ public struct ShardExporter: Sendable {
         return Dictionary(listed.shards.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
-    /// The tar of one shard, member by member into `sink`: json, png, e4e.png, mask.png per sample.
-    static func writeTar(_ shard: [Member], store: ArtefactStore, to sink: @escaping (Data) throws -> Void) throws {
+    /// The tar of one shard, member by member into `sink`: json, png, e4e.png, mask.png per
+    /// sample; `sampleDone` after each sample.
+    static func writeTar(_ shard: [Member], store: ArtefactStore, to sink: @escaping (Data) throws -> Void,
+                         sampleDone: () -> Void = {}) throws {
         let tar = TarWriter(sink: sink)
         for m in shard {
             try tar.add(name: "\(m.key).json", contents: m.json)
@@ -233,6 +238,7 @@ public struct ShardExporter: Sendable {
                 }
                 try tar.add(name: name, contents: data)
             }
+            sampleDone()
         }
         try tar.finish()
     }
@@ -257,6 +263,8 @@ public struct ShardExporter: Sendable {
         // files, whatever the split's size.
         var members: [Member] = []
         members.reserveCapacity(samples.count)
+        // The context view decodes every source photo once (later exports find its crops): count it.
+        var planning = Progress(stage: "export", unit: "context views", total: samples.count, mode: view == .context ? self.progress : .off)
         for (i, s) in samples.enumerated() {
             guard let crop = s.crop512 else { throw ExportError.missingArtefact("\(s.path): no aligned crop under the current ingest parameters") }
             guard let mask = s.mask512, let e4e = s.e4eInput else {
@@ -293,7 +301,9 @@ public struct ShardExporter: Sendable {
                 bytes += TarWriter.memberSize(size)
             }
             members.append(Member(key: key, sha256: s.sha256, identity: s.identity, path: s.path, json: json, artefacts: artefacts, bytes: bytes))
+            planning.update(done: i + 1)
         }
+        planning.finish()
         var plan: [[Member]] = []
         for (m, shard) in zip(members, Self.shardPlan(members.map { ($0.identity, $0.bytes) }, grouping: grouping, maxShardBytes: maxShardBytes)) {
             if shard == plan.count { plan.append([]) }
@@ -310,6 +320,9 @@ public struct ShardExporter: Sendable {
         let previous = Self.previousEntries(of: split, in: outDirectory)
         var entries: [ShardEntry] = []
         var written = 0, reused = 0
+        // Samples of the shards kept or written so far, then sample by sample in the one that is written.
+        var progress = Progress(stage: "export", unit: "samples", total: members.count, mode: self.progress)
+        var finished = 0
         for (n, shard) in plan.enumerated() {
             let name = String(format: "%@-%06d.tar", split, n)
             let url = outDirectory.appendingPathComponent(name)
@@ -321,22 +334,41 @@ public struct ShardExporter: Sendable {
                (try? Hashing.sha256Hex(fileAt: url)) == known.sha256 {
                 reused += 1
                 entries.append(known)
+                finished += shard.count
+                progress.update(done: finished)
                 continue
             }
-            // Hash the shard as it would be written; an identical file (a complete shard of an
-            // interrupted run) is kept, anything else is rewritten.
-            var hasher = SHA256Stream()
-            try Self.writeTar(shard, store: store) { hasher.update($0) }
-            let (sha, size) = hasher.finish()
-            if let existing = try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int, existing == size,
-               (try? Hashing.sha256Hex(fileAt: url)) == sha {
+            // A file in place (a complete shard of an interrupted run, or an outdated one): hash
+            // the shard as it would be written, keep an identical file. Otherwise write the shard
+            // once, hashing it as it goes.
+            var kept: (sha256: String, bytes: Int)?
+            if let existing = try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int {
+                var hasher = SHA256Stream()
+                try Self.writeTar(shard, store: store, to: { hasher.update($0) })
+                let planned = hasher.finish()
+                if existing == planned.bytes, (try? Hashing.sha256Hex(fileAt: url)) == planned.sha256 { kept = planned }
+            }
+            let made: (sha256: String, bytes: Int)
+            if let kept {
+                made = kept
                 reused += 1
             } else {
-                try AtomicFile.write(to: url) { sink in try Self.writeTar(shard, store: store, to: sink) }
+                var hasher = SHA256Stream()
+                var inShard = 0
+                try AtomicFile.write(to: url) { sink in
+                    try Self.writeTar(shard, store: store, to: { hasher.update($0); try sink($0) }, sampleDone: {
+                        inShard += 1
+                        progress.update(done: finished + inShard)
+                    })
+                }
+                made = hasher.finish()
                 written += 1
             }
-            entries.append(ShardEntry(name: name, samples: shard.count, bytes: size, sha256: sha, inputsSHA256: inputs))
+            entries.append(ShardEntry(name: name, samples: shard.count, bytes: made.bytes, sha256: made.sha256, inputsSHA256: inputs))
+            finished += shard.count
+            progress.update(done: finished)
         }
+        progress.finish()
         // Shards an earlier export of this split wrote beyond the new plan would be read as part of it.
         try Self.removeStaleShards(of: split, in: outDirectory, keeping: Set(entries.map(\.name)), ext: "tar")
         let index = Index(split: split, grouping: grouping.rawValue, samples: members.count, shards: entries,
