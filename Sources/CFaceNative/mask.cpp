@@ -353,6 +353,22 @@ int fn_mask_resize(const FNImage *mask, int size, FNImage **out, FNError *err) {
     });
 }
 
+int fn_mask_zoom_out(const FNImage *mask, double scale, FNImage **out, FNError *err) {
+    if (!mask || !out || mask->bgr.channels() != 1 || mask->bgr.cols != mask->bgr.rows || !(scale >= 1.0) || !std::isfinite(scale)) {
+        fn::set_error(err, "%s", "zoom out needs a square single-channel mask and a finite scale >= 1");
+        return FN_EARG;
+    }
+    return fn::guarded(err, FN_EINTERNAL, [&]() -> int {
+        const int S = mask->bgr.cols;
+        const double shift = -(scale - 1.0) * (S - 1) / 2.0;
+        cv::Matx23d M(scale, 0, shift, 0, scale, shift); // output pixel → mask pixel
+        cv::Mat r;
+        cv::warpAffine(mask->bgr, r, M, cv::Size(S, S), cv::INTER_LINEAR | cv::WARP_INVERSE_MAP, cv::BORDER_CONSTANT, cv::Scalar(0));
+        *out = fn::wrap(r);
+        return FN_OK;
+    });
+}
+
 double fn_mask_value_at(const FNImage *mask, double x, double y) {
     if (!mask || mask->bgr.channels() != 1) return -1;
     const cv::Mat &m = mask->bgr;

@@ -217,6 +217,15 @@ extension NativeImage {
         return NativeImage(handle: out!)
     }
 
+    /// This aligned mask as the mask of a view `scale` times wider about the same centre, at the
+    /// same size (export's context view): 0 outside the aligned crop (`fn_mask_zoom_out`).
+    public func maskZoomedOut(scale: Double) throws -> NativeImage {
+        var err = FNError()
+        var out: OpaquePointer?
+        try NativeError.check(fn_mask_zoom_out(handle, scale, &out, &err), &err, "zoom out mask")
+        return NativeImage(handle: out!)
+    }
+
     /// GrabCut background removal seeded from landmarks given in this crop's pixels, with the
     /// `mask:` parameters (`featherSigma` in this crop's pixels).
     public func grabCutMask(landmarks: [Point], parameters p: MaskParameters, featherSigma: Double) throws -> NativeImage {

@@ -69,6 +69,13 @@ int fn_mask_head_checks(const FNImage *mask, const double *landmarks_xy, double 
 double fn_mask_coverage(const FNImage *mask);
 // The mask resized to size² (linear), for the 512 mask from a 256 GrabCut or the reverse.
 int fn_mask_resize(const FNImage *mask, int size, FNImage **out, FNError *err);
+// The mask of a view `scale` (≥ 1) times wider about the same centre, at the same size S: the
+// mask of export's context view, whose crop fn_align cuts from the aligned quad scaled about its
+// centre. fn_align samples output pixel x at u = (x + ½)/S along the quad, so the wide view's
+// pixel x shows the aligned crop's x_a = scale·x − (scale − 1)(S − 1)/2 (same for y). Bilinear
+// there, 0 outside the aligned crop; for scale 2 every sample falls between four pixels, so each
+// output pixel is the mean of a 2×2 block and the aligned area is the central S/2 square.
+int fn_mask_zoom_out(const FNImage *mask, double scale, FNImage **out, FNError *err);
 // Value (0–255) of a single-channel image at (x, y), bilinear; −1 outside.
 double fn_mask_value_at(const FNImage *mask, double x, double y);
 

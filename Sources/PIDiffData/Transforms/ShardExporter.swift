@@ -58,7 +58,8 @@ public struct ShardExporter: Sendable {
     public enum Grouping: String, Codable, Sendable { case identity, mixed }
     /// The 512 training image: `aligned`, the FFHQ crop (e4e's framing), or `context`, a square
     /// twice the quad's side around the same centre (head, shoulders and surroundings), resized
-    /// to 512. The e4e input is the aligned 256 face either way: it carries the identity.
+    /// to 512, with the mask carried into the same frame. The e4e input is the aligned 256 face
+    /// either way: it carries the identity.
     public enum View: String, Codable, Sendable, CaseIterable { case aligned, context }
 
     public var catalogPath: String
@@ -203,6 +204,22 @@ public struct ShardExporter: Sendable {
         return relative
     }
 
+    /// The 512 mask in the context view's frame: the aligned mask zoomed out by `contextScale`
+    /// about the centre, as `contextCrop` zooms out the quad, so that it lines up with the context
+    /// crop pixel for pixel (to the fraction of a pixel fn_align's pre-shrink of very large
+    /// photos leaves); 0 outside the aligned area. Stored once per mask under a derived name.
+    static func contextMask(_ mask512: String, sample s: ExportSample, store: ArtefactStore) throws -> String {
+        let key = Hashing.sha256Hex(Data("context-mask-1 \(mask512) \(contextScale) 512".utf8))
+        let relative = "context/\(key.prefix(2))/\(key).png"
+        if FileManager.default.fileExists(atPath: store.url(relative).path) { return relative }
+        let aligned: NativeImage
+        do { aligned = try NativeImage.decodeMask(Data(contentsOf: store.url(mask512))) } catch {
+            throw ExportError.missingArtefact("\(s.path): artefact \(store.url(mask512).path) unreadable (\(error)); run pidiff-data verify --repair")
+        }
+        try store.put(named: relative, data: try aligned.maskZoomedOut(scale: contextScale).pngData())
+        return relative
+    }
+
     /// What a shard is made from, as one digest: each member's key, JSON and artefact names.
     static func inputsDigest(_ shard: [Member]) -> String {
         var hasher = SHA256Stream()
@@ -291,7 +308,8 @@ public struct ShardExporter: Sendable {
             }
             let json = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .withoutEscapingSlashes])
             let image = view == .aligned ? crop : try Self.contextCrop(s, store: store)
-            let artefacts = [("\(key).png", image), ("\(key).e4e.png", e4e), ("\(key).mask.png", mask)]
+            let imageMask = view == .aligned ? mask : try Self.contextMask(mask, sample: s, store: store)
+            let artefacts = [("\(key).png", image), ("\(key).e4e.png", e4e), ("\(key).mask.png", imageMask)]
             var bytes = TarWriter.memberSize(json.count)
             for (_, rel) in artefacts {
                 let url = store.url(rel)

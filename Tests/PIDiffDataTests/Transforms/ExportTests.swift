@@ -419,3 +419,121 @@ extension ExportTests {
         XCTAssertEqual(try exporter.run().written, 0)
     }
 }
+
+extension ExportTests {
+    /// `--view context`: `<key>.mask.png` is the mask of the context image, not of the aligned
+    /// crop: foreground where the face is in the wider frame, 0 beyond what the aligned crop
+    /// covered, and the aligned mask 2×2-averaged in the central square, where the context image
+    /// itself is the aligned crop at half scale. The aligned view still ships the stored crop and
+    /// mask byte for byte.
+    func testTheContextViewsMaskLinesUpWithItsImageAndTheAlignedViewIsUnchanged() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
+        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: dir.appendingPathComponent("aligned"))
+        let aligned = try exporter.run()
+        exporter.view = .context
+        exporter.outDirectory = dir.appendingPathComponent("context")
+        let context = try exporter.run()
+        XCTAssertEqual(aligned.shards.count, 1)
+        XCTAssertEqual(context.shards.count, 1)
+
+        // The aligned view: the catalog's crop and mask, as stored.
+        let c = try Catalog(path: catalog.path)
+        let store = ArtefactStore(root: try c.dataRoot())
+        let stored = Dictionary(try c.exportSamples(split: "t").map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
+        let members = try TarMembers.read(dir.appendingPathComponent("aligned/t-000000.tar"))
+        for (key, sha) in aligned.sources {
+            let s = try XCTUnwrap(stored[sha])
+            XCTAssertEqual(members["\(key).png"], try Data(contentsOf: store.url(try XCTUnwrap(s.crop512))), key)
+            XCTAssertEqual(members["\(key).mask.png"], try Data(contentsOf: store.url(try XCTUnwrap(s.mask512))), key)
+        }
+
+        let check = try TestSupport.run(TestSupport.python, ["-c", """
+            import io, json, sys, tarfile
+            import numpy as np
+            from PIL import Image
+            def members(path):
+                with tarfile.open(path) as t:
+                    return {m.name: t.extractfile(m).read() for m in t.getmembers()}
+            def grey(b): return np.asarray(Image.open(io.BytesIO(b)).convert("L"), dtype=np.float64)
+            a, c = members(sys.argv[1]), members(sys.argv[2])
+            out = []
+            for name in sorted(n for n in c if n.endswith(".json")):
+                key = name[:-len(".json")]
+                meta = json.loads(c[name])
+                mask, image = grey(c[key + ".mask.png"]), grey(c[key + ".png"])
+                amask, aimage = grey(a[key + ".mask.png"]), grey(a[key + ".png"])
+                S = 512
+                # Landmarks (photo pixels) into the context crop: fn_align maps pixel x to
+                # u = (x + 1/2)/S along the quad; the context quad is the quad doubled about its centre.
+                q = np.array(meta["quad"], dtype=np.float64)
+                ctr = q.mean(axis=0)
+                w = ctr + 2.0 * (q - ctr)
+                A = np.stack([w[3] - w[0], w[1] - w[0]], axis=1)
+                lm = np.array(meta["landmarks68"], dtype=np.float64)
+                uv = np.linalg.solve(A, (lm - w[0]).T).T
+                xy = uv * S - 0.5
+                inner = xy[27:48]  # nose and eyes
+                values = [mask[int(round(y)), int(round(x))] for x, y in inner]
+                ys, xs = np.nonzero(mask > 127)
+                ring = np.ones_like(mask, dtype=bool)
+                ring[128:384, 128:384] = False
+                # The context image's central square is the aligned crop at half scale: it matches
+                # there better than one pixel off in any direction.
+                half = aimage.reshape(256, 2, 256, 2).mean(axis=(1, 3))
+                def psnr(dx, dy):
+                    mse = ((image[128 + dy:384 + dy, 128 + dx:384 + dx] - half) ** 2).mean()
+                    return float(10 * np.log10(255 ** 2 / max(mse, 1e-9)))
+                shifts = {(dx, dy): psnr(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+                expected = np.floor(amask.reshape(256, 2, 256, 2).sum(axis=(1, 3)) / 4 + 0.5)
+                out.append({
+                    "key": key,
+                    "min_at_landmarks": float(min(values)),
+                    "outside_max": float(mask[ring].max()),
+                    "aligned_outside_max": float(amask[ring].max()),
+                    "centroid_to_landmarks": float(np.hypot(xs.mean() - inner[:, 0].mean(), ys.mean() - inner[:, 1].mean())),
+                    "foreground_extent": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())],
+                    "zoom_error": float(np.abs(mask[128:384, 128:384] - expected).max()),
+                    "image_psnr": shifts[(0, 0)],
+                    "best_shift": list(max(shifts, key=shifts.get)),
+                })
+            print(json.dumps(out))
+            """, dir.appendingPathComponent("aligned/t-000000.tar").path, dir.appendingPathComponent("context/t-000000.tar").path])
+        XCTAssertEqual(check.status, 0, check.stderr)
+        let samples = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(check.stdout.utf8)) as? [[String: Any]], check.stderr)
+        XCTAssertEqual(samples.count, context.samples)
+        for s in samples {
+            let key = s["key"] as! String
+            XCTAssertGreaterThanOrEqual(s["min_at_landmarks"] as! Double, 128, "the face is foreground where the context image shows it: \(s)")
+            XCTAssertEqual(s["outside_max"] as! Double, 0, "nothing beyond the aligned area: \(s)")
+            XCTAssertGreaterThan(s["aligned_outside_max"] as! Double, 0, "\(key): the aligned mask reaches there, so this checks the zoom")
+            XCTAssertLessThan(s["centroid_to_landmarks"] as! Double, 40, "\(s)")
+            let extent = s["foreground_extent"] as! [Int]
+            XCTAssertTrue(extent[0] >= 128 && extent[1] >= 128 && extent[2] < 384 && extent[3] < 384, "\(s)")
+            XCTAssertLessThanOrEqual(s["zoom_error"] as! Double, 1, "the aligned mask, 2×2-averaged: \(s)")
+            XCTAssertGreaterThan(s["image_psnr"] as! Double, 30, "the image is zoomed out the same way (so mask and image line up): \(s)")
+            XCTAssertEqual(s["best_shift"] as? [Int], [0, 0], "\(s)")
+        }
+        // Made once: a second export finds the context masks.
+        XCTAssertEqual(try exporter.run().written, 0)
+    }
+}
+
+/// The members of an uncompressed ustar file by name.
+enum TarMembers {
+    static func read(_ url: URL) throws -> [String: Data] {
+        let data = try Data(contentsOf: url)
+        var out: [String: Data] = [:]
+        var offset = 0
+        while offset + 512 <= data.count {
+            let header = data[data.startIndex + offset ..< data.startIndex + offset + 512]
+            guard header.contains(where: { $0 != 0 }) else { break }
+            let name = String(decoding: header.prefix(100).prefix { $0 != 0 }, as: UTF8.self)
+            let sizeField = String(decoding: header.dropFirst(124).prefix(11), as: UTF8.self)
+            guard let size = Int(sizeField, radix: 8) else { throw ExportError.invalid("bad tar header at \(offset)") }
+            out[name] = data.subdata(in: data.startIndex + offset + 512 ..< data.startIndex + offset + 512 + size)
+            offset += 512 + (size + 511) / 512 * 512
+        }
+        return out
+    }
+}
