@@ -16,7 +16,7 @@ enum ExitStatus: Int32 {
     init(for error: Error) {
         switch error {
         case CatalogError.locked, CatalogError.outputLocked: self = .locked
-        case is ValidationError, is OverrideError, PipelineError.unreadable, PipelineError.unknownKeys,
+        case is ValidationError, OverrideError.unknownPhoto, OverrideError.unknownIdentity, PipelineError.unreadable, PipelineError.unknownKeys,
              SplitError.invalidName, SplitError.missing: self = .usage
         default: self = .failure
         }

@@ -39,7 +39,8 @@ struct VerifyCommand: AsyncParsableCommand {
             print("catalog \(report.catalog) (data root \(report.dataRoot)): \(report.clean ? "clean" : "PROBLEMS")")
             print("  integrity_check: \(report.integrity.isEmpty ? "ok" : report.integrity.joined(separator: "; "))")
             print("  foreign keys: \(report.foreignKeys.isEmpty ? "ok" : report.foreignKeys.joined(separator: "; "))")
-            print("  artefacts checked \(report.artefactsChecked): missing \(report.missing.count), corrupt \(report.mismatched.count), orphaned files \(report.orphans.count)")
+            print("  artefacts checked \(report.artefactsChecked): missing \(report.missing.count), corrupt \(report.mismatched.count), orphaned files \(report.orphans.count)"
+                  + (report.contextViews > 0 ? ", context views kept for export \(report.contextViews)" : ""))
             for p in report.missing + report.mismatched {
                 print("  \(p.path): \(p.problem) (referenced by \(p.referencedBy.joined(separator: ", ")))")
             }

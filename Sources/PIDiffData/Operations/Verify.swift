@@ -41,6 +41,10 @@ public struct VerifyReport: Encodable, Sendable {
     /// Files under the data root no row refers to (relative paths). A killed run leaves these by
     /// design (crops are stored before their rows commit), so they are listed but are not errors.
     public var orphans: [String]
+    /// Files under `context/`: export's context views and their masks, derived from the source
+    /// photos and masks and named by their inputs, remade by the next context export if removed.
+    /// No row names them, but they are not orphans.
+    public var contextViews: Int
     /// Filled by `--repair`; the other fields then describe the catalog after repair.
     public var repairs: [Repair]
 
@@ -49,7 +53,7 @@ public struct VerifyReport: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case catalog, dataRoot = "data_root", integrity, foreignKeys = "foreign_keys", artefactsChecked = "artefacts_checked"
-        case missing, mismatched, orphans, repairs, clean
+        case missing, mismatched, orphans, contextViews = "context_views", repairs, clean
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -62,6 +66,7 @@ public struct VerifyReport: Encodable, Sendable {
         try c.encode(missing, forKey: .missing)
         try c.encode(mismatched, forKey: .mismatched)
         try c.encode(orphans, forKey: .orphans)
+        try c.encode(contextViews, forKey: .contextViews)
         try c.encode(repairs, forKey: .repairs)
         try c.encode(clean, forKey: .clean)
     }
@@ -126,10 +131,12 @@ public struct CatalogVerifier: Sendable {
         // Images extracted from Parquet rows (`sources/`) are named by file rows, not artefact columns.
         let extractedPrefix = root.path + "/" + Catalog.sourceCacheFolder + "/"
         let extracted = Set(try catalog.filePaths(withPrefix: extractedPrefix).map { String($0.dropFirst(root.path.count + 1)) })
+        let unnamed = Self.files(under: root).filter { references[$0] == nil && !extracted.contains($0) }
+        let context = unnamed.filter { $0.hasPrefix(ShardExporter.contextFolder + "/") }
         return VerifyReport(catalog: catalogPath, dataRoot: root.path, integrity: try catalog.integrityProblems(),
                             foreignKeys: try catalog.foreignKeyProblems(), artefactsChecked: references.count,
                             missing: missing, mismatched: mismatched,
-                            orphans: Self.files(under: root).filter { references[$0] == nil && !extracted.contains($0) }, repairs: [])
+                            orphans: unnamed.filter { !$0.hasPrefix(ShardExporter.contextFolder + "/") }, contextViews: context.count, repairs: [])
     }
 
     /// Regular files below `root`, as sorted paths relative to it.

@@ -172,6 +172,9 @@ public struct ShardExporter: Sendable {
         var bytes: Int
     }
 
+    /// The data root's folder of context views and their masks (derived, named by their inputs).
+    static let contextFolder = "context"
+
     /// The context view of one sample: the source photo (checked to still hold the split's
     /// content) cut around the quad scaled by `contextScale` about its centre, at 512. Stored in
     /// the data root under a name derived from its inputs (content, quad, scale), so it is made
@@ -180,7 +183,7 @@ public struct ShardExporter: Sendable {
         let corners = s.quad.map { Point(x: $0[0], y: $0[1]) }
         guard corners.count == 4 else { throw ExportError.missingArtefact("\(s.path): no alignment quad under the current ingest parameters") }
         let key = Hashing.sha256Hex(Data("context-1 \(s.sha256) \(s.quad) \(contextScale) 512".utf8))
-        let relative = "context/\(key.prefix(2))/\(key).png"
+        let relative = "\(contextFolder)/\(key.prefix(2))/\(key).png"
         if FileManager.default.fileExists(atPath: store.url(relative).path) { return relative }
         let bytes: FileBytes
         do { bytes = try ReadStage.read(s.path) } catch {
@@ -210,7 +213,7 @@ public struct ShardExporter: Sendable {
     /// photos leaves); 0 outside the aligned area. Stored once per mask under a derived name.
     static func contextMask(_ mask512: String, sample s: ExportSample, store: ArtefactStore) throws -> String {
         let key = Hashing.sha256Hex(Data("context-mask-1 \(mask512) \(contextScale) 512".utf8))
-        let relative = "context/\(key.prefix(2))/\(key).png"
+        let relative = "\(contextFolder)/\(key.prefix(2))/\(key).png"
         if FileManager.default.fileExists(atPath: store.url(relative).path) { return relative }
         let aligned: NativeImage
         do { aligned = try NativeImage.decodeMask(Data(contentsOf: store.url(mask512))) } catch {

@@ -436,6 +436,10 @@ extension ExportTests {
         let context = try exporter.run()
         XCTAssertEqual(aligned.shards.count, 1)
         XCTAssertEqual(context.shards.count, 1)
+        // The context views and masks kept in the data root are not orphans to verify.
+        let verified = try CatalogVerifier(catalogPath: catalog.path).run()
+        XCTAssertEqual(verified.orphans, [])
+        XCTAssertEqual(verified.contextViews, 2 * context.sources.count, "a context crop and a context mask per sample")
 
         // The aligned view: the catalog's crop and mask, as stored.
         let c = try Catalog(path: catalog.path)
