@@ -31,7 +31,6 @@ public final class Catalog: Sendable {
         do {
             pool = try DatabasePool(path: path, configuration: config)
             try Catalog.migrator.migrate(pool)
-            try relativiseLegacyDataRoot()
         } catch {
             throw CatalogError.open(path, "\(error)")
         }
@@ -55,28 +54,21 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Catalogs from before the data root was stored relative to the catalog recorded it as an
-    /// absolute path, so a copied project wrote its new crops into the original's folder and a
-    /// moved one lost them. Such a root becomes relative when it is inside the catalog's folder,
-    /// or when this catalog was copied or moved with its default data root (`<catalog>.data`,
-    /// beside it here, recorded elsewhere). Any other absolute root (chosen with `--data-root`)
-    /// stays as it is.
-    private func relativiseLegacyDataRoot() throws {
-        guard let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }), stored.value.hasPrefix("/") else { return }
-        let file = URL(fileURLWithPath: CatalogLock.resolved(path))
+    /// A data root that a version from before relative roots recorded as an absolute path, as
+    /// it should be recorded now, or nil to keep it: relative when it is inside the catalog's
+    /// folder, or when the catalog was copied or moved with its default data root (`<catalog>.data`,
+    /// beside it here, recorded elsewhere). Any other absolute root was chosen with `--data-root`.
+    /// Applied once, by the migration that upgrades such a catalog (`v11-relative-data-root`):
+    /// roots this version records absolute are choices and stay so.
+    static func legacyRelativeRoot(stored: String, catalogFile: String) -> String? {
+        let file = URL(fileURLWithPath: catalogFile).resolvingSymlinksInPath()
         let folder = file.deletingLastPathComponent().path
-        let recorded = URL(fileURLWithPath: stored.value).standardizedFileURL
-        var relative: String?
-        if recorded.path.hasPrefix(folder + "/") {
-            relative = String(recorded.path.dropFirst(folder.count + 1))
-        } else if recorded.lastPathComponent == file.lastPathComponent + ".data" {
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: folder + "/" + recorded.lastPathComponent, isDirectory: &isDirectory), isDirectory.boolValue {
-                relative = recorded.lastPathComponent
-            }
-        }
-        guard let relative else { return }
-        try pool.write { db in try MetaRecord(key: "data_root", value: relative).update(db) }
+        let recorded = URL(fileURLWithPath: stored).standardizedFileURL
+        if recorded.path.hasPrefix(folder + "/") { return String(recorded.path.dropFirst(folder.count + 1)) }
+        guard recorded.lastPathComponent == file.lastPathComponent + ".data" else { return nil }
+        var isDirectory: ObjCBool = false
+        let beside = folder + "/" + recorded.lastPathComponent
+        return FileManager.default.fileExists(atPath: beside, isDirectory: &isDirectory) && isDirectory.boolValue ? recorded.lastPathComponent : nil
     }
 
     /// Before anything changes the file (WAL mode, migrations): an existing database must be a
@@ -423,6 +415,14 @@ public final class Catalog: Sendable {
                 CREATE INDEX fetch_urls_sha256 ON fetch_urls(sha256);
                 """)
         }
+        m.registerMigration("v11-relative-data-root") { db in
+            // Catalogs from before relative data roots recorded an absolute one, so a copied
+            // project wrote its new crops into the original's folder: converted once, here.
+            guard let stored = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'data_root'"), stored.hasPrefix("/"),
+                  let file = try String.fetchOne(db, sql: "SELECT file FROM pragma_database_list WHERE name = 'main'"), !file.isEmpty,
+                  let relative = Catalog.legacyRelativeRoot(stored: stored, catalogFile: file) else { return }
+            try db.execute(sql: "UPDATE meta SET value = ? WHERE key = 'data_root'", arguments: [relative])
+        }
         return m
     }
 
@@ -446,7 +446,7 @@ public final class Catalog: Sendable {
         let folder = URL(fileURLWithPath: CatalogLock.resolved(path)).deletingLastPathComponent()
         guard let stored = try pool.read({ try MetaRecord.fetchOne($0, key: "data_root") }) else { return nil }
         // Relative to the catalog's folder (a copied or moved project keeps its own artefacts); an
-        // absolute path is a root chosen outside it (`relativiseLegacyDataRoot`).
+        // absolute path is a root chosen outside it (older versions recorded every root so: `legacyRelativeRoot`).
         return stored.value.hasPrefix("/") ? URL(fileURLWithPath: stored.value)
                                             : folder.appendingPathComponent(stored.value).standardizedFileURL
     }

@@ -61,8 +61,12 @@ final class CatalogOwnershipTests: XCTestCase {
     /// root becomes relative; a root chosen elsewhere (`--data-root`) stays.
     func testALegacyAbsoluteDataRootFollowsACopiedProject() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        func setRoot(_ catalog: URL, _ value: String) throws {
-            try Catalog(path: catalog.path).pool.write { try $0.execute(sql: "UPDATE meta SET value = ? WHERE key = 'data_root'", arguments: [value]) }
+        /// As an older version left it: an absolute root, and the upgrade not yet applied.
+        func setLegacyRoot(_ catalog: URL, _ value: String) throws {
+            try Catalog(path: catalog.path).pool.write {
+                try $0.execute(sql: "UPDATE meta SET value = ? WHERE key = 'data_root'", arguments: [value])
+                try $0.execute(sql: "DELETE FROM grdb_migrations WHERE identifier = 'v11-relative-data-root'")
+            }
         }
         func stored(_ catalog: URL) throws -> String? {
             try Catalog(path: catalog.path).pool.read { try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'data_root'") }
@@ -70,18 +74,24 @@ final class CatalogOwnershipTests: XCTestCase {
         let original = dir.appendingPathComponent("a"), copy = dir.appendingPathComponent("b")
         try FileManager.default.createDirectory(at: original.appendingPathComponent("c.sqlite.data"), withIntermediateDirectories: true)
         _ = try Catalog(path: original.appendingPathComponent("c.sqlite").path).dataRoot()
-        try setRoot(original.appendingPathComponent("c.sqlite"), original.appendingPathComponent("c.sqlite.data").path) // as older versions stored it
+        try setLegacyRoot(original.appendingPathComponent("c.sqlite"), original.appendingPathComponent("c.sqlite.data").path)
         try FileManager.default.copyItem(at: original, to: copy)
         // The copy, opened first: its own data root, recorded relative.
         XCTAssertEqual(try Catalog(path: copy.appendingPathComponent("c.sqlite").path).dataRoot().path, copy.appendingPathComponent("c.sqlite.data").path)
         XCTAssertEqual(try stored(copy.appendingPathComponent("c.sqlite")), "c.sqlite.data")
         // The original, where it always was: the same root, now relative.
         XCTAssertEqual(try stored(original.appendingPathComponent("c.sqlite")), "c.sqlite.data")
-        // A root chosen outside the project stays absolute.
+        // A root chosen outside the project stays absolute, in a legacy catalog as in a new one,
+        // even when it has the default name and a folder of that name appears beside the catalog.
         let chosen = dir.appendingPathComponent("big-disk/crops").path
-        try setRoot(copy.appendingPathComponent("c.sqlite"), chosen)
+        try setLegacyRoot(copy.appendingPathComponent("c.sqlite"), chosen)
         XCTAssertEqual(try Catalog(path: copy.appendingPathComponent("c.sqlite").path).dataRoot().path, chosen)
         XCTAssertEqual(try stored(copy.appendingPathComponent("c.sqlite")), chosen)
+        let project = dir.appendingPathComponent("p"), ssd = dir.appendingPathComponent("ssd/c.sqlite.data")
+        _ = try Catalog(path: project.appendingPathComponent("c.sqlite").path).dataRoot(preferred: ssd.path)
+        try FileManager.default.createDirectory(at: project.appendingPathComponent("c.sqlite.data"), withIntermediateDirectories: true)
+        XCTAssertEqual(try Catalog(path: project.appendingPathComponent("c.sqlite").path).dataRoot().path, ssd.path)
+        XCTAssertEqual(try stored(project.appendingPathComponent("c.sqlite")), ssd.path)
     }
 }
 

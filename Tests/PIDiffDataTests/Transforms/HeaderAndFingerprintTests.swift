@@ -207,7 +207,7 @@ final class MigrationTests: XCTestCase {
             XCTAssertTrue(tables.contains(t), "missing table \(t)")
         }
         let applied = try catalog.pool.read { try Catalog.migrator.appliedIdentifiers($0) }
-        XCTAssertEqual(applied, ["v1-ingest", "v2-curation", "v3-masks", "v4-labels", "v5-splits", "v6-encodings", "v7-style-role", "v8-curation-overrides", "v9-source-kinds", "v10-fetch"])
+        XCTAssertEqual(applied, ["v1-ingest", "v2-curation", "v3-masks", "v4-labels", "v5-splits", "v6-encodings", "v7-style-role", "v8-curation-overrides", "v9-source-kinds", "v10-fetch", "v11-relative-data-root"])
         let journal = try catalog.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         XCTAssertEqual(journal, "wal")
         _ = try Catalog(path: path) // migrating again must not fail
