@@ -37,10 +37,10 @@ public final class Catalog: Sendable {
     }
 
     /// Removes a catalog this command created and then could not use (every source it was given
-    /// was rejected): its database files, its lock and its data root if that holds nothing, so a
-    /// failed first run leaves no empty catalog behind. Taken under the catalog's lock; a catalog
-    /// holding any file row is kept.
-    public static func discardUnused(path: String) throws {
+    /// was rejected): its database files, its lock and, when `removeDataRoot` (the command created
+    /// it too), its data root if that holds nothing, so a failed first run leaves no empty catalog
+    /// behind. Taken under the catalog's lock; a catalog holding any file row is kept.
+    public static func discardUnused(path: String, removeDataRoot: Bool) throws {
         let lock = try CatalogLock(catalogPath: path)
         defer { withExtendedLifetime(lock) {} }
         let catalog = try Catalog(path: path)
@@ -49,7 +49,7 @@ public final class Catalog: Sendable {
         try catalog.pool.close()
         let resolved = CatalogLock.resolved(path)
         for suffix in ["", "-wal", "-shm", ".lock"] { try? FileManager.default.removeItem(atPath: resolved + suffix) }
-        if let root, (try? FileManager.default.contentsOfDirectory(atPath: root.path))?.isEmpty == true {
+        if removeDataRoot, let root, (try? FileManager.default.contentsOfDirectory(atPath: root.path))?.isEmpty == true {
             try? FileManager.default.removeItem(at: root)
         }
     }

@@ -53,8 +53,13 @@ enum SignalHandling {
             signal(sig, SIG_IGN) // delivered to the dispatch source instead of killing the process at once
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue(label: "pidiff-data.signal"))
             source.setEventHandler {
+                // Under `run`, stderr is a pipe read by a thread of this process: drain it and put
+                // stderr back first, and say it as a JSON line there.
+                let capture = StderrAsJSONLines.stopActive()
                 if RunRecorder.markActiveRunsInterrupted() > 0 {
-                    FileHandle.standardError.write(Data("pidiff-data: stopped by signal \(sig); the run is recorded as interrupted and the next run continues it\n".utf8))
+                    let message = "stopped by signal \(sig); the run is recorded as interrupted and the next run continues it"
+                    FileHandle.standardError.write(capture.map { StderrAsJSONLines.line(level: "warning", label: "pidiff-data.run", message: message, metadata: $0) }
+                                                   ?? Data("pidiff-data: \(message)\n".utf8))
                 }
                 signal(sig, SIG_DFL)
                 var set = sigset_t()

@@ -51,13 +51,20 @@ public final class StderrAsJSONLines: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var metadata: [String: String]
+    private var stopped = false
+    /// The capture in progress, for the signal handler (`stopActive`).
+    nonisolated(unsafe) private static var active: StderrAsJSONLines?
+    private static let activeLock = NSLock()
 
     /// nil when the pipe cannot be made (stderr is then left as it is).
     public init?(metadata: [String: String]) {
         fflush(nil) // every C stream: what is buffered goes where it was meant to
         var fds: [Int32] = [0, 0]
+        // Close-on-exec: children (the trainer) inherit fd 2, the pipe's write end, but neither
+        // its read end nor the saved stderr.
         guard pipe(&fds) == 0 else { return nil }
-        let saved = dup(2)
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC) // (Glibc's pipe2 is not visible to Swift; nothing forks yet)
+        let saved = fcntl(2, F_DUPFD_CLOEXEC, 0)
         guard saved >= 0, dup2(fds[1], 2) >= 0 else {
             close(fds[0]); close(fds[1])
             if saved >= 0 { close(saved) }
@@ -68,6 +75,35 @@ public final class StderrAsJSONLines: @unchecked Sendable {
         self.readEnd = fds[0]
         self.metadata = metadata
         Thread.detachNewThread { [self] in pump() }
+        Self.activeLock.lock()
+        Self.active = self
+        Self.activeLock.unlock()
+    }
+
+    /// Stops the capture in progress, if any (every line written so far is out), and returns its
+    /// metadata: a signal handler about to end the process says why as a JSON line too.
+    public static func stopActive() -> [String: String]? {
+        activeLock.lock()
+        let capture = active
+        activeLock.unlock()
+        guard let capture else { return nil }
+        capture.lock.lock()
+        let metadata = capture.metadata
+        capture.lock.unlock()
+        capture.stop()
+        return metadata
+    }
+
+    /// One JSON log line (`ts`, `level`, `label`, `message` and `metadata`), newline-terminated.
+    public static func line(level: String, label: String, message: String, metadata: [String: String] = [:]) -> Data {
+        var obj: [String: Any] = metadata
+        obj["ts"] = ISO8601DateFormatter().string(from: Date())
+        obj["level"] = level
+        obj["label"] = label
+        obj["message"] = message
+        var data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        data.append(10)
+        return data
     }
 
     /// Metadata for the lines from now on (`stage`), nil to drop a key.
@@ -79,6 +115,14 @@ public final class StderrAsJSONLines: @unchecked Sendable {
     /// The real stderr back, once every line written so far is out (a child still holding the
     /// pipe is waited for at most two seconds).
     public func stop() {
+        lock.lock()
+        let already = stopped
+        stopped = true
+        lock.unlock()
+        guard !already else { return }
+        Self.activeLock.lock()
+        if Self.active === self { Self.active = nil }
+        Self.activeLock.unlock()
         fflush(nil) // every C stream: what is buffered goes where it was meant to
         dup2(saved, 2) // the pipe's last write end closes: the reader sees its end
         _ = finished.wait(timeout: .now() + 2)
@@ -110,16 +154,12 @@ public final class StderrAsJSONLines: @unchecked Sendable {
             let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             guard !text.isEmpty else { return }
             lock.lock()
-            var obj: [String: Any] = metadata
+            let metadata = self.metadata
             lock.unlock()
-            obj["ts"] = ISO8601DateFormatter().string(from: Date())
-            obj["level"] = "warning"
-            obj["label"] = "pidiff-data.native"
-            obj["message"] = text
-            guard let encoded = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-            out = encoded
+            out = Self.line(level: "warning", label: "pidiff-data.native", message: text, metadata: metadata)
+        } else {
+            out.append(10)
         }
-        out.append(10)
         out.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {

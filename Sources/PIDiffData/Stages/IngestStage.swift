@@ -25,10 +25,11 @@ public struct IngestStage: PipelineStage {
                                       python: workspace.trainer.python)
         pipeline.partition = parameters.partition
         let existed = FileManager.default.fileExists(atPath: workspace.catalogPath)
+        let rootExisted = FileManager.default.fileExists(atPath: workspace.dataRoot ?? workspace.catalogPath + ".data")
         let summary = try await pipeline.run()
         var discarded: [String] = []
         if !existed && summary.rejectedSources.count == parameters.sources.count {
-            try Catalog.discardUnused(path: workspace.catalogPath)
+            try Catalog.discardUnused(path: workspace.catalogPath, removeDataRoot: !rootExisted)
             discarded.append("no source could be read: the new catalog \(workspace.catalogPath) was not kept")
         }
         // Every number says what it counts: files (paths), images (distinct contents), faces.

@@ -86,6 +86,13 @@ final class IngestInputTests: XCTestCase {
         // The catalog this run would have created is not left behind empty.
         XCTAssertTrue(r.stderr.contains("the new catalog \(dir.appendingPathComponent("c.sqlite").path) was not kept"), r.stderr)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["photos.json"])
+        // A data root the user made for it is theirs: left in place, empty or not.
+        let mine = dir.appendingPathComponent("mydata")
+        try FileManager.default.createDirectory(at: mine, withIntermediateDirectories: true)
+        XCTAssertEqual(try TestSupport.runCLI(["ingest", array.path, "--catalog", dir.appendingPathComponent("d.sqlite").path,
+                                               "--data-root", mine.path]).status, 1)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: mine.path))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("d.sqlite").path))
         // An existing catalog is kept whatever its sources do.
         let existing = dir.appendingPathComponent("kept.sqlite")
         _ = try Catalog(path: existing.path)

@@ -84,6 +84,35 @@ final class ProcessLevelTests: XCTestCase {
         XCTAssertEqual(filesCommitted(catalog.path), photoCount)
     }
 
+    /// Under `run`, stderr is a pipe the process reads itself: a SIGTERM mid-run still says why
+    /// the run stopped, as a JSON line, and every stderr line stays JSON.
+    func testSigtermUnderRunSaysSoInAJSONLine() throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let photos = try corpus(dir, count: photoCount)
+        let catalog = dir.appendingPathComponent("c.sqlite")
+        let pipeline = dir.appendingPathComponent("r.yaml")
+        try "run:\n  catalog: \(catalog.path)\n  sources: [\"\(photos.path)\"]\n  stages: [ingest]\n".write(to: pipeline, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = TestSupport.cli
+        p.arguments = ["run", "--pipeline", pipeline.path]
+        p.standardOutput = FileHandle.nullDevice
+        let err = dir.appendingPathComponent("stderr.txt")
+        FileManager.default.createFile(atPath: err.path, contents: nil)
+        p.standardError = try FileHandle(forWritingTo: err)
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while p.isRunning && filesCommitted(catalog.path) == 0 && Date() < deadline { usleep(20_000) }
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, SIGTERM)
+        let lines = try String(contentsOf: err, encoding: .utf8).split(separator: "\n")
+        let logs = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(logs.count, lines.count, "every stderr line is JSON: \(lines)")
+        XCTAssertTrue(logs.contains { ($0["message"] as? String)?.hasPrefix("stopped by signal \(SIGTERM)") == true
+                                      && $0["label"] as? String == "pidiff-data.run" && $0["run_id"] != nil }, "\(lines)")
+    }
+
     func testSecondConcurrentIngestExitsWithAClearMessage() throws {
         try TestSupport.requireAssets()
         let dir = try TestSupport.temporaryDirectory()
