@@ -80,11 +80,17 @@ def class_names(schema):
     except Exception:
         return {}
 
-def store(cache, data, ext, write):
-    digest = hashlib.sha256(data).hexdigest()
+def store(cache, data, ext, write, seen):
+    # Only the first row of an image in the file may store it (on one machine the later rows are
+    # repeats of its path): under a partition, a repeat in this partition of another partition's
+    # row would otherwise leave a file no row names.
+    raw = hashlib.sha256(data).digest()
+    digest = raw.hex()
     folder = os.path.join(cache, digest[:2])
     final = os.path.join(folder, digest + "." + ext)
-    if not write or os.path.exists(final): return final
+    first = raw not in seen
+    seen.add(raw)
+    if not (write and first) or os.path.exists(final): return final
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, ".tmp-%d-%s" % (os.getpid(), digest))
     try:
@@ -139,7 +145,7 @@ def main():
         return int(digest[:16], 16) % part[1] == part[0] - 1
     def problem(row, reason, rows=None):
         if ours(row): out({"type": "problem", "rows": rows or str(row), "reason": reason})
-    start = 0
+    start, seen = 0, set()
     for group in range(meta.num_row_groups):
         count = meta.row_group(group).num_rows
         done = 0
@@ -186,7 +192,7 @@ def main():
                             problem(row, "image bytes are not JPEG, PNG, WebP or BMP (%d bytes starting %s)" % (len(blob), blob[:8].hex()))
                             continue
                         try:
-                            stored = store(cache, blob, ext, write=own)
+                            stored = store(cache, blob, ext, own, seen)
                         except OSError as e:
                             out({"type": "fatal", "reason": "cannot write %s under %s: %s" % ("the image of row %d" % row, cache, why(e))})
                             sys.stdout.flush()

@@ -362,6 +362,47 @@ final class HuggingFaceSourceTests: XCTestCase {
         XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
     }
 
+    /// One image repeated on rows that fall in different partitions: only the part holding its
+    /// first row stores it (the others would keep a file no row names), and the merged catalog
+    /// has one machine's rows.
+    func testAnImageRepeatedAcrossPartitionsIsStoredOnlyWhereItsFirstRowIs() async throws {
+        try TestSupport.requireAssets()
+        let dir = try TestSupport.temporaryDirectory()
+        let file = dir.appendingPathComponent("hf/rep.parquet")
+        try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let made = try TestSupport.run(TestSupport.python, ["-c", """
+            import sys, pyarrow as pa, pyarrow.parquet as pq
+            biden, obama = (open(p, "rb").read() for p in sys.argv[1:3])
+            rows = [(biden, "biden")] * 6 + [(obama, "obama")] * 2
+            image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            pq.write_table(pa.table({"image": pa.array([{"bytes": b, "path": None} for b, _ in rows], type=image),
+                                     "person": pa.array([n for _, n in rows])}), sys.argv[3], row_group_size=3)
+            """, TestSupport.sampleIdentities.appendingPathComponent("biden/biden.jpg").path, TestSupport.obama.path, file.path])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        func owner(_ row: Int) -> Int {
+            var item = ScanItem(path: "/x", identity: "x", sourceKind: .parquet, sourceLocation: file.path)
+            item.origin = "\(file.path)#row=\(row)"
+            return (1...3).first { Partition("\($0)/3")!.contains(item) }!
+        }
+        XCTAssertGreaterThan(Set((0..<6).map(owner)).count, 1, "the repeats fall in more than one partition")
+        let single = dir.appendingPathComponent("single.sqlite")
+        _ = try await ingest([file], catalog: single)
+        var parts: [String] = []
+        for k in 1...3 {
+            let part = dir.appendingPathComponent("part-\(k).sqlite")
+            var pipeline = IngestPipeline(sources: [file.path], catalogPath: part.path, config: Self.config, python: TestSupport.python)
+            pipeline.partition = Partition("\(k)/3")
+            _ = try await pipeline.run()
+            parts.append(part.path)
+            let verified = try CatalogVerifier(catalogPath: part.path).run()
+            XCTAssertEqual(verified.orphans, [], "part \(k)")
+        }
+        let merged = dir.appendingPathComponent("merged.sqlite")
+        XCTAssertEqual(try TestSupport.runCLI(["catalog", "merge"] + parts + ["--into", merged.path]).status, 0)
+        XCTAssertEqual(Set(try files(merged).map { $0.origin ?? "" }), Set(try files(single).map { $0.origin ?? "" }))
+        XCTAssertEqual(try files(merged).count, 2, "rows 0 and 6: the first of each image")
+    }
+
     /// Every partition scans the whole source, so without care each would report every bad
     /// metadata row: the parts' problems, put together, are one machine's, each once.
     func testPartitionsReportEachScanProblemOnce() async throws {
