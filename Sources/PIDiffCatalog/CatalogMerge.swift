@@ -77,6 +77,12 @@ extension Catalog {
     public func merge(part: Catalog) throws -> MergeSummary {
         let partRoot = try part.dataRoot(), root = try dataRoot()
         var summary = MergeSummary(part: part.path, files: 0, faces: 0, masks: 0, runs: 0, artefactsLinked: 0)
+        // A part made otherwise is refused before anything of it reaches the target's data root.
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
+            defer { try? db.execute(sql: "DETACH DATABASE part") }
+            try Self.checkSameFingerprints(db, part: part.path)
+        }
         // Artefacts first (content-addressed: a file of that name is that content, so linking it is
         // enough), rows after: a merge killed midway leaves at most unreferenced files.
         let artefacts = try part.pool.read { db in
@@ -110,7 +116,7 @@ extension Catalog {
             try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
             defer { try? db.execute(sql: "DETACH DATABASE part") }
             try db.inTransaction {
-                try Self.checkSameFingerprints(db, part: part.path)
+                try Self.checkSameFingerprints(db, part: part.path) // again, inside the transaction that copies
                 func columns(_ table: String) throws -> [String] {
                     try Row.fetchAll(db, sql: "PRAGMA main.table_info(\(table))").map { $0["name"] as String }
                 }

@@ -464,7 +464,7 @@ struct SplitItemRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
     var splitName: String
     var fileID: Int64
     var identity: String
-    /// train | reference
+    /// train | reference | style
     var role: String
     var path: String
     var sha256: String

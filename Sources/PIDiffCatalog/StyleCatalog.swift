@@ -36,7 +36,10 @@ extension Catalog {
                 ORDER BY (path = :path) DESC, path LIMIT 1
                 """, arguments: ["path": path, "sha": sha256])
             guard let file else { throw StyleError.noSuchPhoto(named) }
-            if let member = members.first(where: { $0.fileID == file.id }) { throw StyleError.alreadyInSplit(file.path, split, member.role) }
+            // By content: a copy of a split photo catalogued under another path is that photo.
+            if let member = members.first(where: { $0.fileID == file.id || $0.sha256 == file.sha256 }) {
+                throw StyleError.alreadyInSplit(member.path, split, member.role)
+            }
             let usable = try Bool.fetchOne(db, sql: """
                 SELECT 1 FROM faces fa WHERE fa.sha256 = :sha AND fa.params_fingerprint = :fp AND fa.selected AND fa.crop512 IS NOT NULL
                   AND EXISTS (SELECT 1 FROM masks m WHERE m.sha256 = fa.sha256 AND m.face_fingerprint = fa.params_fingerprint

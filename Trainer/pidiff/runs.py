@@ -259,7 +259,12 @@ def check_finished_weights(path: Path, data: IdentitySamples, config: TrainConfi
 def unchanged_identities(names: list[str], dirs: dict[str, Path], samples: dict[str, IdentitySamples],
                          config: TrainConfig, base_fingerprint: str) -> list[str]:
     """--skip-unchanged: the identities whose weights in their folder were trained from the same
-    samples, recipe and base model as this run would use (unreadable weights count as changed)."""
+    samples, recipe and base model as this run would use (unreadable weights count as changed).
+    Not with --resume, which numbers its groups over every identity and refuses changed weights."""
+    if config.resume:
+        raise ValueError("--skip-unchanged and --resume cannot be combined: --resume keeps finished weights itself "
+                         "(and refuses weights trained differently); give one of them")
+
     def same(name: str) -> bool:
         path = dirs[name] / WEIGHTS_NAME
         try:

@@ -199,3 +199,5 @@ def test_skip_unchanged_retrains_only_identities_whose_samples_changed(tiny_mode
     assert json.loads(load_weights(out / "bob" / "pidiff.safetensors")[1]["style_keys"]) == ["bob_001"]
     assert cli.main(argv[:-1] + ["--steps", "3", "--skip-unchanged"]) == 0
     assert "unchanged since" not in capsys.readouterr().out
+    assert cli.main(argv + ["--resume"]) == 2
+    assert "--skip-unchanged and --resume cannot be combined" in capsys.readouterr().err

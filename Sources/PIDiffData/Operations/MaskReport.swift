@@ -19,11 +19,15 @@ public struct MaskReport: Codable, Sendable {
 
     public init(catalog: Catalog) throws {
         entries = try catalog.maskReport()
-        let cov = entries.compactMap(\.coverage).sorted()
+        // A face's crop is content-addressed: one crop per distinct image's face, however many
+        // paths list it (so a copied photo does not weigh twice in the statistics either).
+        var okByFace: [String: Bool] = [:], coverageByFace: [String: Double] = [:]
+        for entry in entries {
+            okByFace[entry.crop256] = entry.ok
+            coverageByFace[entry.crop256] = entry.coverage
+        }
+        let cov = coverageByFace.values.sorted()
         coverage = cov.isEmpty ? [:] : ["min": cov.first!, "max": cov.last!, "mean": cov.reduce(0, +) / Double(cov.count), "median": cov[cov.count / 2]]
-        // A face's crop is content-addressed: one crop per distinct image's face.
-        var okByFace: [String: Bool] = [:]
-        for entry in entries { okByFace[entry.crop256] = entry.ok }
         faces = okByFace.count
         ok = okByFace.values.filter { $0 }.count
         flagged = faces - ok

@@ -58,20 +58,29 @@ public struct TrainStage: PipelineStage {
                                                          + "\(identities.count) identities not retrained"],
                                counts: ["split": p.split, "trained": "0", "unchanged": "\(identities.count)"], artefacts: ["weights": out.path])
         }
-        let skipFlag = p.skipUnchanged && !p.arguments.contains("--skip-unchanged") ? ["--skip-unchanged"] : []
+        // (Not with --resume, which keeps finished weights itself: the trainer refuses the pair.)
+        let skipFlag = p.skipUnchanged && !p.arguments.contains("--skip-unchanged") && !p.arguments.contains("--resume") ? ["--skip-unchanged"] : []
+        // The split's weights in `out` before and after, by file identity and time: written by
+        // this run, or kept from an earlier one (not by the clock, which a shared file system skews).
+        func weights() -> [String: String] {
+            var found: [String: String] = [:]
+            for folder in (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? [] {
+                let file = out.appendingPathComponent("\(folder)/pidiff.safetensors")
+                var info = stat()
+                guard stat(file.path, &info) == 0, let identity = (try? SafetensorsHeader.metadata(file))?["identity"],
+                      identities.contains(identity) else { continue }
+                found[identity] = "\(info.st_ino) \(info.st_size) \(info.st_mtim.tv_sec) \(info.st_mtim.tv_nsec)"
+            }
+            return found
+        }
+        let before = weights()
         try record.making {
             try workspace.trainer.run(["train", "--encoded", encoded.path, "--split", p.split, "--sd", sd, "--out", out.path]
                                       + skipFlag + p.arguments, processes: p.processes)
         }
         try catalog.recordTrainingRun(split: p.split, outDirectory: out.path, started: started, arguments: p.arguments, processes: p.processes)
-        // Per identity of the split: weights written by this run, or kept from an earlier one.
-        var trained = 0, kept = 0
-        for folder in (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? [] {
-            let weights = out.appendingPathComponent("\(folder)/pidiff.safetensors")
-            guard let meta = try? SafetensorsHeader.metadata(weights), let identity = meta["identity"], identities.contains(identity),
-                  let modified = (try? FileManager.default.attributesOfItem(atPath: weights.path))?[.modificationDate] as? Date else { continue }
-            if modified >= started { trained += 1 } else { kept += 1 }
-        }
+        let after = weights()
+        let kept = after.filter { before[$0.key] == $0.value }.count, trained = after.count - kept
         return StageReport(stage: Self.name, lines: ["split \(p.split): \(trained) identities trained, \(kept) kept unchanged → \(out.path)"],
                            counts: ["split": p.split, "trained": "\(trained)", "unchanged": "\(kept)"], artefacts: ["weights": out.path])
     }

@@ -96,7 +96,11 @@ final class ClusterTests: XCTestCase {
         let masked = dir.appendingPathComponent("masked.sqlite").path
         XCTAssertEqual(try TestSupport.runCLI(["ingest", photos.path, "--catalog", masked, "--partition", "2/3"]).status, 0)
         XCTAssertEqual(try TestSupport.runCLI(["masks", "--catalog", masked, "--pipeline", maskPipeline.path]).status, 0)
+        let mergedRoot = try Catalog(path: merged).dataRoot()
+        let artefactsBefore = FileManager.default.enumerator(atPath: mergedRoot.path)?.allObjects.count
         let otherMasks = try TestSupport.runCLI(["catalog", "merge", masked, "--into", merged])
+        XCTAssertEqual(FileManager.default.enumerator(atPath: mergedRoot.path)?.allObjects.count, artefactsBefore,
+                       "nothing of a refused part (its other masks) reaches the target's data root")
         XCTAssertEqual(otherMasks.status, 1, otherMasks.stdout)
         XCTAssertTrue(otherMasks.stderr.contains("masks ran with other parameters (mask.iterations: 3 here, 5 in the target"), otherMasks.stderr)
         XCTAssertEqual(try snapshot(merged), one, "a refused part changes nothing")

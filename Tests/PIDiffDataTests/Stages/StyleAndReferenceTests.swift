@@ -34,6 +34,13 @@ final class StyleAndReferenceTests: XCTestCase {
         XCTAssertTrue(byContent.stderr.contains("\(biden) is already in split v1 as a style photo"), byContent.stderr)
         let train = try XCTUnwrap(items.first { $0.role == "train" })
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "obama", "--sha256", train.sha256]).stderr.contains("as a train photo"))
+        // A copy of the train photo catalogued under another path is that photo too.
+        let extra = dir.appendingPathComponent("extra/someone")
+        try FileManager.default.createDirectory(at: extra, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: train.path, toPath: extra.appendingPathComponent("copy.jpg").path)
+        XCTAssertEqual(try cli(["ingest", extra.deletingLastPathComponent().path]).status, 0)
+        let copied = try cli(["splits", "add-style", "v1", "--identity", "obama", "--photo", extra.appendingPathComponent("copy.jpg").path])
+        XCTAssertTrue(copied.stderr.contains("\(train.path) is already in split v1 as a train photo"), copied.stderr)
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "biden", "--photo", biden]).stderr.contains("identity biden is not in split v1"))
         XCTAssertTrue(try cli(["splits", "add-style", "v1", "--identity", "obama", "--photo", "/nowhere.jpg"]).stderr.contains("no catalogued photo"))
 
