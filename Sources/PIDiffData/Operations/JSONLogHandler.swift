@@ -140,6 +140,11 @@ public final class StderrAsJSONLines: @unchecked Sendable {
                 forward(pending[..<newline])
                 pending.removeSubrange(...newline)
             }
+            // Output that never ends its line is passed on in 1 MiB pieces rather than held.
+            if pending.count >= 1 << 20 {
+                forward(pending[...])
+                pending.removeAll(keepingCapacity: true)
+            }
         }
         if !pending.isEmpty { forward(pending[...]) }
         close(readEnd)
