@@ -95,15 +95,24 @@ extension Catalog {
         // Only names the stores make (kind/aa/sha256.png): a part's rows cannot place files
         // outside the target's data root.
         let artefactName = try NSRegularExpression(pattern: "^(crops|masks|e4e|context)/[0-9a-f]{2}/[0-9a-f]{64}\\.png$")
-        // Images ingest extracted from Parquet rows live in the part's `sources/` and are named by
-        // their file rows: they move to the target's `sources/`, and the rows' paths with them.
-        let partSources = partRoot.path + "/" + Self.sourceCacheFolder + "/", ourSources = root.path + "/" + Self.sourceCacheFolder + "/"
-        let extracted = try part.filePaths(withPrefix: partSources).map {
-            Self.sourceCacheFolder + "/" + String(decoding: $0.utf8.dropFirst(partSources.utf8.count), as: UTF8.self)
+        // Images ingest extracted from Parquet rows live in the part's `sources/`, named by their
+        // file rows with the absolute path the part's data root had then (a part gathered from a
+        // node's disk since names the old place). Each moves to the target's `sources/`, and the
+        // rows' paths with it; an image a row names beside its Parquet file stays where it is.
+        let extractedName = try NSRegularExpression(pattern: "(?:^|/)(\(Self.sourceCacheFolder)/[0-9a-f]{2}/([0-9a-f]{64})\\.(?:jpg|png|webp|bmp))$")
+        var moved: [String: String] = [:] // path in the part's rows → name under the data root
+        for row in try part.pool.read({ db in
+            try Row.fetchAll(db, sql: "SELECT f.path, f.sha256 FROM files f JOIN sources s ON s.id = f.source_id WHERE s.kind = 'parquet'")
+        }) {
+            let path: String = row["path"], sha256: String? = row["sha256"]
+            guard let match = extractedName.firstMatch(in: path, range: NSRange(path.startIndex..., in: path)),
+                  let name = Range(match.range(at: 1), in: path), let hash = Range(match.range(at: 2), in: path),
+                  String(path[hash]) == sha256, FileManager.default.fileExists(atPath: partRoot.appendingPathComponent(String(path[name])).path)
+            else { continue }
+            moved[path] = String(path[name])
         }
-        let extractedName = try NSRegularExpression(pattern: "^\(Self.sourceCacheFolder)/[0-9a-f]{2}/[0-9a-f]{64}\\.(jpg|png|webp|bmp)$")
-        for (relative, pattern) in artefacts.map({ ($0, artefactName) }) + extracted.sorted().map({ ($0, extractedName) }) {
-            guard pattern.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
+        for relative in artefacts + Set(moved.values).sorted() {
+            guard moved.values.contains(relative) || artefactName.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
                 throw CatalogError.open(part.path, "names an artefact \(relative.debugDescription) that no pidiff-data store writes; not merged")
             }
             let target = root.appendingPathComponent(relative), source = partRoot.appendingPathComponent(relative)
@@ -132,7 +141,8 @@ extension Catalog {
                     CREATE TEMP TABLE IF NOT EXISTS map_runs (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
                     CREATE TEMP TABLE IF NOT EXISTS map_sources (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
                     CREATE TEMP TABLE IF NOT EXISTS map_identities (old INTEGER PRIMARY KEY, new INTEGER NOT NULL);
-                    DELETE FROM temp.map_runs; DELETE FROM temp.map_sources; DELETE FROM temp.map_identities;
+                    CREATE TEMP TABLE IF NOT EXISTS map_paths (old TEXT PRIMARY KEY, new TEXT NOT NULL);
+                    DELETE FROM temp.map_runs; DELETE FROM temp.map_sources; DELETE FROM temp.map_identities; DELETE FROM temp.map_paths;
                     """)
                 // Runs: one already merged (same command, start, fingerprint, parameters) is reused.
                 let partRuns = try Row.fetchAll(db, sql: "SELECT id, command, status, started_at, ended_at, params_fingerprint, parameters, counts FROM part.runs ORDER BY id")
@@ -177,14 +187,17 @@ extension Catalog {
                 let fileColumns = try columns("files").filter { $0 != "id" && $0 != "path" }
                 let remapped = ["source_id": "map_sources", "identity_id": "map_identities", "run_id": "map_runs"]
                 let selected = fileColumns.map { c in remapped[c].map { "(SELECT new FROM temp.\($0) WHERE old = p.\(c))" } ?? "p.\(c)" }
-                // A path in the part's `sources/` becomes the same name in ours (characters, as SQLite counts them).
-                let path = "CASE WHEN substr(p.path, 1, ?1) = ?2 THEN ?3 || substr(p.path, ?1 + 1) ELSE p.path END"
+                // An image in the part's `sources/` gets the same name in ours.
+                for (old, relative) in moved {
+                    try db.execute(sql: "INSERT INTO temp.map_paths VALUES (?, ?)", arguments: [old, root.appendingPathComponent(relative).path])
+                }
+                let path = "COALESCE((SELECT new FROM temp.map_paths WHERE old = p.path), p.path)"
                 try db.execute(sql: """
                     INSERT INTO main.files (path, \(fileColumns.joined(separator: ", ")))
                     SELECT \(([path] + selected).joined(separator: ", ")) FROM part.files p WHERE true
                     ON CONFLICT(path) DO UPDATE SET \(fileColumns.map { "\($0) = excluded.\($0)" }.joined(separator: ", "))
                     WHERE \(fileColumns.map { "\($0) IS NOT excluded.\($0)" }.joined(separator: " OR "))
-                    """, arguments: [partSources.unicodeScalars.count, partSources, ourSources])
+                    """)
                 summary.files = db.changesCount
                 summary.masks = try copy("masks", remap: ["run_id": "map_runs"])
                 for table in ["image_hashes", "crop_hashes", "descriptors", "encodings"] { _ = try copy(table) }

@@ -341,6 +341,14 @@ final class HuggingFaceSourceTests: XCTestCase {
         let unstored = { (p: [String]) in p.map { $0.replacingOccurrences(of: #" \(stored as [^)]*\)"#, with: "", options: .regularExpression) }.sorted() }
         XCTAssertEqual(unstored(problems), unstored(one.problems), "each row's problem is reported by one part")
         XCTAssertFalse(problems.isEmpty)
+        // Part 3 gathered from its node to another folder before the merge: its rows still name
+        // the data root it had.
+        let gathered = dir.appendingPathComponent("gathered")
+        try FileManager.default.createDirectory(at: gathered, withIntermediateDirectories: true)
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir.path) where name.hasPrefix("part-3.sqlite") {
+            try FileManager.default.moveItem(at: dir.appendingPathComponent(name), to: gathered.appendingPathComponent(name))
+        }
+        parts[2] = gathered.appendingPathComponent("part-3.sqlite").path
         let merged = dir.appendingPathComponent("merged.sqlite")
         for _ in 0..<2 { // the second merge adds nothing
             let r = try TestSupport.runCLI(["catalog", "merge"] + parts + ["--into", merged.path])
@@ -353,7 +361,7 @@ final class HuggingFaceSourceTests: XCTestCase {
         let stored = try files(merged).filter { $0.path.hasPrefix(mergedRoot.path + "/sources/") }
         XCTAssertGreaterThanOrEqual(stored.count, 5)
         for file in try files(merged) {
-            XCTAssertFalse(parts.contains { file.path.hasPrefix($0 + ".data/") }, "\(file.path) still names a part's data root")
+            XCTAssertFalse(file.path.contains("/part-"), "\(file.path) still names a part's data root")
         }
         for file in stored {
             XCTAssertEqual(try Hashing.sha256Hex(fileAt: URL(fileURLWithPath: file.path)), file.sha256, file.path)
