@@ -384,16 +384,23 @@ extension ExportTests {
 }
 
 extension ExportTests {
-    /// `--view context`: the 512 training image is a wider square around the same face (the e4e
-    /// input stays the aligned face), recorded in the sample JSON and the index; made once.
-    func testTheContextViewIsAWiderCropOfTheSameFaceRecordedAsSuch() async throws {
-        let dir = try TestSupport.temporaryDirectory()
+    /// A split `t` of two identities × 3 photos exported to `dir/aligned` and then `dir/context`
+    /// (`--view context`); the exporter is left set for the context view.
+    func alignedAndContextExports(_ dir: URL) async throws -> (catalog: URL, exporter: ShardExporter, aligned: ShardExporter.Index,
+                                                               context: ShardExporter.Index) {
         let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
         var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: dir.appendingPathComponent("aligned"))
         let aligned = try exporter.run()
         exporter.view = .context
         exporter.outDirectory = dir.appendingPathComponent("context")
-        let context = try exporter.run()
+        return (catalog, exporter, aligned, try exporter.run())
+    }
+
+    /// `--view context`: the 512 training image is a wider square around the same face (the e4e
+    /// input stays the aligned face), recorded in the sample JSON and the index; made once.
+    func testTheContextViewIsAWiderCropOfTheSameFaceRecordedAsSuch() async throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let (catalog, exporter, aligned, context) = try await alignedAndContextExports(dir)
         XCTAssertEqual(context.view, "context")
         XCTAssertEqual(aligned.view, "aligned")
         let read = try TestSupport.run(TestSupport.python, ["-c", """
@@ -428,12 +435,7 @@ extension ExportTests {
     /// mask byte for byte.
     func testTheContextViewsMaskLinesUpWithItsImageAndTheAlignedViewIsUnchanged() async throws {
         let dir = try TestSupport.temporaryDirectory()
-        let catalog = try await splitCatalog(dir, identities: ["a", "b"], photosEach: 3)
-        var exporter = ShardExporter(catalogPath: catalog.path, split: "t", outDirectory: dir.appendingPathComponent("aligned"))
-        let aligned = try exporter.run()
-        exporter.view = .context
-        exporter.outDirectory = dir.appendingPathComponent("context")
-        let context = try exporter.run()
+        let (catalog, exporter, aligned, context) = try await alignedAndContextExports(dir)
         XCTAssertEqual(aligned.shards.count, 1)
         XCTAssertEqual(context.shards.count, 1)
         // The context views and masks kept in the data root are not orphans to verify.
