@@ -77,7 +77,8 @@ extension Catalog {
     public func merge(part: Catalog) throws -> MergeSummary {
         let partRoot = try part.dataRoot(), root = try dataRoot()
         var summary = MergeSummary(part: part.path, files: 0, faces: 0, masks: 0, runs: 0, artefactsLinked: 0)
-        // A part made otherwise is refused before anything of it reaches the target's data root.
+        // A part made otherwise is refused before anything of it reaches the target's data root
+        // (both catalogs are locked by the caller for the whole merge, so this holds for the copy).
         try pool.writeWithoutTransaction { db in
             try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
             defer { try? db.execute(sql: "DETACH DATABASE part") }
@@ -111,8 +112,9 @@ extension Catalog {
             else { continue }
             moved[path] = String(path[name])
         }
-        for relative in artefacts + Set(moved.values).sorted() {
-            guard moved.values.contains(relative) || artefactName.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
+        let extracted = Set(moved.values)
+        for relative in artefacts + extracted.sorted() {
+            guard extracted.contains(relative) || artefactName.firstMatch(in: relative, range: NSRange(relative.startIndex..., in: relative)) != nil else {
                 throw CatalogError.open(part.path, "names an artefact \(relative.debugDescription) that no pidiff-data store writes; not merged")
             }
             let target = root.appendingPathComponent(relative), source = partRoot.appendingPathComponent(relative)
@@ -125,7 +127,6 @@ extension Catalog {
             try db.execute(sql: "ATTACH DATABASE ? AS part", arguments: [part.path])
             defer { try? db.execute(sql: "DETACH DATABASE part") }
             try db.inTransaction {
-                try Self.checkSameFingerprints(db, part: part.path) // again, inside the transaction that copies
                 func columns(_ table: String) throws -> [String] {
                     try Row.fetchAll(db, sql: "PRAGMA main.table_info(\(table))").map { $0["name"] as String }
                 }
