@@ -32,10 +32,9 @@ extension InputsRecord {
         guard let walker = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil) else { return sd }
         var lines: [String] = []
         for case let url as URL in walker {
-            var info = stat()
-            guard stat(url.path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { continue }
-            let relative = String(url.path.dropFirst(root.path.count)) // stat follows links (a Hugging Face cache: blobs)
-            lines.append("\(relative) \(info.st_size) \(info.st_mtim.tv_sec * 1_000_000_000 + info.st_mtim.tv_nsec)")
+            // Regular files, links followed (a Hugging Face cache links to its blobs).
+            guard case .success(let file) = ReadStage.stat(url.path) else { continue }
+            lines.append("\(url.path.dropFirst(root.path.count)) \(file.byteSize) \(file.mtimeNs)")
         }
         return lines.isEmpty ? sd : Hashing.sha256Hex(Data(lines.sorted().joined(separator: "\n").utf8))
     }
