@@ -58,7 +58,7 @@ enum SignalHandling {
                 let capture = StderrAsJSONLines.stopActive()
                 if RunRecorder.markActiveRunsInterrupted() > 0 {
                     let message = "stopped by signal \(sig); the run is recorded as interrupted and the next run continues it"
-                    FileHandle.standardError.write(capture.map { StderrAsJSONLines.line(level: "warning", label: "pidiff-data.run", message: message, metadata: $0) }
+                    FileHandle.standardError.write(capture.flatMap { JSONLogHandler.line(level: "warning", label: "pidiff-data.run", message: message, metadata: $0) }
                                                    ?? Data("pidiff-data: \(message)\n".utf8))
                 }
                 signal(sig, SIG_DFL)

@@ -21,13 +21,24 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var obj: [String: Any] = ["ts": ISO8601DateFormatter().string(from: Date()), "level": event.level.rawValue, "label": label,
-                                  "message": event.message.description]
-        for (k, v) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { obj[k] = Self.plain(v) }
-        guard let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        let fields = metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }).mapValues(Self.plain)
+        guard let line = Self.line(level: event.level.rawValue, label: label, message: event.message.description, metadata: fields) else { return }
         Self.lock.lock()
-        FileHandle.standardError.write(data + Data("\n".utf8))
+        FileHandle.standardError.write(line)
         Self.lock.unlock()
+    }
+
+    /// One log line as every JSON line on stderr is written: the metadata with `ts`, `level`,
+    /// `label` and `message`, keys sorted, newline-terminated (nil if it cannot be encoded).
+    public static func line(level: String, label: String, message: String, metadata: [String: Any] = [:]) -> Data? {
+        var obj = metadata
+        obj["ts"] = ISO8601DateFormatter().string(from: Date())
+        obj["level"] = level
+        obj["label"] = label
+        obj["message"] = message
+        guard var data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) else { return nil }
+        data.append(10)
+        return data
     }
 
     static func plain(_ v: Logger.MetadataValue) -> Any {
@@ -94,18 +105,6 @@ public final class StderrAsJSONLines: @unchecked Sendable {
         return metadata
     }
 
-    /// One JSON log line (`ts`, `level`, `label`, `message` and `metadata`), newline-terminated.
-    public static func line(level: String, label: String, message: String, metadata: [String: String] = [:]) -> Data {
-        var obj: [String: Any] = metadata
-        obj["ts"] = ISO8601DateFormatter().string(from: Date())
-        obj["level"] = level
-        obj["label"] = label
-        obj["message"] = message
-        var data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        data.append(10)
-        return data
-    }
-
     /// Metadata for the lines from now on (`stage`), nil to drop a key.
     public func set(_ key: String, _ value: String?) {
         lock.lock(); defer { lock.unlock() }
@@ -161,7 +160,8 @@ public final class StderrAsJSONLines: @unchecked Sendable {
             lock.lock()
             let metadata = self.metadata
             lock.unlock()
-            out = Self.line(level: "warning", label: "pidiff-data.native", message: text, metadata: metadata)
+            guard let line = JSONLogHandler.line(level: "warning", label: "pidiff-data.native", message: text, metadata: metadata) else { return }
+            out = line
         } else {
             out.append(10)
         }
